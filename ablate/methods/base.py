@@ -1,0 +1,51 @@
+"""The contract between a row's method and the training/evaluation loop.
+
+A *method* is an ``nn.Module`` that owns its networks and knows three things: which batch
+keys it needs, how to compute its training losses, and how to produce a reconstruction.
+The trainable (``trainables/``) only ever talks to this interface, so a new row family
+never touches the experiment or tracking code.
+
+Batch keys (tensors on the method's device, float32, intensities on the dataset's
+normalised scale where full-dose slices lie roughly in [0, 1]):
+
+- ``lpet``        [B, 1, H, W]  low-dose slice (the condition)
+- ``spet``        [B, 1, H, W]  full-dose slice (the target)
+- ``lpet_nas``    [B, 5, H, W]  low-dose slices i-2..i+2 (NAS guidance input)
+- ``spet_nas``    [B, 5, H, W]  full-dose slices i-2..i+2 (NAS guidance target, eq. 5)
+- ``negatives``   [B, N, H, W]  full-dose slices of other subjects (contrastive loss)
+- ``sinogram``    [B, 1, A, D]  measured sinogram (paper 000 rows)
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import nn
+
+Batch = dict[str, torch.Tensor]
+
+
+class Method(nn.Module, ABC):
+    """A trainable reconstruction method: networks + losses + sampler of one row."""
+
+    #: True when :meth:`reconstruct` draws random samples (reports AMS and SD).
+    stochastic: bool = False
+    #: Batch keys this method reads; checked against the dataset at build time.
+    required_keys: frozenset[str] = frozenset({"lpet", "spet"})
+
+    @abstractmethod
+    def training_losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Return the loss terms of one step; key ``"loss"`` is the weighted total to minimise.
+
+        Other keys (``"main"``, ``"guide_nas"``, ``"contrastive"``, ...) are logged as
+        ``loss/<term>``; they are unweighted values of each term.
+        """
+
+    @abstractmethod
+    def reconstruct(self, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One reconstruction [B, 1, H, W] of the full-dose image from the batch's inputs."""
+
+    def input_shapes(self, image_size: int) -> dict[str, tuple[int, ...]]:
+        """Shapes of the inference inputs for one sample, for parameter/GMAC counting."""
+        return {"lpet": (1, 1, image_size, image_size)}
