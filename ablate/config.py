@@ -200,7 +200,7 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
 
 
 def load_experiment(path: str | Path) -> ExperimentConfig:
-    """Load and validate an experiment YAML; raise :class:`ConfigError` (one line) on any problem."""
+    """Load and validate an experiment YAML; any problem is a one-line :class:`ConfigError`."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path} (pass a YAML from search_spaces/)")
