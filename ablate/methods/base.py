@@ -19,8 +19,10 @@ normalised scale where full-dose slices lie roughly in [0, 1]):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 import torch
+import torch.utils.data
 from torch import nn
 
 Batch = dict[str, torch.Tensor]
@@ -45,6 +47,13 @@ class Method(nn.Module, ABC):
     @abstractmethod
     def reconstruct(self, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor:
         """One reconstruction [B, 1, H, W] of the full-dose image from the batch's inputs."""
+
+    def prepare(self, train_data: torch.utils.data.Dataset, cache_dir: Path, seed: int) -> None:
+        """Work a method needs before its own training loop (e.g. PMDM's frozen stage-1
+        estimator, trained once and cached by content hash under ``cache_dir``).
+
+        Most methods need nothing, hence the empty default.
+        """
 
     def input_shapes(self, image_size: int) -> dict[str, tuple[int, ...]]:
         """Shapes of the inference inputs for one sample, for parameter/GMAC counting."""
