@@ -48,6 +48,31 @@ class Method(nn.Module, ABC):
     def reconstruct(self, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor:
         """One reconstruction [B, 1, H, W] of the full-dose image from the batch's inputs."""
 
+    def configure_optimizers(self, lr: float, weight_decay: float) -> list[torch.optim.Optimizer]:
+        """The optimisers :meth:`training_step` steps; one Adam over every parameter here.
+
+        Methods with adversarial or frozen parts (GANs, PMDM's estimator) override this.
+        """
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)]
+
+    def training_step(
+        self, batch: Batch, optimizers: list[torch.optim.Optimizer]
+    ) -> dict[str, torch.Tensor]:
+        """One optimisation step; returns the detached loss terms of :meth:`training_losses`.
+
+        The training loop calls only this. GANs override it to alternate discriminator and
+        generator updates with their own optimisers from :meth:`configure_optimizers`.
+        The loop checks every returned term for NaN/inf, so terms must be honest.
+        """
+        losses = self.training_losses(batch)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        for opt in optimizers:
+            opt.step()
+        return {name: value.detach() for name, value in losses.items()}
+
     def prepare(self, train_data: torch.utils.data.Dataset, cache_dir: Path, seed: int) -> None:
         """Work a method needs before its own training loop (e.g. PMDM's frozen stage-1
         estimator, trained once and cached by content hash under ``cache_dir``).

@@ -1,0 +1,201 @@
+"""MLflow bookkeeping: one parent run per launch, exactly one child run per trial.
+
+Only explicit-run-id ``MlflowClient`` calls are used (no fluent "active run" state), so
+the same code works in the driver and in Ray workers on other nodes.
+
+Exactly-once child runs: a child run is tagged with the Ray trial id. A trial that is
+retried after a crash, restored by ``ablate resume`` or restarted from a checkpoint finds
+its run by that tag (and its checkpoint also stores the run id) and continues it, so a
+trial never gets a second run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from ablate.errors import UserError
+
+T = TypeVar("T")
+
+#: Tag names that tables, dashboards and resume rely on.
+TAG_KIND = "ablate.kind"
+TAG_ROW = "ablate.row"
+TAG_SEED = "ablate.seed"
+TAG_STATUS = "ablate.status"
+TAG_ERROR = "ablate.error"
+TAG_TRIAL_ID = "ablate.trial_id"
+TAG_PARENT = "mlflow.parentRunId"
+TAG_OPTUNA_STORAGE = "ablate.optuna_storage"
+TAG_OPTUNA_STUDY = "ablate.optuna_study"
+
+_MAX_PARAM_LEN = 6000
+
+
+def default_tracking_uri(workdir: Path) -> str:
+    """The embedded store: a sqlite file in the work directory."""
+    return f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
+
+
+def artifact_root(workdir: Path) -> str:
+    return (workdir / "mlartifacts").resolve().as_uri()
+
+
+def _retry(call: Callable[[], T], attempts: int = 6) -> T:
+    """Retry a store call: concurrent sqlite writers from several trials can hit a lock."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - sqlite lock errors come wrapped variously
+            if "locked" not in str(exc).lower() or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def client(tracking_uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | None) -> str:
+    """Return the id of experiment ``name``, creating it (with its artifact root) if new."""
+    mlf = client(tracking_uri)
+    exp = mlf.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            raise UserError(
+                f"MLflow experiment '{name}' is deleted: restore it in the UI or pick --name"
+            )
+        return exp.experiment_id
+    return _retry(lambda: mlf.create_experiment(name, artifact_location=artifact_location))
+
+
+def start_parent(
+    tracking_uri: str,
+    experiment_id: str,
+    kind: str,
+    run_name: str,
+    params: Mapping[str, Any],
+    tags: Mapping[str, str] | None = None,
+) -> str:
+    """Create the launch's parent run (``kind`` is ``launch`` or ``search``) and return its id."""
+    mlf = client(tracking_uri)
+    run = _retry(
+        lambda: mlf.create_run(
+            experiment_id, run_name=run_name, tags={TAG_KIND: kind, **(tags or {})}
+        )
+    )
+    log_params(tracking_uri, run.info.run_id, params)
+    return run.info.run_id
+
+
+def find_or_start_child(
+    tracking_uri: str,
+    experiment_id: str,
+    parent_run_id: str,
+    trial_id: str,
+    run_name: str,
+    tags: Mapping[str, str],
+) -> tuple[str, bool]:
+    """The child run of Ray trial ``trial_id``: the existing one if any, else a new one.
+
+    Returns ``(run_id, created)``.
+    """
+    mlf = client(tracking_uri)
+    found = _retry(
+        lambda: mlf.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{TAG_TRIAL_ID}` = '{trial_id}' "
+            f"and tags.`{TAG_PARENT}` = '{parent_run_id}'",
+            max_results=2,
+        )
+    )
+    if found:
+        run_id = found[0].info.run_id
+        _retry(lambda: mlf.update_run(run_id, status="RUNNING"))
+        return run_id, False
+    all_tags = {
+        TAG_PARENT: parent_run_id,
+        TAG_TRIAL_ID: trial_id,
+        TAG_KIND: "trial",
+        TAG_STATUS: "running",
+        **tags,
+    }
+    run = _retry(lambda: mlf.create_run(experiment_id, run_name=run_name, tags=all_tags))
+    return run.info.run_id, True
+
+
+def log_params(tracking_uri: str, run_id: str, params: Mapping[str, Any]) -> None:
+    """Log params in batches (MLflow caps a batch at 100 params)."""
+    items = [Param(k, str(v)[:_MAX_PARAM_LEN]) for k, v in params.items()]
+    mlf = client(tracking_uri)
+    for i in range(0, len(items), 100):
+        chunk = items[i : i + 100]
+        _retry(lambda chunk=chunk: mlf.log_batch(run_id, params=chunk, synchronous=True))
+
+
+def log_metrics(
+    tracking_uri: str, run_id: str, metrics: Mapping[str, float], step: int = 0
+) -> None:
+    """Log a dict of metrics at one step in a single batch call (never per value)."""
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    if items:
+        mlf = client(tracking_uri)
+        _retry(lambda: mlf.log_batch(run_id, metrics=items, synchronous=True))
+
+
+def log_metric_history(
+    tracking_uri: str, run_id: str, history: Iterable[tuple[int, Mapping[str, float]]]
+) -> None:
+    """Log buffered per-step metrics (``[(step, {name: value})]``) in batches of 1000."""
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step) for step, values in history for k, v in values.items()]
+    mlf = client(tracking_uri)
+    for i in range(0, len(items), 1000):
+        chunk = items[i : i + 1000]
+        _retry(lambda chunk=chunk: mlf.log_batch(run_id, metrics=chunk, synchronous=True))
+
+
+def set_tags(tracking_uri: str, run_id: str, tags: Mapping[str, str]) -> None:
+    mlf = client(tracking_uri)
+    items = [RunTag(k, str(v)) for k, v in tags.items()]
+    _retry(lambda: mlf.log_batch(run_id, tags=items, synchronous=True))
+
+
+def log_artifacts(
+    tracking_uri: str, run_id: str, local_path: Path, artifact_path: str | None = None
+) -> None:
+    mlf = client(tracking_uri)
+    if local_path.is_dir():
+        _retry(lambda: mlf.log_artifacts(run_id, str(local_path), artifact_path))
+    else:
+        _retry(lambda: mlf.log_artifact(run_id, str(local_path), artifact_path))
+
+
+def finish_run(tracking_uri: str, run_id: str, status: str, error: str | None = None) -> None:
+    """End a run: ``status`` is completed / failed / pruned (also mirrored as a tag)."""
+    tags = {TAG_STATUS: status}
+    if error is not None:
+        tags[TAG_ERROR] = error[:_MAX_PARAM_LEN]
+    set_tags(tracking_uri, run_id, tags)
+    mlflow_status = {"completed": "FINISHED", "pruned": "KILLED"}.get(status, "FAILED")
+    _retry(lambda: client(tracking_uri).set_terminated(run_id, status=mlflow_status))
+
+
+def child_runs(tracking_uri: str, experiment_id: str, parent_run_id: str) -> list[Any]:
+    mlf = client(tracking_uri)
+    return list(
+        _retry(
+            lambda: mlf.search_runs(
+                [experiment_id],
+                filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
+                max_results=5000,
+            )
+        )
+    )
