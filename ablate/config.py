@@ -48,6 +48,25 @@ class RowConfig(_Strict):
     contrastive: bool = False
     contrastive_form: ContrastiveForm = "reference_kl"
     label: str | None = Field(default=None, description="Human-readable label for tables.")
+    estimator: bool | None = Field(
+        default=None,
+        description="PMDM family: condition on a frozen DeepPET estimate r0*; "
+        "None = the method's default (pmdm: on, palette: off = condition on the sinogram).",
+    )
+    conditioning: Literal["r0", "r0+sinogram"] = Field(
+        default="r0", description="PMDM with estimator: condition on r0* alone or r0* + sinogram."
+    )
+    sample_steps: int | None = Field(
+        default=None, ge=1, description="PMDM/Palette: None = full T-step ancestral, else respaced."
+    )
+    estimator_checkpoint: str | None = Field(
+        default=None,
+        description="PMDM: a stage-1 DeepPET checkpoint to use instead of the cached one.",
+    )
+    lr: float | None = Field(default=None, gt=0, description="Overrides train.lr for this row.")
+    weight_decay: float | None = Field(
+        default=None, ge=0, description="Overrides train.weight_decay for this row."
+    )
 
 
 class DataConfig(_Strict):
@@ -78,6 +97,14 @@ class ModelConfig(_Strict):
     guide_channels: int = 64
     guide_levels: int = 3
     deeppet_width: int = 32
+    gan_width: int = Field(default=64, description="pix2pix ngf = ndf.")
+    vqvae_width: int = 128
+    vqvae_code_dim: int = 64
+    vqvae_codes: int = 512
+    pmdm_width: int = 64
+    pmdm_mults: tuple[int, ...] = (1, 1, 2, 2, 4, 4)
+    pmdm_res_blocks: int = 2
+    pmdm_attn_res: tuple[int, ...] = (16,)
 
 
 class LossConfig(_Strict):
@@ -87,6 +114,8 @@ class LossConfig(_Strict):
     n: float = Field(default=1.0, ge=0)
     k: float = Field(default=5e-5, ge=0)
     negatives: int = Field(default=10, ge=1, description="N negatives per sample (paper: 10).")
+    gan_l1: float = Field(default=100.0, ge=0, description="pix2pix/cGAN L1 weight (lambda).")
+    vq_beta: float = Field(default=0.25, ge=0, description="VQ-VAE commitment weight.")
 
 
 class DiffusionConfig(_Strict):
@@ -99,6 +128,9 @@ class DiffusionConfig(_Strict):
     irm_sample_beta_end: float = 0.5
     sr3_sample_steps: int = Field(default=100, ge=1)
     ams_samples: int = Field(default=10, ge=1, description="K samples for AMS and SD.")
+    pmdm_train_steps: int = Field(default=1000, ge=2, description="PMDM/Palette T (DDPM).")
+    pmdm_beta_start: float = 1e-4
+    pmdm_beta_end: float = 2e-2
 
 
 class TrainConfig(_Strict):
@@ -111,6 +143,12 @@ class TrainConfig(_Strict):
     eval_slices: int = Field(default=16, ge=1, description="Test slices used for metrics.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = Field(default=1, ge=1, description="torch threads per trial.")
+    loader_workers: int = Field(default=0, ge=0, description="DataLoader worker processes.")
+    estimator_steps: int | None = Field(
+        default=None, ge=1, description="PMDM stage-1 DeepPET steps; None = train.steps."
+    )
+    estimator_lr: float = Field(default=1e-4, gt=0, description="PMDM stage-1 Adam lr.")
+    estimator_weight_decay: float = Field(default=1e-5, ge=0, description="PMDM stage-1 wd.")
 
 
 class ResourcesConfig(_Strict):

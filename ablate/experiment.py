@@ -1,0 +1,356 @@
+"""The driver: turns an :class:`ExperimentConfig` into a Ray Tune experiment and runs it.
+
+One launch = one MLflow parent run + one Ray Tune experiment under
+``<storage>/<name>``. A grid is rows x seeds x grid axes (``tune.grid_search`` over fully
+resolved trial configs); a search is Optuna TPE (through Ray's ``OptunaSearch``) with ASHA
+early stopping over the knobs of one row. ``ablate resume`` restores either from the
+launch record written next to Ray's experiment state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ablate import tracking
+from ablate.callbacks import MlflowTrialStates, TrialProgress
+from ablate.config import ExperimentConfig, ResourcesConfig, parse_experiment
+from ablate.config import trial_configs as expand_trials
+from ablate.errors import UserError
+from ablate.search import PruningAwareOptunaSearch, optuna_distribution
+from trainables.ablation import LaunchContext, train_trial
+
+LAUNCH_RECORD = "ablate_launch.json"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Where a launch keeps its things: MLflow store, Ray results, datasets, caches."""
+
+    workdir: Path
+    tracking_uri: str
+    storage: str
+
+    @classmethod
+    def create(
+        cls, workdir: Path, tracking_uri: str | None = None, storage: str | None = None
+    ) -> Workspace:
+        workdir = workdir.resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+        return cls(
+            workdir,
+            tracking_uri or tracking.default_tracking_uri(workdir),
+            storage or str(workdir / "ray_results"),
+        )
+
+    @property
+    def datasets(self) -> Path:
+        return self.workdir / "datasets"
+
+    @property
+    def cache(self) -> Path:
+        return self.workdir / "cache"
+
+
+@dataclass
+class LaunchResult:
+    name: str
+    tracking_uri: str
+    parent_run_id: str
+    experiment_id: str
+    n_trials: int
+    n_errors: int
+    wall_s: float
+
+
+def start_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Connect to a cluster (``auto``, ``HOST:PORT``, ``ray://...``) or start an embedded one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    except (ConnectionError, RuntimeError) as exc:
+        raise UserError(
+            f"cannot start/connect Ray (address={address or 'embedded'}): "
+            f"{str(exc).splitlines()[0]}"
+        ) from None
+
+
+def _resources(res: ResourcesConfig) -> dict[str, float]:
+    return {"cpu": res.cpu, "gpu": res.gpu}
+
+
+def _prepare(exp: ExperimentConfig, ws: Workspace, kind: str, name: str) -> LaunchContext:
+    """Validate rows, build the dataset once, open the MLflow parent run."""
+    from ablate.data.dataset import available_keys
+    from ablate.data.store import build_dataset
+    from ablate.methods.registry import required_keys, validate_row
+
+    for row_name, row in exp.rows.items():
+        try:
+            validate_row(row)
+        except UserError as err:
+            raise UserError(f"row '{row_name}': {err}") from None
+    dataset_root = build_dataset(exp.data, ws.datasets)
+    have = available_keys(dataset_root)
+    for row_name, row in exp.rows.items():
+        missing = required_keys(row) - have
+        if missing:
+            raise UserError(
+                f"row '{row_name}' needs dataset keys {sorted(missing)}; dataset "
+                f"{dataset_root} has {sorted(have)}: pick a data preset that provides them"
+            )
+    experiment_id = tracking.ensure_experiment(
+        ws.tracking_uri, exp.name, tracking.artifact_root(ws.workdir)
+    )
+    parent = tracking.start_parent(
+        ws.tracking_uri,
+        experiment_id,
+        kind=kind,
+        run_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
+        params={"rows": ",".join(exp.rows), "dataset": str(dataset_root)},
+    )
+    config_file = ws.workdir / f"{name}.experiment.yaml"
+    config_file.write_text(yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False))
+    tracking.log_artifacts(ws.tracking_uri, parent, config_file)
+    return LaunchContext(
+        tracking_uri=ws.tracking_uri,
+        experiment_id=experiment_id,
+        parent_run_id=parent,
+        dataset_root=str(dataset_root),
+        cache_dir=str(ws.cache),
+    )
+
+
+def _write_record(ws: Workspace, name: str, record: dict[str, Any]) -> None:
+    folder = Path(ws.storage) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / LAUNCH_RECORD).write_text(json.dumps(record, indent=2, default=str))
+
+
+def _run_config(exp: ExperimentConfig, ws: Workspace, name: str, ctx: LaunchContext, total: int):
+    from ray import tune
+
+    return tune.RunConfig(
+        name=name,
+        storage_path=ws.storage,
+        checkpoint_config=tune.CheckpointConfig(
+            num_to_keep=2,
+            checkpoint_score_attribute=f"val_{exp.metric}",
+            checkpoint_score_order=exp.mode,
+        ),
+        failure_config=tune.FailureConfig(max_failures=exp.max_failures),
+        callbacks=[
+            TrialProgress(total=total),
+            MlflowTrialStates(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id),
+        ],
+        verbose=0,
+    )
+
+
+def _trial_name(trial: Any) -> str:
+    cfg = trial.config.get("trial") or {}
+    row = cfg.get("row_name", "trial")
+    seed = cfg.get("seed", "")
+    return f"{row}-s{seed}-{trial.trial_id}"
+
+
+def launch_grid(
+    exp: ExperimentConfig,
+    ws: Workspace,
+    *,
+    address: str | None = None,
+    seeds: list[int] | None = None,
+    name: str | None = None,
+) -> LaunchResult:
+    """Run every row x seed (x grid axes) as one Ray Tune experiment; return a summary."""
+    from ray import tune
+
+    name = name or exp.name
+    trials = expand_trials(exp, seeds)
+    ctx = _prepare(exp, ws, "launch", name)
+    _write_record(
+        ws,
+        name,
+        {
+            "kind": "launch",
+            "context": ctx.to_dict(),
+            "experiment": exp.model_dump(mode="json"),
+            "workspace": asdict(ws),
+        },
+    )
+    start_ray(address)
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, context=ctx.to_dict()), _resources(exp.resources)
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search([t.model_dump(mode="json") for t in trials])},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=exp.resources.max_concurrent or None,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=_run_config(exp, ws, name, ctx, len(trials)),
+    )
+    return _fit(tuner, ctx, name, len(trials))
+
+
+def _fit(tuner: Any, ctx: LaunchContext, name: str, total: int) -> LaunchResult:
+    started = time.perf_counter()
+    try:
+        grid = tuner.fit()
+    finally:
+        tracking.finish_run(ctx.tracking_uri, ctx.parent_run_id, "completed")
+    errors = sum(1 for r in grid if r.error is not None)
+    return LaunchResult(
+        name=name,
+        tracking_uri=ctx.tracking_uri,
+        parent_run_id=ctx.parent_run_id,
+        experiment_id=ctx.experiment_id,
+        n_trials=len(grid) or total,
+        n_errors=errors,
+        wall_s=time.perf_counter() - started,
+    )
+
+
+def launch_search(
+    exp: ExperimentConfig,
+    ws: Workspace,
+    *,
+    address: str | None = None,
+    name: str | None = None,
+) -> LaunchResult:
+    """Optuna TPE (multivariate) over ``exp.search.params`` of one row, with ASHA pruning."""
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    if exp.search is None:
+        raise UserError(f"experiment '{exp.name}' has no 'search' section: add one to search")
+    search = exp.search
+    name = name or exp.name
+    row_exp = exp.model_copy(update={"rows": {search.row: exp.rows[search.row]}})
+    base = expand_trials(row_exp, seeds=[exp.seeds[0]])[0]
+    if base.train.eval_every == 0:
+        raise UserError("a search needs train.eval_every > 0 so that ASHA can prune early")
+    ctx = _prepare(row_exp, ws, "search", name)
+    storage_url = f"sqlite:///{(ws.workdir / 'optuna.db').resolve()}"
+    study_name = f"{name}-{ctx.parent_run_id[:8]}"
+    tracking.set_tags(
+        ws.tracking_uri,
+        ctx.parent_run_id,
+        {tracking.TAG_OPTUNA_STORAGE: storage_url, tracking.TAG_OPTUNA_STUDY: study_name},
+    )
+    _write_record(
+        ws,
+        name,
+        {
+            "kind": "search",
+            "context": ctx.to_dict(),
+            "experiment": exp.model_dump(mode="json"),
+            "workspace": asdict(ws),
+            "optuna_storage": storage_url,
+            "optuna_study": study_name,
+        },
+    )
+    start_ray(address)
+    metric = f"val_{search.metric}"
+    searcher = PruningAwareOptunaSearch(
+        metric=metric,
+        mode=search.mode,
+        sampler=optuna.samplers.TPESampler(multivariate=True, seed=exp.seeds[0]),
+        study_name=study_name,
+        storage=optuna.storages.RDBStorage(storage_url),
+    )
+    n_reports = len(range(base.train.eval_every, base.train.steps, base.train.eval_every)) + 1
+    scheduler = ASHAScheduler(
+        metric=metric,
+        mode=search.mode,
+        max_t=n_reports,
+        grace_period=min(search.grace_period, n_reports),
+        reduction_factor=search.reduction_factor,
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            train_trial, context=ctx.to_dict(), base_trial=base.model_dump(mode="json")
+        ),
+        _resources(exp.resources),
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={key: optuna_distribution(p) for key, p in search.params.items()},
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=search.num_samples,
+            max_concurrent_trials=exp.resources.max_concurrent or None,
+        ),
+        run_config=_run_config(exp, ws, name, ctx, search.num_samples),
+    )
+    return _fit(tuner, ctx, name, search.num_samples)
+
+
+def best_search_config(ws: Workspace, name: str) -> dict[str, Any]:
+    """The searched knobs of the best completed (not pruned) trial of search ``name``."""
+    import optuna
+
+    record = read_record(ws, name)
+    study = optuna.load_study(study_name=record["optuna_study"], storage=record["optuna_storage"])
+    try:
+        return dict(study.best_trial.params)
+    except ValueError:
+        raise UserError(f"search '{name}' has no completed trial yet: run or resume it") from None
+
+
+def read_record(ws: Workspace, name: str) -> dict[str, Any]:
+    path = Path(ws.storage) / name / LAUNCH_RECORD
+    if not path.is_file():
+        raise UserError(
+            f"no launch named '{name}' under {ws.storage}: check the name and --workdir/--storage"
+        )
+    return json.loads(path.read_text())
+
+
+def resume(ws: Workspace, name: str, *, address: str | None = None) -> LaunchResult:
+    """Restore an interrupted grid or search: errored and unfinished trials run again,
+    each into its own MLflow child run (found by trial id), under the same parent run."""
+    from ray import tune
+
+    record = read_record(ws, name)
+    ctx = LaunchContext(**record["context"])
+    exp = parse_experiment(record["experiment"], source=f"launch record of '{name}'")
+    path = str(Path(ws.storage) / name)
+    if not tune.Tuner.can_restore(path):
+        raise UserError(f"Ray has no restorable state at {path}: the launch never started")
+    start_ray(address)
+    kwargs: dict[str, Any] = {"context": ctx.to_dict()}
+    if record["kind"] == "search":
+        row = exp.search.row if exp.search else next(iter(exp.rows))
+        row_exp = exp.model_copy(update={"rows": {row: exp.rows[row]}})
+        kwargs["base_trial"] = expand_trials(row_exp, seeds=[exp.seeds[0]])[0].model_dump(
+            mode="json"
+        )
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, **kwargs), _resources(exp.resources)
+    )
+    tracking.client(ctx.tracking_uri).update_run(ctx.parent_run_id, status="RUNNING")
+    tuner = tune.Tuner.restore(
+        path, trainable=trainable, resume_unfinished=True, resume_errored=True
+    )
+    return _fit(tuner, ctx, name, 0)

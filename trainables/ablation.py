@@ -1,0 +1,149 @@
+"""The Ray Tune function trainable: one trial = one row x seed (x grid point / search sample).
+
+train -> (periodic validation + checkpoint, reported to Tune for ASHA) -> test evaluation
+-> MLflow. A restarted trial (retry after a crash, ``ablate resume``) restores model,
+optimisers, step and RNG states from its last checkpoint and keeps logging into the same
+MLflow child run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from ray import tune
+
+from ablate import tracking
+from ablate.config import TrialConfig, flatten, set_dotted
+from ablate.errors import UserError
+from ablate.evaluation import evaluate_method, write_evaluation_artifacts
+from ablate.seeding import capture_rng, restore_rng, seed_everything
+from ablate.training import TrainingRun
+
+CHECKPOINT_FILE = "state.pt"
+
+
+class TrialFailed(UserError):
+    """A trial stopped for a reason the user must see (NaN loss, bad data for the row...)."""
+
+
+@dataclass(frozen=True)
+class LaunchContext:
+    """What every trial of one launch shares; created by the driver (``ablate.experiment``)."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    dataset_root: str
+    cache_dir: str
+
+    def to_dict(self) -> dict[str, str]:
+        return dict(self.__dict__)
+
+
+def resolve_trial(config: dict[str, Any], base_trial: dict[str, Any] | None = None) -> TrialConfig:
+    """The trial's config: the grid's ``trial`` dict (or a search's ``base_trial``) with the
+    sampled dotted overrides (``{"loss.k": 3e-5}``) of a search applied on top."""
+    raw = json.loads(json.dumps(config.get("trial") or base_trial))
+    for key, value in config.items():
+        if key != "trial":
+            set_dotted(raw, key, value)
+    return TrialConfig.model_validate(raw)
+
+
+def _load_checkpoint() -> dict[str, Any] | None:
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True, map_location="cpu")
+
+
+def _report(metrics: dict[str, float], state: dict[str, Any], trial: TrialConfig) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save(state, Path(folder) / CHECKPOINT_FILE)
+        (Path(folder) / "config.yaml").write_text(yaml.safe_dump(trial.model_dump(mode="json")))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def train_trial(
+    config: dict[str, Any], context: dict[str, str], base_trial: dict[str, Any] | None = None
+) -> None:
+    """Ray Tune entry point. ``context`` is a :class:`LaunchContext` as a dict."""
+    ctx = LaunchContext(**context)
+    trial = resolve_trial(config, base_trial)
+    saved = _load_checkpoint()
+    trial_id = tune.get_context().get_trial_id()
+    run_id, created = tracking.find_or_start_child(
+        ctx.tracking_uri,
+        ctx.experiment_id,
+        ctx.parent_run_id,
+        trial_id,
+        run_name=f"{trial.row_name}-s{trial.seed}",
+        tags={tracking.TAG_ROW: trial.row_name, tracking.TAG_SEED: str(trial.seed)},
+    )
+    if created:
+        params = {"row": trial.row_name, "seed": trial.seed}
+        params.update(flatten(trial.model_dump(mode="json", exclude={"row_name", "seed"})))
+        tracking.log_params(ctx.tracking_uri, run_id, params)
+    try:
+        _run(trial, ctx, run_id, saved)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if not isinstance(exc, UserError):
+            reason = f"{type(exc).__name__}: {reason}"
+        tracking.finish_run(ctx.tracking_uri, run_id, "failed", reason)
+        raise
+
+
+def _run(trial: TrialConfig, ctx: LaunchContext, run_id: str, saved: dict | None) -> None:
+    seed_everything(trial.seed)
+    torch.set_num_threads(trial.train.num_threads)
+    run = TrainingRun.build(trial, Path(ctx.dataset_root), Path(ctx.cache_dir))
+    if saved is not None:
+        run.load_state(saved)
+        restore_rng(saved["rng"])
+
+    def checkpoint_state() -> dict[str, Any]:
+        return {**run.state(), "rng": capture_rng(), "mlflow_run_id": run_id}
+
+    started = time.perf_counter()
+    train = trial.train
+    evals = (
+        [s for s in range(train.eval_every, train.steps, train.eval_every)]
+        if train.eval_every
+        else []
+    )
+    while run.step < train.steps:
+        target = next((s for s in evals if s > run.step), train.steps)
+        history = run.train_until(target)
+        tracking.log_metric_history(ctx.tracking_uri, run_id, history)
+        if run.step < train.steps:
+            val = evaluate_method(run.method, run.data("val"), trial, samples=1)
+            val_metrics = {f"val_{k}": v for k, v in val.summary.items()}
+            tracking.log_metrics(ctx.tracking_uri, run_id, val_metrics, step=run.step)
+            _report({**val_metrics, "step": run.step, "final": 0}, checkpoint_state(), trial)
+    train_s = time.perf_counter() - started + run.previous_train_s
+
+    val = evaluate_method(run.method, run.data("val"), trial, samples=1)
+    test = evaluate_method(run.method, run.data("test"), trial, samples=trial.diffusion.ams_samples)
+    final = {f"val_{k}": v for k, v in val.summary.items()}
+    final.update(test.summary)
+    final.update(run.complexity())
+    final["train_s"] = train_s
+    final["train_it_per_s"] = run.trained_steps / max(time.perf_counter() - started, 1e-9)
+    final = {k: v for k, v in final.items() if math.isfinite(v)}
+    tracking.log_metrics(ctx.tracking_uri, run_id, final, step=run.step)
+    with tempfile.TemporaryDirectory() as folder:
+        write_evaluation_artifacts(test, Path(folder))
+        run.export_weights(Path(folder) / "checkpoint")
+        tracking.log_artifacts(ctx.tracking_uri, run_id, Path(folder))
+    tracking.finish_run(ctx.tracking_uri, run_id, "completed")
+    _report({**final, "step": run.step, "final": 1}, checkpoint_state(), trial)
