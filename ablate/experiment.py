@@ -354,3 +354,52 @@ def resume(ws: Workspace, name: str, *, address: str | None = None) -> LaunchRes
         path, trainable=trainable, resume_unfinished=True, resume_errored=True
     )
     return _fit(tuner, ctx, name, 0)
+
+
+def confirm_best(
+    exp: ExperimentConfig, ws: Workspace, search_name: str, n_seeds: int, *, address: str | None
+) -> LaunchResult:
+    """Re-run the best configuration of a search over ``n_seeds`` seeds as a grid launch."""
+    from ablate.config import set_dotted
+
+    if exp.search is None:
+        raise UserError(f"experiment '{exp.name}' has no 'search' section")
+    raw = exp.model_dump(mode="json")
+    row = raw["rows"][exp.search.row]
+    raw["rows"] = {f"{exp.search.row}_best": row}
+    raw["search"] = None
+    raw["seeds"] = list(range(n_seeds))
+    for key, value in best_search_config(ws, search_name).items():
+        set_dotted(raw, key, value)
+    confirm = parse_experiment(raw, source=f"best of search '{search_name}'")
+    return launch_grid(confirm, ws, address=address, name=f"{search_name}-confirm")
+
+
+def launch_status(ws: Workspace, name: str) -> list[dict[str, str]]:
+    """One line per trial of a launch, from its MLflow child runs (status, PSNR, error)."""
+    record = read_record(ws, name)
+    ctx = LaunchContext(**record["context"])
+    runs = tracking.child_runs(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id)
+    out = []
+    for run in sorted(runs, key=lambda r: r.info.run_name or ""):
+        metrics = run.data.metrics
+        out.append(
+            {
+                "run": run.info.run_name or run.info.run_id,
+                "status": run.data.tags.get(tracking.TAG_STATUS, run.info.status.lower()),
+                "psnr": f"{metrics['psnr']:.3f}" if "psnr" in metrics else "-",
+                "error": run.data.tags.get(tracking.TAG_ERROR, ""),
+            }
+        )
+    return out
+
+
+def search_space_path(filename: str) -> Path:
+    """A YAML shipped in the repository's ``search_spaces/`` (installed editable)."""
+    path = Path(__file__).resolve().parents[1] / "search_spaces" / filename
+    if not path.is_file():
+        raise UserError(
+            f"{path} not found: install the project editable from its repository "
+            "(pip install -e .) or pass a YAML path"
+        )
+    return path
