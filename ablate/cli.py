@@ -36,7 +36,9 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return func(*args, **kwargs)
         except UserError as err:
-            Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
+            Console(stderr=True, soft_wrap=True).print(
+                f"[bold red]error:[/] {err}", highlight=False
+            )
             raise typer.Exit(code=2) from None
 
     return wrapper
