@@ -1,0 +1,79 @@
+"""Shared fixtures: a real multi-node local Ray cluster, tiny experiment configs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[Any]:
+    """A real Ray cluster of two nodes (head + worker raylet) on this machine."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "include_dashboard": False},
+    )
+    worker = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    cluster.worker_node = worker
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+TINY_MODEL = {
+    "cpm_width": 8,
+    "cpm_mults": [1, 2],
+    "irm_width": 8,
+    "irm_mults": [1, 2],
+    "sr3_width": 8,
+    "sr3_mults": [1, 2],
+    "res_blocks": 1,
+    "attn_res": [8],
+    "guide_channels": 8,
+    "guide_levels": 2,
+}
+
+
+def tiny_experiment(name: str, rows: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """A raw experiment dict at test scale: tiny data, tiny nets, a few steps."""
+    raw: dict[str, Any] = {
+        "name": name,
+        "rows": rows,
+        "seeds": [0, 1],
+        "data": {"preset": "tiny"},
+        "model": TINY_MODEL,
+        "diffusion": {"train_steps": 100, "sr3_sample_steps": 4, "irm_sample_steps": 3,
+                      "ams_samples": 3},
+        "train": {"steps": 6, "batch_size": 2, "log_every": 2, "eval_slices": 4},
+        "resources": {"cpu": 1},
+    }
+    raw.update(extra)
+    return raw
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path / "runs"

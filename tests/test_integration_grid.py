@@ -1,0 +1,56 @@
+"""A real grid: 2 rows x 2 seeds on a 2-node local Ray cluster into a sqlite MLflow store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow.artifacts import download_artifacts
+
+from ablate.config import parse_experiment
+from ablate.experiment import Workspace, launch_grid, launch_status
+from tests.conftest import tiny_experiment
+
+pytestmark = pytest.mark.slow
+
+ROWS = {"cpm": {"method": "coarse_to_fine"}, "cpm_irm": {"method": "coarse_to_fine", "irm": True}}
+
+
+def test_grid_logs_one_parent_and_a_child_per_trial(ray_cluster, workdir: Path) -> None:
+    exp = parse_experiment(tiny_experiment("grid-it", ROWS))
+    ws = Workspace.create(workdir)
+    result = launch_grid(exp, ws)
+    assert result.n_trials == 4 and result.n_errors == 0
+
+    mlflow.set_tracking_uri(ws.tracking_uri)
+    runs = mlflow.search_runs(experiment_names=["grid-it"], output_format="pandas")
+    parents = runs[runs["tags.ablate.kind"] == "launch"]
+    children = runs[runs["tags.ablate.kind"] == "trial"]
+    assert len(parents) == 1 and len(children) == 4
+    parent_id = parents["run_id"].iloc[0]
+    assert set(children["tags.mlflow.parentRunId"]) == {parent_id}
+    assert sorted(children["tags.mlflow.runName"]) == [
+        "cpm-s0", "cpm-s1", "cpm_irm-s0", "cpm_irm-s1"
+    ]
+    for metric in ("psnr", "ssim", "nmse", "nrmse", "paper_psnr", "params_m", "gmacs", "train_s"):
+        assert children[f"metrics.{metric}"].notna().all(), metric
+    irm = children[children["params.row"] == "cpm_irm"]
+    cpm = children[children["params.row"] == "cpm"]
+    assert irm["metrics.sd"].notna().all() and irm["metrics.ams_psnr"].notna().all()
+    assert cpm["metrics.sd"].isna().all()
+    assert (children["params.loss.k"] == "5e-05").all()
+    assert set(children["params.seed"]) == {"0", "1"}
+
+    client = mlflow.MlflowClient(ws.tracking_uri)
+    for run_id in children["run_id"]:
+        history = client.get_metric_history(run_id, "loss")
+        assert [m.step for m in history] == [2, 4, 6]
+        local = download_artifacts(run_id=run_id, artifact_path="checkpoint/model.pt",
+                                   tracking_uri=ws.tracking_uri)
+        state = torch.load(local, weights_only=True)
+        assert state["step"] == 6 and state["model"]
+
+    status = launch_status(ws, "grid-it")
+    assert [s["status"] for s in status] == ["completed"] * 4
