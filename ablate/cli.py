@@ -180,6 +180,58 @@ def status(
 
 @app.command()
 @friendly_errors
+def export(
+    experiment: str = typer.Argument(..., help="MLflow experiment (study) name."),
+    metric: str = typer.Option("psnr", "--metric", help="Metric that ranks the trials."),
+    mode: str = typer.Option("max", "--mode", help="max or min."),
+    model_name: str | None = typer.Option(None, "--model-name", help="Registered model name."),
+    out: Path | None = typer.Option(None, "--out", help="Standalone folder to write."),
+    tracking_uri: str | None = TRACKING_OPT,
+    workdir: Path = WORKDIR_OPT,
+) -> None:
+    """Register the best trial as 'champion' (2nd: 'challenger') and write a standalone copy."""
+    from ablate.export import export_best
+
+    if mode not in ("max", "min"):
+        raise UserError(f"--mode '{mode}': use max or min")
+    ws = _workspace(workdir, tracking_uri)
+    result = export_best(
+        ws.tracking_uri,
+        experiment,
+        metric,
+        mode,
+        model_name,
+        out or ws.workdir / "exports" / experiment,
+    )
+    console.print(
+        f"{result.model_name}: champion = version {result.versions['champion']} "
+        f"({metric} {result.value:.4f}, run {result.run_ids['champion']}); "
+        f"standalone copy in {result.folder}. Use it with: "
+        f"ablate predict --model models:/{result.model_name}@champion INPUT OUTPUT"
+    )
+
+
+@app.command()
+@friendly_errors
+def predict(
+    input_path: Path = typer.Argument(..., help="Low-dose volume (.nii, .nii.gz, .npy)."),
+    output_path: Path = typer.Argument(..., help="Where to write the reconstruction."),
+    model: str = typer.Option(..., "--model", help="models:/NAME@champion or an export folder."),
+    samples: int = typer.Option(1, "--samples", help="K samples averaged (AMS)."),
+    scale: float | None = typer.Option(None, "--scale", help="Intensity scale (default p99.9)."),
+    tracking_uri: str | None = TRACKING_OPT,
+    workdir: Path = WORKDIR_OPT,
+) -> None:
+    """Run an exported model on a volume, slice by slice."""
+    from ablate.export import predict_volume
+
+    ws = _workspace(workdir, tracking_uri)
+    info = predict_volume(model, input_path, output_path, ws.tracking_uri, samples, scale)
+    console.print(f"wrote {output_path}: {int(info['slices'])} slices, K={int(info['samples'])}")
+
+
+@app.command()
+@friendly_errors
 def demo(
     workdir: Path = WORKDIR_OPT,
     steps: int | None = typer.Option(None, "--steps", help="Training steps per trial."),
@@ -241,3 +293,125 @@ def evaluate(
     skipped = {k: n for k, n in result["undefined"].items() if n}
     if skipped:
         console.print(f"undefined slices, left out of the mean (empty/flat reference): {skipped}")
+
+
+# --- results, tables, dashboards (dashboards/) -----------------------------------------------
+
+_WORKDIR_HELP = "Work directory whose MLflow store (mlflow.db) to read."
+_URI_HELP = "MLflow tracking URI (overrides --workdir), e.g. http://127.0.0.1:5000."
+
+
+@app.command()
+@friendly_errors
+def results(
+    experiment: str = typer.Argument(..., help="Experiment (study) name in MLflow."),
+    out: str = typer.Option("results.parquet", "--out", help="Parquet file to write."),
+    workdir: str = typer.Option("runs", "--workdir", help=_WORKDIR_HELP),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help=_URI_HELP),
+) -> None:
+    """Export a study's trials (config, metrics, run ids) as one Parquet table."""
+    from dashboards.results import load_results, resolve_tracking_uri, save_results
+
+    df = load_results(resolve_tracking_uri(workdir, tracking_uri), experiment)
+    path = save_results(df, out)
+    console.print(f"{len(df)} trials of '{experiment}' -> {path}")
+
+
+@app.command()
+@friendly_errors
+def table(
+    experiment: str = typer.Argument(..., help="Experiment name, or a results .parquet file."),
+    fmt: str = typer.Option("", "--format", help="md, latex, csv or html (default: terminal)."),
+    convention: str = typer.Option("standard", "--convention", help="standard or paper."),
+    reference: str | None = typer.Option(None, "--reference", help="Row tested against."),
+    paper: bool = typer.Option(False, "--paper", help="Show the papers' numbers beside ours."),
+    metric: str = typer.Option("psnr", "--metric", help="Metric of the paired test."),
+    test: str = typer.Option("t", "--test", help="Paired test: t or wilcoxon."),
+    out: str | None = typer.Option(None, "--out", help="Write to this file instead."),
+    workdir: str = typer.Option("runs", "--workdir", help=_WORKDIR_HELP),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help=_URI_HELP),
+) -> None:
+    """The ablation table: mean +- std over seeds, best marked, paired test vs a reference."""
+    from pathlib import Path
+
+    from dashboards.results import resolve_tracking_uri
+    from dashboards.tables import render, table_for, to_rich
+
+    if convention not in ("standard", "paper"):
+        raise UserError(f"--convention '{convention}' is not one of: standard, paper")
+    if test not in ("t", "wilcoxon"):
+        raise UserError(f"--test '{test}' is not one of: t, wilcoxon")
+    if out and not fmt:
+        fmt = {".tex": "latex", ".csv": "csv", ".html": "html"}.get(Path(out).suffix, "md")
+    result = table_for(
+        experiment,
+        resolve_tracking_uri(workdir, tracking_uri),
+        convention=convention,
+        reference=reference,
+        paper=paper,
+        metric=metric,
+        paired_test=test,
+    )
+    if not fmt:
+        # a pipe or CI log has no width: do not squeeze the table into 80 columns
+        wide = console if console.is_terminal else Console(width=max(console.width, 200))
+        wide.print(to_rich(result))
+        return
+    text = render(result, fmt)  # type: ignore[arg-type]
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)
+        console.print(f"table ({fmt}) -> {out}")
+    else:
+        print(text, end="")
+
+
+@app.command()
+@friendly_errors
+def count(
+    rows: list[str] = typer.Argument(None, help="Rows to count (default: every row)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+) -> None:
+    """Parameters (M, thop convention) and GMACs per full inference of each row at paper scale,
+    next to the paper's numbers (paper 003 Table 2 at 128x128; PMDM rows at 256x256)."""
+    import json
+
+    from rich.table import Table
+
+    from ablate.complexity import count_rows
+
+    with console.status("building rows at paper scale and counting on the meta device..."):
+        result = count_rows(rows or None)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+
+    def num(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    table = Table(title="Parameters and GMACs at paper scale (conv + linear, as thop counts)")
+    for name in (
+        "row",
+        "size",
+        "MParam",
+        "paper",
+        "diff",
+        "GMACs",
+        "paper",
+        "diff",
+        "total MParam",
+    ):
+        table.add_column(name, justify="left" if name == "row" else "right")
+    for r in result:
+        table.add_row(
+            r["row"],
+            str(r["image_size"]),
+            num(r["params_m"], ".3f"),
+            num(r["paper_params_m"], ".3f"),
+            num(r["params_rel_diff"], "+.2%"),
+            num(r["gmacs"], ".1f"),
+            num(r["paper_gflops"], ".0f"),
+            num(r["gmacs_rel_diff"], "+.2%"),
+            num(r["params_total_m"], ".3f"),
+        )
+    console.print(table)
