@@ -390,17 +390,8 @@ def count(
         return "-" if value is None else format(value, fmt)
 
     table = Table(title="Parameters and GMACs at paper scale (conv + linear, as thop counts)")
-    for name in (
-        "row",
-        "size",
-        "MParam",
-        "paper",
-        "diff",
-        "GMACs",
-        "paper",
-        "diff",
-        "total MParam",
-    ):
+    headers = ["row", "size", "MParam", "paper", "diff", "GMACs", "paper", "diff"]
+    for name in [*headers, "MParam (all)"]:
         table.add_column(name, justify="left" if name == "row" else "right")
     for r in result:
         table.add_row(

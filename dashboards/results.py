@@ -1,0 +1,287 @@
+"""The one path from MLflow to pandas: every table and dashboard reads a study through here.
+
+A study is an MLflow experiment holding parent runs (one per launch: ``ablate.kind`` =
+``launch`` or ``search``) and one child run per trial (``ablate.kind`` = ``trial``). This
+module turns the trial runs into one flat DataFrame (one line per trial: run ids, row, seed,
+status, error, ``params.*`` and final ``metrics.*``) that can be saved as Parquet, and fetches
+the few other things the dashboard needs (launches, loss histories, artifacts) the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import pandas as pd
+
+from ablate.errors import UserError
+
+#: Columns every results frame has, in this order, before the ``params.*``/``metrics.*`` ones.
+BASE_COLUMNS = [
+    "experiment",
+    "run_id",
+    "parent_run_id",
+    "run_name",
+    "row",
+    "row_index",
+    "label",
+    "seed",
+    "status",
+    "error",
+    "start_time",
+    "end_time",
+    "artifact_uri",
+]
+
+_PARENT_KINDS = {"launch", "search"}
+_TRIAL_STATUSES = {"completed", "failed", "pruned"}
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A parent run: one ``ablate run`` / ``ablate search`` / ``ablate demo`` launch."""
+
+    run_id: str
+    kind: str
+    rows: list[str]
+    start_time: pd.Timestamp
+    optuna_storage: str | None
+    optuna_study: str | None
+
+
+def tracking_uri_for(workdir: str | Path) -> str:
+    """The default store of a work directory: ``sqlite:///<workdir>/mlflow.db``."""
+    return f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(workdir: str | Path = "runs", tracking_uri: str | None = None) -> str:
+    """``--tracking-uri`` when given, else the default store of ``--workdir``."""
+    return tracking_uri or tracking_uri_for(workdir)
+
+
+def _client(tracking_uri: str) -> Any:
+    """An MlflowClient on an existing store; never creates an empty sqlite file by reading."""
+    from mlflow.tracking import MlflowClient
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in tables
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not db.is_file():
+            raise UserError(
+                f"no MLflow store at {db}: run `ablate demo` or `ablate run` first, "
+                "or pass --workdir / --tracking-uri"
+            )
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def _experiment_id(client: Any, experiment: str) -> str:
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments() if e.name != "Default")
+        known = ", ".join(names) if names else "none yet"
+        raise UserError(f"unknown experiment '{experiment}' (experiments in this store: {known})")
+    return exp.experiment_id
+
+
+def _all_runs(client: Any, experiment_id: str) -> list[Any]:
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id], max_results=1000, page_token=token, order_by=["start_time ASC"]
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _is_trial(run: Any) -> bool:
+    tags = run.data.tags
+    kind = tags.get("ablate.kind")
+    return kind == "trial" or (kind not in _PARENT_KINDS and "mlflow.parentRunId" in tags)
+
+
+def _timestamp(ms: int | None) -> pd.Timestamp:
+    return pd.Timestamp(ms, unit="ms", tz="UTC") if ms else pd.NaT
+
+
+def _launch(run: Any) -> Launch:
+    tags, params = run.data.tags, run.data.params
+    rows = [r.strip() for r in params.get("rows", "").split(",") if r.strip()]
+    return Launch(
+        run_id=run.info.run_id,
+        kind=tags.get("ablate.kind", "launch"),
+        rows=rows,
+        start_time=_timestamp(run.info.start_time),
+        optuna_storage=tags.get("ablate.optuna_storage"),
+        optuna_study=tags.get("ablate.optuna_study"),
+    )
+
+
+def _status(run: Any) -> tuple[str, str]:
+    """The trial's status and error; MLflow's own run status when the trainable set none."""
+    tags = run.data.tags
+    status = tags.get("ablate.status")
+    error = tags.get("ablate.error", "")
+    if status not in _TRIAL_STATUSES:
+        status = {"FINISHED": "completed", "RUNNING": "running", "SCHEDULED": "running"}.get(
+            run.info.status, "failed"
+        )
+        if status == "failed" and not error:
+            error = f"MLflow run status {run.info.status}"
+    return status, error
+
+
+def _row_order(launches: list[Launch], trial_rows: list[str]) -> list[str]:
+    """Rows in search-space order: the latest launch first, then older ones, then any others."""
+    order: list[str] = []
+    for launch in sorted(launches, key=lambda la: la.start_time, reverse=True):
+        order += [r for r in launch.rows if r not in order]
+    return order + [r for r in dict.fromkeys(trial_rows) if r not in order]
+
+
+def _trial_line(run: Any, experiment: str) -> dict[str, Any]:
+    tags, params = run.data.tags, run.data.params
+    status, error = _status(run)
+    name = run.info.run_name or run.info.run_id
+    row = params.get("row") or tags.get("ablate.row") or name.rsplit("-s", 1)[0]
+    seed = params.get("seed", tags.get("ablate.seed"))
+    line: dict[str, Any] = {
+        "experiment": experiment,
+        "run_id": run.info.run_id,
+        "parent_run_id": tags.get("mlflow.parentRunId"),
+        "run_name": run.info.run_name,
+        "row": row,
+        "label": params.get("row.label") or None,
+        "seed": int(seed) if seed not in (None, "") else None,
+        "status": status,
+        "error": error,
+        "start_time": _timestamp(run.info.start_time),
+        "end_time": _timestamp(run.info.end_time),
+        "artifact_uri": run.info.artifact_uri,
+    }
+    line.update({f"params.{k}": v for k, v in params.items()})
+    line.update({f"metrics.{k}": float(v) for k, v in run.data.metrics.items()})
+    return line
+
+
+def load_launches(tracking_uri: str, experiment: str) -> list[Launch]:
+    """The parent runs of a study, oldest first."""
+    client = _client(tracking_uri)
+    runs = _all_runs(client, _experiment_id(client, experiment))
+    return [_launch(r) for r in runs if not _is_trial(r)]
+
+
+def load_results(tracking_uri: str, experiment: str) -> pd.DataFrame:
+    """One line per trial of ``experiment``, rows in search-space order then by seed.
+
+    Columns: :data:`BASE_COLUMNS`, then ``params.<name>`` (strings, as logged) and
+    ``metrics.<name>`` (final values, floats; NaN where a trial did not log one).
+    ``row_index`` is the row's position in the latest launch's ``rows`` param.
+    Raises :class:`UserError` for a missing store, an unknown experiment or one without trials.
+    """
+    client = _client(tracking_uri)
+    runs = _all_runs(client, _experiment_id(client, experiment))
+    launches = [_launch(r) for r in runs if not _is_trial(r)]
+    trials = [_trial_line(r, experiment) for r in runs if _is_trial(r)]
+    if not trials:
+        raise UserError(
+            f"experiment '{experiment}' has no trial runs yet: launch it with `ablate run` "
+            "(or wait for its first trial to start)"
+        )
+    df = pd.DataFrame(trials)
+    order = _row_order(launches, df["row"].tolist())
+    df["row_index"] = df["row"].map({row: i for i, row in enumerate(order)}).astype(int)
+    df["seed"] = df["seed"].astype("Int64")
+    df = df.sort_values(["row_index", "seed", "start_time"], kind="stable").reset_index(drop=True)
+    extra = sorted(c for c in df.columns if c.startswith("params."))
+    extra += sorted(c for c in df.columns if c.startswith("metrics."))
+    return df[BASE_COLUMNS + extra]
+
+
+def save_results(df: pd.DataFrame, out: str | Path) -> Path:
+    """Write a results frame as Parquet (pyarrow), creating the parent folder."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_parquet(out, engine="pyarrow", index=False)
+    return out
+
+
+def read_results(source: str, tracking_uri: str) -> pd.DataFrame:
+    """A results frame from a ``.parquet`` file written by :func:`save_results`, else MLflow."""
+    if source.endswith(".parquet"):
+        path = Path(source)
+        if not path.is_file():
+            raise UserError(f"results file not found: {path} (write it with `ablate results`)")
+        return pd.read_parquet(path, engine="pyarrow")
+    return load_results(tracking_uri, source)
+
+
+def load_histories(tracking_uri: str, run_ids: list[str], key: str = "loss") -> pd.DataFrame:
+    """The per-step history of one metric for each run: columns run_id, step, value."""
+    client = _client(tracking_uri)
+    frames = []
+    for run_id in run_ids:
+        points = client.get_metric_history(run_id, key)
+        if points:
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "run_id": run_id,
+                        "step": [p.step for p in points],
+                        "value": [p.value for p in points],
+                    }
+                )
+            )
+    if not frames:
+        return pd.DataFrame({"run_id": [], "step": [], "value": []})
+    return pd.concat(frames, ignore_index=True).sort_values(["run_id", "step"], kind="stable")
+
+
+def _local_dir(artifact_uri: str | None) -> Path | None:
+    """The folder of a run's artifacts when they are on this machine's file system."""
+    if not artifact_uri:
+        return None
+    parsed = urlparse(artifact_uri)
+    if parsed.scheme not in ("", "file"):
+        return None
+    return Path(unquote(parsed.path))
+
+
+def fetch_artifact(
+    tracking_uri: str, run_id: str, path: str, artifact_uri: str | None = None
+) -> Path | None:
+    """A local path to one artifact of a run; ``None`` if the run did not log it.
+
+    With the run's ``artifact_uri`` on the local file system the file is read in place (no
+    tracking store needed, so results exported to Parquet keep working); otherwise it is
+    downloaded through the tracking store into a temporary folder.
+    """
+    local = _local_dir(artifact_uri)
+    if local is not None:
+        return local / path if (local / path).exists() else None
+    client = _client(tracking_uri)
+    parent = str(Path(path).parent) if Path(path).parent != Path(".") else None
+    if path not in {f.path for f in client.list_artifacts(run_id, parent)}:
+        return None
+    dst = tempfile.mkdtemp(prefix="ablate-artifact-")
+    return Path(client.download_artifacts(run_id, path, dst))
+
+
+def load_slice_metrics(tracking_uri: str, runs: pd.DataFrame) -> pd.DataFrame:
+    """Per-test-slice metrics (``test_metrics.parquet``) of some trials, with a run_id column.
+
+    ``runs`` is a slice of a results frame (``run_id`` and ``artifact_uri`` columns). Trials
+    that did not log the artifact are left out; an empty frame if none did.
+    """
+    frames = []
+    for run_id, uri in zip(runs["run_id"], runs["artifact_uri"], strict=True):
+        path = fetch_artifact(tracking_uri, run_id, "test_metrics.parquet", uri)
+        if path is not None:
+            frames.append(pd.read_parquet(path).assign(run_id=run_id))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"run_id": []})

@@ -1,0 +1,603 @@
+"""The ablation table: one line per row, mean +- std over seeds, best per column, paired tests.
+
+:func:`ablation_table` turns a results frame (``dashboards.results``) into an
+:class:`AblationTable`; :func:`render` writes it as Markdown, LaTeX (booktabs), CSV or HTML and
+:func:`to_rich` as a terminal table. Nothing is dropped silently: failed, pruned or still
+running trials, and trials without the table's metrics, show up as failed lines or notes.
+
+Significance: every line is compared with a reference line (default: the first row) by a
+paired test on the table's main metric, over seeds when at least two seeds match, otherwise
+over the test slices of ``test_metrics.parquet`` (averaged over the line's seeds), and the
+table says which.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from rich.markup import escape
+from rich.table import Table as RichTable
+from scipy import stats
+
+from ablate.errors import UserError
+from ablate.paper import TABLE1, TABLE2, PaperRow
+
+Convention = Literal["standard", "paper"]
+Format = Literal["md", "latex", "csv", "html"]
+PairedTest = Literal["t", "wilcoxon"]
+SliceLoader = Callable[[list[str]], pd.DataFrame]
+
+#: Quality metrics whose names differ between conventions; the rest are convention-free.
+_QUALITY = ["psnr", "ssim", "nmse"]
+_TITLES = {"psnr": "PSNR", "ssim": "SSIM", "nmse": "NMSE", "nrmse": "NRMSE"}
+_TEST_NAMES = {"t": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test"}
+_PARAM_NAMES_NOT_VARIANTS = ("seed", "path", "dir", "uri", "run_id", "row.label")
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: the MLflow metric it shows and which direction is better."""
+
+    key: str
+    title: str
+    better: Literal["max", "min"]
+    fmt: str
+    paper_attr: str | None = None
+    spread: bool = True  # False for deterministic costs (params, MACs): no std shown
+
+    def format(self, value: float) -> str:
+        if self.fmt != "auto":
+            return format(value, self.fmt)
+        size = abs(value)
+        return f"{value:.0f}" if size >= 100 else f"{value:.2f}" if size >= 1 else f"{value:.3g}"
+
+
+@dataclass
+class Line:
+    """One line of the table: a row (or a row's grid variant) measured, or the paper's numbers."""
+
+    name: str
+    row: str
+    label: str
+    kind: Literal["measured", "paper"] = "measured"
+    status: str = "ok"
+    n: int = 0
+    total: int = 0
+    values: dict[str, tuple[float, float | None]] = field(default_factory=dict)
+    best: set[str] = field(default_factory=set)
+    p_value: float | None = None
+    test: str = ""
+    reason: str = ""
+    run_ids: list[str] = field(default_factory=list)
+    seeds: list[int | None] = field(default_factory=list)
+
+
+@dataclass
+class AblationTable:
+    experiment: str
+    convention: Convention
+    metric: str
+    reference: str | None
+    paired_test: PairedTest
+    columns: list[Column]
+    lines: list[Line]
+    notes: list[str]
+
+    @property
+    def caption(self) -> str:
+        conv = (
+            "paper-003 metric convention (full-dose pixels <= 0.05 zeroed, masked data range)"
+            if self.convention == "paper"
+            else "standard metric convention"
+        )
+        text = (
+            f"Ablation study '{self.experiment}', {conv}. Mean ± std over seeds (n: completed "
+            "trials / all); best measured value per column in bold."
+        )
+        bases = sorted({line.test.split()[-1] for line in self.lines if line.test[:1].isdigit()})
+        if self.reference is None:
+            return text + " No significance test: no line has completed trials."
+        title = _metric_title(self.metric)
+        over = " and ".join({"seeds": "seeds", "slices": "test slices"}[b] for b in bases)
+        if not over:
+            return (
+                f"{text} p: n/a, no line shares two seeds or per-slice metrics with the "
+                f"reference '{self.reference}'."
+            )
+        return (
+            f"{text} p: {_TEST_NAMES[self.paired_test]} of {title} against "
+            f"'{self.reference}' over matched {over} (the 'test' column says which)."
+        )
+
+
+def _metric_title(key: str) -> str:
+    ams = key.startswith("ams_")
+    base = key.removeprefix("ams_").removeprefix("paper_")
+    return ("AMS " if ams else "") + _TITLES.get(base, base)
+
+
+def table_columns(convention: Convention, nrmse: bool = False) -> list[Column]:
+    """The columns of a table in one convention (NRMSE only for paper-000-style studies)."""
+    prefix = "paper_" if convention == "paper" else ""
+    quality = list(_QUALITY) + (["nrmse"] if nrmse and convention == "standard" else [])
+    better = {"psnr": "max", "ssim": "max", "nmse": "min", "nrmse": "min"}
+    fmt = {"psnr": ".2f", "ssim": ".4f", "nmse": ".4f", "nrmse": ".4f"}
+    cols = [Column(prefix + q, _TITLES[q], better[q], fmt[q], q) for q in quality]
+    cols += [
+        Column(f"ams_{prefix}{q}", f"AMS {_TITLES[q]}", better[q], fmt[q], f"ams_{q}")
+        for q in _QUALITY
+    ]
+    return cols + [
+        Column("sd", "SD", "min", ".2e", "sd"),
+        Column("params_m", "MParam", "min", "auto", "params_m", spread=False),
+        Column("gmacs", "GMACs", "min", "auto", "gflops", spread=False),
+        Column("train_s", "Train (s)", "min", ".1f"),
+    ]
+
+
+def _variant_params(df: pd.DataFrame) -> list[str]:
+    """Params that take several values within one row (grid axes, searched knobs)."""
+    out = []
+    for col in df.columns:
+        name = col.removeprefix("params.")
+        if not col.startswith("params.") or name == "row":
+            continue
+        if any(s in name for s in _PARAM_NAMES_NOT_VARIANTS):
+            continue
+        if (df.groupby("row")[col].nunique(dropna=False) > 1).any():
+            out.append(col)
+    return out
+
+
+def _short(value: str) -> str:
+    """A param value for a line name: floats to 4 significant digits, the rest as logged."""
+    try:
+        return f"{float(value):.4g}" if any(c in value for c in ".eE") else value
+    except ValueError:
+        return value
+
+
+def _with_variants(df: pd.DataFrame) -> pd.DataFrame:
+    keys = _variant_params(df)
+    names = []
+    for _, trial in df.iterrows():
+        extra = [
+            f"{k.removeprefix('params.')}={_short(trial[k])}" for k in keys if pd.notna(trial[k])
+        ]
+        names.append(f"{trial['row']} [{', '.join(extra)}]" if extra else trial["row"])
+    return df.assign(line=names)
+
+
+def _check_metrics(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """A completed trial without the main metric counts as failed, with that reason."""
+    df = df.copy()
+    col = f"metrics.{metric}"
+    values = df[col] if col in df else pd.Series(np.nan, index=df.index)
+    missing = (df["status"] == "completed") & values.isna()
+    df.loc[missing, "status"] = "failed"
+    df.loc[missing, "error"] = f"completed without logging the metric '{metric}'"
+    nonfinite = (df["status"] == "completed") & ~np.isfinite(values.astype(float))
+    df.loc[nonfinite, "status"] = "failed"
+    df.loc[nonfinite, "error"] = f"metric '{metric}' is not finite"
+    return df
+
+
+def _dedupe(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Keep the latest trial per line and seed (a later launch supersedes an earlier one)."""
+    ordered = df.sort_values("start_time", kind="stable", na_position="first")
+    keep = ordered.drop_duplicates(["line", "seed"], keep="last")
+    return df.loc[df.index.isin(keep.index)], len(df) - len(keep)
+
+
+def _summarise(name: str, trials: pd.DataFrame, columns: list[Column]) -> tuple[Line, list[str]]:
+    first = trials.iloc[0]
+    label = first["label"] if isinstance(first["label"], str) and first["label"] else first["row"]
+    if name != first["row"]:
+        label = f"{label} {name.removeprefix(first['row']).strip()}"
+    done = trials[trials["status"] == "completed"]
+    line = Line(name=name, row=first["row"], label=label, n=len(done), total=len(trials))
+    line.run_ids = done["run_id"].tolist()
+    line.seeds = [int(s) if pd.notna(s) else None for s in done["seed"]]
+    for col in columns:
+        key = f"metrics.{col.key}"
+        if key not in done:
+            continue
+        vals = done[key].dropna().to_numpy(dtype=float)
+        if len(vals):
+            mean = float(vals.mean())
+            std = float(vals.std(ddof=1)) if len(vals) > 1 and col.spread else None
+            # float noise of identical values (e.g. 3e-3 +- 5e-19) is no spread
+            if std is not None and std <= 1e-9 * abs(mean):
+                std = 0.0
+            line.values[col.key] = (mean, std)
+    notes = []
+    for _, trial in trials[trials["status"] != "completed"].iterrows():
+        why = f": {trial['error']}" if trial["status"] == "failed" and trial["error"] else ""
+        notes.append(f"{name} seed {trial['seed']}: {trial['status']}{why}")
+    if line.n == 0:
+        statuses = set(trials["status"])
+        line.status = "failed" if "failed" in statuses else sorted(statuses)[0]
+        errors = [e for e in dict.fromkeys(trials["error"]) if isinstance(e, str) and e]
+        line.reason = "; ".join(errors) if errors else f"all trials {line.status}"
+    elif line.n < line.total:
+        line.status = "partial"
+    return line, notes
+
+
+def _paired_p(a: np.ndarray, b: np.ndarray, test: PairedTest) -> float | None:
+    if len(a) < 2 or np.allclose(a, b):
+        return None
+    p = stats.ttest_rel(a, b).pvalue if test == "t" else stats.wilcoxon(a, b).pvalue
+    return float(p) if np.isfinite(p) else None
+
+
+def _per_slice(frame: pd.DataFrame, metric: str) -> pd.Series | None:
+    """A run set's per-slice metric averaged over runs, indexed by the slice identity columns."""
+    if metric not in frame or frame.empty:
+        return None
+    keys = [
+        c
+        for c in frame.columns
+        if c != "run_id" and not pd.api.types.is_float_dtype(frame[c]) and c != metric
+    ]
+    if not keys:
+        frame = frame.assign(position=frame.groupby("run_id").cumcount())
+        keys = ["position"]
+    return frame.groupby(keys)[metric].mean()
+
+
+def _significance(
+    lines: list[Line],
+    ref: Line,
+    metric: str,
+    df: pd.DataFrame,
+    test: PairedTest,
+    slices: SliceLoader | None,
+) -> None:
+    col = f"metrics.{metric}"
+    by_run = df.set_index("run_id")[col] if col in df else pd.Series(dtype=float)
+    by_seed = {
+        ln.name: {s: by_run[r] for s, r in zip(ln.seeds, ln.run_ids, strict=True) if s is not None}
+        for ln in lines
+    }
+    need_slices = []
+    for line in lines:
+        if line is ref:
+            line.test = "reference"
+            continue
+        matched = sorted(set(by_seed[line.name]) & set(by_seed[ref.name]))
+        if len(matched) >= 2:
+            a = np.array([by_seed[line.name][s] for s in matched])
+            b = np.array([by_seed[ref.name][s] for s in matched])
+            line.p_value, line.test = _paired_p(a, b, test), f"{len(matched)} seeds"
+        elif line.n:
+            need_slices.append(line)
+    if not need_slices or slices is None:
+        return
+    frame = slices(sorted({r for ln in need_slices + [ref] for r in ln.run_ids}))
+    if frame.empty:
+        return
+    ref_slices = _per_slice(frame[frame["run_id"].isin(ref.run_ids)], metric)
+    for line in need_slices:
+        mine = _per_slice(frame[frame["run_id"].isin(line.run_ids)], metric)
+        if mine is None or ref_slices is None:
+            continue
+        joined = pd.concat([mine.rename("a"), ref_slices.rename("b")], axis=1, join="inner")
+        if len(joined) >= 2:
+            line.p_value = _paired_p(joined["a"].to_numpy(), joined["b"].to_numpy(), test)
+            line.test = f"{len(joined)} slices"
+
+
+def _paper_row(row: str) -> PaperRow | None:
+    return TABLE2.get(row) or TABLE1.get(row)
+
+
+def _paper_line(row: str, paper: PaperRow, columns: list[Column]) -> Line:
+    line = Line(name=f"{row} (paper)", row=row, label=f"paper: {paper.label}", kind="paper")
+    stds = {"psnr": paper.psnr_std, "ssim": paper.ssim_std}
+    for col in columns:
+        value = getattr(paper, col.paper_attr, None) if col.paper_attr else None
+        if value is not None:
+            line.values[col.key] = (float(value), stds.get(col.paper_attr))
+    return line
+
+
+def ablation_table(
+    df: pd.DataFrame,
+    *,
+    convention: Convention = "standard",
+    reference: str | None = None,
+    paper: bool = False,
+    metric: str = "psnr",
+    paired_test: PairedTest = "t",
+    slices: SliceLoader | None = None,
+) -> AblationTable:
+    """Build the ablation table of a results frame (see ``dashboards.results.load_results``).
+
+    ``metric`` names the tested quality metric in the standard convention (``psnr``, ``ssim``,
+    ``nmse``); the paper convention tests its ``paper_`` counterpart. ``reference`` is a row
+    (or line) name; by default the first line with completed trials. ``slices`` loads the
+    per-slice metrics of a list of run ids, for lines with fewer than two seeds matching the
+    reference's.
+    """
+    if df.empty:
+        raise UserError("no trials to tabulate: the results are empty")
+    if metric not in _QUALITY + ["nrmse"]:
+        raise UserError(f"unknown table metric '{metric}': use one of psnr, ssim, nmse, nrmse")
+    key = f"paper_{metric}" if convention == "paper" and metric in _QUALITY else metric
+    experiment = str(df["experiment"].iloc[0])
+    columns = table_columns(convention, nrmse=any(r in TABLE1 for r in df["row"]))
+    df = _with_variants(_check_metrics(df, key))
+    df, superseded = _dedupe(df)
+    df = df.sort_values(["row_index", "seed"], kind="stable")
+
+    lines, notes = [], []
+    for name in dict.fromkeys(df["line"]):
+        line, line_notes = _summarise(name, df[df["line"] == name], columns)
+        lines.append(line)
+        notes += line_notes
+    if superseded:
+        notes.append(f"{superseded} earlier trial(s) of the same line and seed replaced by a rerun")
+
+    ref = _reference(lines, reference)
+    if ref is not None:
+        _significance(lines, ref, key, df, paired_test, slices)
+    better = {c.key: c.better for c in columns}
+    for col in columns:
+        scored = [ln for ln in lines if col.key in ln.values]
+        if len(scored) > 1:
+            pick = max if better[col.key] == "max" else min
+            best = pick(ln.values[col.key][0] for ln in scored)
+            for ln in scored:
+                if math.isclose(ln.values[col.key][0], best, rel_tol=1e-9):
+                    ln.best.add(col.key)
+
+    if paper:
+        lines = _with_paper_lines(lines, columns)
+        notes.append(
+            "paper lines: Han et al. 2023 Table 2 / PMDM-PET Table 1, as published (paper's own "
+            "metric convention, paper-scale models; GMACs are the paper's 'BFLOPs')"
+        )
+    shown = {c.key for ln in lines for c in columns if c.key in ln.values}
+    keep = [c for c in columns if c.key in shown or c.paper_attr in _QUALITY]
+    return AblationTable(
+        experiment=experiment,
+        convention=convention,
+        metric=key,
+        reference=ref.name if ref else None,
+        paired_test=paired_test,
+        columns=keep,
+        lines=lines,
+        notes=notes,
+    )
+
+
+def _reference(lines: list[Line], reference: str | None) -> Line | None:
+    if reference is None:
+        return next((ln for ln in lines if ln.n), None)
+    for ln in lines:
+        if reference in (ln.name, ln.row):
+            return ln
+    names = ", ".join(dict.fromkeys(ln.row for ln in lines))
+    raise UserError(f"--reference '{reference}' is not a row of this study (rows: {names})")
+
+
+def _with_paper_lines(lines: list[Line], columns: list[Column]) -> list[Line]:
+    out: list[Line] = []
+    for i, line in enumerate(lines):
+        out.append(line)
+        last_of_row = i + 1 == len(lines) or lines[i + 1].row != line.row
+        found = _paper_row(line.row)
+        if last_of_row and found is not None:
+            out.append(_paper_line(line.row, found, columns))
+    return out
+
+
+def table_for(
+    source: str,
+    tracking_uri: str,
+    **options: object,
+) -> AblationTable:
+    """:func:`ablation_table` of an experiment (or a results ``.parquet``) in a tracking store."""
+    from dashboards.results import load_slice_metrics, read_results
+
+    df = read_results(source, tracking_uri)
+
+    def slices(run_ids: list[str]) -> pd.DataFrame:
+        return load_slice_metrics(tracking_uri, df[df["run_id"].isin(run_ids)])
+
+    return ablation_table(df, slices=slices, **options)
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+
+def _p_text(line: Line) -> str:
+    if line.test == "reference":
+        return "ref"
+    if line.p_value is None:
+        return "n/a" if line.kind == "measured" and line.n else ""
+    return f"{line.p_value:.1e}" if line.p_value < 1e-3 else f"{line.p_value:.3f}"
+
+
+def _cells(line: Line, columns: list[Column], pm: str, bold: Callable[[str], str]) -> list[str]:
+    if line.kind == "measured" and line.n == 0:
+        return [f"{line.status}: {line.reason}"] + [""] * (len(columns) - 1)
+    cells = []
+    for col in columns:
+        if col.key not in line.values:
+            cells.append("–")
+            continue
+        mean, std = line.values[col.key]
+        spread = "" if std is None else f"{pm}{col.format(std) if std else '0'}"
+        text = col.format(mean) + spread
+        cells.append(bold(text) if col.key in line.best else text)
+    return cells
+
+
+def _n_text(line: Line) -> str:
+    return f"{line.n}/{line.total}" if line.kind == "measured" else ""
+
+
+def _header(columns: list[Column]) -> list[str]:
+    arrows = {"max": "↑", "min": "↓"}
+    return ["Row", "n"] + [f"{c.title} {arrows[c.better]}" for c in columns] + ["p", "test"]
+
+
+def _md(table: AblationTable) -> str:
+    head = _header(table.columns)
+    out = [f"**{table.caption}**", "", "| " + " | ".join(head) + " |"]
+    out.append("|" + "|".join([":---", "---:"] + ["---:"] * (len(head) - 2)) + "|")
+    for line in table.lines:
+        label = f"*{line.label}*" if line.kind == "paper" else line.label
+        cells = _cells(line, table.columns, " ± ", lambda s: f"**{s}**")
+        row = [label, _n_text(line), *cells, _p_text(line), line.test]
+        out.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+    out += [""] + [f"- {note}" for note in table.notes]
+    return "\n".join(out).rstrip() + "\n"
+
+
+_LATEX_SPECIALS = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def latex_escape(text: str) -> str:
+    """Escape LaTeX's special characters (and the Unicode signs tables use)."""
+    out = "".join(_LATEX_SPECIALS.get(ch, ch) for ch in text)
+    return (
+        out.replace("±", r"$\pm$")
+        .replace("–", "--")
+        .replace("↑", r"$\uparrow$")
+        .replace("↓", r"$\downarrow$")
+    )
+
+
+def _latex(table: AblationTable) -> str:
+    head = _header(table.columns)
+    spec = "ll" + "r" * (len(head) - 2)
+    ncols = len(head)
+    out = [
+        r"% needs \usepackage{booktabs} (and graphicx for \resizebox)",
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{latex_escape(table.caption)}}}",
+        rf"\label{{tab:ablation-{latex_escape(table.experiment)}}}",
+        r"\resizebox{\linewidth}{!}{%",
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+        " & ".join(latex_escape(h) for h in head) + r" \\",
+        r"\midrule",
+    ]
+    for line in table.lines:
+        if line.kind == "measured" and line.n == 0:
+            reason = latex_escape(f"{line.status}: {line.reason}")
+            cells = [rf"\multicolumn{{{ncols - 2}}}{{l}}{{{reason}}}"]
+        else:
+            cells = [
+                latex_escape(c)
+                for c in _cells(line, table.columns, " ± ", lambda s: "\x00" + s + "\x01")
+            ]
+            cells = [c.replace("\x00", r"\textbf{").replace("\x01", "}") for c in cells]
+            cells += [latex_escape(_p_text(line)), latex_escape(line.test)]
+        label = latex_escape(line.label)
+        label = rf"\textit{{{label}}}" if line.kind == "paper" else label
+        out.append(" & ".join([label, _n_text(line), *cells]) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}}"]
+    if table.notes:
+        out.append(r"\par\smallskip\footnotesize")
+        out += [latex_escape(note) + r"\par" for note in table.notes]
+    out.append(r"\end{table}")
+    return "\n".join(out) + "\n"
+
+
+def _csv(table: AblationTable) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    metric_cols = [f"{c.key}_{part}" for c in table.columns for part in ("mean", "std")]
+    writer.writerow(
+        ["line", "row", "label", "source", "status", "n", "total", *metric_cols]
+        + ["p_value", "test", "reason"]
+    )
+    for line in table.lines:
+        values = []
+        for col in table.columns:
+            mean, std = line.values.get(col.key, (None, None))
+            values += ["" if mean is None else repr(mean), "" if std is None else repr(std)]
+        p = "" if line.p_value is None else repr(line.p_value)
+        writer.writerow(
+            [line.name, line.row, line.label, line.kind, line.status, line.n, line.total]
+            + values
+            + [p, line.test, line.reason]
+        )
+    return buf.getvalue()
+
+
+def _html(table: AblationTable) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in _header(table.columns))
+    body = []
+    for line in table.lines:
+        cells = _cells(line, table.columns, " ± ", lambda s: "\x00" + s + "\x01")
+        cells = [
+            html.escape(c).replace("\x00", "<strong>").replace("\x01", "</strong>") for c in cells
+        ]
+        row = [html.escape(line.label), _n_text(line), *cells]
+        row += [html.escape(_p_text(line)), html.escape(line.test)]
+        if line.kind == "measured" and line.n == 0:
+            span = len(table.columns)
+            row = row[:2] + [f'<td colspan="{span}" class="failed">{cells[0]}</td>'] + row[-2:]
+            tds = "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in row)
+        else:
+            tds = "".join(f"<td>{c}</td>" for c in row)
+        cls = {"paper": "paper", "failed": "failed"}.get(
+            line.kind if line.kind == "paper" else line.status, ""
+        )
+        body.append(f'<tr class="{cls}">{tds}</tr>' if cls else f"<tr>{tds}</tr>")
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in table.notes)
+    return (
+        f'<table class="ablation"><caption>{html.escape(table.caption)}</caption>'
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        + (f'<ul class="notes">{notes}</ul>' if notes else "")
+        + "\n"
+    )
+
+
+def render(table: AblationTable, fmt: Format) -> str:
+    """The table as text in one of the file formats."""
+    renderers = {"md": _md, "latex": _latex, "csv": _csv, "html": _html}
+    if fmt not in renderers:
+        raise UserError(f"unknown table format '{fmt}': use one of md, latex, csv, html")
+    return renderers[fmt](table)
+
+
+def to_rich(table: AblationTable) -> RichTable:
+    """The table for the terminal: best values bold green, paper lines dim, failures red."""
+    out = RichTable(title=escape(table.caption), title_justify="left", caption_justify="left")
+    for i, head in enumerate(_header(table.columns)):
+        out.add_column(head, justify="left" if i == 0 else "right", no_wrap=i == 0)
+    for line in table.lines:
+        cells = _cells(line, table.columns, " ± ", lambda s: "\x00" + s + "\x01")
+        cells = [escape(c).replace("\x00", "[bold green]").replace("\x01", "[/]") for c in cells]
+        style = "dim italic" if line.kind == "paper" else "red" if line.n == 0 else None
+        label = escape(line.label)
+        out.add_row(label, _n_text(line), *cells, _p_text(line), line.test, style=style)
+    if table.notes:
+        out.caption = escape("\n".join(table.notes))
+    return out

@@ -1,0 +1,200 @@
+"""The ablation table against known MLflow runs: numbers, order, std, best marks, p-values."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from scipy import stats
+from typer.testing import CliRunner
+
+from ablate.cli import app
+from ablate.errors import UserError
+from dashboards.tables import AblationTable, Line, render, table_for
+from tests.test_dashboards_results import (
+    NAS_PSNR,
+    PSNR,
+    ROWS,
+    _log_trial,
+    shared_store,
+    slice_psnr,
+    trial_metrics,
+)
+
+
+@pytest.fixture
+def study_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return shared_store(tmp_path_factory)
+
+
+def _line(table: AblationTable, name: str) -> Line:
+    return next(ln for ln in table.lines if ln.name == name and ln.kind == "measured")
+
+
+def test_rows_in_search_space_order_with_mean_std_over_seeds(study_uri: str) -> None:
+    table = table_for("study", study_uri)
+    assert [ln.name for ln in table.lines] == ROWS
+    for row, seeds in PSNR.items():
+        psnr = np.array(list(seeds.values()))
+        line = _line(table, row)
+        assert line.n == line.total == 3
+        mean, std = line.values["psnr"]
+        assert mean == pytest.approx(psnr.mean()) and std == pytest.approx(psnr.std(ddof=1))
+        assert line.values["nmse"][0] == pytest.approx(np.mean(0.1 - psnr / 1000))
+    assert "sd" not in _line(table, "cpm").values
+    assert _line(table, "sr3").values["gmacs"] == (4.0, None)  # a cost has no spread
+    assert [c.key for c in table.columns][:3] == ["psnr", "ssim", "nmse"]
+
+
+def test_best_per_column_is_marked(study_uri: str) -> None:
+    table = table_for("study", study_uri)
+    best = {key: [ln.name for ln in table.lines if key in ln.best] for key in ("psnr", "nmse")}
+    assert best == {"psnr": ["cpm_irm_nas"], "nmse": ["cpm_irm_nas"]}
+    assert [ln.name for ln in table.lines if "gmacs" in ln.best] == ["cpm"]
+    md = render(table, "md")
+    assert f"**{NAS_PSNR:.2f}**" in md and "**0.05**" in md
+
+
+def test_paired_test_over_seeds_matches_scipy(study_uri: str) -> None:
+    table = table_for("study", study_uri)
+    assert table.reference == "cpm" and _line(table, "cpm").test == "reference"
+    ref = np.array(list(PSNR["cpm"].values()))
+    for row in ("sr3", "cpm_irm"):
+        line = _line(table, row)
+        expected = stats.ttest_rel(np.array(list(PSNR[row].values())), ref).pvalue
+        assert line.test == "3 seeds" and line.p_value == pytest.approx(expected, rel=1e-12)
+    wilcoxon = table_for("study", study_uri, paired_test="wilcoxon", reference="sr3")
+    cpm = np.array(list(PSNR["cpm"].values()))
+    expected = stats.wilcoxon(cpm, np.array(list(PSNR["sr3"].values()))).pvalue
+    assert _line(wilcoxon, "cpm").p_value == pytest.approx(expected)
+    assert "Wilcoxon signed-rank test" in wilcoxon.caption and "'sr3'" in wilcoxon.caption
+
+
+def test_paired_test_falls_back_to_test_slices(study_uri: str) -> None:
+    table = table_for("study", study_uri)
+    line = _line(table, "cpm_irm_nas")
+    ref = np.mean([slice_psnr("cpm", s) for s in PSNR["cpm"]], axis=0)
+    expected = stats.ttest_rel(slice_psnr("cpm_irm_nas", 0), ref).pvalue
+    assert line.test == "12 slices" and line.p_value == pytest.approx(expected, rel=1e-12)
+    assert "over matched seeds and test slices" in table.caption
+
+
+def test_failed_trials_are_shown_with_their_reason(study_uri: str) -> None:
+    table = table_for("study", study_uri)
+    broken = _line(table, "broken")
+    assert (broken.status, broken.reason, broken.n, broken.total) == ("failed", "NaN loss", 0, 2)
+    nas = _line(table, "cpm_irm_nas")
+    assert (nas.status, nas.n, nas.total) == ("partial", 1, 2)
+    assert "cpm_irm_nas seed 1: failed: completed without logging the metric 'psnr'" in table.notes
+    md = render(table, "md")
+    assert re.search(r"\| broken \| 0/2 \| failed: NaN loss \|", md)
+    assert "broken seed 1: failed: NaN loss" in md
+    assert 'class="failed">failed: NaN loss</td>' in render(table, "html")
+
+
+def test_paper_convention_and_paper_numbers(study_uri: str) -> None:
+    table = table_for("study", study_uri, convention="paper", paper=True)
+    assert [c.key for c in table.columns][:3] == ["paper_psnr", "paper_ssim", "paper_nmse"]
+    assert table.metric == "paper_psnr" and "paper-003 metric convention" in table.caption
+    assert _line(table, "cpm").values["paper_psnr"][0] == pytest.approx(24.1 + 1.0)
+    names = [ln.name for ln in table.lines]
+    assert names[:2] == ["cpm", "cpm (paper)"] and "broken (paper)" not in names
+    sr3 = next(ln for ln in table.lines if ln.name == "sr3 (paper)")
+    assert sr3.values["paper_psnr"] == (23.302, None) and sr3.values["gmacs"] == (5973, None)
+    assert sr3.label == "paper: (a) SR3 baseline" and not sr3.best
+
+
+def test_csv_is_machine_readable(study_uri: str) -> None:
+    rows = list(csv.DictReader(io.StringIO(render(table_for("study", study_uri), "csv"))))
+    assert [r["line"] for r in rows] == ROWS
+    sr3 = rows[1]
+    assert float(sr3["psnr_mean"]) == pytest.approx(np.mean(list(PSNR["sr3"].values())))
+    assert float(sr3["p_value"]) > 0 and sr3["test"] == "3 seeds"
+    assert rows[3]["status"] == "failed" and rows[3]["reason"] == "NaN loss"
+
+
+def test_latex_is_a_wellformed_booktabs_table(study_uri: str, tmp_path: Path) -> None:
+    tex = render(table_for("study", study_uri, paper=True), "latex")
+    body = tex[tex.index(r"\midrule") + len(r"\midrule") : tex.index(r"\bottomrule")]
+    ncols = len(re.search(r"\\begin\{tabular\}\{(\w+)\}", tex).group(1))
+    for row in body.strip().splitlines():
+        assert row.endswith(r"\\")
+        cells = re.split(r"(?<!\\)&", row)
+        span = re.search(r"\\multicolumn\{(\d+)\}", row)
+        assert len(cells) + (int(span.group(1)) - 1 if span else 0) == ncols, row
+    for env in ("table", "tabular"):
+        assert tex.count(rf"\begin{{{env}}}") == tex.count(rf"\end{{{env}}}") == 1
+    for cmd in (r"\toprule", r"\midrule", r"\bottomrule"):
+        assert tex.count(cmd) == 1
+    unescaped = re.sub(r"\\[{}]", "", tex)
+    assert unescaped.count("{") == unescaped.count("}")
+    assert r"cpm\_irm\_nas" in tex and "±" not in tex and "_irm" not in tex.replace(r"\_", "")
+    if shutil.which("pdflatex") is None:
+        return  # compiled below only where TeX is installed
+    doc = tmp_path / "t.tex"
+    doc.write_text(
+        "\\documentclass{article}\\usepackage{booktabs}\\usepackage{graphicx}"
+        f"\\begin{{document}}\n{tex}\\end{{document}}\n"
+    )
+    subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+def test_grid_variants_are_separate_lines(study_uri: str) -> None:
+    table = table_for("search", study_uri)
+    assert len(table.lines) == 8
+    assert all(
+        re.fullmatch(r"cpm_irm \[loss\.k=[\d.e+-]+, loss\.m=[\d.]+\]", ln.name)
+        for ln in table.lines
+    )
+    assert all(ln.n == 1 and ln.values["psnr"][1] is None for ln in table.lines)
+
+
+def test_rerun_supersedes_the_earlier_trial_and_says_so(study_uri: str, tmp_path: Path) -> None:
+    uri = study_uri
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("rerun", artifact_location=(tmp_path / "art").as_uri())
+    for launch, values in enumerate(([20.0, 21.0], [22.0, 23.0])):
+        pid = client.create_run(exp, tags={"ablate.kind": "launch"}).info.run_id
+        client.log_param(pid, "rows", "cpm")
+        for seed, psnr in enumerate(values):
+            stage = tmp_path / f"stage{launch}{seed}"
+            stage.mkdir()
+            _log_trial(client, exp, pid, "cpm", seed, stage, metrics=trial_metrics("cpm", psnr))
+    table = table_for("rerun", uri)
+    assert len(table.lines) == 1 and table.lines[0].values["psnr"][0] == pytest.approx(22.5)
+    assert "2 earlier trial(s) of the same line and seed replaced by a rerun" in table.notes
+
+
+def test_bad_reference_and_bad_experiment(study_uri: str) -> None:
+    with pytest.raises(UserError, match="--reference 'nope' is not a row.*cpm, sr3"):
+        table_for("study", study_uri, reference="nope")
+    result = CliRunner().invoke(app, ["table", "nope", "--tracking-uri", study_uri])
+    assert result.exit_code == 2
+    assert "unknown experiment 'nope'" in result.output
+
+
+def test_cli_writes_each_format(study_uri: str, tmp_path: Path) -> None:
+    for suffix, marker in ((".md", "| Row |"), (".tex", r"\toprule"), (".csv", "line,row")):
+        out = tmp_path / f"table{suffix}"
+        args = ["table", "study", "--tracking-uri", study_uri, "--out", str(out)]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert marker in out.read_text()
+    parquet = tmp_path / "results.parquet"
+    args = ["results", "study", "--tracking-uri", study_uri, "--out", str(parquet)]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    result = CliRunner().invoke(app, ["table", str(parquet), "--format", "md"])
+    assert result.exit_code == 0 and "12 slices" in result.output
