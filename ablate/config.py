@@ -92,7 +92,12 @@ class ModelConfig(_Strict):
     sr3_width: int = 64
     sr3_mults: tuple[int, ...] = (1, 2, 4, 8, 8)
     res_blocks: int = 3
-    attn_res: tuple[int, ...] = (16,)
+    attn_res: tuple[int, ...] = Field(
+        default=(16,), description="SR3 baseline: feature-map sizes with self-attention."
+    )
+    c2f_attn_res: tuple[int, ...] = Field(
+        default=(), description="CPM/IRM: sizes with attention besides the middle (paper: none)."
+    )
     dropout: float = 0.0
     guide_channels: int = 64
     guide_levels: int = 3
@@ -114,6 +119,12 @@ class LossConfig(_Strict):
     n: float = Field(default=1.0, ge=0)
     k: float = Field(default=5e-5, ge=0)
     negatives: int = Field(default=10, ge=1, description="N negatives per sample (paper: 10).")
+    cpm: float = Field(
+        default=0.0,
+        ge=0,
+        description="IRM rows: weight of an extra L2 loss on the CPM output (paper: 0; "
+        "> 0 steadies joint CPM + IRM training from scratch).",
+    )
     gan_l1: float = Field(default=100.0, ge=0, description="pix2pix/cGAN L1 weight (lambda).")
     vq_beta: float = Field(default=0.25, ge=0, description="VQ-VAE commitment weight.")
 

@@ -1,0 +1,75 @@
+"""Variance schedules and the continuous noise level of WaveGrad / SR3.
+
+Notation of paper 003: ``alpha_t = 1 - beta_t``, ``gamma_t = prod_{i<=t} alpha_i`` (the
+cumulative signal fraction), ``x_t = sqrt(gamma_t) x_0 + sqrt(1 - gamma_t) eps``. Networks are
+conditioned on ``sqrt(gamma)`` rather than on ``t``, so one trained network runs under any
+inference schedule: the 2000-step training schedule, a respaced subset of it, or a fresh
+few-step schedule (the IRM's 10 steps up to beta = 0.5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """A discrete schedule given by its betas (float64 on the CPU whatever the default device,
+    step ``t = 1..T`` at index ``t - 1``)."""
+
+    betas: torch.Tensor
+
+    def __post_init__(self) -> None:
+        b = self.betas
+        if b.ndim != 1 or b.numel() < 1:
+            raise ValueError("betas must be a non-empty 1-D tensor")
+        if not bool(((b > 0) & (b < 1)).all()):
+            raise ValueError("every beta must lie in (0, 1)")
+
+    @classmethod
+    def linear(cls, steps: int, beta_start: float, beta_end: float) -> NoiseSchedule:
+        """``steps`` betas evenly spaced from ``beta_start`` to ``beta_end`` (DDPM, SR3)."""
+        return cls(torch.linspace(beta_start, beta_end, steps, dtype=torch.float64, device="cpu"))
+
+    @property
+    def steps(self) -> int:
+        return self.betas.numel()
+
+    @property
+    def gammas(self) -> torch.Tensor:
+        """``gamma_t`` for ``t = 1..T``."""
+        return torch.cumprod(1.0 - self.betas, dim=0)
+
+    @property
+    def gammas_prev(self) -> torch.Tensor:
+        """``gamma_{t-1}`` for ``t = 1..T`` (``gamma_0 = 1``)."""
+        return torch.cat([self.betas.new_ones(1), self.gammas[:-1]])
+
+    def respaced(self, steps: int) -> NoiseSchedule:
+        """A ``steps``-step schedule visiting evenly spaced ``gamma_t`` of this one (always
+        the last); its betas make consecutive kept gammas a valid Markov chain."""
+        if not 1 <= steps <= self.steps:
+            raise ValueError(f"cannot respace {self.steps} steps to {steps}")
+        keep = torch.linspace(self.steps - 1, 0, steps, dtype=torch.float64, device="cpu")
+        keep = keep.round().long()
+        kept = self.gammas[keep.flip(0)]
+        prev = torch.cat([kept.new_ones(1), kept[:-1]])
+        return NoiseSchedule(1.0 - kept / prev)
+
+    def sample_noise_level(
+        self, batch: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """WaveGrad's continuous noise level for training.
+
+        Draws a step ``t ~ U{1..T}`` per sample and ``sqrt(gamma)`` uniformly between
+        ``sqrt(gamma_t)`` and ``sqrt(gamma_{t-1})`` (the reference code samples the square
+        root, as WaveGrad does). Returns ``(t, gamma)``, both [batch] on the CPU, ``gamma``
+        float32 and inside ``[gamma_t, gamma_{t-1}]``.
+        """
+        t = torch.randint(1, self.steps + 1, (batch,), generator=generator, device="cpu")
+        lo = self.gammas[t - 1].sqrt()
+        hi = self.gammas_prev[t - 1].sqrt()
+        u = torch.rand(batch, generator=generator, dtype=torch.float64, device="cpu")
+        return t, ((lo + u * (hi - lo)) ** 2).float()

@@ -1,0 +1,213 @@
+"""Rows (b)-(f) of paper 003's Table 2: the coarse-to-fine framework and its switches.
+
+- CPM (always): a deterministic UNet maps LPET to a coarse prediction ``x_cp``. Alone
+  (``irm: false``) it is trained with L2 and *is* the reconstruction (row b).
+- IRM (``irm``): a small diffusion denoiser samples the residual ``r_0 = y - x_cp``
+  conditioned on LPET, with WaveGrad's continuous noise level and L1 on the noise (eq. 8);
+  CPM and IRM are trained jointly through that one loss (the residual is not detached), and
+  the reconstruction is ``x_cp`` plus a residual sampled with the few-step inference schedule
+  (linear, ``irm_sample_steps`` steps, ``1e-6 .. irm_sample_beta_end``).
+- NAS / spectrum guidance (``nas``, ``spectrum``): one feature extractor per type and level
+  (eq. 5) feeds guided ResBlocks of the CPM and of the IRM; its L1 loss is weighted by
+  ``loss.m`` / ``loss.n``. Guide maps are computed once per input and reused at every
+  sampling step.
+- Contrastive loss (``contrastive``, needs ``irm``): the one-step estimate ``x_cp + r0~``
+  (eq. 6) against the positive and ``loss.negatives`` negatives, weight ``loss.k``, in the
+  form ``row.contrastive_form`` (see ``ablate.diffusion.losses``).
+
+Every switch is independent except that contrastive needs the IRM; guidance works with or
+without the IRM (it then guides the CPM only).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ablate.config import (
+    DiffusionConfig,
+    LossConfig,
+    ModelConfig,
+    RowConfig,
+    TrialConfig,
+)
+from ablate.data.guidance import spectrum
+from ablate.diffusion.losses import contrastive_likelihood, contrastive_reference_kl, noise_l1
+from ablate.diffusion.samplers import ddpm_sample, predict_x0
+from ablate.diffusion.schedules import NoiseSchedule
+from ablate.errors import UserError
+from ablate.methods.base import Batch, Method
+from ablate.models.feature_extractor import GuidanceExtractor
+from ablate.models.unet import GuideMaps, UNet
+
+#: NAS stack depth: slices i-2..i+2 (the paper's "4 neighbouring slices" plus the centre).
+NAS_SLICES = 5
+
+
+def guided_levels(mults: tuple[int, ...], guide_levels: int) -> tuple[tuple[int, ...], bool]:
+    """Which UNet encoder levels and whether the middle receive guide maps ``k = 1..M``.
+
+    Map ``k`` has the size of encoder level ``k``; the reference guides encoder levels below
+    the last (64x64, 32x32 at 128x128) and the middle, which sits at the last level.
+    """
+    last = len(mults) - 1
+    return tuple(k for k in range(1, guide_levels + 1) if k < last), guide_levels >= last
+
+
+class CoarseToFine(Method):
+    """CPM, optionally + IRM, + NAS/spectrum guidance, + contrastive loss."""
+
+    def __init__(
+        self,
+        row: RowConfig,
+        model: ModelConfig,
+        loss: LossConfig,
+        diffusion: DiffusionConfig,
+        image_size: int,
+    ) -> None:
+        super().__init__()
+        validate_row(row)
+        self.row = row
+        self.weights = loss
+        self.stochastic = row.irm
+        self.required_keys = required_keys(row)
+        self.streams = [name for name, on in (("nas", row.nas), ("spectrum", row.spectrum)) if on]
+        guiding = bool(self.streams)
+        self.guides = nn.ModuleDict(
+            {
+                name: GuidanceExtractor(
+                    NAS_SLICES if name == "nas" else 1, model.guide_levels, model.guide_channels
+                )
+                for name in self.streams
+            }
+        )
+
+        def unet(in_ch: int, width: int, mults: tuple[int, ...], noise: bool) -> UNet:
+            if guiding and model.guide_levels > len(mults) - 1:
+                raise UserError(
+                    f"model.guide_levels ({model.guide_levels}) exceeds the {len(mults) - 1} "
+                    f"downsamplings of a UNet with multipliers {mults}: lower it"
+                )
+            levels, mid = guided_levels(mults, model.guide_levels) if guiding else ((), False)
+            return UNet(
+                in_channels=in_ch,
+                out_channels=1,
+                base_width=width,
+                channel_mults=mults,
+                res_blocks=model.res_blocks,
+                attn_res=model.c2f_attn_res,
+                image_size=image_size,
+                dropout=model.dropout,
+                noise_embedding=noise,
+                guide_levels=levels,
+                guide_mid=mid,
+                guide_streams=len(self.streams),
+                guide_channels=model.guide_channels,
+            )
+
+        self.cpm = unet(1, model.cpm_width, model.cpm_mults, noise=False)
+        self.irm = unet(2, model.irm_width, model.irm_mults, noise=True) if row.irm else None
+        self.train_schedule = NoiseSchedule.linear(
+            diffusion.train_steps, diffusion.beta_start, diffusion.beta_end
+        )
+        self.sample_schedule = NoiseSchedule.linear(
+            diffusion.irm_sample_steps, diffusion.beta_start, diffusion.irm_sample_beta_end
+        )
+
+    def _guide_maps(
+        self, batch: Batch, with_loss: bool
+    ) -> tuple[list[GuideMaps], dict[str, torch.Tensor]]:
+        maps: list[GuideMaps] = []
+        losses: dict[str, torch.Tensor] = {}
+        for name in self.streams:
+            if name == "nas":
+                guide, target = batch["lpet_nas"], batch.get("spet_nas")
+            else:
+                guide = spectrum(batch["lpet"])
+                target = spectrum(batch["spet"]) if with_loss else None
+            feats, loss = self.guides[name](guide, target if with_loss else None)
+            maps.append(feats)
+            if loss is not None:
+                losses[f"guide_{name}"] = loss
+        return maps, losses
+
+    def training_losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        lpet, spet = batch["lpet"], batch["spet"]
+        maps, terms = self._guide_maps(batch, with_loss=True)
+        x_cp = self.cpm(lpet, None, maps)
+        cpm_l2 = F.mse_loss(x_cp, spet)
+        if self.irm is None:
+            terms["main"] = cpm_l2
+            total = cpm_l2
+        else:
+            r0 = spet - x_cp
+            t, gamma = self.train_schedule.sample_noise_level(r0.shape[0])
+            g = gamma.to(r0.device)
+            noise = torch.randn_like(r0)
+            gv = g.reshape(-1, 1, 1, 1)
+            r_t = gv.sqrt() * r0 + (1.0 - gv).sqrt() * noise
+            eps = self.irm(torch.cat([lpet, r_t], dim=1), g.sqrt(), maps)
+            terms["main"] = noise_l1(eps, noise)
+            terms["cpm"] = cpm_l2
+            total = terms["main"] + self.weights.cpm * cpm_l2
+            if self.row.contrastive:
+                estimate = x_cp + predict_x0(r_t, eps, g)
+                negatives = batch["negatives"]
+                if self.row.contrastive_form == "likelihood":
+                    term = contrastive_likelihood(estimate, spet, negatives)
+                else:
+                    t_frac = t.to(r0.device, torch.float32) / self.train_schedule.steps
+                    term = contrastive_reference_kl(estimate, spet, negatives, t_frac)
+                terms["contrastive"] = term
+                total = total + self.weights.k * term
+        if "guide_nas" in terms:
+            total = total + self.weights.m * terms["guide_nas"]
+        if "guide_spectrum" in terms:
+            total = total + self.weights.n * terms["guide_spectrum"]
+        return {"loss": total, **terms}
+
+    @torch.no_grad()
+    def reconstruct(self, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor:
+        lpet = batch["lpet"]
+        maps, _ = self._guide_maps(batch, with_loss=False)
+        x_cp = self.cpm(lpet, None, maps)
+        if self.irm is None:
+            return x_cp
+        irm = self.irm
+        residual = ddpm_sample(
+            lambda r_t, level: irm(torch.cat([lpet, r_t], dim=1), level, maps),
+            tuple(lpet.shape),
+            self.sample_schedule,
+            device=lpet.device,
+            generator=generator,
+        )
+        return x_cp + residual
+
+    def input_shapes(self, image_size: int) -> dict[str, tuple[int, ...]]:
+        shapes = {"lpet": (1, 1, image_size, image_size)}
+        if self.row.nas:
+            shapes["lpet_nas"] = (1, NAS_SLICES, image_size, image_size)
+        return shapes
+
+
+def validate_row(row: RowConfig) -> None:
+    """Reject switch sets the framework cannot build, saying what the row needs."""
+    if row.contrastive and not row.irm:
+        raise UserError(
+            "contrastive needs irm: true (the contrastive loss acts on the IRM's one-step "
+            "estimate x_cp + r0~); set irm: true or contrastive: false"
+        )
+
+
+def required_keys(row: RowConfig) -> frozenset[str]:
+    keys = {"lpet", "spet"}
+    if row.nas:
+        keys |= {"lpet_nas", "spet_nas"}
+    if row.contrastive:
+        keys.add("negatives")
+    return frozenset(keys)
+
+
+def build(trial: TrialConfig, image_size: int) -> CoarseToFine:
+    return CoarseToFine(trial.row, trial.model, trial.loss, trial.diffusion, image_size)

@@ -1,0 +1,92 @@
+"""Row (a) of paper 003's Table 2: the SR3 baseline, a conditional DDPM on [LPET, noisy SPET].
+
+Training: linear beta schedule (``diffusion.train_steps`` steps, ``beta_start..beta_end``),
+WaveGrad continuous noise level, L1 on the predicted noise (eq. 3). Sampling: ancestral
+DDPM over ``diffusion.sr3_sample_steps`` evenly respaced steps of the training schedule (the
+paper's cost figure is 100 steps). Images are mapped from the dataset's [0, 1] scale to SR3's
+[-1, 1] and back, so the sampler's x0 clipping acts on the data range.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ablate.config import DiffusionConfig, ModelConfig, RowConfig, TrialConfig
+from ablate.diffusion.losses import noise_l1
+from ablate.diffusion.samplers import ddpm_sample
+from ablate.diffusion.schedules import NoiseSchedule
+from ablate.errors import UserError
+from ablate.methods.base import Batch, Method
+from ablate.models.unet import UNet
+
+_SWITCHES = ("irm", "nas", "spectrum", "contrastive")
+
+
+class SR3(Method):
+    """Conditional DDPM baseline; ``reconstruct`` draws one sample per input."""
+
+    stochastic = True
+    required_keys = frozenset({"lpet", "spet"})
+
+    def __init__(self, model: ModelConfig, diffusion: DiffusionConfig, image_size: int) -> None:
+        super().__init__()
+        if diffusion.sr3_sample_steps > diffusion.train_steps:
+            raise UserError(
+                f"diffusion.sr3_sample_steps ({diffusion.sr3_sample_steps}) exceeds "
+                f"diffusion.train_steps ({diffusion.train_steps}): lower it"
+            )
+        self.net = UNet(
+            in_channels=2,
+            out_channels=1,
+            base_width=model.sr3_width,
+            channel_mults=model.sr3_mults,
+            res_blocks=model.res_blocks,
+            attn_res=model.attn_res,
+            image_size=image_size,
+            dropout=model.dropout,
+            noise_embedding=True,
+        )
+        self.train_schedule = NoiseSchedule.linear(
+            diffusion.train_steps, diffusion.beta_start, diffusion.beta_end
+        )
+        self.sample_schedule = self.train_schedule.respaced(diffusion.sr3_sample_steps)
+
+    def training_losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        cond = 2.0 * batch["lpet"] - 1.0
+        x0 = 2.0 * batch["spet"] - 1.0
+        _, gamma = self.train_schedule.sample_noise_level(x0.shape[0])
+        g = gamma.to(x0.device).reshape(-1, 1, 1, 1)
+        noise = torch.randn_like(x0)
+        x_t = g.sqrt() * x0 + (1.0 - g).sqrt() * noise
+        main = noise_l1(self.net(torch.cat([cond, x_t], dim=1), g.flatten().sqrt()), noise)
+        return {"loss": main, "main": main}
+
+    @torch.no_grad()
+    def reconstruct(self, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor:
+        cond = 2.0 * batch["lpet"] - 1.0
+        x = ddpm_sample(
+            lambda x_t, level: self.net(torch.cat([cond, x_t], dim=1), level),
+            tuple(cond.shape),
+            self.sample_schedule,
+            device=cond.device,
+            generator=generator,
+        )
+        return (x + 1.0) / 2.0
+
+
+def validate_row(row: RowConfig) -> None:
+    """SR3 has no component switches; a row that sets one is a mistake worth stopping."""
+    on = [name for name in _SWITCHES if getattr(row, name)]
+    if on:
+        raise UserError(
+            f"method 'sr3' has no {'/'.join(on)} component: use method 'coarse_to_fine' "
+            "for irm/nas/spectrum/contrastive rows"
+        )
+
+
+def required_keys(row: RowConfig) -> frozenset[str]:
+    return SR3.required_keys
+
+
+def build(trial: TrialConfig, image_size: int) -> SR3:
+    return SR3(trial.model, trial.diffusion, image_size)
