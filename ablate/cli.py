@@ -390,13 +390,12 @@ def count(
         return "-" if value is None else format(value, fmt)
 
     table = Table(title="Parameters and GMACs at paper scale (conv + linear, as thop counts)")
-    headers = ["row", "size", "MParam", "paper", "diff", "GMACs", "paper", "diff"]
-    for name in [*headers, "MParam (all)"]:
-        table.add_column(name, justify="left" if name == "row" else "right")
+    table.add_column("row (size)", no_wrap=True)
+    for name in ("MParam", "paper", "diff", "GMACs", "paper", "diff", "MParam all"):
+        table.add_column(name, justify="right", no_wrap=True)
     for r in result:
         table.add_row(
-            r["row"],
-            str(r["image_size"]),
+            f"{r['row']} ({r['image_size']})",
             num(r["params_m"], ".3f"),
             num(r["paper_params_m"], ".3f"),
             num(r["params_rel_diff"], "+.2%"),
@@ -406,3 +405,134 @@ def count(
             num(r["params_total_m"], ".3f"),
         )
     console.print(table)
+
+
+@app.command()
+@friendly_errors
+def dashboard(
+    experiment: str = typer.Argument(..., help="Experiment (study) name in MLflow."),
+    out: str | None = typer.Option(
+        None, "--out", help="Folder (default <workdir>/dashboards/EXPERIMENT)."
+    ),
+    convention: str = typer.Option("standard", "--convention", help="standard or paper."),
+    workdir: str = typer.Option("runs", "--workdir", help=_WORKDIR_HELP),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help=_URI_HELP),
+) -> None:
+    """A self-contained static HTML dashboard of a study (works offline)."""
+    from pathlib import Path
+
+    from dashboards.html import build_dashboard
+    from dashboards.results import resolve_tracking_uri
+
+    if convention not in ("standard", "paper"):
+        raise UserError(f"--convention '{convention}' is not one of: standard, paper")
+    folder = out or str(Path(workdir) / "dashboards" / experiment)
+    uri = resolve_tracking_uri(workdir, tracking_uri)
+    index = build_dashboard(experiment, uri, folder, convention=convention)  # type: ignore[arg-type]
+    console.print(f"dashboard -> {index} (open it in a browser; no network needed)")
+
+
+@app.command()
+@friendly_errors
+def ui(
+    port: int = typer.Option(5000, "--port", help="Port of the MLflow UI."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (0.0.0.0: all)."),
+    workdir: str = typer.Option("runs", "--workdir", help=_WORKDIR_HELP),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help=_URI_HELP),
+) -> None:
+    """Start the MLflow UI on the study store (bound to 127.0.0.1 unless told otherwise)."""
+    import subprocess
+
+    from dashboards.results import mlflow_ui_command
+
+    cmd = mlflow_ui_command(workdir, host, port, tracking_uri)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(
+            f"[yellow]warning:[/] the MLflow UI is reachable by anyone who can reach {host}"
+        )
+    console.print(f"MLflow UI on http://{host}:{port} (Ctrl-C stops it)")
+    try:
+        raise typer.Exit(subprocess.call(cmd))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+@data_app.command("simulate")
+@friendly_errors
+def data_simulate(
+    out: Path = typer.Option(..., "--out", help="Dataset folder to create (must not exist)."),
+    preset: str = typer.Option("tiny", "--preset", help="tiny, lowdose-128 or sinogram-256."),
+    seed: int = typer.Option(0, "--seed", help="Subject k is reproducible from (seed, k)."),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override a simulator knob: --set subjects=10 --set dose_reduction=50."
+    ),
+) -> None:
+    """Simulate a PET dataset (brain phantoms, Poisson counts, OSEM) with the offline simulator."""
+    from rich.progress import Progress
+
+    from ablate.data.simulate import parse_overrides, simulate_dataset
+
+    overrides = parse_overrides(set_)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(f"simulating {preset}", total=None)
+        root = simulate_dataset(
+            preset, seed, overrides, out, lambda k, n: bar.update(task, completed=k, total=n)
+        )
+    console.print(f"dataset -> {root} (inspect it with `ablate data info {root}`)")
+
+
+@data_app.command("import")
+@friendly_errors
+def data_import(
+    source: Path = typer.Argument(..., help="Folder of NIfTI files / DICOM series folders."),
+    out: Path = typer.Option(..., "--out", help="Dataset folder to create (must not exist)."),
+    pairs: Path | None = typer.Option(
+        None, "--pairs", help="CSV with columns subject, spet, [lpet], [sinogram], [split]."
+    ),
+    pair_by: str = typer.Option(
+        "{subject}_{dose}", "--pair-by", help="Naming rule, e.g. '{subject}_{dose}' (low/full)."
+    ),
+    size: int = typer.Option(128, "--size", help="Slice size after resampling (pixels)."),
+    split: str = typer.Option("0.7,0.1,0.2", "--split", help="train,val,test fractions."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the subject split."),
+    dose_reduction: float | None = typer.Option(
+        None, "--dose-reduction", help="Dose reduction factor of the low-dose scans (recorded)."
+    ),
+) -> None:
+    """Import your own volumes (NIfTI, DICOM series) as an ablate dataset."""
+    from ablate.data.io import import_dataset, pairs_by_name, pairs_from_csv
+
+    try:
+        fractions = tuple(float(f) for f in split.split(","))
+    except ValueError:
+        fractions = ()
+    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
+        raise UserError(f"--split '{split}': three fractions adding up to 1, e.g. 0.7,0.1,0.2")
+    if not source.is_dir():
+        raise UserError(f"{source}: not a folder")
+    found = pairs_from_csv(pairs) if pairs is not None else pairs_by_name(source, pair_by)
+    root = import_dataset(out, found, size, fractions, seed, dose_reduction, str(source))
+    console.print(f"imported {len(found)} subjects -> {root}")
+
+
+@data_app.command("info")
+@friendly_errors
+def data_info(path: Path = typer.Argument(..., help="A dataset folder.")) -> None:
+    """Subjects, splits, shapes, intensity statistics and provenance of a dataset."""
+    import json
+
+    from rich.table import Table
+
+    from ablate.data.io import dataset_info
+
+    info = dataset_info(path)
+    console.print(f"[bold]{info['path']}[/]: {info['subjects']} subjects, {info['slices']} slices")
+    parts = [f"{k} {v['subjects']} ({v['slices']} slices)" for k, v in info["splits"].items()]
+    console.print(f"splits: {', '.join(parts)}")
+    table = Table("array", "shape", "min", "mean", "p99", "max")
+    for kind, s in info["arrays"].items():
+        values = (f"{s[k]:.4g}" for k in ("min", "mean", "p99", "max"))
+        table.add_row(kind, "x".join(map(str, s["shape"])), *values)
+    console.print(table)
+    prov = {k: v for k, v in info["provenance"].items() if k not in ("lesions", "subjects")}
+    console.print_json(json.dumps(prov, default=str))

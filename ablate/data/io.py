@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -175,3 +176,412 @@ def validate_dataset(root: Path) -> pd.DataFrame:
                     "rebuild the dataset"
                 )
     return manifest
+
+
+# --- import of the user's own volumes -----------------------------------------------------
+
+DOSE_TAGS = {
+    "lpet": ("low", "ld", "lowdose", "lpet", "lowdosepet"),
+    "spet": ("full", "fd", "fulldose", "spet", "std", "standard"),
+    "sinogram": ("sino", "sinogram"),
+}
+_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".npy")
+
+
+@dataclass
+class Pair:
+    """The files of one subject: full-dose image, optional low-dose image and sinogram."""
+
+    subject: str
+    spet: Path
+    lpet: Path | None = None
+    sinogram: Path | None = None
+    split: str | None = None
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in _VOLUME_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def pairs_from_csv(csv: Path) -> list[Pair]:
+    """Pairs from a CSV with columns subject, spet, [lpet], [sinogram], [split].
+
+    Relative paths are relative to the CSV's folder.
+    """
+    try:
+        table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise UserError(f"{csv}: unreadable pairs CSV ({exc.__class__.__name__})") from None
+    missing = {"subject", "spet"} - set(table.columns)
+    if missing:
+        raise UserError(
+            f"{csv}: missing column(s) {sorted(missing)}: need subject, spet and optionally "
+            "lpet, sinogram, split"
+        )
+
+    def resolve(value: str) -> Path | None:
+        if not value.strip():
+            return None
+        path = Path(value.strip())
+        return path if path.is_absolute() else csv.parent / path
+
+    pairs = []
+    for row in table.to_dict("records"):
+        split = row.get("split", "").strip() or None
+        if split is not None and split not in SPLITS:
+            subject = row["subject"]
+            raise UserError(f"{csv}: subject {subject}: split '{split}' is not one of {SPLITS}")
+        spet = resolve(row["spet"])
+        if spet is None:
+            raise UserError(f"{csv}: subject {row['subject']} has no spet file")
+        pairs.append(
+            Pair(
+                subject=row["subject"].strip(),
+                spet=spet,
+                lpet=resolve(row.get("lpet", "")),
+                sinogram=resolve(row.get("sinogram", "")),
+                split=split,
+            )
+        )
+    return pairs
+
+
+def pairs_by_name(folder: Path, pattern: str) -> list[Pair]:
+    """Pairs from file/folder names in ``folder`` matching ``pattern``.
+
+    ``pattern`` has the placeholders ``{subject}`` and ``{dose}``, e.g. ``{subject}_{dose}``
+    matches ``sub01_low.nii.gz`` and ``sub01_full.nii.gz`` (DICOM series: folder names).
+    Dose tags: see :data:`DOSE_TAGS` (case-insensitive).
+    """
+    if "{subject}" not in pattern or "{dose}" not in pattern:
+        raise UserError(f"--pair-by '{pattern}' needs both {{subject}} and {{dose}}")
+    regex = re.escape(pattern)
+    regex = regex.replace(r"\{subject\}", "(?P<subject>.+?)")
+    regex = regex.replace(r"\{dose\}", "(?P<dose>[A-Za-z0-9]+)")
+    matcher = re.compile(f"^{regex}$")
+    tag_to_kind = {tag: kind for kind, tags in DOSE_TAGS.items() for tag in tags}
+    found: dict[str, dict[str, Path]] = {}
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        match = matcher.match(_stem(entry))
+        if match is None:
+            continue
+        kind = tag_to_kind.get(match["dose"].lower())
+        if kind is None:
+            continue
+        files = found.setdefault(match["subject"], {})
+        if kind in files:
+            raise UserError(f"{entry}: a second {kind} file for subject {match['subject']}")
+        files[kind] = entry
+    if not found:
+        raise UserError(
+            f"no file in {folder} matches --pair-by '{pattern}' with a dose tag "
+            f"(low: {', '.join(DOSE_TAGS['lpet'])}; full: {', '.join(DOSE_TAGS['spet'])})"
+        )
+    pairs = []
+    for subject, files in found.items():
+        if "spet" not in files:
+            raise UserError(f"subject {subject} in {folder} has no full-dose file")
+        pairs.append(Pair(subject, files["spet"], files.get("lpet"), files.get("sinogram")))
+    return pairs
+
+
+def load_volume(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A 3D volume reoriented to RAS (closest canonical) and its voxel sizes in mm.
+
+    ``path`` is a NIfTI file (``.nii``/``.nii.gz``) or a folder holding one DICOM series.
+    Any problem is a :class:`UserError` naming the file.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: file not found")
+    if path.is_dir():
+        img = _dicom_series(path)
+    else:
+        try:
+            img = nib.load(path)
+            img.get_fdata(dtype=np.float32)  # decode now: a truncated file fails here
+        except Exception as exc:  # nibabel raises many types for damaged files
+            name = exc.__class__.__name__
+            raise UserError(f"{path}: not a readable NIfTI file ({name})") from None
+    img = nib.as_closest_canonical(img)
+    data = np.asarray(img.get_fdata(dtype=np.float32))
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise UserError(f"{path}: expected a 3D volume, got shape {data.shape}")
+    if not np.isfinite(data).all():
+        raise UserError(f"{path}: the volume contains NaN or infinite values: fix or mask it")
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return data, zooms
+
+
+def _dicom_series(folder: Path):
+    """One DICOM series (a folder of slices) as a nibabel image with a RAS affine."""
+    import nibabel as nib
+    import pydicom
+
+    slices = []
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(file)
+        except Exception as exc:  # InvalidDicomError, OSError, EOFError...
+            name = exc.__class__.__name__
+            raise UserError(f"{file}: not a readable DICOM file ({name})") from None
+        if "PixelData" not in ds:
+            continue  # DICOMDIR and other non-image objects
+        slices.append((file, ds))
+    if not slices:
+        raise UserError(f"{folder}: no DICOM image files in this folder")
+    series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}
+    if len(series) > 1:
+        raise UserError(f"{folder}: holds {len(series)} DICOM series: put one series per folder")
+    try:
+        orientation = np.array(slices[0][1].ImageOrientationPatient, float)
+        row_cos, col_cos = orientation[:3], orientation[3:]
+        normal = np.cross(row_cos, col_cos)
+        positions = [np.array(ds.ImagePositionPatient, float) for _, ds in slices]
+        spacing_r, spacing_c = (float(v) for v in slices[0][1].PixelSpacing)
+    except (AttributeError, ValueError, TypeError):
+        raise UserError(
+            f"{folder}: DICOM files lack the geometry tags (ImageOrientationPatient, "
+            "ImagePositionPatient, PixelSpacing)"
+        ) from None
+    order = np.argsort([float(np.dot(p, normal)) for p in positions])
+    slices = [slices[i] for i in order]
+    positions = [positions[i] for i in order]
+    planes = []
+    for file, ds in slices:
+        try:
+            pixels = ds.pixel_array.astype(np.float32)
+        except Exception as exc:
+            name = exc.__class__.__name__
+            raise UserError(f"{file}: cannot decode DICOM pixel data ({name})") from None
+        slope = float(ds.get("RescaleSlope", 1.0))
+        intercept = float(ds.get("RescaleIntercept", 0.0))
+        if planes and pixels.shape != planes[0].shape:
+            raise UserError(f"{file}: slice shape {pixels.shape} differs from {planes[0].shape}")
+        planes.append(pixels * slope + intercept)
+    dz = (
+        float(np.linalg.norm(positions[1] - positions[0]))
+        if len(positions) > 1
+        else float(slices[0][1].get("SliceThickness", 1.0))
+    )
+    # voxel (column j, row i, slice k) -> LPS mm, then LPS -> RAS
+    lps = np.eye(4)
+    lps[:3, 0] = row_cos * spacing_c
+    lps[:3, 1] = col_cos * spacing_r
+    lps[:3, 2] = normal * dz
+    lps[:3, 3] = positions[0]
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    data = np.stack([p.T for p in planes], axis=2)
+    return nib.Nifti1Image(data, affine)
+
+
+def volume_to_slices(
+    data: np.ndarray, zooms: tuple[float, float, float], image_size: int
+) -> np.ndarray:
+    """RAS volume -> ``[slices, image_size, image_size]`` axial slices, isotropic in-plane.
+
+    The in-plane field of view (the larger of the two extents) is kept whole: the slice is
+    resampled (antialiased bilinear) to square pixels of ``fov / image_size`` and zero-padded
+    to a square. Rows run anterior to posterior and columns along +x, as the simulator's.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    slices = np.ascontiguousarray(data[:, ::-1, :].transpose(2, 1, 0))  # [z, y desc, x]
+    ny, nx = slices.shape[1:]
+    fov = max(nx * zooms[0], ny * zooms[1])
+    pixel = fov / image_size
+    h = max(1, min(image_size, round(ny * zooms[1] / pixel)))
+    w = max(1, min(image_size, round(nx * zooms[0] / pixel)))
+    t = torch.from_numpy(slices)[:, None]
+    t = F.interpolate(t, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+    out = torch.zeros((t.shape[0], image_size, image_size))
+    top, left = (image_size - h) // 2, (image_size - w) // 2
+    out[:, top : top + h, left : left + w] = t[:, 0]
+    return out.numpy()
+
+
+def load_sinogram(path: Path, n_slices: int) -> np.ndarray:
+    """``[slices, angles, bins]`` from ``.npy`` (that order) or NIfTI (bins x angles x slices)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: sinogram file not found")
+    try:
+        if path.name.lower().endswith(".npy"):
+            sino = np.load(path).astype(np.float32)
+        else:
+            import nibabel as nib
+
+            sino = np.asarray(nib.load(path).get_fdata(dtype=np.float32)).transpose(2, 1, 0)
+    except Exception as exc:
+        raise UserError(f"{path}: unreadable sinogram ({exc.__class__.__name__})") from None
+    if sino.ndim != 3 or sino.shape[0] != n_slices:
+        raise UserError(
+            f"{path}: sinogram shape {sino.shape}, expected [{n_slices} slices, angles, bins]"
+        )
+    if not np.isfinite(sino).all():
+        raise UserError(f"{path}: the sinogram contains NaN or infinite values")
+    return sino
+
+
+def assign_splits(
+    pairs: list[Pair], fractions: tuple[float, float, float], seed: int
+) -> dict[str, str]:
+    """Subject -> split: explicit splits kept, the others shuffled (seeded) by fraction."""
+    fixed = {p.subject: p.split for p in pairs if p.split}
+    free = sorted(p.subject for p in pairs if not p.split)
+    rng = np.random.default_rng(seed)
+    rng.shuffle(free)
+    n = len(free)
+    if n and not fixed and n < 3:
+        raise UserError(
+            f"{n} subject(s): need at least 3 to split by subject (or give a split column)"
+        )
+    counts = [int(round(f * n)) for f in fractions[1:]]
+    if n >= 3 and not fixed:
+        counts = [max(1, c) for c in counts]
+    n_val, n_test = counts
+    out = dict(fixed)
+    for i, subject in enumerate(free):
+        out[subject] = "val" if i < n_val else "test" if i < n_val + n_test else "train"
+    return out
+
+
+def import_dataset(
+    dest: Path,
+    pairs: list[Pair],
+    image_size: int = 128,
+    fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+    seed: int = 0,
+    dose_reduction: float | None = None,
+    source: str = "",
+) -> Path:
+    """Read, check, resample and normalise every pair, then write the dataset atomically.
+
+    Everything is read and validated before anything is written, so a bad file leaves no
+    partial dataset behind.
+    """
+    if not pairs:
+        raise UserError("no subjects to import")
+    names = [p.subject for p in pairs]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})[0]
+        raise UserError(f"subject '{dup}' is listed twice")
+    has_low = {p.lpet is not None for p in pairs}
+    if len(has_low) > 1:
+        raise UserError("some subjects have a low-dose file and some do not: pair all or none")
+    has_sino = {p.sinogram is not None for p in pairs}
+    if len(has_sino) > 1:
+        raise UserError("some subjects have a sinogram and some do not: give all or none")
+    splits = assign_splits(pairs, fractions, seed)
+    subjects = []
+    for pair in pairs:
+        full, zooms = load_volume(pair.spet)
+        arrays = {"spet": volume_to_slices(full, zooms, image_size)}
+        if pair.lpet is not None:
+            low, low_zooms = load_volume(pair.lpet)
+            if low.shape != full.shape or not np.allclose(low_zooms, zooms, rtol=1e-3):
+                raise UserError(
+                    f"{pair.lpet}: shape {low.shape} / voxels {low_zooms} do not match the "
+                    f"full-dose {pair.spet} ({full.shape} / {zooms})"
+                )
+            arrays["lpet"] = volume_to_slices(low, zooms, image_size)
+        scale = full_dose_scale(arrays["spet"])
+        arrays = {k: v / scale for k, v in arrays.items()}
+        columns = {"sinogram_scale": 0.0, "voxel_z_mm": zooms[2]}
+        if pair.sinogram is not None:
+            sino = load_sinogram(pair.sinogram, arrays["spet"].shape[0])
+            columns["sinogram_scale"] = full_dose_scale(sino)
+            arrays["sinogram"] = sino / columns["sinogram_scale"]
+        subjects.append(
+            SubjectArrays(
+                subject=_safe_name(pair.subject),
+                split=splits[pair.subject],
+                arrays=arrays,
+                scale=scale,
+                source=str(pair.spet) + (f";{pair.lpet}" if pair.lpet else ""),
+                dose_reduction=float("nan") if dose_reduction is None else dose_reduction,
+                columns=columns,
+            )
+        )
+    from ablate.data.simulate import package_version
+
+    provenance = {
+        "kind": "imported",
+        "source": source,
+        "image_size": image_size,
+        "split_fractions": list(fractions),
+        "split_seed": seed,
+        "dose_reduction": dose_reduction,
+        "ablate_version": package_version(),
+        "subjects": {
+            p.subject: {
+                "spet": str(p.spet),
+                "lpet": str(p.lpet or ""),
+                "sinogram": str(p.sinogram or ""),
+            }
+            for p in pairs
+        },
+        "keys": {
+            "lpet": "the imported low-dose volume, resampled",
+            "spet": "the imported full-dose volume, resampled (the reference)",
+            "sinogram": "the imported sinogram [angles, bins] / sinogram_scale",
+        },
+        "normalisation": "images / subject's full-dose 99.9th percentile (column 'scale')",
+        "orientation": "RAS; rows anterior->posterior, columns along +x",
+        "attribution": [],
+    }
+    return write_dataset(dest, subjects, provenance)
+
+
+def _safe_name(subject: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", subject)
+    if not safe or safe.startswith("."):
+        raise UserError(f"subject name '{subject}' cannot be a folder name: rename it")
+    return safe
+
+
+def dataset_info(root: Path) -> dict[str, Any]:
+    """Subjects, splits, shapes, intensity statistics and provenance of a dataset folder."""
+    root = Path(root)
+    manifest = validate_dataset(root)
+    provenance = read_provenance(root)
+    splits = {}
+    for split in SPLITS:
+        rows = manifest[manifest["split"] == split]
+        splits[split] = {"subjects": int(rows["subject"].nunique()), "slices": len(rows)}
+    stats = {}
+    for kind in provenance.get("arrays", []):
+        values = []
+        shape = None
+        for subject in manifest["subject"].unique():
+            arr = np.load(array_path(root, str(subject), kind), mmap_mode="r")
+            shape = tuple(arr.shape[1:])
+            values.append(np.asarray(arr[:: max(1, arr.shape[0] // 8)], dtype=np.float32).ravel())
+        v = np.concatenate(values)
+        stats[kind] = {
+            "shape": list(shape),
+            "min": float(v.min()),
+            "mean": float(v.mean()),
+            "p99": float(np.percentile(v, 99)),
+            "max": float(v.max()),
+        }
+    return {
+        "path": str(root),
+        "subjects": int(manifest["subject"].nunique()),
+        "slices": len(manifest),
+        "splits": splits,
+        "arrays": stats,
+        "scale": {"min": float(manifest["scale"].min()), "max": float(manifest["scale"].max())},
+        "provenance": provenance,
+    }
