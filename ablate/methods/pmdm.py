@@ -162,6 +162,16 @@ def save_estimator(path: Path, net: DeepPET, meta: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _flat(meta: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in meta.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def load_estimator(path: Path, net: DeepPET, expected: dict[str, Any]) -> None:
     """Load a stage-1 checkpoint into ``net``, checking it was trained on the expected data,
     split and seed (``expected`` holds the ``meta`` fields that must match)."""
@@ -181,8 +191,10 @@ def load_estimator(path: Path, net: DeepPET, expected: dict[str, Any]) -> None:
             f"stage-1 DeepPET checkpoint {path} is unreadable or not a matching estimator "
             f"({exc.__class__.__name__}): {fix}"
         ) from None
-    meta = saved.get("meta", {})
-    for name, want in expected.items():
+    meta, want_flat = _flat(saved.get("meta", {})), _flat(expected)
+    # the split first: the most common mix-up, and the shortest message
+    for name in sorted(want_flat, key=lambda n: (n != "data.split", n)):
+        want = want_flat[name]
         if meta.get(name) != want:
             raise EstimatorError(
                 f"stage-1 DeepPET checkpoint {path} was trained with {name}={meta.get(name)!r} "
