@@ -376,6 +376,7 @@ def count(
     next to the paper's numbers (paper 003 Table 2 at 128x128; PMDM rows at 256x256)."""
     import json
 
+    from rich import box
     from rich.table import Table
 
     from ablate.complexity import count_rows
@@ -389,20 +390,25 @@ def count(
     def num(value: float | None, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
-    table = Table(title="Parameters and GMACs at paper scale (conv + linear, as thop counts)")
-    table.add_column("row (size)", no_wrap=True)
-    for name in ("MParam", "paper", "diff", "GMACs", "paper", "diff", "MParam all"):
-        table.add_column(name, justify="right", no_wrap=True)
+    table = Table(
+        title="Parameters and GMACs at paper scale (conv + linear, as thop counts; "
+        "--json adds the total parameter count)",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+    )
+    table.add_column("row", no_wrap=True)
+    for name in ("size", "MParam", "paper", "diff", "GMACs", "paper", "diff"):
+        table.add_column(name, justify="right")
     for r in result:
         table.add_row(
-            f"{r['row']} ({r['image_size']})",
+            r["row"],
+            str(r["image_size"]),
             num(r["params_m"], ".3f"),
             num(r["paper_params_m"], ".3f"),
             num(r["params_rel_diff"], "+.2%"),
             num(r["gmacs"], ".1f"),
             num(r["paper_gflops"], ".0f"),
             num(r["gmacs_rel_diff"], "+.2%"),
-            num(r["params_total_m"], ".3f"),
         )
     console.print(table)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -75,8 +76,12 @@ def count_macs(fn: Callable[[], Any], modules: nn.Module) -> int:
 
     ``fn`` is typically ``lambda: method.reconstruct(batch)`` with a batch of one image; the
     count includes the batch size and every call (a layer used in 10 sampling steps counts
-    10 times). Runs under ``torch.no_grad``; pass a model and inputs on the ``meta`` device to
-    count a paper-scale model at no cost.
+    10 times). Runs under ``torch.no_grad``.
+
+    Pass a model and inputs on the ``meta`` device to count a paper-scale model at no cost.
+    There, where outputs have shapes but no values, a submodule called again with inputs of
+    the same shapes (a denoiser at each of 1000 sampling steps) is not run again: its cached
+    output and MAC count are reused, which makes long samplers cheap to count.
     """
     total = 0
 
@@ -84,11 +89,147 @@ def count_macs(fn: Callable[[], Any], modules: nn.Module) -> int:
         nonlocal total
         total += _macs(module, inputs, output)
 
+    def memoized(forward: Callable[..., Any]) -> Callable[..., Any]:
+        cache: dict[Any, tuple[int, Any]] = {}
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            nonlocal total
+            key = _signature((args, kwargs))
+            if key in cache:
+                macs, out = cache[key]
+                total += macs
+                return out
+            before = total
+            out = forward(*args, **kwargs)
+            cache[key] = (total - before, out)
+            return out
+
+        return wrapper
+
+    on_meta = all(t.is_meta for t in (*modules.parameters(), *modules.buffers()))
     handles = [m.register_forward_hook(hook) for m in modules.modules() if isinstance(m, _COUNTED)]
+    patched = [m for m in modules.modules() if on_meta and not isinstance(m, _COUNTED)]
+    own_forward = {id(m): m.__dict__["forward"] for m in patched if "forward" in m.__dict__}
+    for m in patched:
+        m.forward = memoized(m.forward)
     try:
         with torch.no_grad():
             fn()
     finally:
         for handle in handles:
             handle.remove()
+        for m in patched:
+            if id(m) in own_forward:
+                m.forward = own_forward[id(m)]
+            else:
+                del m.forward
     return total
+
+
+def _signature(value: Any) -> Any:
+    """A hashable key for a call's arguments on the meta device: tensor shapes, plain values,
+    and the identity of anything else (a conservative key: it can only miss the cache)."""
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape), value.dtype, value.device.type)
+    if isinstance(value, list | tuple):
+        return (type(value).__name__, tuple(_signature(v) for v in value))
+    if isinstance(value, dict):
+        return ("dict", tuple((k, _signature(v)) for k, v in value.items()))
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return ("id", id(value))
+
+
+#: Ablation files ``ablate count`` knows, each with the image size its paper counts at.
+_TABLE_FILES = (("paper_table2.yaml", 128), ("pmdm_table1.yaml", 256))
+
+
+def _search_spaces() -> Path:
+    return Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+def _known_rows() -> dict[str, tuple[Any, int, bool]]:
+    """Row name -> (its TrialConfig, image size, counted by default), over the files present."""
+    from ablate.config import load_experiment, trial_configs
+
+    known: dict[str, tuple[Any, int, bool]] = {}
+    for index, (name, size) in enumerate(_TABLE_FILES):
+        path = _search_spaces() / name
+        if not path.is_file():
+            continue
+        exp = load_experiment(path)
+        for trial in trial_configs(exp, seeds=exp.seeds[:1]):
+            known.setdefault(trial.row_name, (trial, size, index == 0))
+    return known
+
+
+def _rel(ours: float, paper: float | None) -> float | None:
+    return None if paper is None else (ours - paper) / paper
+
+
+def count_method(method: nn.Module, image_size: int) -> tuple[int, int, int]:
+    """(thop parameters, total parameters, MACs of one full reconstruction of one image).
+
+    The method is moved to the ``meta`` device (its noise schedules, plain tensors, stay on
+    the CPU so samplers can read them), so even 100 SR3 steps cost no arithmetic.
+    """
+    params, total = count_params(method), count_params(method, "total")
+    method = method.to("meta").eval()
+    batch = {
+        key: torch.zeros(shape, device="meta")
+        for key, shape in method.input_shapes(image_size).items()
+    }
+    return params, total, count_macs(lambda: method.reconstruct(batch), method)
+
+
+def count_rows(rows: list[str] | None = None) -> list[dict[str, Any]]:
+    """Parameters and GMACs of ablation rows at paper scale, beside the papers' numbers.
+
+    Rows come from ``search_spaces/paper_table2.yaml`` (at 128x128) and, when present,
+    ``search_spaces/pmdm_table1.yaml`` (at 256x256), built with those files' settings (so
+    SR3 is counted over ``diffusion.sr3_sample_steps`` steps and the IRM over
+    ``diffusion.irm_sample_steps``). ``rows=None`` counts the Table-2 rows, the ones with
+    paper numbers to compare against; PMDM rows are counted when named. Each entry has keys
+    ``row, label, image_size, params_m, params_total_m, gmacs, paper_params_m,
+    paper_gflops, params_rel_diff, gmacs_rel_diff`` (paper values and differences are None
+    where a paper reports nothing). Paper 003's "BFLOPs" are GMACs.
+    """
+    from ablate.errors import UserError
+    from ablate.methods.registry import build_method
+    from ablate.paper import TABLE1, TABLE2
+
+    known = _known_rows()
+    wanted = [name for name, entry in known.items() if entry[2]] if rows is None else rows
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        raise UserError(
+            f"unknown row(s) {', '.join(unknown)}: known rows are {', '.join(known) or 'none'}"
+        )
+    out = []
+    for name in wanted:
+        trial, size, _ = known[name]
+        try:
+            params, total, macs = count_method(build_method(trial, size), size)
+        except (RuntimeError, NotImplementedError, UserError) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise UserError(
+                f"row '{name}' cannot be counted on the meta device: {reason}"
+            ) from None
+        paper = TABLE2.get(name) or TABLE1.get(name)
+        paper_params = paper.params_m if paper else None
+        paper_gflops = paper.gflops if paper else None
+        out.append(
+            {
+                "row": name,
+                "label": trial.row.label or (paper.label if paper else name),
+                "image_size": size,
+                "params_m": params / 1e6,
+                "params_total_m": total / 1e6,
+                "gmacs": macs / 1e9,
+                "paper_params_m": paper_params,
+                "paper_gflops": paper_gflops,
+                "params_rel_diff": _rel(params / 1e6, paper_params),
+                "gmacs_rel_diff": _rel(macs / 1e9, paper_gflops),
+            }
+        )
+    return out

@@ -117,3 +117,25 @@ def test_evaluate_bad_inputs_give_one_line_errors(tmp_path: Path) -> None:
     assert "unknown convention" in message
     message = _error("evaluate", str(good), str(tmp_path / "bright.npy"), "--convention", "paper")
     assert "[0, 1] scale" in message
+
+
+def test_count_json_matches_the_paper_for_cheap_rows() -> None:
+    """CPM and CPM + 10 IRM steps at 128x128, counted on the meta device."""
+    out = _run_json("count", "cpm", "cpm_irm")
+    assert [r["row"] for r in out] == ["cpm", "cpm_irm"]
+    for r in out:
+        assert {"row", "params_m", "gmacs", "paper_params_m", "paper_gflops"} <= set(r)
+        assert r["params_m"] == pytest.approx(r["paper_params_m"], rel=0.01)
+        assert r["gmacs"] == pytest.approx(r["paper_gflops"], rel=0.01)
+        assert r["params_total_m"] > r["params_m"]  # GroupNorm etc. only in the total
+        assert r["params_rel_diff"] == pytest.approx(r["params_m"] / r["paper_params_m"] - 1)
+    # The IRM's 10 sampling steps dominate the cost: each step is a full IRM forward.
+    assert out[1]["gmacs"] > 3 * out[0]["gmacs"]
+
+
+def test_count_table_and_unknown_row() -> None:
+    result = runner.invoke(app, ["count", "cpm"])
+    assert result.exit_code == 0, result.output
+    assert "cpm" in result.stdout and "24.7" in result.stdout
+    message = _error("count", "cpm", "no_such_row")
+    assert "no_such_row" in message and "known rows are" in message and "cpm_irm" in message

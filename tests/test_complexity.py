@@ -91,3 +91,19 @@ def test_meta_device_gives_identical_counts() -> None:
     assert count_params(meta) == count_params(real)
     assert count_params(meta, "total") == count_params(real, "total")
     assert count_macs(lambda: meta(x_meta), meta) == count_macs(lambda: real(x_real), real)
+
+
+def test_meta_memoization_counts_repeated_calls_of_every_shape() -> None:
+    """On meta, repeated calls are served from a cache; counts must still match real runs."""
+
+    def calls(model: Tiny, device: str) -> None:
+        for size in (8, 16, 8, 16, 16):
+            model(torch.zeros(1, 2, size, size, device=device))
+
+    real = Tiny()
+    with torch.device("meta"):
+        meta = Tiny()
+    expected = 2 * _expected_macs(1, 8) + 3 * _expected_macs(1, 16)
+    assert count_macs(lambda: calls(real, "cpu"), real) == expected
+    assert count_macs(lambda: calls(meta, "meta"), meta) == expected
+    assert all("forward" not in m.__dict__ for m in meta.modules())
