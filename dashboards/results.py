@@ -285,3 +285,31 @@ def load_slice_metrics(tracking_uri: str, runs: pd.DataFrame) -> pd.DataFrame:
         if path is not None:
             frames.append(pd.read_parquet(path).assign(run_id=run_id))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"run_id": []})
+
+
+def mlflow_ui_command(
+    workdir: str | Path = "runs",
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    tracking_uri: str | None = None,
+) -> list[str]:
+    """The ``mlflow ui`` command line serving a work directory's store (artifacts included)."""
+    import sys
+
+    artifacts = (Path(workdir).resolve() / "mlartifacts").as_uri()
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        resolve_tracking_uri(workdir, tracking_uri),
+        "--default-artifact-root",
+        artifacts,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",  # one user on a workstation; several uvicorn workers only cost memory and startup
+    ]

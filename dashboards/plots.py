@@ -1,0 +1,257 @@
+"""Plotly figures of a study: metric per row, quality vs cost with the Pareto front, loss curves,
+Optuna search plots, and colour-mapped sample images.
+
+Figures are built from an :class:`~dashboards.tables.AblationTable` (means and std per line,
+the same numbers the table prints) and the results frame (one value per trial), so the
+dashboard and the table cannot disagree.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.colors
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from dashboards.tables import AblationTable, Column, Line
+
+_PALETTE = plotly.colors.qualitative.Plotly
+
+
+def _measured(table: AblationTable) -> list[Line]:
+    return [ln for ln in table.lines if ln.kind == "measured" and ln.n]
+
+
+def _colour(i: int) -> str:
+    return _PALETTE[i % len(_PALETTE)]
+
+
+def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
+    fig.update_layout(
+        title=title, height=height, template="plotly_white", margin=dict(l=60, r=20, t=60, b=60)
+    )
+    return fig
+
+
+def metric_per_row(table: AblationTable, df: pd.DataFrame, keys: list[str]) -> go.Figure:
+    """Bars of the mean per line with std error bars, and one dot per seed on top."""
+    columns = {c.key: c for c in table.columns}
+    keys = [k for k in keys if k in columns]
+    lines = _measured(table)
+    fig = make_subplots(rows=1, cols=len(keys), subplot_titles=[_title(columns[k]) for k in keys])
+    by_run = df.set_index("run_id")
+    for j, key in enumerate(keys, start=1):
+        shown = [ln for ln in lines if key in ln.values]
+        means = [ln.values[key][0] for ln in shown]
+        stds = [ln.values[key][1] or 0.0 for ln in shown]
+        fig.add_bar(
+            x=[ln.label for ln in shown],
+            y=means,
+            error_y=dict(type="data", array=stds, visible=True),
+            marker_color=[_colour(lines.index(ln)) for ln in shown],
+            name=columns[key].title,
+            showlegend=False,
+            row=1,
+            col=j,
+        )
+        seeds_x, seeds_y, text = [], [], []
+        for ln in shown:
+            values = by_run.loc[ln.run_ids, f"metrics.{key}"]
+            for seed, value in zip(ln.seeds, values, strict=True):
+                seeds_x.append(ln.label)
+                seeds_y.append(value)
+                text.append(f"seed {seed}")
+        fig.add_scatter(
+            x=seeds_x,
+            y=seeds_y,
+            mode="markers",
+            text=text,
+            marker=dict(color="black", size=6, symbol="circle-open"),
+            name="seeds",
+            showlegend=j == 1,
+            row=1,
+            col=j,
+        )
+        spread = max(means) - min(means) + 2 * max(stds) if means else 0.0
+        if spread > 1e-9 * max(abs(m) for m in means):
+            # zoom on the differences: bars from 0 would hide a 0.3 dB ablation
+            low, high = min(means) - max(stds), max(means) + max(stds)
+            fig.update_yaxes(range=[low - 0.3 * spread, high + 0.3 * spread], row=1, col=j)
+    return _layout(fig, f"Metric per row (mean ± std over seeds, {table.convention} convention)")
+
+
+def _title(col: Column) -> str:
+    return f"{col.title} {'↑' if col.better == 'max' else '↓'}"
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both cost (lower) and quality (higher),
+    ordered by cost."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -np.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def quality_vs_cost(table: AblationTable, cost: str, quality: str) -> go.Figure | None:
+    """One point per line (std error bars), the Pareto front as a step line; ``None`` without
+    lines that logged both numbers."""
+    columns = {c.key: c for c in table.columns}
+    lines = [ln for ln in _measured(table) if cost in ln.values and quality in ln.values]
+    if not lines or cost not in columns or quality not in columns:
+        return None
+    pts = [(ln.values[cost][0], ln.values[quality][0]) for ln in lines]
+    fig = go.Figure()
+    for i, (ln, (x, y)) in enumerate(zip(lines, pts, strict=True)):
+        fig.add_scatter(
+            x=[x],
+            y=[y],
+            error_y=dict(type="data", array=[ln.values[quality][1] or 0.0], visible=True),
+            mode="markers+text",
+            text=[ln.label],
+            textposition="top center",
+            marker=dict(size=12, color=_colour(i)),
+            name=ln.label,
+        )
+    front = pareto_front(pts)
+    fig.add_scatter(
+        x=[pts[i][0] for i in front],
+        y=[pts[i][1] for i in front],
+        mode="lines",
+        line=dict(shape="hv", dash="dash", color="grey"),
+        name="Pareto front",
+    )
+    xs = [p[0] for p in pts]
+    log = min(xs) > 0 and max(xs) / min(xs) > 20
+    fig.update_xaxes(title=columns[cost].title, type="log" if log else "linear")
+    fig.update_yaxes(title=columns[quality].title)
+    return _layout(fig, f"{columns[quality].title} vs {columns[cost].title}")
+
+
+def loss_curves(table: AblationTable, histories: pd.DataFrame) -> go.Figure | None:
+    """The training loss of every trial against the iteration, one colour per line."""
+    if histories.empty:
+        return None
+    fig = go.Figure()
+    for i, ln in enumerate(_measured(table)):
+        for k, (run_id, seed) in enumerate(zip(ln.run_ids, ln.seeds, strict=True)):
+            curve = histories[histories["run_id"] == run_id]
+            if curve.empty:
+                continue
+            fig.add_scatter(
+                x=curve["step"],
+                y=curve["value"],
+                mode="lines",
+                line=dict(color=_colour(i)),
+                name=ln.label,
+                legendgroup=ln.name,
+                showlegend=k == 0,
+                hovertext=f"{ln.label}, seed {seed}",
+            )
+    positive = bool((histories["value"] > 0).all())
+    fig.update_xaxes(title="iteration")
+    fig.update_yaxes(title="loss", type="log" if positive else "linear")
+    return _layout(fig, "Training loss per row (one line per seed)")
+
+
+# --- images ----------------------------------------------------------------------------------
+
+
+def _lut(scale: str) -> np.ndarray:
+    colours = plotly.colors.sample_colorscale(scale, list(np.linspace(0, 1, 256)))
+    return np.array(
+        [[int(float(v)) for v in c[c.index("(") + 1 : -1].split(",")] for c in colours],
+        dtype=np.uint8,
+    )
+
+
+def image_png(image: np.ndarray, vmin: float, vmax: float, scale: str = "Greys_r") -> str:
+    """A 2D array as a colour-mapped PNG data URI (min/max fixed by the caller)."""
+    from PIL import Image
+
+    span = vmax - vmin if vmax > vmin else 1.0
+    index = np.clip((np.nan_to_num(image) - vmin) / span * 255, 0, 255).astype(np.uint8)
+    rgb = _lut(scale)[index]
+    buf = io.BytesIO()
+    Image.fromarray(rgb, mode="RGB").save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def sample_panels(path: Path, max_samples: int = 2) -> list[list[tuple[str, str]]]:
+    """Per sample of ``samples.npz``: (caption, PNG URI) for input, reference, output, error
+    and, for stochastic rows, the per-pixel SD over the K samples."""
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    out = []
+    for i in range(min(max_samples, len(arrays["reference"]))):
+        ref = arrays["reference"][i]
+        lo, hi = float(ref.min()), float(ref.max())
+        panels = [(name, image_png(arrays[name][i], lo, hi)) for name in ("input", "reference")]
+        panels.append(("output", image_png(arrays["output"][i], lo, hi)))
+        err = np.abs(arrays["output"][i] - ref)
+        scale = f"|error| (max {err.max():.3g})"
+        panels.append((scale, image_png(err, 0.0, float(err.max()), "Inferno")))
+        if "sd_map" in arrays:
+            sd = arrays["sd_map"][i]
+            panels.append(
+                (f"SD (max {sd.max():.3g})", image_png(sd, 0.0, float(sd.max()), "Viridis"))
+            )
+        out.append(panels)
+    return out
+
+
+# --- Optuna ----------------------------------------------------------------------------------
+
+
+def _optuna_storage(url: str) -> object:
+    """An Optuna storage from the URL a search parent run records (``journal:<path>`` or RDB)."""
+    import optuna
+
+    if url.startswith("journal:"):
+        path = Path(url.removeprefix("journal:"))
+        if not path.exists():
+            raise FileNotFoundError(f"journal file {path} not found")
+        backend = optuna.storages.journal.JournalFileBackend(str(path))
+        return optuna.storages.JournalStorage(backend)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        raise FileNotFoundError(f"{url.removeprefix('sqlite:///')} not found")
+    return url
+
+
+def optuna_figures(storage: str, study_name: str) -> tuple[list[go.Figure], list[str]]:
+    """Importance, parallel coordinates and history of a study; notes for what could not be
+    drawn (a missing storage, too few completed trials)."""
+    import optuna
+    import optuna.visualization as vis
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=_optuna_storage(storage))
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        return [], [f"Optuna study '{study_name}' could not be loaded from {storage}: {err}"]
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
+    notes = [f"Optuna study '{study_name}': {len(done)} complete, {pruned} pruned trials"]
+    figs = []
+    plots = [
+        ("parameter importances (fANOVA)", vis.plot_param_importances, 2),
+        ("parallel coordinates", vis.plot_parallel_coordinate, 1),
+        ("optimisation history", vis.plot_optimization_history, 1),
+    ]
+    for title, plot, needed in plots:
+        if len(done) < needed:
+            notes.append(f"no {title}: needs {needed} complete trials, the study has {len(done)}")
+            continue
+        try:
+            figs.append(_layout(plot(study), f"{study_name}: {title}"))
+        except (RuntimeError, ValueError) as err:
+            notes.append(f"no {title}: {err}")
+    return figs, notes

@@ -1,0 +1,177 @@
+"""The static dashboard, opened in a real headless Chromium; and the MLflow UI command."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from ablate.cli import app
+from dashboards.html import build_dashboard
+from dashboards.plots import pareto_front
+from dashboards.results import mlflow_ui_command
+from tests.test_dashboards_results import shared_store
+
+CHROMIUM = next(
+    (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
+)
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)"
+)
+
+
+@pytest.fixture
+def study_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return shared_store(tmp_path_factory)
+
+
+def chromium(page: Path, tmp_path: Path, *args: str) -> str:
+    """Run headless Chromium on a local page (fresh profile, no network chatter); stdout."""
+    profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=20000",
+        *args,
+        page.as_uri(),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def rendered(dom: str) -> tuple[int, int, str]:
+    """(plots the page says rendered, plotly SVG roots, text of the error box) of a DOM dump."""
+    count = re.search(r'<html[^>]*data-plots-rendered="(\d+)"', dom)
+    errors = re.search(r'<pre id="js-errors"[^>]*>(.*?)</pre>', dom, re.S)
+    return (
+        int(count.group(1)) if count else -1,
+        dom.count('class="main-svg"'),
+        errors.group(1) if errors else "",
+    )
+
+
+@needs_chromium
+def test_dashboard_renders_in_headless_chromium(study_uri: str, tmp_path: Path) -> None:
+    index = build_dashboard("study", study_uri, tmp_path / "dash")
+    source = index.read_text()
+    assert not re.search(r"<(script|link|img)[^>]+(src|href)=\"https?:", source)  # offline
+    n_plots = int(re.search(r'data-plots="(\d+)"', source).group(1))
+    assert n_plots == 5  # quality, AMS+SD, PSNR vs GMACs, PSNR vs MParam, loss curves
+
+    dom = chromium(index, tmp_path, "--dump-dom")
+    count, svgs, errors = rendered(dom)
+    assert errors == "" and 'data-js-errors="yes"' not in dom
+    assert count == n_plots and svgs >= n_plots
+    assert f"{n_plots} plots rendered" in dom
+    assert "failed: NaN loss" in dom and "Pareto front" in dom
+    assert "No Optuna search in this study" in dom
+    # samples: 2 per row; 4 panels for the deterministic cpm, 5 (with SD) for the others
+    assert len(re.findall(r'<img alt="[^"]*" src="data:image/png;base64,', dom)) == 8 + 3 * 10
+    assert (index.parent / "results.parquet").is_file()
+
+    shot = tmp_path / "dashboard.png"
+    chromium(
+        index, tmp_path, "--hide-scrollbars", "--window-size=1400,3000", f"--screenshot={shot}"
+    )
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.shape == (3000, 1400) and pixels.std() > 10  # not a blank page
+
+
+@needs_chromium
+def test_script_errors_are_caught_by_the_check(study_uri: str, tmp_path: Path) -> None:
+    """The browser check fails on a broken page: a script error is reported in the DOM."""
+    index = build_dashboard("study", study_uri, tmp_path / "dash")
+    broken = tmp_path / "broken.html"
+    broken.write_text(
+        index.read_text().replace("</body>", "<script>undefinedFn();</script></body>")
+    )
+    count, _, errors = rendered(chromium(broken, tmp_path, "--dump-dom"))
+    assert "undefinedFn" in errors
+
+
+@needs_chromium
+def test_search_dashboard_has_optuna_plots(study_uri: str, tmp_path: Path) -> None:
+    index = build_dashboard("search", study_uri, tmp_path / "dash")
+    dom = chromium(index, tmp_path, "--dump-dom")
+    count, svgs, errors = rendered(dom)
+    assert errors == "" and count == 8 and svgs >= 8  # 5 as above + 3 Optuna plots
+    for title in ("parameter importances", "parallel coordinates", "optimisation history"):
+        assert f"search: {title}" in dom
+    assert "Optuna study 'search': 8 complete, 0 pruned trials" in dom
+    assert "No trial logged samples.npz." in dom
+
+
+def test_pareto_front() -> None:
+    points = [(1.0, 24.0), (4.0, 23.0), (2.0, 25.0), (3.0, 25.5), (2.5, 24.5)]
+    assert pareto_front(points) == [0, 2, 3]
+
+
+def test_cli_dashboard_writes_a_page(study_uri: str, tmp_path: Path) -> None:
+    out = tmp_path / "cli-dash"
+    args = ["dashboard", "study", "--tracking-uri", study_uri, "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (out / "index.html").stat().st_size > 1_000_000  # plotly.js is inlined
+    result = CliRunner().invoke(app, ["dashboard", "nope", "--tracking-uri", study_uri])
+    assert result.exit_code == 2 and "unknown experiment 'nope'" in result.output
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_ui_command_binds_localhost_to_the_workdir_store(tmp_path: Path) -> None:
+    cmd = mlflow_ui_command(tmp_path, port=5123)
+    assert cmd[:4] == [sys.executable, "-m", "mlflow", "ui"]
+    assert cmd[cmd.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert cmd[cmd.index("--default-artifact-root") + 1] == (tmp_path / "mlartifacts").as_uri()
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "5123"
+    remote = mlflow_ui_command(tmp_path, host="0.0.0.0", tracking_uri="postgresql://db/mlflow")
+    assert remote[remote.index("--backend-store-uri") + 1] == "postgresql://db/mlflow"
+    assert remote[remote.index("--host") + 1] == "0.0.0.0"
+
+
+@pytest.mark.slow
+def test_ui_serves_the_store_on_localhost(study_uri: str, tmp_path: Path) -> None:
+    workdir = Path(study_uri.removeprefix("sqlite:///")).parent
+    port = _free_port()
+    cmd = mlflow_ui_command(workdir, port=port)
+    log = (tmp_path / "ui.log").open("w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline, body = time.monotonic() + 90, ""
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    body = r.read().decode()
+                    break
+            except OSError:
+                time.sleep(0.5)
+        assert body.strip() == "OK", (tmp_path / "ui.log").read_text()[-2000:]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and the workers it spawned
+        proc.wait(timeout=60)
