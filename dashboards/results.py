@@ -254,17 +254,19 @@ def _local_dir(artifact_uri: str | None) -> Path | None:
 
 
 def fetch_artifact(
-    tracking_uri: str, run_id: str, path: str, artifact_uri: str | None = None
+    tracking_uri: str | None, run_id: str, path: str, artifact_uri: str | None = None
 ) -> Path | None:
     """A local path to one artifact of a run; ``None`` if the run did not log it.
 
     With the run's ``artifact_uri`` on the local file system the file is read in place (no
     tracking store needed, so results exported to Parquet keep working); otherwise it is
-    downloaded through the tracking store into a temporary folder.
+    downloaded through the tracking store into a temporary folder (``None`` without one).
     """
     local = _local_dir(artifact_uri)
     if local is not None:
         return local / path if (local / path).exists() else None
+    if tracking_uri is None:
+        return None
     client = _client(tracking_uri)
     parent = str(Path(path).parent) if Path(path).parent != Path(".") else None
     if path not in {f.path for f in client.list_artifacts(run_id, parent)}:
@@ -273,11 +275,12 @@ def fetch_artifact(
     return Path(client.download_artifacts(run_id, path, dst))
 
 
-def load_slice_metrics(tracking_uri: str, runs: pd.DataFrame) -> pd.DataFrame:
+def load_slice_metrics(tracking_uri: str | None, runs: pd.DataFrame) -> pd.DataFrame:
     """Per-test-slice metrics (``test_metrics.parquet``) of some trials, with a run_id column.
 
     ``runs`` is a slice of a results frame (``run_id`` and ``artifact_uri`` columns). Trials
-    that did not log the artifact are left out; an empty frame if none did.
+    that did not log the artifact (or, without a ``tracking_uri``, whose artifacts are not on
+    this machine) are left out; an empty frame if none did.
     """
     frames = []
     for run_id, uri in zip(runs["run_id"], runs["artifact_uri"], strict=True):

@@ -91,6 +91,10 @@ class AblationTable:
     lines: list[Line]
     notes: list[str]
 
+    def __rich__(self) -> RichTable:
+        """So ``console.print(table)`` prints the terminal table."""
+        return to_rich(self)
+
     @property
     def caption(self) -> str:
         conv = (
@@ -326,8 +330,15 @@ def ablation_table(
     ``nmse``); the paper convention tests its ``paper_`` counterpart. ``reference`` is a row
     (or line) name; by default the first line with completed trials. ``slices`` loads the
     per-slice metrics of a list of run ids, for lines with fewer than two seeds matching the
-    reference's.
+    reference's; by default the ``test_metrics.parquet`` of runs whose artifacts are on this
+    machine are read in place.
     """
+    if slices is None:
+        from dashboards.results import load_slice_metrics
+
+        def slices(run_ids: list[str]) -> pd.DataFrame:
+            return load_slice_metrics(None, df[df["run_id"].isin(run_ids)])
+
     if df.empty:
         raise UserError("no trials to tabulate: the results are empty")
     if metric not in _QUALITY + ["nrmse"]:

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from ablate.cli import app
 from ablate.errors import UserError
-from dashboards.tables import AblationTable, Line, render, table_for
+from dashboards.tables import AblationTable, Line, ablation_table, render, table_for
 from tests.test_dashboards_results import (
     NAS_PSNR,
     PSNR,
@@ -198,3 +198,17 @@ def test_cli_writes_each_format(study_uri: str, tmp_path: Path) -> None:
     assert CliRunner().invoke(app, args).exit_code == 0
     result = CliRunner().invoke(app, ["table", str(parquet), "--format", "md"])
     assert result.exit_code == 0 and "12 slices" in result.output
+
+
+def test_library_table_prints_and_reads_local_slices_without_a_store(study_uri: str) -> None:
+    """What ``ablate demo`` does: ablation_table(load_results(...)) printed by rich."""
+    from rich.console import Console
+
+    from dashboards.results import load_results
+
+    table = ablation_table(load_results(study_uri, "study"))
+    assert _line(table, "cpm_irm_nas").test == "12 slices"  # artifacts read in place
+    console = Console(width=250, record=True)
+    console.print(table)
+    text = console.export_text()
+    assert "failed: NaN loss" in text and "24.10 ± 0.36" in text
