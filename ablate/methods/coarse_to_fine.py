@@ -13,7 +13,10 @@
   sampling step.
 - Contrastive loss (``contrastive``, needs ``irm``): the one-step estimate ``x_cp + r0~``
   (eq. 6) against the positive and ``loss.negatives`` negatives, weight ``loss.k``, in the
-  form ``row.contrastive_form`` (see ``ablate.diffusion.losses``).
+  form ``row.contrastive_form`` (see ``ablate.diffusion.losses``). The estimate reuses the
+  noise the IRM already predicted for eq. 8 at the sampled continuous level; the reference
+  code runs the denoiser a second time at the discrete ``gamma_t``, which costs a forward
+  pass and gives the same eq. 6 up to the level's jitter within one step.
 
 Every switch is independent except that contrastive needs the IRM; guidance works with or
 without the IRM (it then guides the CPM only).
