@@ -78,7 +78,7 @@ def metric_per_row(table: AblationTable, df: pd.DataFrame, keys: list[str]) -> g
             col=j,
         )
         spread = max(means) - min(means) + 2 * max(stds) if means else 0.0
-        if spread > 1e-9 * max(abs(m) for m in means):
+        if means and spread > 1e-9 * max(abs(m) for m in means):
             # zoom on the differences: bars from 0 would hide a 0.3 dB ablation
             low, high = min(means) - max(stds), max(means) + max(stds)
             fig.update_yaxes(range=[low - 0.3 * spread, high + 0.3 * spread], row=1, col=j)

@@ -175,3 +175,17 @@ def test_ui_serves_the_store_on_localhost(study_uri: str, tmp_path: Path) -> Non
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the server and the workers it spawned
         proc.wait(timeout=60)
+
+
+def test_dashboard_of_a_study_where_every_trial_failed(study_uri: str, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from tests.test_dashboards_results import _log_trial
+
+    client = MlflowClient(tracking_uri=study_uri)
+    exp = client.create_experiment("allfailed", artifact_location=(tmp_path / "art").as_uri())
+    pid = client.create_run(exp, tags={"ablate.kind": "launch"}).info.run_id
+    client.log_param(pid, "rows", "cpm")
+    _log_trial(client, exp, pid, "cpm", 0, tmp_path, status="failed", error="CUDA OOM")
+    source = build_dashboard("allfailed", study_uri, tmp_path / "dash").read_text()
+    assert "failed: CUDA OOM" in source and "No trial logged a &#x27;loss&#x27; history." in source
