@@ -86,10 +86,14 @@ def _metric_sections(page: _Page, table: AblationTable, df: pd.DataFrame) -> Non
 def _curve_section(page: _Page, table: AblationTable, tracking_uri: str, df: pd.DataFrame) -> None:
     page.section("Training curves")
     run_ids = [r for ln in table.lines for r in ln.run_ids]
-    fig = plots.loss_curves(table, load_histories(tracking_uri, run_ids, "loss"))
+    terms = sorted(c.removeprefix("metrics.") for c in df.columns if c.startswith("metrics.loss/"))
+    keys = ["loss", *terms]
+    fig = plots.loss_curves(table, {k: load_histories(tracking_uri, run_ids, k) for k in keys})
     if fig is None:
         page.note("No trial logged a 'loss' history.")
     else:
+        if terms:
+            page.note("The menu switches between the total loss and its terms.")
         page.figures([fig])
 
 

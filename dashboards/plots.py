@@ -136,30 +136,58 @@ def quality_vs_cost(table: AblationTable, cost: str, quality: str) -> go.Figure 
     return _layout(fig, f"{columns[quality].title} vs {columns[cost].title}")
 
 
-def loss_curves(table: AblationTable, histories: pd.DataFrame) -> go.Figure | None:
-    """The training loss of every trial against the iteration, one colour per line."""
-    if histories.empty:
+def loss_curves(table: AblationTable, histories: dict[str, pd.DataFrame]) -> go.Figure | None:
+    """Training curves of every trial against the iteration, one colour per line.
+
+    ``histories`` maps a metric (``loss``, ``loss/<term>``) to its per-step history; with
+    several, a menu switches between them (the first is shown).
+    """
+    histories = {k: h for k, h in histories.items() if not h.empty}
+    if not histories:
         return None
     fig = go.Figure()
-    for i, ln in enumerate(_measured(table)):
-        for k, (run_id, seed) in enumerate(zip(ln.run_ids, ln.seeds, strict=True)):
-            curve = histories[histories["run_id"] == run_id]
-            if curve.empty:
-                continue
-            fig.add_scatter(
-                x=curve["step"],
-                y=curve["value"],
-                mode="lines",
-                line=dict(color=_colour(i)),
-                name=ln.label,
-                legendgroup=ln.name,
-                showlegend=k == 0,
-                hovertext=f"{ln.label}, seed {seed}",
-            )
-    positive = bool((histories["value"] > 0).all())
+    visible: dict[str, list[int]] = {}
+    for n, (key, hist) in enumerate(histories.items()):
+        start = len(fig.data)
+        for i, ln in enumerate(_measured(table)):
+            for k, (run_id, seed) in enumerate(zip(ln.run_ids, ln.seeds, strict=True)):
+                curve = hist[hist["run_id"] == run_id]
+                if curve.empty:
+                    continue
+                fig.add_scatter(
+                    x=curve["step"],
+                    y=curve["value"],
+                    mode="lines",
+                    line=dict(color=_colour(i)),
+                    name=ln.label,
+                    legendgroup=ln.name,
+                    showlegend=k == 0,
+                    hovertext=f"{key}: {ln.label}, seed {seed}",
+                    visible=n == 0,
+                )
+        visible[key] = list(range(start, len(fig.data)))
+
+    def axis(key: str) -> str:
+        return "log" if bool((histories[key]["value"] > 0).all()) else "linear"
+
+    first = next(iter(histories))
     fig.update_xaxes(title="iteration")
-    fig.update_yaxes(title="loss", type="log" if positive else "linear")
-    return _layout(fig, "Training loss per row (one line per seed)")
+    fig.update_yaxes(title=first, type=axis(first))
+    if len(histories) > 1:
+        buttons = [
+            dict(
+                label=key,
+                method="update",
+                args=[
+                    {"visible": [t in visible[key] for t in range(len(fig.data))]},
+                    {"yaxis.title.text": key, "yaxis.type": axis(key)},
+                ],
+            )
+            for key in histories
+        ]
+        menu = dict(buttons=buttons, x=0.5, xanchor="center", y=1.02, yanchor="bottom")
+        fig.update_layout(updatemenus=[menu])
+    return _layout(fig, "Training curves per row (one line per seed)")
 
 
 # --- images ----------------------------------------------------------------------------------

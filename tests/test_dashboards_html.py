@@ -85,6 +85,7 @@ def test_dashboard_renders_in_headless_chromium(study_uri: str, tmp_path: Path) 
     assert f"{n_plots} plots rendered" in dom
     assert "failed: NaN loss" in dom and "Pareto front" in dom
     assert "No Optuna search in this study" in dom
+    assert "updatemenu-header" in dom  # the loss / loss/main switch
     # samples: 2 per row; 4 panels for the deterministic cpm, 5 (with SD) for the others
     assert len(re.findall(r'<img alt="[^"]*" src="data:image/png;base64,', dom)) == 8 + 3 * 10
     assert (index.parent / "results.parquet").is_file()
