@@ -99,7 +99,7 @@ def tiny_trial(name: str, row: dict, **train: object) -> TrialConfig:
             pmdm_attn_res=(),
         ),
         loss=LossConfig(),
-        diffusion=DiffusionConfig(pmdm_train_steps=50),
+        diffusion=DiffusionConfig(pmdm_train_steps=50, pmdm_beta_start=2e-3, pmdm_beta_end=0.4),
         train=TrainConfig(
             **{"steps": 20, "batch_size": 4, "device": "cpu", "estimator_lr": 3e-3, **train}
         ),
@@ -281,3 +281,12 @@ def test_table1_yaml_has_every_paper_row_at_paper_scale() -> None:
     pmdm = exp.rows["pmdm"]
     assert pmdm.lr == 3e-5 and pmdm.conditioning == "r0" and pmdm.sample_steps is None
     assert exp.model.deeppet_width * 8 == 512
+
+
+def test_schedule_that_never_reaches_noise_is_refused() -> None:
+    """DDPM's 1e-4..2e-2 betas with only 50 steps end at ~60% signal, not at N(0, I)."""
+    trial = tiny_trial("pmdm", ROWS["pmdm"]).model_copy(
+        update={"diffusion": DiffusionConfig(pmdm_train_steps=50)}
+    )
+    with pytest.raises(UserError, match="not at noise"):
+        build_method(trial, SIZE)

@@ -49,6 +49,8 @@ Conditioning = Literal["r0", "r0+sinogram", "sinogram"]
 ESTIMATOR_FORMAT = "ablate-deeppet-estimator/1"
 #: x0 clip window of the sampler, in data units (PET is non-negative; full-dose ~[0, 1]).
 CLIP_DATA = (0.0, 2.0)
+#: Largest signal fraction gamma_T accepted at t = T, where sampling starts from N(0, I).
+MAX_GAMMA_T = 1e-2
 
 
 class EstimatorError(UserError):
@@ -245,6 +247,13 @@ class ConditionalDDPM(SinogramMethod):
             )
         self.conditioning = conditioning
         self.schedule = schedule or NoiseSchedule.linear(1000, 1e-4, 2e-2)
+        if float(self.schedule.gammas[-1]) > MAX_GAMMA_T:
+            # sampling starts from pure noise: a schedule that never gets there mismatches it
+            raise ValueError(
+                f"the {self.schedule.steps}-step schedule ends at signal fraction "
+                f"{float(self.schedule.gammas[-1]):.3g} (> {MAX_GAMMA_T}), not at noise: "
+                "raise diffusion.pmdm_beta_end or pmdm_train_steps"
+            )
         if sample_steps is not None and not 1 <= sample_steps <= self.schedule.steps:
             raise ValueError(f"sample_steps must lie in 1..{self.schedule.steps}: {sample_steps}")
         self.sample_steps = sample_steps
