@@ -81,7 +81,10 @@ def metric_per_row(table: AblationTable, df: pd.DataFrame, keys: list[str]) -> g
         if means and spread > 1e-9 * max(abs(m) for m in means):
             # zoom on the differences: bars from 0 would hide a 0.3 dB ablation
             low, high = min(means) - max(stds), max(means) + max(stds)
-            fig.update_yaxes(range=[low - 0.3 * spread, high + 0.3 * spread], row=1, col=j)
+            bottom = low - 0.3 * spread
+            if min(means) >= 0:  # PSNR, SSIM, NMSE, SD are never negative
+                bottom = max(bottom, 0.0)
+            fig.update_yaxes(range=[bottom, high + 0.3 * spread], row=1, col=j)
     return _layout(fig, f"Metric per row (mean ± std over seeds, {table.convention} convention)")
 
 

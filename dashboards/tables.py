@@ -606,6 +606,8 @@ def to_rich(table: AblationTable) -> RichTable:
     for line in table.lines:
         cells = _cells(line, table.columns, " ± ", lambda s: "\x00" + s + "\x01")
         cells = [escape(c).replace("\x00", "[bold green]").replace("\x01", "[/]") for c in cells]
+        if line.kind == "measured" and line.n == 0 and len(cells[0]) > 24:
+            cells[0] = escape(f"{line.status} (see below)")  # the notes hold the full reason
         style = "dim italic" if line.kind == "paper" else "red" if line.n == 0 else None
         label = escape(line.label)
         out.add_row(label, _n_text(line), *cells, _p_text(line), line.test, style=style)
