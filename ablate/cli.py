@@ -335,7 +335,7 @@ def table(
     from pathlib import Path
 
     from dashboards.results import resolve_tracking_uri
-    from dashboards.tables import render, table_for, to_rich
+    from dashboards.tables import print_table, render, table_for
 
     if convention not in ("standard", "paper"):
         raise UserError(f"--convention '{convention}' is not one of: standard, paper")
@@ -353,9 +353,7 @@ def table(
         paired_test=test,
     )
     if not fmt:
-        # a pipe or CI log has no width: do not squeeze the table into 80 columns
-        wide = console if console.is_terminal else Console(width=max(console.width, 200))
-        wide.print(to_rich(result))
+        print_table(result, console)
         return
     text = render(result, fmt)  # type: ignore[arg-type]
     if out:

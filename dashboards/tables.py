@@ -23,6 +23,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table as RichTable
 from scipy import stats
@@ -614,3 +615,12 @@ def to_rich(table: AblationTable) -> RichTable:
     if table.notes:
         out.caption = escape("\n".join(table.notes))
     return out
+
+
+def print_table(table: AblationTable, console: Console | None = None) -> None:
+    """Print the terminal table; a pipe or CI log (no width of its own) gets 200 columns
+    instead of rich's 80, which would squeeze every cell onto several lines."""
+    console = console or Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 200), file=console.file)
+    console.print(to_rich(table))
