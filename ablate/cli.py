@@ -240,8 +240,7 @@ def demo(
     """Simulate a tiny PET dataset, run every Table-2 row x 2 seeds, print the table."""
     from ablate.config import load_experiment
     from ablate.experiment import launch_grid, search_space_path
-    from dashboards.results import load_results
-    from dashboards.tables import ablation_table
+    from dashboards.tables import print_table, table_for
 
     exp = _apply_overrides(load_experiment(search_space_path("demo.yaml")), seeds, None)
     if steps is not None:
@@ -252,7 +251,7 @@ def demo(
         f"Ray, MLflow store {ws.tracking_uri}"
     )
     result = launch_grid(exp, ws)
-    console.print(ablation_table(load_results(ws.tracking_uri, exp.name)))
+    print_table(table_for(exp.name, ws.tracking_uri), console)
     _print_launch(result, workdir)
 
 

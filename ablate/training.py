@@ -68,20 +68,25 @@ class TrainingRun:
                 f"row '{trial.row_name}' needs dataset keys {sorted(missing)} but "
                 f"{dataset_root} has only {sorted(have)}: use a dataset/preset that provides them"
             )
-        negatives = trial.loss.negatives if "negatives" in method.required_keys else 0
+        # Negatives feed the contrastive *training* loss only: evaluation splits never need them
+        # (and a small val/test split may have too few subjects to draw them from).
+        keys = set(method.required_keys)
         datasets = {
             split: SliceDataset(
                 dataset_root,
                 split,
-                keys=sorted(method.required_keys),
-                negatives=negatives,
+                keys=sorted(keys if split == "train" else keys - {"negatives"}),
+                negatives=trial.loss.negatives if split == "train" and "negatives" in keys else 0,
                 seed=trial.seed,
             )
             for split in ("train", "val", "test")
         }
         method.prepare(datasets["train"], cache_dir, trial.seed)
         method.to(device)
-        optimizers = method.configure_optimizers(trial.train.lr, trial.train.weight_decay)
+        optimizers = method.configure_optimizers(
+            trial.row.lr or trial.train.lr,
+            trial.train.weight_decay if trial.row.weight_decay is None else trial.row.weight_decay,
+        )
         return cls(trial, method, optimizers, device, datasets)
 
     def data(self, split: Split) -> SliceDataset:
