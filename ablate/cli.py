@@ -539,3 +539,7 @@ def data_info(path: Path = typer.Argument(..., help="A dataset folder.")) -> Non
     console.print(table)
     prov = {k: v for k, v in info["provenance"].items() if k not in ("lesions", "subjects")}
     console.print_json(json.dumps(prov, default=str))
+
+
+if __name__ == "__main__":
+    app()

@@ -13,6 +13,7 @@ from ablate.config import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+CHOICE = {"type": "choice", "values": [1]}
 MINIMAL = {"name": "t", "rows": {"cpm": {"method": "coarse_to_fine"}}}
 
 
@@ -73,9 +74,7 @@ def test_grid_axis_must_name_a_section() -> None:
 
 def test_search_row_must_exist() -> None:
     with pytest.raises(ConfigError, match="search.row"):
-        parse_experiment(
-            {**MINIMAL, "search": {"row": "zzz", "params": {"loss.k": {"type": "choice", "values": [1]}}}}
-        )
+        parse_experiment({**MINIMAL, "search": {"row": "zzz", "params": {"loss.k": CHOICE}}})
 
 
 def test_flatten_gives_dotted_params() -> None:

@@ -32,7 +32,10 @@ def test_grid_logs_one_parent_and_a_child_per_trial(ray_cluster, workdir: Path) 
     parent_id = parents["run_id"].iloc[0]
     assert set(children["tags.mlflow.parentRunId"]) == {parent_id}
     assert sorted(children["tags.mlflow.runName"]) == [
-        "cpm-s0", "cpm-s1", "cpm_irm-s0", "cpm_irm-s1"
+        "cpm-s0",
+        "cpm-s1",
+        "cpm_irm-s0",
+        "cpm_irm-s1",
     ]
     for metric in ("psnr", "ssim", "nmse", "nrmse", "paper_psnr", "params_m", "gmacs", "train_s"):
         assert children[f"metrics.{metric}"].notna().all(), metric
@@ -47,10 +50,38 @@ def test_grid_logs_one_parent_and_a_child_per_trial(ray_cluster, workdir: Path) 
     for run_id in children["run_id"]:
         history = client.get_metric_history(run_id, "loss")
         assert [m.step for m in history] == [2, 4, 6]
-        local = download_artifacts(run_id=run_id, artifact_path="checkpoint/model.pt",
-                                   tracking_uri=ws.tracking_uri)
+        local = download_artifacts(
+            run_id=run_id, artifact_path="checkpoint/model.pt", tracking_uri=ws.tracking_uri
+        )
         state = torch.load(local, weights_only=True)
         assert state["step"] == 6 and state["model"]
 
     status = launch_status(ws, "grid-it")
     assert [s["status"] for s in status] == ["completed"] * 4
+
+    # export: best -> champion, runner-up -> challenger, standalone folder usable by predict
+    from ablate.export import export_best, predict_volume
+
+    exported = export_best(ws.tracking_uri, "grid-it", "psnr", "max", None, workdir / "export")
+    assert set(exported.versions) == {"champion", "challenger"}
+    best_psnr = children["metrics.psnr"].max()
+    assert exported.value == pytest.approx(best_psnr)
+    assert {"model.pt", "config.yaml", "metrics.json", "provenance.json"} <= {
+        p.name for p in exported.folder.iterdir()
+    }
+    alias = client.get_model_version_by_alias(exported.model_name, "champion")
+    assert alias.run_id == exported.run_ids["champion"]
+
+    import numpy as np
+
+    volume = np.random.default_rng(0).uniform(0, 5, size=(3, 32, 32)).astype(np.float32)
+    np.save(workdir / "lpet.npy", volume)
+    info = predict_volume(
+        f"models:/{exported.model_name}@champion",
+        workdir / "lpet.npy",
+        workdir / "pred.npy",
+        ws.tracking_uri,
+        samples=2,
+    )
+    pred = np.load(workdir / "pred.npy")
+    assert pred.shape == volume.shape and np.isfinite(pred).all() and info["slices"] == 3

@@ -1,0 +1,81 @@
+"""Kill the driver mid-grid, `ablate resume` it: every trial ends exactly once in MLflow."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from ablate.experiment import Workspace, launch_status, resume
+from tests.conftest import tiny_experiment
+
+pytestmark = pytest.mark.slow
+
+ROWS = {"cpm": {"method": "coarse_to_fine"}, "cpm_irm": {"method": "coarse_to_fine", "irm": True}}
+
+
+def _children(tracking_uri: str, name: str):
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.search_runs(
+        experiment_names=[name],
+        output_format="pandas",
+        filter_string="tags.`ablate.kind` = 'trial'",
+    )
+
+
+def test_killed_driver_then_resume_completes_without_duplicates(ray_cluster, workdir) -> None:
+    raw = tiny_experiment("resume-it", ROWS)
+    raw["train"].update({"steps": 40, "eval_every": 10, "log_every": 10})
+    space = workdir.parent / "space.yaml"
+    space.write_text(yaml.safe_dump(raw))
+    ws = Workspace.create(workdir)
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ablate.cli",
+            "run",
+            str(space),
+            "--address",
+            ray_cluster.address,
+            "--workdir",
+            str(workdir),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:  # wait until trials have checkpoints, then kill
+            state = Path(ws.storage) / "resume-it"
+            if list(state.glob("*/checkpoint_*")) and (workdir / "mlflow.db").exists():
+                break
+            assert driver.poll() is None, "the driver ended before it could be killed"
+            time.sleep(0.5)
+        else:
+            pytest.fail("no checkpoint appeared within 240 s")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    before = _children(ws.tracking_uri, "resume-it")
+    assert len(before) >= 1
+    assert not (before["tags.ablate.status"] == "completed").all() or len(before) < 4
+
+    result = resume(ws, "resume-it")
+    assert result.n_errors == 0
+    after = _children(ws.tracking_uri, "resume-it")
+    assert len(after) == 4  # one run per trial, none duplicated by the restart
+    assert sorted(after["tags.mlflow.runName"]) == ["cpm-s0", "cpm-s1", "cpm_irm-s0", "cpm_irm-s1"]
+    assert (after["tags.ablate.status"] == "completed").all()
+    assert set(before["run_id"]) <= set(after["run_id"])
+    assert [s["status"] for s in launch_status(ws, "resume-it")] == ["completed"] * 4
