@@ -65,6 +65,7 @@ def test_search_records_consistent_states(ray_cluster, workdir: Path) -> None:
     assert len(states) == 4 and set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}
     assert TrialState.COMPLETE in states
 
+    mlflow.set_tracking_uri(ws.tracking_uri)
     runs = mlflow.search_runs(
         experiment_names=["search-it"],
         output_format="pandas",
