@@ -49,6 +49,9 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 WORKDIR_OPT = typer.Option(Path("runs"), "--workdir", help="Work directory (MLflow, Ray, data).")
 TRACKING_OPT = typer.Option(None, "--tracking-uri", help="MLflow URI (default: sqlite in workdir).")
+RESOURCES_OPT = typer.Option(None, "--resources", help="Per trial: cpu=1,gpu=0.25")
+STORAGE_OPT = typer.Option(None, "--storage", help="Ray storage path (shared FS).")
+NAME_OPT = typer.Option(None, "--name", help="Launch name (default: config name).")
 ADDRESS_OPT = typer.Option(
     None, "--address", help="Ray cluster: auto, HOST:PORT or ray://... (default: embedded)."
 )
@@ -101,10 +104,10 @@ def run(
     space: Path = typer.Argument(..., help="Search-space YAML (e.g. search_spaces/demo.yaml)."),
     address: str | None = ADDRESS_OPT,
     seeds: int | None = typer.Option(None, "--seeds", help="Seeds per row: 0..N-1."),
-    resources: str | None = typer.Option(None, "--resources", help="Per trial: cpu=1,gpu=0.25"),
-    storage: str | None = typer.Option(None, "--storage", help="Ray storage path (shared FS)."),
+    resources: str | None = RESOURCES_OPT,
+    storage: str | None = STORAGE_OPT,
     tracking_uri: str | None = TRACKING_OPT,
-    name: str | None = typer.Option(None, "--name", help="Launch name (default: config name)."),
+    name: str | None = NAME_OPT,
     workdir: Path = WORKDIR_OPT,
 ) -> None:
     """Run an ablation grid: rows x seeds (x grid axes) as Ray Tune trials."""
@@ -122,10 +125,10 @@ def search(
     space: Path = typer.Argument(..., help="YAML with a 'search' section."),
     address: str | None = ADDRESS_OPT,
     confirm_seeds: int = typer.Option(0, "--confirm-seeds", help="Re-run the best over N seeds."),
-    resources: str | None = typer.Option(None, "--resources", help="Per trial: cpu=1,gpu=0.25"),
-    storage: str | None = typer.Option(None, "--storage", help="Ray storage path (shared FS)."),
+    resources: str | None = RESOURCES_OPT,
+    storage: str | None = STORAGE_OPT,
     tracking_uri: str | None = TRACKING_OPT,
-    name: str | None = typer.Option(None, "--name", help="Launch name (default: config name)."),
+    name: str | None = NAME_OPT,
     workdir: Path = WORKDIR_OPT,
 ) -> None:
     """Optuna (TPE) search with ASHA pruning over the knobs declared in 'search'."""

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from ablate.complexity import count_macs, count_params
 from ablate.config import TrialConfig
 from ablate.data.dataset import SliceDataset, available_keys
+from ablate.device import resolve_device
 from ablate.errors import UserError
 from ablate.methods.base import Batch, Method
 from ablate.methods.registry import build_method
@@ -28,14 +29,6 @@ Split = str
 
 class NonFiniteLoss(UserError):
     """A loss term became NaN/inf: the trial stops, naming row, step and term."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device is 'cuda' but no CUDA GPU is visible: use 'auto' or 'cpu'")
-    return torch.device(name)
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:

@@ -30,10 +30,10 @@ from ablate.data.dataset import SliceDataset, available_keys
 from ablate.data.simulate import (
     Scanner,
     default_split,
-    pick_device,
     resolve_config,
     simulate_dataset,
 )
+from ablate.device import resolve_device
 from ablate.metrics import image_metrics
 
 LOADER_TYPES = {
@@ -50,7 +50,7 @@ def bench_simulation(preset: str, subjects: int, device: str, root: Path) -> dic
         overrides.update(subjects=subjects, split=list(default_split(subjects)))
     cfg = resolve_config(preset, overrides)
     start = time.perf_counter()
-    Scanner(cfg, pick_device(cfg.device))
+    Scanner(cfg, resolve_device(cfg.device))
     build_s = time.perf_counter() - start
     dest = root / preset
     start = time.perf_counter()

@@ -37,15 +37,6 @@ BEYOND_PAPER = {
 ROWS = {**PAPER_ROWS, **BEYOND_PAPER}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded, and the suite shares 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_trial(name: str, row: RowConfig, **loss: float) -> TrialConfig:
     return TrialConfig(
         experiment="tiny",

@@ -3,7 +3,6 @@ loaded by later trials, frozen during stage 2, and refused when it does not fit.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,14 +12,6 @@ import ablate.methods.pmdm as pmdm
 from ablate.methods.pmdm import ConditionalDDPM, EstimatorError, data_fingerprint
 from ablate.methods.registry import build_method
 from tests.test_pmdm_rows import SIZE, PairDataset, batch_of, tiny_trial
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ project's parallel-beam projector, so the sinogram really determines the image.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -108,15 +107,6 @@ def tiny_trial(name: str, row: dict, **train: object) -> TrialConfig:
 
 def batch_of(data: PairDataset, n: int = 4) -> dict[str, torch.Tensor]:
     return {"sinogram": data.sinogram[:n], "spet": data.spet[:n]}
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: tiny convs on a shared 2-core machine are faster without contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ from ablate.data.io import SubjectArrays, full_dose_scale, write_dataset
 from ablate.data.phantoms import TEMPLATE_ATTRIBUTION, PhantomSpec, make_phantom, subject_generator
 from ablate.data.projector import GaussianPSF, ParallelBeamProjector
 from ablate.data.recon import gaussian_filter, osem
+from ablate.device import resolve_device
 from ablate.errors import UserError
 
 Output = Literal["lpet", "spet", "sinogram", "activity"]
@@ -195,14 +196,6 @@ def default_split(subjects: int) -> tuple[int, int, int]:
     return (subjects - val - test, val, test)
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda but no CUDA GPU is visible: use --set device=cpu")
-    return torch.device(name)
-
-
 def _phantom_spec(cfg: SimConfig) -> PhantomSpec:
     names = {f.name for f in dataclasses.fields(PhantomSpec)}
     return PhantomSpec(**{k: v for k, v in cfg.model_dump().items() if k in names})
@@ -298,7 +291,7 @@ def _simulate(
     dest: Path,
     progress: Callable[[int, int], None] | None,
 ) -> Path:
-    device = pick_device(cfg.device)
+    device = resolve_device(cfg.device, "the simulator knob device (--set device=...)")
     start = time.perf_counter()
     scanner = Scanner(cfg, device)
     splits = ["train"] * cfg.split[0] + ["val"] * cfg.split[1] + ["test"] * cfg.split[2]
