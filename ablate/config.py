@@ -137,6 +137,12 @@ class DiffusionConfig(_Strict):
     beta_end: float = 1e-2
     irm_sample_steps: int = Field(default=10, ge=1)
     irm_sample_beta_end: float = 0.5
+    residual_scale: float = Field(
+        default=1.0,
+        gt=0,
+        description="IRM diffuses (y - x_cp) / residual_scale (1 = paper). The residual is "
+        "small next to unit noise; a scale near its std makes eps-prediction errors cost less.",
+    )
     sr3_sample_steps: int = Field(default=100, ge=1)
     ams_samples: int = Field(default=10, ge=1, description="K samples for AMS and SD.")
     pmdm_train_steps: int = Field(default=1000, ge=2, description="PMDM/Palette T (DDPM).")

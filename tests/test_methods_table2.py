@@ -226,3 +226,23 @@ def test_paper_scale_row_trains_and_samples_on_gpu(name: str) -> None:
         out = method.reconstruct(batch, generator=gen)
         assert out.shape == (4, 1, 128, 128) and out.device.type == "cuda"
         assert torch.isfinite(out).all()
+
+
+def test_residual_scale_shrinks_the_sampled_residual() -> None:
+    """The IRM diffuses (y - x_cp) / s: with the same weights, the sampled residual of an
+    untrained denoiser (pure noise, clipped to the data range) shrinks with s."""
+    row = RowConfig(method="coarse_to_fine", irm=True)
+    trial = tiny_trial("cpm_irm", row)
+    spreads = {}
+    state = None
+    for scale in (1.0, 0.05):
+        diffusion = trial.diffusion.model_copy(update={"residual_scale": scale})
+        method = build_method(trial.model_copy(update={"diffusion": diffusion}), SIZE)
+        if state is None:
+            state = method.state_dict()
+        method.load_state_dict(state)
+        batch = tiny_batch(required_keys(row))
+        out = method.reconstruct(batch, generator=torch.Generator().manual_seed(0))
+        x_cp = method.cpm(batch["lpet"], None, [])
+        spreads[scale] = float((out - x_cp).std())
+    assert spreads[0.05] < 0.2 * spreads[1.0]

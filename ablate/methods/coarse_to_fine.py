@@ -114,6 +114,7 @@ class CoarseToFine(Method):
         self.train_schedule = NoiseSchedule.linear(
             diffusion.train_steps, diffusion.beta_start, diffusion.beta_end
         )
+        self.residual_scale = diffusion.residual_scale
         self.sample_schedule = NoiseSchedule.linear(
             diffusion.irm_sample_steps, diffusion.beta_start, diffusion.irm_sample_beta_end
         )
@@ -144,7 +145,7 @@ class CoarseToFine(Method):
             terms["main"] = cpm_l2
             total = cpm_l2
         else:
-            r0 = spet - x_cp
+            r0 = (spet - x_cp) / self.residual_scale
             t, gamma = self.train_schedule.sample_noise_level(r0.shape[0])
             g = gamma.to(r0.device)
             noise = torch.randn_like(r0)
@@ -155,7 +156,7 @@ class CoarseToFine(Method):
             terms["cpm"] = cpm_l2
             total = terms["main"] + self.weights.cpm * cpm_l2
             if self.row.contrastive:
-                estimate = x_cp + predict_x0(r_t, eps, g)
+                estimate = x_cp + self.residual_scale * predict_x0(r_t, eps, g)
                 negatives = batch["negatives"]
                 if self.row.contrastive_form == "likelihood":
                     term = contrastive_likelihood(estimate, spet, negatives)
@@ -184,8 +185,9 @@ class CoarseToFine(Method):
             self.sample_schedule,
             device=lpet.device,
             generator=generator,
+            clip=(-1.0 / self.residual_scale, 1.0 / self.residual_scale),
         )
-        return x_cp + residual
+        return x_cp + self.residual_scale * residual
 
     def input_shapes(self, image_size: int) -> dict[str, tuple[int, ...]]:
         shapes = {"lpet": (1, 1, image_size, image_size)}
