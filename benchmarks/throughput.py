@@ -1,6 +1,7 @@
-"""Training and sampling throughput of the Table-2 rows at paper scale (128x128, paper widths).
+"""Training and sampling throughput of the rows of a search space at paper scale.
 
-For each row of ``search_spaces/paper_table2.yaml``, on random data:
+For each row of ``--config`` (default ``search_spaces/paper_table2.yaml``, 128x128; the
+PMDM rows: ``--config search_spaces/pmdm_table1.yaml --image-size 256``), on random data:
 
 - training: iterations/s of ``method.training_step`` (losses + backward + Adam step) at
   batch 4, the paper's batch size;
@@ -9,6 +10,8 @@ For each row of ``search_spaces/paper_table2.yaml``, on random data:
   samples of one image drawn as one batch.
 
 Run ``python benchmarks/throughput.py [--quick] [--rows cpm cpm_irm] [--device cpu|cuda]``.
+PMDM's frozen stage-1 estimator keeps its random weights here (marked ready): the timing of
+a network does not depend on its weights.
 It prints a table and writes ``benchmarks/results/throughput-<device>.json``. Plain fp32, no
 ``torch.compile``: the numbers are what a trial of the grid gets today.
 """
@@ -33,17 +36,20 @@ from ablate.methods.base import Method
 from ablate.methods.registry import build_method
 
 ROOT = Path(__file__).resolve().parent.parent
-IMAGE_SIZE = 128
 BATCH = 4
 
 
-def random_batch(method: Method, trial: TrialConfig, batch: int, device: torch.device) -> dict:
+def random_batch(
+    method: Method, trial: TrialConfig, batch: int, device: torch.device, size: int
+) -> dict:
     """Uniform [0, 1) tensors for every key the method reads, at ``batch`` images."""
-    inputs = {k: s[1:] for k, s in method.input_shapes(IMAGE_SIZE).items()}
+    inputs = {k: s[1:] for k, s in method.input_shapes(size).items()}
     shapes = {
+        "lpet": (1, size, size),
+        "sinogram": (1, size, size),
         **inputs,
-        "spet": inputs["lpet"],
-        "negatives": (trial.loss.negatives, IMAGE_SIZE, IMAGE_SIZE),
+        "spet": (1, size, size),
+        "negatives": (trial.loss.negatives, size, size),
     }
     if "lpet_nas" in inputs:
         shapes["spet_nas"] = inputs["lpet_nas"]
@@ -65,15 +71,17 @@ def timed(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def bench_row(trial: TrialConfig, device: torch.device, quick: bool) -> dict[str, Any]:
+def bench_row(trial: TrialConfig, device: torch.device, quick: bool, size: int) -> dict[str, Any]:
     torch.manual_seed(0)
-    method = build_method(trial, IMAGE_SIZE).to(device)
+    method = build_method(trial, size).to(device)
+    if hasattr(method, "estimator_ready"):
+        method.estimator_ready.fill_(True)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     warmup, iters = (1, 2) if quick else (3, 20)
     sample_reps = 1 if quick else 3
 
-    batch = random_batch(method, trial, BATCH, device)
+    batch = random_batch(method, trial, BATCH, device, size)
     optimizers = method.configure_optimizers(trial.train.lr, trial.train.weight_decay)
     method.train()
     for _ in range(warmup):
@@ -81,7 +89,7 @@ def bench_row(trial: TrialConfig, device: torch.device, quick: bool) -> dict[str
     step_s = timed(lambda: method.training_step(batch, optimizers), iters, device)
 
     method.eval()
-    inputs = method.input_shapes(IMAGE_SIZE)
+    inputs = method.input_shapes(size)
     one = {k: v[:1] for k, v in batch.items() if k in inputs}
     method.reconstruct(one)
     sample_s = timed(lambda: method.reconstruct(one), sample_reps, device)
@@ -112,10 +120,11 @@ def bench_row(trial: TrialConfig, device: torch.device, quick: bool) -> dict[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", nargs="+", help="rows of paper_table2.yaml (default: all)")
+    parser.add_argument("--rows", nargs="+", help="rows of --config (default: all)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="1 warm-up + 2 timed steps")
     parser.add_argument("--config", type=Path, default=ROOT / "search_spaces/paper_table2.yaml")
+    parser.add_argument("--image-size", type=int, default=128, help="256 for pmdm_table1.yaml")
     args = parser.parse_args()
 
     if args.device == "auto":
@@ -132,7 +141,7 @@ def main() -> None:
     results = []
     for name in rows:
         with console.status(f"{name} on {device}..."):
-            results.append(bench_row(trials[name], device, args.quick))
+            results.append(bench_row(trials[name], device, args.quick, args.image_size))
         r = results[-1]
         console.print(
             f"{name}: {r['train_it_per_s']:.3g} it/s, {r['sample_ms_per_image']:.0f} ms/sample"
@@ -154,13 +163,14 @@ def main() -> None:
         )
     console.print(table)
 
-    out = ROOT / "benchmarks" / "results" / f"throughput-{device.type}.json"
+    stem = "throughput" if args.config.stem == "paper_table2" else f"throughput-{args.config.stem}"
+    out = ROOT / "benchmarks" / "results" / f"{stem}-{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "device": gpu or "cpu",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "image_size": IMAGE_SIZE,
+        "image_size": args.image_size,
         "quick": args.quick,
         "dtype": "float32",
     }
