@@ -140,7 +140,8 @@ def search(
     result = launch_search(exp, ws, address=address, name=name)
     _print_launch(result, workdir)
     best = best_search_config(ws, result.name)
-    console.print(f"best {exp.search.metric if exp.search else ''}: {best}")
+    metric = exp.search.metric if exp.search else ""
+    console.print(f"best by validation {metric}: {best}")
     if confirm_seeds:
         _print_launch(confirm_best(exp, ws, result.name, confirm_seeds, address=address), workdir)
 

@@ -58,6 +58,12 @@ def resolve_trial(config: dict[str, Any], base_trial: dict[str, Any] | None = No
     return TrialConfig.model_validate(raw)
 
 
+def _run_name(trial: TrialConfig, trial_id: str, searched: bool) -> str:
+    """``<row>-s<seed>``; search samples share row and seed, so they add the trial id."""
+    name = f"{trial.row_name}-s{trial.seed}"
+    return f"{name}-{trial_id}" if searched else name
+
+
 def _load_checkpoint() -> dict[str, Any] | None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
@@ -86,7 +92,7 @@ def train_trial(
         ctx.experiment_id,
         ctx.parent_run_id,
         trial_id,
-        run_name=f"{trial.row_name}-s{trial.seed}",
+        run_name=_run_name(trial, trial_id, searched=base_trial is not None),
         tags={tracking.TAG_ROW: trial.row_name, tracking.TAG_SEED: str(trial.seed)},
     )
     if created:
