@@ -113,30 +113,34 @@ def _run(trial: TrialConfig, ctx: LaunchContext, run_id: str, saved: dict | None
     seed_everything(trial.seed)
     torch.set_num_threads(trial.train.num_threads)
     run = TrainingRun.build(trial, Path(ctx.dataset_root), Path(ctx.cache_dir))
+    train_s = 0.0  # pure training time (no evaluation), carried across restarts
     if saved is not None:
         run.load_state(saved)
         restore_rng(saved["rng"])
+        train_s = float(saved["train_s"])
 
     def checkpoint_state() -> dict[str, Any]:
-        return {**run.state(), "rng": capture_rng(), "mlflow_run_id": run_id}
+        return {**run.state(), "rng": capture_rng(), "mlflow_run_id": run_id, "train_s": train_s}
 
-    started = time.perf_counter()
     train = trial.train
-    evals = (
-        [s for s in range(train.eval_every, train.steps, train.eval_every)]
-        if train.eval_every
-        else []
-    )
+    evals = list(range(train.eval_every, train.steps, train.eval_every)) if train.eval_every else []
+    session_s, session_steps = 0.0, 0
     while run.step < train.steps:
         target = next((s for s in evals if s > run.step), train.steps)
+        started, first = time.perf_counter(), run.step
         history = run.train_until(target)
+        elapsed = time.perf_counter() - started
+        train_s, session_s, session_steps = (
+            train_s + elapsed,
+            session_s + elapsed,
+            session_steps + run.step - first,
+        )
         tracking.log_metric_history(ctx.tracking_uri, run_id, history)
         if run.step < train.steps:
             val = evaluate_method(run.method, run.data("val"), trial, samples=1)
             val_metrics = {f"val_{k}": v for k, v in val.summary.items()}
             tracking.log_metrics(ctx.tracking_uri, run_id, val_metrics, step=run.step)
             _report({**val_metrics, "step": run.step, "final": 0}, checkpoint_state(), trial)
-    train_s = time.perf_counter() - started + run.previous_train_s
 
     val = evaluate_method(run.method, run.data("val"), trial, samples=1)
     test = evaluate_method(run.method, run.data("test"), trial, samples=trial.diffusion.ams_samples)
@@ -144,7 +148,8 @@ def _run(trial: TrialConfig, ctx: LaunchContext, run_id: str, saved: dict | None
     final.update(test.summary)
     final.update(run.complexity())
     final["train_s"] = train_s
-    final["train_it_per_s"] = run.trained_steps / max(time.perf_counter() - started, 1e-9)
+    if session_steps:
+        final["train_it_per_s"] = session_steps / max(session_s, 1e-9)
     final = {k: v for k, v in final.items() if math.isfinite(v)}
     tracking.log_metrics(ctx.tracking_uri, run_id, final, step=run.step)
     with tempfile.TemporaryDirectory() as folder:
