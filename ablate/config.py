@@ -166,6 +166,16 @@ class TrainConfig(_Strict):
     )
     estimator_lr: float = Field(default=1e-4, gt=0, description="PMDM stage-1 Adam lr.")
     estimator_weight_decay: float = Field(default=1e-5, ge=0, description="PMDM stage-1 wd.")
+    precision: Literal["fp32", "bf16"] = Field(
+        default="fp32", description="bf16: autocast forward/loss and sampling; fp32 weights."
+    )
+    channels_last: bool = Field(default=False, description="NHWC weights and batches.")
+    compile: bool = Field(default=False, description="torch.compile the method's networks.")
+    compile_mode: str = Field(default="default", description="torch.compile mode.")
+    fused_adam: bool = Field(default=False, description="Fused Adam kernels (CUDA only).")
+    ema_decay: float = Field(
+        default=0.0, ge=0, lt=1, description="EMA of weights for eval/export; 0 = off."
+    )
 
 
 class ResourcesConfig(_Strict):

@@ -4,7 +4,8 @@ AMS (paper 003): the mean of K stochastic samples of one input; SD: the per-pixe
 deviation over those K samples, averaged over pixels and slices, on the [0, 1] scale.
 The K samples of a slice are drawn as one batch (batched AMS). Deterministic methods
 report single-sample metrics only. The slices evaluated are spread evenly over the split
-and fixed by its size, so every row and seed is scored on the same slices.
+and fixed by its size, so every row and seed is scored on the same slices. Sampling runs
+under ``torch.inference_mode`` and, with ``train.precision: bf16``, bf16 autocast.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def _collate(dataset: SliceDataset, indices: list[int], device: torch.device) ->
     return {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate_method(
     method: Method, dataset: SliceDataset, trial: TrialConfig, samples: int
 ) -> Evaluation:
@@ -56,11 +57,13 @@ def evaluate_method(
     generator = torch.Generator(device=device).manual_seed(trial.seed + 7919)
     outputs, references, inputs = [], [], []
     chunk = max(1, trial.train.batch_size * 4 // k)
+    bf16 = trial.train.precision == "bf16"
     for start in range(0, len(indices), chunk):
         batch = _collate(dataset, indices[start : start + chunk], device)
         b = batch["spet"].shape[0]
         repeated = {key: value.repeat(k, *[1] * (value.dim() - 1)) for key, value in batch.items()}
-        out = method.reconstruct(repeated, generator=generator)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = method.reconstruct(repeated, generator=generator)
         outputs.append(out.float().reshape(k, b, *out.shape[1:]).cpu())
         references.append(batch["spet"].float().cpu())
         inputs.append(batch.get("lpet", batch["spet"]).float().cpu())

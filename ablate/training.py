@@ -3,10 +3,16 @@
 Kept apart from the Ray trainable so it is testable (and benchmarkable) on its own. Loss
 values stay on the device between log points (no host sync per step); at each log point
 the buffered values are checked, and a NaN/inf names the row, the exact step and the term.
+
+The GPU fast paths are ``train`` switches, all off by default: bf16 autocast over the
+forward and losses (fp32 master weights), channels_last, ``torch.compile`` of the networks
+(eager fallback with a warning), fused Adam, and an EMA of the weights (SR3/Palette) that
+evaluation and export use in place of the live weights.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +20,8 @@ from typing import Any
 
 import torch
 import yaml
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from ablate.complexity import count_macs, count_params
@@ -31,8 +39,61 @@ class NonFiniteLoss(UserError):
     """A loss term became NaN/inf: the trial stops, naming row, step and term."""
 
 
-def to_device(batch: Batch, device: torch.device) -> Batch:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+def to_device(batch: Batch, device: torch.device, channels_last: bool = False) -> Batch:
+    def fmt(v: torch.Tensor) -> torch.memory_format:
+        return torch.channels_last if channels_last and v.dim() == 4 else torch.preserve_format
+
+    return {k: v.to(device, non_blocking=True, memory_format=fmt(v)) for k, v in batch.items()}
+
+
+def autocast(trial: TrialConfig, device: torch.device) -> torch.autocast:
+    """bf16 autocast when ``train.precision`` asks for it, else a disabled one."""
+    bf16 = trial.train.precision == "bf16"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def networks(method: Method) -> list[nn.Module]:
+    """The called networks of a method: its parameterised children, looking through
+    ``ModuleDict``/``ModuleList`` containers (which are never called themselves)."""
+    found = []
+    for child in method.children():
+        if isinstance(child, (nn.ModuleDict, nn.ModuleList)):
+            found += [m for m in child.children() if any(True for _ in m.parameters())]
+        elif any(True for _ in child.parameters()):
+            found.append(child)
+    return found
+
+
+def compile_networks(method: Method, mode: str) -> list[nn.Module]:
+    """``torch.compile`` each network in place (state_dict keys unchanged); returns the
+    compiled ones, none with a warning when compilation is unavailable."""
+    compiled = []
+    try:
+        for net in networks(method):
+            net.compile(mode=mode)
+            compiled.append(net)
+    except Exception as error:  # noqa: BLE001 - any compile failure means: run eager
+        uncompile(compiled)
+        warnings.warn(f"torch.compile failed, training eager: {error}", stacklevel=2)
+        return []
+    return compiled
+
+
+def uncompile(nets: list[nn.Module]) -> None:
+    for net in nets:
+        net._compiled_call_impl = None  # what nn.Module.compile sets; None = eager forward
+
+
+def fuse_adam(optimizers: list[torch.optim.Optimizer]) -> list[torch.optim.Optimizer]:
+    """The same Adam/AdamW optimisers rebuilt with ``fused=True`` (one CUDA kernel per step)."""
+    fused = []
+    for opt in optimizers:
+        if isinstance(opt, (torch.optim.Adam, torch.optim.AdamW)):
+            skip = ("fused", "foreach")
+            groups = [{k: v for k, v in g.items() if k not in skip} for g in opt.param_groups]
+            opt = type(opt)(groups, fused=True)
+        fused.append(opt)
+    return fused
 
 
 @dataclass
@@ -44,9 +105,10 @@ class TrainingRun:
     optimizers: list[torch.optim.Optimizer]
     device: torch.device
     datasets: dict[Split, SliceDataset]
+    ema: AveragedModel | None = None
+    compiled: list[nn.Module] = field(default_factory=list)
     step: int = 0
     trained_steps: int = 0
-    previous_train_s: float = 0.0
     _batches: Iterator[Batch] | None = field(default=None, repr=False)
 
     @classmethod
@@ -75,12 +137,30 @@ class TrainingRun:
             for split in ("train", "val", "test")
         }
         method.prepare(datasets["train"], cache_dir, trial.seed)
+        train = trial.train
         method.to(device)
+        if train.channels_last:
+            method.to(memory_format=torch.channels_last)
         optimizers = method.configure_optimizers(
-            trial.row.lr or trial.train.lr,
-            trial.train.weight_decay if trial.row.weight_decay is None else trial.row.weight_decay,
+            trial.row.lr or train.lr,
+            train.weight_decay if trial.row.weight_decay is None else trial.row.weight_decay,
         )
-        return cls(trial, method, optimizers, device, datasets)
+        if train.fused_adam and device.type == "cuda":
+            optimizers = fuse_adam(optimizers)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        ema = None
+        if train.ema_decay > 0:
+            ema = AveragedModel(
+                method, multi_avg_fn=get_ema_multi_avg_fn(train.ema_decay), use_buffers=True
+            )
+        compiled = compile_networks(method, train.compile_mode) if train.compile else []
+        return cls(trial, method, optimizers, device, datasets, ema, compiled)
+
+    @property
+    def eval_method(self) -> Method:
+        """What evaluation and export use: the EMA weights when kept, else the live ones."""
+        return self.method if self.ema is None else self.ema.module
 
     def data(self, split: Split) -> SliceDataset:
         return self.datasets[split]
@@ -100,7 +180,8 @@ class TrainingRun:
                 )
                 self._batches = iter(loader)
             try:
-                return to_device(next(self._batches), self.device)
+                batch = next(self._batches)
+                return to_device(batch, self.device, self.trial.train.channels_last)
             except StopIteration:
                 self._batches = None
 
@@ -111,13 +192,29 @@ class TrainingRun:
         history: list[tuple[int, dict[str, float]]] = []
         window: list[dict[str, torch.Tensor]] = []
         while self.step < target_step:
-            window.append(self.method.training_step(self._next_batch(), self.optimizers))
+            window.append(self._training_step(self._next_batch()))
+            if self.ema is not None:
+                self.ema.update_parameters(self.method)
             self.step += 1
             self.trained_steps += 1
             if self.step % log_every == 0 or self.step == target_step:
                 history.append((self.step, self._summarise(window)))
                 window = []
         return history
+
+    def _training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One step under the precision's autocast; a compiled step that fails on its first
+        call (compilation is lazy) warns and falls back to eager for the rest of the run."""
+        try:
+            with autocast(self.trial, self.device):
+                return self.method.training_step(batch, self.optimizers)
+        except Exception as error:  # noqa: BLE001 - compile errors have no common base
+            if not self.compiled or self.trained_steps:
+                raise
+            warnings.warn(f"torch.compile failed, training eager: {error}", stacklevel=2)
+            uncompile(self.compiled)
+            self.compiled = []
+            return self._training_step(batch)
 
     def _summarise(self, window: list[dict[str, torch.Tensor]]) -> dict[str, float]:
         names = list(window[0])
@@ -140,12 +237,15 @@ class TrainingRun:
             "model": self.method.state_dict(),
             "optimizers": [opt.state_dict() for opt in self.optimizers],
             "step": self.step,
+            **({} if self.ema is None else {"ema": self.ema.state_dict()}),
         }
 
     def load_state(self, saved: dict[str, Any]) -> None:
         self.method.load_state_dict(saved["model"])
         for opt, opt_state in zip(self.optimizers, saved["optimizers"], strict=True):
             opt.load_state_dict(opt_state)
+        if self.ema is not None and "ema" in saved:
+            self.ema.load_state_dict(saved["ema"])
         self.step = int(saved["step"])
 
     @torch.no_grad()
@@ -154,14 +254,16 @@ class TrainingRun:
         sample = self.datasets["test"][0]
         batch = to_device({k: v.unsqueeze(0) for k, v in sample.items()}, self.device)
         self.method.eval()
-        macs = count_macs(lambda: self.method.reconstruct(batch), self.method)
+        with torch.compiler.set_stance("force_eager"):  # hooks count eager layers only
+            macs = count_macs(lambda: self.method.reconstruct(batch), self.method)
         return {"params_m": count_params(self.method) / 1e6, "gmacs": macs / 1e9}
 
     def export_weights(self, folder: Path) -> None:
-        """A standalone checkpoint: weights (``weights_only`` loadable) and the trial config."""
+        """A standalone checkpoint: weights (``weights_only`` loadable; the EMA ones when
+        kept) and the trial config."""
         folder.mkdir(parents=True, exist_ok=True)
         torch.save(
-            {"model": self.method.state_dict(), "step": self.step},
+            {"model": self.eval_method.state_dict(), "step": self.step},
             folder / "model.pt",
         )
         (folder / "config.yaml").write_text(yaml.safe_dump(self.trial.model_dump(mode="json")))

@@ -137,13 +137,15 @@ def _run(trial: TrialConfig, ctx: LaunchContext, run_id: str, saved: dict | None
         )
         tracking.log_metric_history(ctx.tracking_uri, run_id, history)
         if run.step < train.steps:
-            val = evaluate_method(run.method, run.data("val"), trial, samples=1)
+            val = evaluate_method(run.eval_method, run.data("val"), trial, samples=1)
             val_metrics = {f"val_{k}": v for k, v in val.summary.items()}
             tracking.log_metrics(ctx.tracking_uri, run_id, val_metrics, step=run.step)
             _report({**val_metrics, "step": run.step, "final": 0}, checkpoint_state(), trial)
 
-    val = evaluate_method(run.method, run.data("val"), trial, samples=1)
-    test = evaluate_method(run.method, run.data("test"), trial, samples=trial.diffusion.ams_samples)
+    val = evaluate_method(run.eval_method, run.data("val"), trial, samples=1)
+    test = evaluate_method(
+        run.eval_method, run.data("test"), trial, samples=trial.diffusion.ams_samples
+    )
     final = {f"val_{k}": v for k, v in val.summary.items()}
     final.update(test.summary)
     final.update(run.complexity())
