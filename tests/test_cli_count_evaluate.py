@@ -139,3 +139,14 @@ def test_count_table_and_unknown_row() -> None:
     assert "cpm" in result.stdout and "24.7" in result.stdout
     message = _error("count", "cpm", "no_such_row")
     assert "no_such_row" in message and "known rows are" in message and "cpm_irm" in message
+
+
+def test_count_pmdm_includes_its_frozen_estimator_in_gmacs_only() -> None:
+    """PMDM = Palette's DDPM + one DeepPET pass: its GMACs exceed Palette's by DeepPET's,
+    while its (trainable) parameters equal Palette's."""
+    from ablate.complexity import count_rows
+
+    rows = {r["row"]: r for r in count_rows(["deeppet", "palette", "pmdm"])}
+    extra = rows["pmdm"]["gmacs"] - rows["palette"]["gmacs"]
+    assert extra == pytest.approx(rows["deeppet"]["gmacs"], rel=1e-6)
+    assert rows["pmdm"]["params_m"] == pytest.approx(rows["palette"]["params_m"])
