@@ -39,11 +39,18 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ablate.complexity import count_macs  # noqa: E402
-from ablate.config import TrialConfig, load_experiment, trial_configs  # noqa: E402
+from ablate.config import TrialConfig  # noqa: E402
 from ablate.methods.base import Method  # noqa: E402
 from ablate.methods.registry import build_method  # noqa: E402
 from ablate.training import autocast, compile_networks, fuse_adam, to_device  # noqa: E402
-from benchmarks.throughput import BATCH, ROOT, random_batch, timed  # noqa: E402
+from benchmarks.throughput import (  # noqa: E402
+    BATCH,
+    ROOT,
+    benchmark_parser,
+    benchmark_trials,
+    random_batch,
+    timed,
+)
 
 #: Train-config switches of each variant; the first is the baseline.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -233,12 +240,7 @@ def print_table(console: Console, title: str, rows: list[dict], packed: list[dic
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", nargs="+", help="rows of --config (default: all)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--quick", action="store_true", help="1 warm-up + 2 timed steps")
-    parser.add_argument("--config", type=Path, default=ROOT / "search_spaces/paper_table2.yaml")
-    parser.add_argument("--image-size", type=int, default=128)
+    parser = benchmark_parser(__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--compile-mode", default="reduce-overhead")
     parser.add_argument("--big-batch", type=int, default=32, help="batch for img/s and MFU")
@@ -252,20 +254,12 @@ def main() -> None:
     parser.add_argument("--window-start", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(args.device)
+    device, trials, rows = benchmark_trials(args, parser)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    exp = load_experiment(args.config)
-    trials = {t.row_name: t for t in trial_configs(exp, seeds=exp.seeds[:1])}
     if args.worker:
         pack_worker(args, trials[args.worker], device)
         return
-    rows = args.rows or list(trials)
-    unknown = [r for r in rows if r not in trials]
-    if unknown:
-        parser.error(f"unknown rows {unknown}; known: {list(trials)}")
     if args.quick:
         args.window_s, args.pack_setup_s = min(args.window_s, 3.0), min(args.pack_setup_s, 20.0)
 

@@ -118,24 +118,36 @@ def bench_row(trial: TrialConfig, device: torch.device, quick: bool, size: int) 
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def benchmark_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments every benchmark of rows shares: rows, device, config, image size."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--rows", nargs="+", help="rows of --config (default: all)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="1 warm-up + 2 timed steps")
     parser.add_argument("--config", type=Path, default=ROOT / "search_spaces/paper_table2.yaml")
     parser.add_argument("--image-size", type=int, default=128, help="256 for pmdm_table1.yaml")
-    args = parser.parse_args()
+    return parser
 
+
+def benchmark_trials(
+    args: argparse.Namespace, parser: argparse.ArgumentParser
+) -> tuple[torch.device, dict[str, TrialConfig], list[str]]:
+    """The device, every row's trial (first seed) of ``--config``, and the rows asked for."""
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(args.device)
     exp = load_experiment(args.config)
     trials = {t.row_name: t for t in trial_configs(exp, seeds=exp.seeds[:1])}
     rows = args.rows or list(trials)
     unknown = [r for r in rows if r not in trials]
     if unknown:
         parser.error(f"unknown rows {unknown}; known: {list(trials)}")
+    return torch.device(args.device), trials, rows
+
+
+def main() -> None:
+    parser = benchmark_parser(__doc__.splitlines()[0])
+    args = parser.parse_args()
+    device, trials, rows = benchmark_trials(args, parser)
 
     console = Console()
     results = []
