@@ -77,6 +77,8 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    if address and address != "auto":
+        _check_reachable(address)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
     try:
@@ -91,21 +93,42 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> None:
         ) from None
 
 
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds on an unreachable ``HOST:PORT`` (Ray itself retries for minutes)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError):
+        raise UserError(
+            f"cannot reach a Ray cluster at '{address}': start one (ray start --head) "
+            "or fix --address (auto, HOST:PORT or ray://HOST:PORT)"
+        ) from None
+
+
 def _resources(res: ResourcesConfig) -> dict[str, float]:
     return {"cpu": res.cpu, "gpu": res.gpu}
 
 
-def _prepare(exp: ExperimentConfig, ws: Workspace, kind: str, name: str) -> LaunchContext:
-    """Validate rows, build the dataset once, open the MLflow parent run."""
-    from ablate.data.dataset import available_keys
-    from ablate.data.store import build_dataset
-    from ablate.methods.registry import required_keys, validate_row
+def _validate_rows(exp: ExperimentConfig) -> None:
+    """Reject rows their method cannot build, before anything is started or recorded."""
+    from ablate.methods.registry import validate_row
 
     for row_name, row in exp.rows.items():
         try:
             validate_row(row)
         except UserError as err:
             raise UserError(f"row '{row_name}': {err}") from None
+
+
+def _prepare(exp: ExperimentConfig, ws: Workspace, kind: str, name: str) -> LaunchContext:
+    """Build the dataset once, check it feeds every row, open the MLflow parent run."""
+    from ablate.data.dataset import available_keys
+    from ablate.data.store import build_dataset
+    from ablate.methods.registry import required_keys
+
     dataset_root = build_dataset(exp.data, ws.datasets)
     have = available_keys(dataset_root)
     for row_name, row in exp.rows.items():
@@ -183,6 +206,8 @@ def launch_grid(
 
     name = name or exp.name
     trials = expand_trials(exp, seeds)
+    _validate_rows(exp)
+    start_ray(address)
     ctx = _prepare(exp, ws, "launch", name)
     _write_record(
         ws,
@@ -194,7 +219,6 @@ def launch_grid(
             "workspace": asdict(ws),
         },
     )
-    start_ray(address)
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, context=ctx.to_dict()), _resources(exp.resources)
     )
@@ -249,6 +273,8 @@ def launch_search(
     base = expand_trials(row_exp, seeds=[exp.seeds[0]])[0]
     if base.train.eval_every == 0:
         raise UserError("a search needs train.eval_every > 0 so that ASHA can prune early")
+    _validate_rows(row_exp)
+    start_ray(address)
     ctx = _prepare(row_exp, ws, "search", name)
     storage_url = f"sqlite:///{(ws.workdir / 'optuna.db').resolve()}"
     study_name = f"{name}-{ctx.parent_run_id[:8]}"
@@ -269,7 +295,6 @@ def launch_search(
             "optuna_study": study_name,
         },
     )
-    start_ray(address)
     metric = f"val_{search.metric}"
     searcher = PruningAwareOptunaSearch(
         metric=metric,

@@ -66,3 +66,18 @@ def test_unknown_launch_for_status_and_resume(tmp_path: Path) -> None:
     for command in ("status", "resume"):
         result = runner.invoke(app, [command, "nope", "--workdir", str(tmp_path)])
         assert result.exit_code == 2 and "no launch named 'nope'" in result.output
+
+
+def test_unreachable_cluster_fails_fast_without_recording(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    space = Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
+    runs = tmp_path / "runs"
+    result = runner.invoke(
+        app, ["run", str(space), "--address", f"127.0.0.1:{port}", "--workdir", str(runs)]
+    )
+    assert result.exit_code == 2 and "cannot reach a Ray cluster" in result.output
+    assert not (runs / "mlflow.db").exists()
