@@ -85,3 +85,27 @@ def test_grid_logs_one_parent_and_a_child_per_trial(ray_cluster, workdir: Path) 
     )
     pred = np.load(workdir / "pred.npy")
     assert pred.shape == volume.shape and np.isfinite(pred).all() and info["slices"] == 3
+
+
+def test_nan_trial_fails_with_its_reason_and_the_grid_goes_on(ray_cluster, workdir: Path) -> None:
+    raw = tiny_experiment("nan-it", {"cpm": {"method": "coarse_to_fine"}})
+    raw.update({"seeds": [0], "grid": {"train.lr": [1e-3, 1e30]}, "max_failures": 0})
+    ws = Workspace.create(workdir)
+    result = launch_grid(parse_experiment(raw), ws)
+    assert result.n_trials == 2 and result.n_errors == 1
+
+    mlflow.set_tracking_uri(ws.tracking_uri)
+    runs = mlflow.search_runs(
+        experiment_names=["nan-it"],
+        output_format="pandas",
+        filter_string="tags.`ablate.kind` = 'trial'",
+    )
+    assert len(runs) == 2
+    by_lr = {
+        float(lr): run
+        for lr, (_, run) in zip(runs["params.train.lr"], runs.iterrows(), strict=True)
+    }
+    failed, fine = by_lr[1e30], by_lr[1e-3]
+    assert failed["tags.ablate.status"] == "failed" and failed["status"] == "FAILED"
+    assert "row 'cpm' seed 0: loss term" in failed["tags.ablate.error"]
+    assert fine["tags.ablate.status"] == "completed" and fine["metrics.psnr"] > 0
