@@ -255,7 +255,7 @@ def demo(
         f"Ray, MLflow store {ws.tracking_uri}"
     )
     result = launch_grid(exp, ws)
-    print_table(table_for(exp.name, ws.tracking_uri), console)
+    print_table(table_for(exp.name, ws.tracking_uri, parent_run_id=result.parent_run_id), console)
     _print_launch(result, workdir)
 
 

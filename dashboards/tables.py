@@ -157,7 +157,8 @@ def _variant_params(df: pd.DataFrame) -> list[str]:
             continue
         if any(s in name for s in _PARAM_NAMES_NOT_VARIANTS):
             continue
-        if (df.groupby("row")[col].nunique(dropna=False) > 1).any():
+        # A param absent from some runs (logged by an older version) is not an axis.
+        if (df.groupby("row")[col].nunique(dropna=True) > 1).any():
             out.append(col)
     return out
 
@@ -416,12 +417,16 @@ def _with_paper_lines(lines: list[Line], columns: list[Column]) -> list[Line]:
 def table_for(
     source: str,
     tracking_uri: str,
+    parent_run_id: str | None = None,
     **options: object,
 ) -> AblationTable:
-    """:func:`ablation_table` of an experiment (or a results ``.parquet``) in a tracking store."""
+    """:func:`ablation_table` of an experiment (or a results ``.parquet``) in a tracking store;
+    with ``parent_run_id``, of that one launch only."""
     from dashboards.results import load_slice_metrics, read_results
 
     df = read_results(source, tracking_uri)
+    if parent_run_id is not None:
+        df = df[df["parent_run_id"] == parent_run_id]
 
     def slices(run_ids: list[str]) -> pd.DataFrame:
         return load_slice_metrics(tracking_uri, df[df["run_id"].isin(run_ids)])
