@@ -212,3 +212,35 @@ def test_library_table_prints_and_reads_local_slices_without_a_store(study_uri: 
     console.print(table)
     text = console.export_text()
     assert "failed: NaN loss" in text and "24.10 ± 0.36" in text
+
+
+def test_one_launch_only_and_params_missing_from_older_runs(tmp_path: Path) -> None:
+    """A second launch that logs a new param (newer code) is not split into variants by it,
+    and ``parent_run_id`` restricts the table to one launch."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment("two", artifact_location=(tmp_path / "a").as_uri())
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    parents = []
+    for launch, extra in enumerate(({}, {"train.ema_decay": "0"})):
+        pid = client.create_run(exp_id, tags={"ablate.kind": "launch"}).info.run_id
+        client.log_param(pid, "rows", "cpm")
+        for seed in (0, 1):
+            metrics = trial_metrics("cpm", 20.0 + launch + seed)
+            _log_trial(
+                client,
+                exp_id,
+                pid,
+                "cpm",
+                seed + 2 * launch,
+                staging,
+                metrics=metrics,
+                extra_params=extra,
+            )
+        parents.append(pid)
+    both = table_for("two", uri)
+    assert [line.name for line in both.lines if line.kind == "measured"] == ["cpm"]
+    latest = table_for("two", uri, parent_run_id=parents[1])
+    (line,) = [line for line in latest.lines if line.kind == "measured"]
+    assert line.n == 2 and line.values["psnr"][0] == pytest.approx(21.5)
