@@ -88,6 +88,18 @@ def tiny_experiment(name: str, rows: dict[str, Any], **extra: Any) -> dict[str, 
     return raw
 
 
+def trial_runs(tracking_uri: str, experiment: str) -> Any:
+    """The trial (child) runs of an MLflow experiment, as a pandas frame."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.search_runs(
+        experiment_names=[experiment],
+        output_format="pandas",
+        filter_string="tags.`ablate.kind` = 'trial'",
+    )
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path / "runs"

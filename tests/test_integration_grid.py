@@ -11,7 +11,7 @@ from mlflow.artifacts import download_artifacts
 
 from ablate.config import parse_experiment
 from ablate.experiment import Workspace, launch_grid, launch_status
-from tests.conftest import tiny_experiment
+from tests.conftest import tiny_experiment, trial_runs
 
 pytestmark = pytest.mark.slow
 
@@ -94,12 +94,7 @@ def test_nan_trial_fails_with_its_reason_and_the_grid_goes_on(ray_cluster, workd
     result = launch_grid(parse_experiment(raw), ws)
     assert result.n_trials == 2 and result.n_errors == 1
 
-    mlflow.set_tracking_uri(ws.tracking_uri)
-    runs = mlflow.search_runs(
-        experiment_names=["nan-it"],
-        output_format="pandas",
-        filter_string="tags.`ablate.kind` = 'trial'",
-    )
+    runs = trial_runs(ws.tracking_uri, "nan-it")
     assert len(runs) == 2
     by_lr = {
         float(lr): run

@@ -7,12 +7,11 @@ import threading
 import time
 from pathlib import Path
 
-import mlflow
 import pytest
 
 from ablate.config import parse_experiment
 from ablate.experiment import Workspace, launch_grid
-from tests.conftest import tiny_experiment
+from tests.conftest import tiny_experiment, trial_runs
 
 pytestmark = pytest.mark.slow
 
@@ -44,12 +43,7 @@ def test_grid_survives_a_lost_node(ray_cluster, workdir: Path) -> None:
             ray_cluster.wait_for_nodes()
     assert killed.is_set(), "the worker node was never killed"
     assert result.n_errors == 0
-    mlflow.set_tracking_uri(ws.tracking_uri)
-    runs = mlflow.search_runs(
-        experiment_names=["node-loss"],
-        output_format="pandas",
-        filter_string="tags.`ablate.kind` = 'trial'",
-    )
+    runs = trial_runs(ws.tracking_uri, "node-loss")
     assert sorted(runs["tags.mlflow.runName"]) == ["cpm-s0", "cpm-s1"]
     assert (runs["tags.ablate.status"] == "completed").all()
     assert runs["metrics.psnr"].notna().all()

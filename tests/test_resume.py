@@ -9,25 +9,15 @@ import sys
 import time
 from pathlib import Path
 
-import mlflow
 import pytest
 import yaml
 
 from ablate.experiment import Workspace, launch_status, resume
-from tests.conftest import tiny_experiment
+from tests.conftest import tiny_experiment, trial_runs
 
 pytestmark = pytest.mark.slow
 
 ROWS = {"cpm": {"method": "coarse_to_fine"}, "cpm_irm": {"method": "coarse_to_fine", "irm": True}}
-
-
-def _children(tracking_uri: str, name: str):
-    mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.search_runs(
-        experiment_names=[name],
-        output_format="pandas",
-        filter_string="tags.`ablate.kind` = 'trial'",
-    )
 
 
 def test_killed_driver_then_resume_completes_without_duplicates(ray_cluster, workdir) -> None:
@@ -67,13 +57,13 @@ def test_killed_driver_then_resume_completes_without_duplicates(ray_cluster, wor
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
-    before = _children(ws.tracking_uri, "resume-it")
+    before = trial_runs(ws.tracking_uri, "resume-it")
     assert len(before) >= 1
     assert not (before["tags.ablate.status"] == "completed").all() or len(before) < 4
 
     result = resume(ws, "resume-it")
     assert result.n_errors == 0
-    after = _children(ws.tracking_uri, "resume-it")
+    after = trial_runs(ws.tracking_uri, "resume-it")
     assert len(after) == 4  # one run per trial, none duplicated by the restart
     assert sorted(after["tags.mlflow.runName"]) == ["cpm-s0", "cpm-s1", "cpm_irm-s0", "cpm_irm-s1"]
     assert (after["tags.ablate.status"] == "completed").all()

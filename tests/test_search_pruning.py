@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlflow
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -13,7 +12,7 @@ from ray import tune
 from ablate.config import parse_experiment
 from ablate.experiment import Workspace, launch_search, read_record
 from ablate.search import PruningAwareOptunaSearch
-from tests.conftest import tiny_experiment
+from tests.conftest import tiny_experiment, trial_runs
 
 
 def test_unfinished_trial_is_told_pruned(tmp_path: Path) -> None:
@@ -65,12 +64,7 @@ def test_search_records_consistent_states(ray_cluster, workdir: Path) -> None:
     assert len(states) == 4 and set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}
     assert TrialState.COMPLETE in states
 
-    mlflow.set_tracking_uri(ws.tracking_uri)
-    runs = mlflow.search_runs(
-        experiment_names=["search-it"],
-        output_format="pandas",
-        filter_string="tags.`ablate.kind` = 'trial'",
-    )
+    runs = trial_runs(ws.tracking_uri, "search-it")
     assert len(runs) == 4
     status = runs["tags.ablate.status"].value_counts().to_dict()
     assert status.get("completed", 0) == states.count(TrialState.COMPLETE)
