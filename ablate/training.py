@@ -21,13 +21,13 @@ from typing import Any
 import torch
 import yaml
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from ablate.complexity import count_macs, count_params
 from ablate.config import TrialConfig
 from ablate.data.dataset import SliceDataset, available_keys
 from ablate.device import resolve_device
+from ablate.ema import WeightEMA
 from ablate.errors import UserError
 from ablate.methods.base import Batch, Method
 from ablate.methods.registry import build_method
@@ -105,7 +105,7 @@ class TrainingRun:
     optimizers: list[torch.optim.Optimizer]
     device: torch.device
     datasets: dict[Split, SliceDataset]
-    ema: AveragedModel | None = None
+    ema: WeightEMA | None = None
     compiled: list[nn.Module] = field(default_factory=list)
     step: int = 0
     trained_steps: int = 0
@@ -149,11 +149,7 @@ class TrainingRun:
             optimizers = fuse_adam(optimizers)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        ema = None
-        if train.ema_decay > 0:
-            ema = AveragedModel(
-                method, multi_avg_fn=get_ema_multi_avg_fn(train.ema_decay), use_buffers=True
-            )
+        ema = WeightEMA(method, train.ema_decay) if train.ema_decay > 0 else None
         compiled = compile_networks(method, train.compile_mode) if train.compile else []
         return cls(trial, method, optimizers, device, datasets, ema, compiled)
 
@@ -194,7 +190,7 @@ class TrainingRun:
         while self.step < target_step:
             window.append(self._training_step(self._next_batch()))
             if self.ema is not None:
-                self.ema.update_parameters(self.method)
+                self.ema.update(self.method)
             self.step += 1
             self.trained_steps += 1
             if self.step % log_every == 0 or self.step == target_step:

@@ -16,8 +16,10 @@ from ablate.config import (
     TrialConfig,
     load_experiment,
 )
+from ablate.ema import WeightEMA
 from ablate.errors import UserError
 from ablate.methods.registry import build_method, required_keys, validate_row
+from ablate.training import fuse_adam
 
 SIZE = 32
 PAPER_ROWS = load_experiment("search_spaces/paper_table2.yaml").rows
@@ -226,6 +228,28 @@ def test_paper_scale_row_trains_and_samples_on_gpu(name: str) -> None:
         out = method.reconstruct(batch, generator=gen)
         assert out.shape == (4, 1, 128, 128) and out.device.type == "cuda"
         assert torch.isfinite(out).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", list(PAPER_ROWS))
+def test_training_step_never_waits_for_the_gpu(name: str) -> None:
+    """Issue 9: no host-device sync inside a step (optimiser, EMA included), so the host
+    queues step N+1 while the GPU runs step N; CUDA's sync debug mode raises on any."""
+    device = torch.device("cuda")
+    method = build_method(tiny_trial(name, PAPER_ROWS[name]), SIZE).to(device)
+    batch = {k: v.to(device) for k, v in tiny_batch(required_keys(PAPER_ROWS[name])).items()}
+    opts = fuse_adam(method.configure_optimizers(1e-4, 0.0))
+    ema = WeightEMA(method, 0.999)
+    method.training_step(batch, opts)  # first step: allocations, cuDNN autotuning
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            method.training_step(batch, opts)
+            ema.update(method)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def test_residual_scale_shrinks_the_sampled_residual() -> None:

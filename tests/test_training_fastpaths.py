@@ -9,6 +9,7 @@ import torch
 
 from ablate.config import DataConfig, parse_experiment, trial_configs
 from ablate.data.store import build_dataset
+from ablate.ema import WeightEMA
 from ablate.evaluation import evaluate_method
 from ablate.seeding import seed_everything
 from ablate.training import TrainingRun
@@ -70,6 +71,21 @@ def test_ema_weights_lag_and_survive_checkpoint(dataset: Path, tmp_path: Path) -
     run.export_weights(tmp_path / "export")
     exported = torch.load(tmp_path / "export" / "model.pt", weights_only=True)["model"]
     assert all(torch.equal(v, ema[k]) for k, v in exported.items())
+
+
+def test_weight_ema_is_a_lerp_of_floats_and_a_copy_of_flags() -> None:
+    live = torch.nn.BatchNorm1d(3)
+    ema = WeightEMA(live, decay=0.75)
+    with torch.no_grad():
+        live.weight.fill_(2.0)  # from 1.0
+    live.train()(torch.randn(8, 3))  # moves the running stats and the batch counter
+    ema.update(live)
+    torch.testing.assert_close(ema.module.weight, torch.full((3,), 1.25))
+    torch.testing.assert_close(ema.module.running_mean, 0.25 * live.running_mean)
+    assert int(ema.module.num_batches_tracked) == 1
+    assert not any(p.requires_grad for p in ema.module.parameters())
+    with pytest.raises(ValueError, match="decay"):
+        WeightEMA(live, decay=1.0)
 
 
 def test_compile_failure_warns_and_trains_eager(dataset: Path, tmp_path: Path) -> None:

@@ -59,17 +59,24 @@ class NoiseSchedule:
         return NoiseSchedule(1.0 - kept / prev)
 
     def sample_noise_level(
-        self, batch: int, generator: torch.Generator | None = None
+        self,
+        batch: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """WaveGrad's continuous noise level for training.
 
         Draws a step ``t ~ U{1..T}`` per sample and ``sqrt(gamma)`` uniformly between
         ``sqrt(gamma_t)`` and ``sqrt(gamma_{t-1})`` (the reference code samples the square
-        root, as WaveGrad does). Returns ``(t, gamma)``, both [batch] on the CPU, ``gamma``
+        root, as WaveGrad does). Returns ``(t, gamma)``, both [batch] on ``device``, ``gamma``
         float32 and inside ``[gamma_t, gamma_{t-1}]``.
+
+        The draw happens on the CPU (the same numbers on any device for a seed) and is sent
+        with ``non_blocking``: a blocking host-to-GPU copy would synchronise every step.
         """
         t = torch.randint(1, self.steps + 1, (batch,), generator=generator, device="cpu")
         lo = self.gammas[t - 1].sqrt()
         hi = self.gammas_prev[t - 1].sqrt()
         u = torch.rand(batch, generator=generator, dtype=torch.float64, device="cpu")
-        return t, ((lo + u * (hi - lo)) ** 2).float()
+        gamma = ((lo + u * (hi - lo)) ** 2).float()
+        return t.to(device, non_blocking=True), gamma.to(device, non_blocking=True)

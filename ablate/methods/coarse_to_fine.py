@@ -146,8 +146,7 @@ class CoarseToFine(Method):
             total = cpm_l2
         else:
             r0 = (spet - x_cp) / self.residual_scale
-            t, gamma = self.train_schedule.sample_noise_level(r0.shape[0])
-            g = gamma.to(r0.device)
+            t, g = self.train_schedule.sample_noise_level(r0.shape[0], device=r0.device)
             noise = torch.randn_like(r0)
             gv = g.reshape(-1, 1, 1, 1)
             r_t = gv.sqrt() * r0 + (1.0 - gv).sqrt() * noise
@@ -161,7 +160,7 @@ class CoarseToFine(Method):
                 if self.row.contrastive_form == "likelihood":
                     term = contrastive_likelihood(estimate, spet, negatives)
                 else:
-                    t_frac = t.to(r0.device, torch.float32) / self.train_schedule.steps
+                    t_frac = t.float() / self.train_schedule.steps
                     term = contrastive_reference_kl(estimate, spet, negatives, t_frac)
                 terms["contrastive"] = term
                 total = total + self.weights.k * term
