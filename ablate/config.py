@@ -144,6 +144,17 @@ class DiffusionConfig(_Strict):
         "small next to unit noise; a scale near its std makes eps-prediction errors cost less.",
     )
     sr3_sample_steps: int = Field(default=100, ge=1)
+    sampler: Literal["ddpm", "ddim"] = Field(
+        default="ddpm",
+        description="SR3/PMDM/Palette reverse process: 'ddpm' ancestral or 'ddim' (Song et al.) "
+        "over the same (respaced) steps; the IRM always samples with DDPM.",
+    )
+    ddim_eta: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="DDIM noise: 0 = deterministic given x_T, 1 = DDPM's ancestral posterior.",
+    )
     ams_samples: int = Field(default=10, ge=1, description="K samples for AMS and SD.")
     pmdm_train_steps: int = Field(default=1000, ge=2, description="PMDM/Palette T (DDPM).")
     pmdm_beta_start: float = 1e-4

@@ -1,14 +1,18 @@
 """Reverse-process samplers for epsilon-predicting denoisers conditioned on ``sqrt(gamma)``.
 
-One ancestral (DDPM) sampler serves every row: the step count and spacing live entirely in
-the :class:`~ablate.diffusion.schedules.NoiseSchedule` passed in, so "full T-step DDPM",
+The step count and spacing live entirely in the
+:class:`~ablate.diffusion.schedules.NoiseSchedule` passed in, so "full T-step DDPM",
 "respaced 100-step SR3" and "WaveGrad-style 10-step IRM schedule" are the same loop with
-different schedules.
+different schedules. Two update rules run over those steps: DDPM's ancestral posterior
+(:func:`ddpm_sample`) and DDIM's (:func:`ddim_sample`), whose ``eta`` goes from
+deterministic (0) to the ancestral posterior (1). Methods pick one through :func:`sample`,
+the one place the ``diffusion.sampler`` knob is read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 
@@ -16,6 +20,7 @@ from ablate.diffusion.schedules import NoiseSchedule
 
 #: ``denoiser(x_t, sqrt_gamma [B]) -> predicted noise``, conditions already bound.
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Sampler = Literal["ddpm", "ddim"]
 
 
 def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
@@ -31,6 +36,17 @@ def randn(
     sample, e.g. a CPU generator for reproducible GPU sampling)."""
     gen_device = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=gen_device).to(device)
+
+
+def _clipped_x0(
+    denoiser: Denoiser, x: torch.Tensor, gamma: float, clip: tuple[float, float] | None
+) -> torch.Tensor:
+    """The denoiser's ``x_0`` estimate at signal fraction ``gamma``, clipped to ``clip``
+    (as SR3 does) unless None."""
+    batch = x.shape[0]
+    eps = denoiser(x, torch.full((batch,), gamma**0.5, device=x.device))
+    x0 = predict_x0(x, eps, torch.full((batch,), gamma, device=x.device))
+    return x0 if clip is None else x0.clamp(*clip)
 
 
 @torch.no_grad()
@@ -53,14 +69,9 @@ def ddpm_sample(
     gammas = schedule.gammas
     gammas_prev = schedule.gammas_prev
     x = randn(shape, generator, device)
-    batch = shape[0]
     for i in reversed(range(schedule.steps)):
         gamma = float(gammas[i])
-        level = torch.full((batch,), gamma**0.5, device=device)
-        eps = denoiser(x, level)
-        x0 = predict_x0(x, eps, torch.full((batch,), gamma, device=device))
-        if clip is not None:
-            x0 = x0.clamp(*clip)
+        x0 = _clipped_x0(denoiser, x, gamma, clip)
         beta, g_prev = float(betas[i]), float(gammas_prev[i])
         coef_x0 = beta * g_prev**0.5 / (1.0 - gamma)
         coef_xt = (1.0 - g_prev) * (1.0 - beta) ** 0.5 / (1.0 - gamma)
@@ -70,3 +81,66 @@ def ddpm_sample(
             noise = randn(shape, generator, device)
             x = x + var**0.5 * noise
     return x
+
+
+@torch.no_grad()
+def ddim_sample(
+    denoiser: Denoiser,
+    shape: tuple[int, ...],
+    schedule: NoiseSchedule,
+    *,
+    eta: float = 0.0,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+    clip: tuple[float, float] | None = (-1.0, 1.0),
+) -> torch.Tensor:
+    """DDIM sampling (Song et al. 2021, eq. 12) from ``x_T ~ N(0, I)`` through ``schedule``.
+
+    Each step predicts ``x_0`` (clipped as in :func:`ddpm_sample`), re-derives the noise
+    from the clipped ``x_0`` so the update stays on the line between them, and moves to
+
+        x_{t-1} = sqrt(g_prev) x_0 + sqrt(1 - g_prev - sigma^2) eps + sigma z,
+        sigma = eta sqrt((1 - g_prev) / (1 - g) * beta_t).
+
+    ``eta = 0`` draws no noise after ``x_T`` (the sample is a function of ``x_T``);
+    ``eta = 1`` is DDPM's posterior, drawing noise in the same order as :func:`ddpm_sample`,
+    so the same generator gives the same sample up to float rounding. The last step
+    returns ``x_0``.
+    """
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"DDIM eta must lie in [0, 1]: {eta}")
+    betas = schedule.betas
+    gammas = schedule.gammas
+    gammas_prev = schedule.gammas_prev
+    x = randn(shape, generator, device)
+    for i in reversed(range(schedule.steps)):
+        gamma = float(gammas[i])
+        x0 = _clipped_x0(denoiser, x, gamma, clip)
+        eps = (x - gamma**0.5 * x0) / (1.0 - gamma) ** 0.5
+        beta, g_prev = float(betas[i]), float(gammas_prev[i])
+        sigma = eta * ((1.0 - g_prev) / (1.0 - gamma) * beta) ** 0.5
+        x = g_prev**0.5 * x0 + max(1.0 - g_prev - sigma**2, 0.0) ** 0.5 * eps
+        if sigma > 0.0 and i > 0:
+            x = x + sigma * randn(shape, generator, device)
+    return x
+
+
+def sample(
+    sampler: Sampler,
+    denoiser: Denoiser,
+    shape: tuple[int, ...],
+    schedule: NoiseSchedule,
+    *,
+    eta: float = 0.0,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+    clip: tuple[float, float] | None = (-1.0, 1.0),
+) -> torch.Tensor:
+    """Run the sampler named by ``diffusion.sampler`` (``eta`` is DDIM's, unused by DDPM)."""
+    if sampler == "ddpm":
+        return ddpm_sample(denoiser, shape, schedule, device=device, generator=generator, clip=clip)
+    if sampler == "ddim":
+        return ddim_sample(
+            denoiser, shape, schedule, eta=eta, device=device, generator=generator, clip=clip
+        )
+    raise ValueError(f"unknown sampler {sampler!r}: use 'ddpm' or 'ddim'")

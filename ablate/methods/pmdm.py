@@ -4,7 +4,8 @@ PMDM-PET is a two-stage method. Stage 1 trains DeepPET with MSE (Adam 1e-4, weig
 1e-5) to estimate the posterior mean ``r0* = f(s)`` of the image given the sinogram ``s``;
 stage 2 trains an epsilon-predicting DDPM (MSE, linear schedule) whose UNet sees the noisy
 image concatenated with the frozen estimator's ``r0*`` (and, as a variant, the resampled
-sinogram too), then samples with full T-step ancestral sampling or a respaced schedule.
+sinogram too), then samples with full T-step ancestral sampling or a respaced schedule, with
+DDPM's update or DDIM's (``diffusion.sampler``).
 Palette is the same DDPM conditioned on the resampled sinogram alone (``estimator=False``),
 so the pair is also the paper's estimator ablation.
 
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 import torch.utils.data
 
 from ablate.config import RowConfig, TrialConfig
-from ablate.diffusion.samplers import ddpm_sample
+from ablate.diffusion.samplers import Sampler, sample
 from ablate.diffusion.schedules import NoiseSchedule
 from ablate.errors import UserError
 from ablate.methods.base import Batch
@@ -216,6 +217,7 @@ class ConditionalDDPM(SinogramMethod):
         width / mults / res_blocks / attn_res / dropout: the denoising UNet.
         schedule: the training noise schedule (T steps, linear).
         sample_steps: None = full T-step ancestral sampling, else a respaced schedule.
+        sampler / ddim_eta: the update rule over those steps (DDPM, or DDIM with its eta).
         estimator_training: stage-1 settings (part of the cache key).
         estimator_checkpoint: a stage-1 checkpoint to load instead of the cache.
     """
@@ -234,6 +236,8 @@ class ConditionalDDPM(SinogramMethod):
         dropout: float = 0.0,
         schedule: NoiseSchedule | None = None,
         sample_steps: int | None = None,
+        sampler: Sampler = "ddpm",
+        ddim_eta: float = 0.0,
         estimator_training: EstimatorTraining | None = None,
         estimator_checkpoint: Path | None = None,
         lr: float | None = None,
@@ -257,6 +261,8 @@ class ConditionalDDPM(SinogramMethod):
         if sample_steps is not None and not 1 <= sample_steps <= self.schedule.steps:
             raise ValueError(f"sample_steps must lie in 1..{self.schedule.steps}: {sample_steps}")
         self.sample_steps = sample_steps
+        self.sampler = sampler
+        self.ddim_eta = ddim_eta
         cond_channels = 2 if conditioning == "r0+sinogram" else 1
         self.unet = UNet(
             1 + cond_channels,
@@ -360,10 +366,12 @@ class ConditionalDDPM(SinogramMethod):
         def denoiser(x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
             return self.unet(torch.cat([x, cond], dim=1), level)
 
-        x = ddpm_sample(
+        x = sample(
+            self.sampler,
             denoiser,
             shape,
             self.sampling_schedule(),
+            eta=self.ddim_eta,
             device=cond.device,
             generator=generator,
             clip=(2.0 * lo - 1.0, 2.0 * hi - 1.0),
@@ -371,8 +379,10 @@ class ConditionalDDPM(SinogramMethod):
         return (x + 1.0) / 2.0
 
     def extra_repr(self) -> str:
+        eta = f", eta={self.ddim_eta}" if self.sampler == "ddim" else ""
         return (
             f"conditioning={self.conditioning!r}, T={self.schedule.steps}, "
+            f"sampler={self.sampler!r}{eta}, "
             f"sample_steps={self.sample_steps or self.schedule.steps}"
         )
 
@@ -420,6 +430,8 @@ def build(trial: TrialConfig, image_size: int) -> ConditionalDDPM:
             diff.pmdm_train_steps, diff.pmdm_beta_start, diff.pmdm_beta_end
         ),
         sample_steps=row.sample_steps,
+        sampler=diff.sampler,
+        ddim_eta=diff.ddim_eta,
         estimator_training=EstimatorTraining(
             width=model.deeppet_width,
             steps=train.estimator_steps or train.steps,

@@ -2,9 +2,10 @@
 
 Training: linear beta schedule (``diffusion.train_steps`` steps, ``beta_start..beta_end``),
 WaveGrad continuous noise level, L1 on the predicted noise (eq. 3). Sampling: ancestral
-DDPM over ``diffusion.sr3_sample_steps`` evenly respaced steps of the training schedule (the
-paper's cost figure is 100 steps). Images are mapped from the dataset's [0, 1] scale to SR3's
-[-1, 1] and back, so the sampler's x0 clipping acts on the data range.
+DDPM (or DDIM, ``diffusion.sampler``) over ``diffusion.sr3_sample_steps`` evenly respaced
+steps of the training schedule (the paper's cost figure is 100 steps). Images are mapped
+from the dataset's [0, 1] scale to SR3's [-1, 1] and back, so the sampler's x0 clipping
+acts on the data range.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 
 from ablate.config import DiffusionConfig, ModelConfig, RowConfig, TrialConfig
 from ablate.diffusion.losses import noise_l1
-from ablate.diffusion.samplers import ddpm_sample
+from ablate.diffusion.samplers import sample
 from ablate.diffusion.schedules import NoiseSchedule
 from ablate.errors import UserError
 from ablate.methods.base import Batch, Method
@@ -50,6 +51,8 @@ class SR3(Method):
             diffusion.train_steps, diffusion.beta_start, diffusion.beta_end
         )
         self.sample_schedule = self.train_schedule.respaced(diffusion.sr3_sample_steps)
+        self.sampler = diffusion.sampler
+        self.ddim_eta = diffusion.ddim_eta
 
     def training_losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         cond = 2.0 * batch["lpet"] - 1.0
@@ -64,14 +67,20 @@ class SR3(Method):
     @torch.no_grad()
     def reconstruct(self, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor:
         cond = 2.0 * batch["lpet"] - 1.0
-        x = ddpm_sample(
+        x = sample(
+            self.sampler,
             lambda x_t, level: self.net(torch.cat([cond, x_t], dim=1), level),
             tuple(cond.shape),
             self.sample_schedule,
+            eta=self.ddim_eta,
             device=cond.device,
             generator=generator,
         )
         return (x + 1.0) / 2.0
+
+    def extra_repr(self) -> str:
+        eta = f", eta={self.ddim_eta}" if self.sampler == "ddim" else ""
+        return f"sampler={self.sampler!r}{eta}, sample_steps={self.sample_schedule.steps}"
 
 
 def validate_row(row: RowConfig) -> None:
