@@ -282,6 +282,7 @@ class ConditionalDDPM(SinogramMethod):
             self.estimator = DeepPET(width=self.estimator_training.width).requires_grad_(False)
         # Set by prepare() or restored with the trial checkpoint: refuse to run without it.
         self.register_buffer("estimator_ready", torch.tensor(not estimator))
+        self._estimator_seen_ready = False
         #: Where the estimator came from and whether prepare() had to train it (reporting).
         self.estimator_path: Path | None = None
         self.estimator_trained = False
@@ -328,12 +329,15 @@ class ConditionalDDPM(SinogramMethod):
         sino = self.sinogram_image(batch)
         if self.estimator is None:
             return sino
-        # On the meta device (parameter/GMAC counting) there are no values to check.
-        if not self.estimator_ready.is_meta and not bool(self.estimator_ready):
-            raise UserError(
-                "PMDM's stage-1 estimator is not loaded: the training loop must call "
-                "method.prepare(train_data, cache_dir, seed) before training or sampling"
-            )
+        # Checked once (reading a GPU flag syncs the host); the meta device (parameter/GMAC
+        # counting) has no values to check.
+        if not self._estimator_seen_ready and not self.estimator_ready.is_meta:
+            if not bool(self.estimator_ready):
+                raise UserError(
+                    "PMDM's stage-1 estimator is not loaded: the training loop must call "
+                    "method.prepare(train_data, cache_dir, seed) before training or sampling"
+                )
+            self._estimator_seen_ready = True
         with torch.no_grad():
             r0 = 2.0 * self.estimator(sino) - 1.0
         return torch.cat([r0, sino], dim=1) if self.conditioning == "r0+sinogram" else r0
@@ -343,7 +347,7 @@ class ConditionalDDPM(SinogramMethod):
         x0 = 2.0 * batch["spet"] - 1.0
         b = x0.shape[0]
         t = torch.randint(0, self.schedule.steps, (b,))
-        gamma = self.schedule.gammas[t].to(x0)
+        gamma = self.schedule.gammas[t].to(x0, non_blocking=True)  # no host sync per step
         g = gamma.view(b, 1, 1, 1)
         noise = torch.randn_like(x0)
         x_t = g.sqrt() * x0 + (1.0 - g).sqrt() * noise

@@ -57,8 +57,8 @@ class SR3(Method):
     def training_losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         cond = 2.0 * batch["lpet"] - 1.0
         x0 = 2.0 * batch["spet"] - 1.0
-        _, gamma = self.train_schedule.sample_noise_level(x0.shape[0])
-        g = gamma.to(x0.device).reshape(-1, 1, 1, 1)
+        _, gamma = self.train_schedule.sample_noise_level(x0.shape[0], device=x0.device)
+        g = gamma.reshape(-1, 1, 1, 1)
         noise = torch.randn_like(x0)
         x_t = g.sqrt() * x0 + (1.0 - g).sqrt() * noise
         main = noise_l1(self.net(torch.cat([cond, x_t], dim=1), g.flatten().sqrt()), noise)
