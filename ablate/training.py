@@ -96,6 +96,30 @@ def fuse_adam(optimizers: list[torch.optim.Optimizer]) -> list[torch.optim.Optim
     return fused
 
 
+class EpochShuffle(torch.utils.data.Sampler[int]):
+    """Epoch ``e`` visits the items in ``randperm(n)`` seeded by ``(seed, e)``: the order
+    depends on nothing else (not the loader's workers, not an interruption). ``seek(step)``
+    starts mid-epoch where step ``step`` of an uninterrupted run would be."""
+
+    def __init__(self, n: int, seed: int, batch_size: int, drop_last: bool) -> None:
+        self.n, self.seed, self.batch_size = n, seed, batch_size
+        self.steps_per_epoch = n // batch_size if drop_last else -(-n // batch_size)
+        self.epoch, self.skip = 0, 0
+
+    def seek(self, step: int) -> None:
+        self.epoch, offset = divmod(step, self.steps_per_epoch)
+        self.skip = offset * self.batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.n, generator=generator)[self.skip :]
+        self.epoch, self.skip = self.epoch + 1, 0
+        return iter(order.tolist())
+
+    def __len__(self) -> int:
+        return self.n - self.skip
+
+
 @dataclass
 class TrainingRun:
     """A method, its optimisers and data, and how far training has got."""
@@ -109,6 +133,7 @@ class TrainingRun:
     compiled: list[nn.Module] = field(default_factory=list)
     step: int = 0
     trained_steps: int = 0
+    _loader: DataLoader | None = field(default=None, repr=False)
     _batches: Iterator[Batch] | None = field(default=None, repr=False)
 
     @classmethod
@@ -162,19 +187,26 @@ class TrainingRun:
         return self.datasets[split]
 
     def _next_batch(self) -> Batch:
+        """The next training batch on the device. One loader serves the whole run (its
+        workers persist across epochs); the order of batches is a function of the seed and
+        the step alone, so a restored run sees the batches the uninterrupted one would."""
+        if self._loader is None:
+            train, data = self.trial.train, self.datasets["train"]
+            drop_last = len(data) >= train.batch_size
+            sampler = EpochShuffle(len(data), self.trial.seed, train.batch_size, drop_last)
+            sampler.seek(self.step)
+            self._loader = DataLoader(
+                data,
+                batch_size=train.batch_size,
+                sampler=sampler,
+                drop_last=drop_last,
+                num_workers=train.loader_workers,
+                persistent_workers=train.loader_workers > 0,
+                pin_memory=self.device.type == "cuda",
+            )
         while True:
             if self._batches is None:
-                generator = torch.Generator().manual_seed(self.trial.seed * 100_003 + self.step)
-                loader = DataLoader(
-                    self.datasets["train"],
-                    batch_size=self.trial.train.batch_size,
-                    shuffle=True,
-                    drop_last=len(self.datasets["train"]) >= self.trial.train.batch_size,
-                    generator=generator,
-                    num_workers=self.trial.train.loader_workers,
-                    pin_memory=self.device.type == "cuda",
-                )
-                self._batches = iter(loader)
+                self._batches = iter(self._loader)
             try:
                 batch = next(self._batches)
                 return to_device(batch, self.device, self.trial.train.channels_last)
