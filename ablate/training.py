@@ -99,7 +99,8 @@ def fuse_adam(optimizers: list[torch.optim.Optimizer]) -> list[torch.optim.Optim
 class EpochShuffle(torch.utils.data.Sampler[int]):
     """Epoch ``e`` visits the items in ``randperm(n)`` seeded by ``(seed, e)``: the order
     depends on nothing else (not the loader's workers, not an interruption). ``seek(step)``
-    starts mid-epoch where step ``step`` of an uninterrupted run would be."""
+    starts mid-epoch where step ``step`` of an uninterrupted run would be. Indices are
+    offset by ``e * n``: a :class:`SliceDataset` then draws epoch ``e``'s negatives."""
 
     def __init__(self, n: int, seed: int, batch_size: int, drop_last: bool) -> None:
         self.n, self.seed, self.batch_size = n, seed, batch_size
@@ -112,7 +113,7 @@ class EpochShuffle(torch.utils.data.Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.n, generator=generator)[self.skip :]
+        order = torch.randperm(self.n, generator=generator)[self.skip :] + self.epoch * self.n
         self.epoch, self.skip = self.epoch + 1, 0
         return iter(order.tolist())
 

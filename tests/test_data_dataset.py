@@ -59,6 +59,11 @@ def test_negatives_come_from_other_subjects_and_are_reproducible(tiny) -> None:
     np.testing.assert_array_equal(negs, ds[index]["negatives"].numpy())
     same_seed = SliceDataset(tiny, "train", ["negatives"], negatives=2, seed=7)
     np.testing.assert_array_equal(negs, same_seed[index]["negatives"].numpy())
+    # index + k * len: the same slice with the k-th draw of negatives (a new epoch)
+    draws = [ds[index + k * len(ds)] for k in range(1, 6)]
+    for item in draws:
+        np.testing.assert_array_equal(item["spet"].numpy(), ds[index]["spet"].numpy())
+    assert any(not np.array_equal(d["negatives"].numpy(), negs) for d in draws)
 
 
 def test_low_and_full_dose_share_the_full_dose_scale(tiny) -> None:

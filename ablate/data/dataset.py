@@ -10,8 +10,10 @@ without batch dimension, holding exactly the keys asked for:
   off the volume is replaced by the centre slice (the reference implementation's policy).
 - ``negatives`` [N, H, W]: full-dose slices of N *other* subjects of the same split at the
   same slice index (clamped to their volume), drawn with a generator seeded by
-  ``(seed, index)`` so an item is reproducible. Without replacement while there are at
-  least N other subjects, with replacement otherwise.
+  ``(seed, draw, index)`` so an item is reproducible. Without replacement while there are at
+  least N other subjects, with replacement otherwise. Index ``draw * len + i`` is item
+  ``i`` with its ``draw``-th set of negatives: the training sampler passes the epoch that
+  way (loader workers cannot be told it), so each epoch sees fresh negatives.
 - ``sinogram`` [1, A, D]: the measured sinogram (angles x bins).
 
 Arrays are opened lazily with ``np.load(mmap_mode="r")`` in each worker process (a memmap
@@ -136,9 +138,10 @@ class SliceDataset(Dataset):
         idx = [j if 0 <= j < n else i for j in (i + o for o in NAS_OFFSETS)]
         return torch.from_numpy(np.ascontiguousarray(arr[idx], dtype=np.float32))
 
-    def _negatives(self, index: int, subject: str, i: int) -> torch.Tensor:
+    def _negatives(self, draw: int, index: int, subject: str, i: int) -> torch.Tensor:
         others = [s for s in self.subjects if s != subject]
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        seed = np.random.SeedSequence([self.seed, draw, index]).generate_state(1)[0]
+        g = torch.Generator().manual_seed(int(seed))
         if len(others) >= self.negatives:
             picks = torch.randperm(len(others), generator=g)[: self.negatives]
         else:
@@ -151,6 +154,7 @@ class SliceDataset(Dataset):
         return torch.from_numpy(np.stack(out))
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        draw, index = divmod(index, len(self._index))
         subject, i = self._index[index]
         item: dict[str, torch.Tensor] = {}
         for key in self.keys:
@@ -160,5 +164,5 @@ class SliceDataset(Dataset):
             elif key in ("lpet_nas", "spet_nas"):
                 item[key] = self._stack(subject, _SOURCE[key], i)
             else:
-                item[key] = self._negatives(index, subject, i)
+                item[key] = self._negatives(draw, index, subject, i)
         return item
