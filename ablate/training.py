@@ -176,7 +176,10 @@ class TrainingRun:
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         ema = WeightEMA(method, train.ema_decay) if train.ema_decay > 0 else None
-        compiled = compile_networks(method, train.compile_mode) if train.compile else []
+        compiled = []
+        if train.compile:  # the EMA copy samples in evaluation: compile it too
+            for model in (method, *([] if ema is None else [ema.module])):
+                compiled += compile_networks(model, train.compile_mode)
         return cls(trial, method, optimizers, device, datasets, ema, compiled)
 
     @property

@@ -14,7 +14,7 @@ from ablate.data.store import build_dataset
 from ablate.ema import WeightEMA
 from ablate.evaluation import evaluate_method
 from ablate.seeding import seed_everything
-from ablate.training import TrainingRun
+from ablate.training import TrainingRun, networks
 from tests.conftest import tiny_experiment
 
 STEPS = 20
@@ -117,3 +117,13 @@ def test_bf16_sampling_under_inference_mode(dataset: Path, tmp_path: Path) -> No
     result = evaluate_method(run.eval_method, run.data("test"), trial, samples=2)
     assert {"psnr", "ams_psnr", "sd"} <= set(result.summary)
     run.train_until(1)  # training goes on after evaluating under inference_mode
+
+
+def test_compile_covers_the_ema_copy_that_evaluation_samples_with(
+    dataset: Path, tmp_path: Path
+) -> None:
+    trial = _trial(compile=True, ema_decay=0.9)
+    run = TrainingRun.build(trial, dataset, tmp_path)
+    live, ema = networks(run.method), networks(run.eval_method)
+    assert len(run.compiled) == len(live) + len(ema) == 4  # CPM + IRM, twice
+    assert all(net._compiled_call_impl is not None for net in live + ema)
