@@ -16,6 +16,8 @@ rows: ``--config search_spaces/pmdm_table1.yaml --image-size 256``), on random d
 - sampling ms per image for each variant (bf16 variants sample under bf16 autocast), of one
   image and of K = ``--ams-k`` samples of one image as one batch (AMS), in
   ``torch.inference_mode``;
+- loss curves: fp32 eager vs the fastest variant over ``--curve-steps`` steps from the same
+  weights, batches and noise; the largest relative gap between their windowed means;
 - packing: aggregate training it/s of 1, 2, 4, 8 concurrent trial processes (``--pack``) of
   ``--pack-row`` (default: the last row) at batch 4, each timed over the same wall-clock window.
 
@@ -69,6 +71,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Steps per point of the fp32 vs fast loss curves.
+CURVE_WINDOW = 10
+
+
 def with_switches(trial: TrialConfig, switches: dict[str, Any]) -> TrialConfig:
     return trial.model_copy(update={"train": trial.train.model_copy(update=switches)})
 
@@ -95,9 +101,9 @@ class Setup:
         batch = random_batch(self.method, self.trial, size, self.device, self.size)
         return to_device(batch, self.device, self.trial.train.channels_last)
 
-    def step(self, batch: dict[str, torch.Tensor]) -> None:
+    def step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         with autocast(self.trial, self.device):
-            self.method.training_step(batch, self.optimizers)
+            return self.method.training_step(batch, self.optimizers)
 
     def it_per_s(self, batch_size: int, warmup: int, iters: int) -> float:
         self.method.train()
@@ -166,6 +172,28 @@ def sampling_ms(setup: Setup, k: int, reps: int) -> dict[str, float | None]:
     return {"single_ms": single, "ams_ms": 1e3 * timed(lambda: run(many), reps, device)}
 
 
+def loss_curve_gap(trial: TrialConfig, device: torch.device, args: argparse.Namespace) -> dict:
+    """fp32 eager vs the fastest variant trained from the same weights on the same batches
+    with the same noise draws: the loss averaged over windows of ``CURVE_WINDOW`` steps, and
+    the largest relative gap between the two curves (bf16 must not change what is learnt)."""
+    curves = {}
+    for name in ("fp32", args.variants[-1]):
+        switches = VARIANTS[name] | {"compile_mode": args.compile_mode}
+        setup = Setup(with_switches(trial, switches), args.image_size, device)
+        torch.manual_seed(1)
+        pool = [setup.batch(BATCH) for _ in range(8)]
+        setup.method.train()
+        losses = []
+        for i in range(args.curve_steps):
+            torch.manual_seed(1000 + i)  # the same noise levels and noise in both runs
+            losses.append(setup.step(pool[i % len(pool)])["loss"])
+        values = torch.stack(losses).float().cpu()
+        curves[name] = values.reshape(-1, CURVE_WINDOW).mean(dim=1).tolist()
+    base, fast = curves.values()
+    gap = max(abs(f - b) / abs(b) for b, f in zip(base, fast, strict=True))
+    return {"window": CURVE_WINDOW, "curves": curves, "max_rel_gap": gap}
+
+
 def bench_row(trial: TrialConfig, device: torch.device, args: argparse.Namespace) -> dict:
     warmup, iters = (1, 2) if args.quick else (5, 30)
     reps = 1 if args.quick else 5
@@ -175,6 +203,8 @@ def bench_row(trial: TrialConfig, device: torch.device, args: argparse.Namespace
         setup = Setup(with_switches(trial, switches), args.image_size, device)
         result["it_per_s_b4"][name] = setup.it_per_s(BATCH, warmup, iters)
         result["sampling"][name] = sampling_ms(setup, args.ams_k, reps)
+    if args.curve_steps:
+        result["loss_curve"] = loss_curve_gap(trial, device, args)
     sweep = batch_sweep(setup, warmup, iters, args.max_batch)
     best = max(sweep, key=lambda point: point["images_per_s"])
     macs = forward_macs_per_image(setup)
@@ -247,11 +277,13 @@ def targets(rows: list[dict], packed: list[dict]) -> list[dict[str, Any]]:
     by_row = {r["row"]: r for r in rows}
     full, sr3 = by_row.get("full"), by_row.get("sr3")
     fast = rows[0]["big_variant"] if rows else None
-    speedup = mfu = single = batched = pack4 = None
+    speedup = mfu = single = batched = pack4 = gap = None
     if full is not None:
         its = full["it_per_s_b4"]
         speedup = its[fast] / its["fp32"] if "fp32" in its else None
         mfu = 100 * full["mfu"]
+        if "loss_curve" in full:
+            gap = 100 * full["loss_curve"]["max_rel_gap"]
     if full is not None and sr3 is not None:
         f, b = full["sampling"][fast], sr3["sampling"][fast]
         single = b["single_ms"] / f["single_ms"]
@@ -265,6 +297,12 @@ def targets(rows: list[dict], packed: list[dict]) -> list[dict[str, Any]]:
         {"target": "sr3 100-step / full 10-step sample ms, 1 image", "goal": 40.0, "value": single},
         {"target": "sr3 / full sample ms per image, K-image batch", "goal": 40.0, "value": batched},
         {"target": "packing: 4 trials vs 1, aggregate it/s", "goal": 2.5, "value": pack4},
+        {
+            "target": f"full: {fast} vs fp32 loss curve, max gap %",
+            "goal": 5.0,
+            "value": gap,
+            "at_most": True,
+        },
     ]
 
 
@@ -274,7 +312,7 @@ def print_tables(
     variants = list(rows[0]["it_per_s_b4"]) if rows else []
     train = Table(title=f"Training, {title}")
     columns = ["row", *(f"{v} it/s b={BATCH}" for v in variants), "speedup"]
-    for col in [*columns, "saturating img/s", "MFU", "peak MB"]:
+    for col in [*columns, "loss gap", "saturating img/s", "MFU", "peak MB"]:
         train.add_column(col, justify="left" if col == "row" else "right")
     for r in rows:
         its = r["it_per_s_b4"]
@@ -282,6 +320,7 @@ def print_tables(
             r["row"],
             *(f"{its[v]:.3g}" for v in variants),
             f"{its[variants[-1]] / its[variants[0]]:.2f}x",
+            f"{100 * r['loss_curve']['max_rel_gap']:.2f}%" if "loss_curve" in r else "-",
             f"{r['images_per_s']:.3g} (b={r['saturating_batch']})",
             f"{100 * r['mfu']:.1f}%",
             "-" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.0f}",
@@ -320,9 +359,11 @@ def print_tables(
         verdict.add_column(col, justify="left" if col == "target" else "right")
     for g in goals:
         value = g["value"]
-        met = "not run" if value is None else ("yes" if value >= g["goal"] else "NO")
+        at_most = g.get("at_most", False)
+        ok = value is not None and (value <= g["goal"] if at_most else value >= g["goal"])
+        met = "not run" if value is None else ("yes" if ok else "NO")
         shown = "-" if value is None else f"{value:.3g}"
-        verdict.add_row(g["target"], f">= {g['goal']:g}", shown, met)
+        verdict.add_row(g["target"], f"{'<=' if at_most else '>='} {g['goal']:g}", shown, met)
     console.print(verdict)
 
 
@@ -332,6 +373,9 @@ def main() -> None:
     parser.add_argument("--compile-mode", default="reduce-overhead")
     parser.add_argument("--max-batch", type=int, default=256, help="largest batch of the sweep")
     parser.add_argument("--ams-k", type=int, default=10)
+    parser.add_argument(
+        "--curve-steps", type=int, default=200, help="fp32 vs fast loss-curve steps; 0: skip"
+    )
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak")
     parser.add_argument("--pack", nargs="*", type=int, default=[1, 2, 4, 8], help="0 args: skip")
     parser.add_argument("--pack-variant", default="bf16", choices=list(VARIANTS))
@@ -350,8 +394,11 @@ def main() -> None:
     if args.worker:
         pack_worker(args, trials[args.worker], device)
         return
+    if args.curve_steps % CURVE_WINDOW:
+        parser.error(f"--curve-steps must be a multiple of {CURVE_WINDOW}")
     if args.quick:
         args.window_s, args.pack_setup_s = min(args.window_s, 3.0), min(args.pack_setup_s, 20.0)
+        args.curve_steps = min(args.curve_steps, 2 * CURVE_WINDOW)
 
     console = Console(width=160)
     results = []

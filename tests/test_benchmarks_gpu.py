@@ -38,3 +38,7 @@ def test_gpu_benchmark_measures_every_section_and_checks_the_targets(tmp_path: P
     ratio = sr3["sampling"]["bf16"]["single_ms"] / full["sampling"]["bf16"]["single_ms"]
     assert goals["sr3 100-step / full 10-step sample ms, 1 image"] == ratio
     assert goals["packing: 4 trials vs 1, aggregate it/s"] is None  # 4 was not run
+    curve = full["loss_curve"]
+    assert [len(c) for c in curve["curves"].values()] == [2, 2]  # --quick: 20 steps, 2 windows
+    assert curve["curves"]["bf16"] != curve["curves"]["fp32"]  # bf16 really ran
+    assert goals["full: bf16 vs fp32 loss curve, max gap %"] == 100 * curve["max_rel_gap"] < 5
