@@ -21,6 +21,7 @@ from ablate.config import TrialConfig
 from ablate.data.dataset import SliceDataset
 from ablate.methods.base import Batch, Method
 from ablate.metrics import image_metrics, sampling_sd
+from ablate.models.deeppet import resample_sinogram
 
 #: How many slices of images to keep as the ``samples.npz`` artifact.
 N_SAMPLE_IMAGES = 4
@@ -45,6 +46,14 @@ def _collate(dataset: SliceDataset, indices: list[int], device: torch.device) ->
     return {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
 
 
+def _input_image(batch: Batch) -> torch.Tensor:
+    """What the row reconstructs from, as an image: the LPET slice, or the sinogram
+    resampled to the image grid (angles x bins stretched to H x W) for sinogram rows."""
+    if "lpet" in batch:
+        return batch["lpet"]
+    return resample_sinogram(batch["sinogram"], tuple(batch["spet"].shape[-2:]))
+
+
 @torch.inference_mode()
 def evaluate_method(
     method: Method, dataset: SliceDataset, trial: TrialConfig, samples: int
@@ -66,15 +75,16 @@ def evaluate_method(
             out = method.reconstruct(repeated, generator=generator)
         outputs.append(out.float().reshape(k, b, *out.shape[1:]).cpu())
         references.append(batch["spet"].float().cpu())
-        inputs.append(batch.get("lpet", batch["spet"]).float().cpu())
+        inputs.append(_input_image(batch).float().cpu())
     out = torch.cat(outputs, dim=1)  # [K, B, 1, H, W]
     ref = torch.cat(references)
     single = image_metrics(out[0], ref)
     summary = {name: float(values.mean()) for name, values in single.items()}
     per_slice = pd.DataFrame({name: values.numpy() for name, values in single.items()})
     per_slice.insert(0, "index", indices)
+    input_name = "input" if "lpet" in batch else "sinogram"
     images = {
-        "input": torch.cat(inputs)[:N_SAMPLE_IMAGES, 0].numpy(),
+        input_name: torch.cat(inputs)[:N_SAMPLE_IMAGES, 0].numpy(),
         "reference": ref[:N_SAMPLE_IMAGES, 0].numpy(),
         "output": out[0, :N_SAMPLE_IMAGES, 0].numpy(),
     }

@@ -217,16 +217,21 @@ def image_png(image: np.ndarray, vmin: float, vmax: float, scale: str = "Greys_r
 
 
 def sample_panels(path: Path, max_samples: int = 2) -> list[list[tuple[str, str]]]:
-    """Per sample of ``samples.npz``: (caption, PNG URI) for input, reference, output, error
-    and, for stochastic rows, the per-pixel SD over the K samples."""
+    """Per sample of ``samples.npz``: (caption, PNG URI) for the input (the LPET slice in
+    the reference's window, or the sinogram in its own), reference, output, error and, for
+    stochastic rows, the per-pixel SD over the K samples."""
     with np.load(path) as npz:
         arrays = {k: npz[k] for k in npz.files}
     out = []
     for i in range(min(max_samples, len(arrays["reference"]))):
         ref = arrays["reference"][i]
         lo, hi = float(ref.min()), float(ref.max())
-        panels = [(name, image_png(arrays[name][i], lo, hi)) for name in ("input", "reference")]
-        panels.append(("output", image_png(arrays["output"][i], lo, hi)))
+        if "sinogram" in arrays:
+            sino = arrays["sinogram"][i]
+            panels = [("sinogram", image_png(sino, float(sino.min()), float(sino.max())))]
+        else:
+            panels = [("input", image_png(arrays["input"][i], lo, hi))]
+        panels += [(name, image_png(arrays[name][i], lo, hi)) for name in ("reference", "output")]
         err = np.abs(arrays["output"][i] - ref)
         scale = f"|error| (max {err.max():.3g})"
         panels.append((scale, image_png(err, 0.0, float(err.max()), "Inferno")))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -131,3 +132,18 @@ def test_restored_run_trains_on_the_batches_of_the_uninterrupted_one(
     assert [s for s, _ in resumed] == list(range(6, steps + 1))
     for (_, want), (_, got) in zip(expected[5:], resumed, strict=True):
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+
+
+def test_sinogram_row_shows_its_sinogram_as_the_input(dataset: Path, tmp_path: Path) -> None:
+    from ablate.evaluation import write_evaluation_artifacts
+    from dashboards.plots import sample_panels
+
+    trial = _trial({"method": "deeppet"})
+    run = TrainingRun.build(trial, dataset, tmp_path)
+    result = evaluate_method(run.method, run.data("test"), trial, samples=1)
+    assert "input" not in result.images
+    sino, ref = result.images["sinogram"], result.images["reference"]
+    assert sino.shape == ref.shape and not np.allclose(sino, ref)
+    write_evaluation_artifacts(result, tmp_path)
+    captions = [name for name, _ in sample_panels(tmp_path / "samples.npz")[0]]
+    assert captions[:3] == ["sinogram", "reference", "output"]
