@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import ablate.methods.pmdm as pmdm
+from ablate.errors import UserError
 from ablate.methods.pmdm import ConditionalDDPM, EstimatorError, data_fingerprint
 from ablate.methods.registry import build_method
 from tests.test_pmdm_rows import SIZE, PairDataset, batch_of, tiny_trial
@@ -136,3 +137,9 @@ def test_explicit_checkpoint_is_checked(train_data: PairDataset, tmp_path: Path)
     torch.save({"state_dict": {}}, wrong)
     with pytest.raises(EstimatorError, match="weights.pt is unreadable"):
         new_pmdm(estimator_checkpoint=str(wrong)).prepare(train_data, cache, seed=0)
+
+
+def test_diverging_estimator_names_the_steps_and_the_fix(train_data: PairDataset) -> None:
+    training = pmdm.EstimatorTraining(width=4, steps=5, batch_size=2, lr=1e30, device="cpu")
+    with pytest.raises(UserError, match=r"between steps 1 and 5: lower train.estimator_lr"):
+        pmdm.train_estimator(train_data, 0, training, SIZE)

@@ -135,21 +135,25 @@ def train_estimator(
         generator=torch.Generator().manual_seed(seed),
     )
     net.train()
-    step = 0
+    step = checked = 0
+    finite = torch.ones((), dtype=torch.bool, device=device)  # read every 100 steps, not each
     while step < training.steps:
         for batch in loader:
-            sino = resample_sinogram(batch["sinogram"].to(device), (image_size, image_size))
-            loss = F.mse_loss(net(sino), batch["spet"].to(device))
-            if not torch.isfinite(loss):
-                raise UserError(
-                    f"stage-1 DeepPET estimator: loss is {loss.item()} at step {step + 1}: "
-                    "lower train.estimator_lr or check the data"
-                )
+            sino = batch["sinogram"].to(device, non_blocking=True)
+            sino = resample_sinogram(sino, (image_size, image_size))
+            loss = F.mse_loss(net(sino), batch["spet"].to(device, non_blocking=True))
+            finite = finite & torch.isfinite(loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
             if step % 100 == 0 or step == training.steps:
+                if not bool(finite):
+                    raise UserError(
+                        "stage-1 DeepPET estimator: the loss became NaN/inf between steps "
+                        f"{checked + 1} and {step}: lower train.estimator_lr or check the data"
+                    )
+                checked = step
                 log.info("stage-1 DeepPET step %d/%d: mse %.4g", step, training.steps, loss.item())
             if step >= training.steps:
                 break
