@@ -1,4 +1,5 @@
-"""Driver-side Ray Tune callbacks: a live progress display and MLflow end states.
+"""Driver-side Ray Tune callbacks: a live progress display, MLflow end states, and a guard
+that keeps a restored trial off a deleted checkpoint.
 
 The trainable ends its own MLflow run when it completes or raises. Two ends it never sees
 are handled here, on the driver: a trial stopped early by ASHA (its run is marked
@@ -7,13 +8,18 @@ are handled here, on the driver: a trial stopped early by ASHA (its run is marke
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from pyarrow.fs import FileType
 from ray.tune import Callback
+from ray.tune.experiment import Trial
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ablate import tracking
+
+log = logging.getLogger(__name__)
 
 
 class TrialProgress(Callback):
@@ -115,4 +121,53 @@ class MlflowTrialStates(Callback):
             run.info.run_id,
             "failed",
             f"the trial's worker died (node lost or killed); Ray logs: {trial.local_path}",
+        )
+
+
+def _exists(result: Any) -> bool:
+    checkpoint = result.checkpoint
+    return checkpoint.filesystem.get_file_info(checkpoint.path).type != FileType.NotFound
+
+
+class CheckpointGuard(Callback):
+    """Points a pending trial whose last checkpoint is gone at the newest one that exists.
+
+    The driver deletes checkpoints beyond ``num_to_keep`` as new ones arrive, and saves its
+    state every few seconds. A driver killed between the two leaves a saved state naming a
+    deleted checkpoint; restored from it, the trial would fail on every retry. Before such
+    a trial starts, this drops the missing checkpoints from its bookkeeping, so it resumes
+    from the newest surviving one, or from step 0 (into the same MLflow run) if none is
+    left. Uses the checkpoint manager of Ray 2.60 (pinned), which has no public setter.
+    """
+
+    def __init__(self) -> None:
+        self._checked: set[tuple[str, str | None]] = set()
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        for trial in trials:
+            if trial.status != Trial.PENDING:
+                continue
+            latest = trial.run_metadata.checkpoint_manager.latest_checkpoint_result
+            key = (trial.trial_id, None if latest is None else latest.checkpoint.path)
+            if key in self._checked:
+                continue
+            self._checked.add(key)
+            if latest is not None and not _exists(latest):
+                self._repair(trial, latest.checkpoint.path)
+
+    @staticmethod
+    def _repair(trial: Any, missing: str) -> None:
+        manager = trial.run_metadata.checkpoint_manager
+        manager._checkpoint_results = [r for r in manager._checkpoint_results if _exists(r)]
+        # checkpoint_000NNN directory names sort in the order they were written
+        survivors = sorted(manager._checkpoint_results, key=lambda r: r.checkpoint.path)
+        manager._latest_checkpoint_result = survivors[-1] if survivors else None
+        trial.run_metadata.invalidate_cache()
+        restart = survivors[-1].checkpoint.path if survivors else "step 0"
+        log.warning(
+            "trial %s: its last checkpoint %s was deleted after the driver's last saved "
+            "state; resuming from %s",
+            trial,
+            missing,
+            restart,
         )

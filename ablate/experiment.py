@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from ablate import tracking
-from ablate.callbacks import MlflowTrialStates, TrialProgress
+from ablate.callbacks import CheckpointGuard, MlflowTrialStates, TrialProgress
 from ablate.config import ExperimentConfig, ResourcesConfig, parse_experiment
 from ablate.config import trial_configs as expand_trials
 from ablate.errors import UserError
@@ -181,6 +181,7 @@ def _run_config(exp: ExperimentConfig, ws: Workspace, name: str, ctx: LaunchCont
         callbacks=[
             TrialProgress(total=total),
             MlflowTrialStates(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id),
+            CheckpointGuard(),
         ],
         verbose=0,
     )
