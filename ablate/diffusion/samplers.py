@@ -33,9 +33,9 @@ def randn(
     shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str
 ) -> torch.Tensor:
     """Standard normal noise from ``generator`` (which may live on another device than the
-    sample, e.g. a CPU generator for reproducible GPU sampling)."""
+    sample, e.g. a CPU generator for reproducible GPU sampling; copied without a host sync)."""
     gen_device = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=gen_device).to(device)
+    return torch.randn(shape, generator=generator, device=gen_device).to(device, non_blocking=True)
 
 
 def _clipped_x0(
