@@ -96,6 +96,24 @@ def fuse_adam(optimizers: list[torch.optim.Optimizer]) -> list[torch.optim.Optim
     return fused
 
 
+def place_and_optimise(
+    method: Method, trial: TrialConfig, device: torch.device
+) -> list[torch.optim.Optimizer]:
+    """Move ``method`` to ``device`` (NHWC when ``train.channels_last``) and build its
+    optimisers: the row's lr / weight decay over ``train``'s, fused Adam on CUDA if asked."""
+    train = trial.train
+    method.to(device)
+    if train.channels_last:
+        method.to(memory_format=torch.channels_last)
+    optimizers = method.configure_optimizers(
+        trial.row.lr or train.lr,
+        train.weight_decay if trial.row.weight_decay is None else trial.row.weight_decay,
+    )
+    if train.fused_adam and device.type == "cuda":
+        optimizers = fuse_adam(optimizers)
+    return optimizers
+
+
 class EpochShuffle(torch.utils.data.Sampler[int]):
     """Epoch ``e`` visits the items in ``randperm(n)`` seeded by ``(seed, e)``: the order
     depends on nothing else (not the loader's workers, not an interruption). ``seek(step)``
@@ -164,15 +182,7 @@ class TrainingRun:
         }
         method.prepare(datasets["train"], cache_dir, trial.seed)
         train = trial.train
-        method.to(device)
-        if train.channels_last:
-            method.to(memory_format=torch.channels_last)
-        optimizers = method.configure_optimizers(
-            trial.row.lr or train.lr,
-            train.weight_decay if trial.row.weight_decay is None else trial.row.weight_decay,
-        )
-        if train.fused_adam and device.type == "cuda":
-            optimizers = fuse_adam(optimizers)
+        optimizers = place_and_optimise(method, trial, device)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         ema = WeightEMA(method, train.ema_decay) if train.ema_decay > 0 else None

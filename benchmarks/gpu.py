@@ -49,7 +49,12 @@ from ablate.complexity import count_macs  # noqa: E402
 from ablate.config import TrialConfig  # noqa: E402
 from ablate.methods.base import Method  # noqa: E402
 from ablate.methods.registry import build_method  # noqa: E402
-from ablate.training import autocast, compile_networks, fuse_adam, to_device  # noqa: E402
+from ablate.training import (  # noqa: E402
+    autocast,
+    compile_networks,
+    place_and_optimise,
+    to_device,
+)
 from benchmarks.throughput import (  # noqa: E402
     BATCH,
     benchmark_parser,
@@ -85,17 +90,12 @@ class Setup:
     def __init__(self, trial: TrialConfig, size: int, device: torch.device) -> None:
         torch.manual_seed(0)
         self.trial, self.size, self.device = trial, size, device
-        train = trial.train
-        self.method: Method = build_method(trial, size).to(device)
+        self.method: Method = build_method(trial, size)
         if hasattr(self.method, "estimator_ready"):
             self.method.estimator_ready.fill_(True)
-        if train.channels_last:
-            self.method.to(memory_format=torch.channels_last)
-        self.optimizers = self.method.configure_optimizers(train.lr, train.weight_decay)
-        if train.fused_adam and device.type == "cuda":
-            self.optimizers = fuse_adam(self.optimizers)
-        if train.compile:
-            compile_networks(self.method, train.compile_mode)
+        self.optimizers = place_and_optimise(self.method, trial, device)
+        if trial.train.compile:
+            compile_networks(self.method, trial.train.compile_mode)
 
     def batch(self, size: int) -> dict[str, torch.Tensor]:
         batch = random_batch(self.method, self.trial, size, self.device, self.size)
