@@ -25,12 +25,12 @@ from torch.utils.data import DataLoader
 
 from ablate.complexity import count_macs, count_params
 from ablate.config import TrialConfig
-from ablate.data.dataset import SliceDataset, available_keys
+from ablate.data.dataset import SliceDataset
 from ablate.device import resolve_device
 from ablate.ema import WeightEMA
 from ablate.errors import UserError
 from ablate.methods.base import Batch, Method
-from ablate.methods.registry import build_method
+from ablate.methods.registry import build_method, check_dataset
 
 Split = str
 
@@ -158,15 +158,9 @@ class TrainingRun:
     @classmethod
     def build(cls, trial: TrialConfig, dataset_root: Path, cache_dir: Path) -> TrainingRun:
         device = resolve_device(trial.train.device)
-        have = available_keys(dataset_root)
+        check_dataset(trial.row_name, trial.row, dataset_root)
         probe = SliceDataset(dataset_root, "train", keys=["spet"])
         method = build_method(trial, probe.image_size)
-        missing = set(method.required_keys) - set(have)
-        if missing:
-            raise UserError(
-                f"row '{trial.row_name}' needs dataset keys {sorted(missing)} but "
-                f"{dataset_root} has only {sorted(have)}: use a dataset/preset that provides them"
-            )
         # Negatives feed the contrastive *training* loss only: evaluation splits never need them
         # (and a small val/test split may have too few subjects to draw them from).
         keys = set(method.required_keys)

@@ -141,5 +141,5 @@ def test_explicit_checkpoint_is_checked(train_data: PairDataset, tmp_path: Path)
 
 def test_diverging_estimator_names_the_steps_and_the_fix(train_data: PairDataset) -> None:
     training = pmdm.EstimatorTraining(width=4, steps=5, batch_size=2, lr=1e30, device="cpu")
-    with pytest.raises(UserError, match=r"between steps 1 and 5: lower train.estimator_lr"):
+    with pytest.raises(UserError, match=r"between steps 1 and 5: lower train.estimator.lr"):
         pmdm.train_estimator(train_data, 0, training, SIZE)

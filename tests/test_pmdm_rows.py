@@ -18,18 +18,18 @@ from ablate.config import (
     DiffusionConfig,
     LossConfig,
     ModelConfig,
-    RowConfig,
     TrainConfig,
     TrialConfig,
     load_experiment,
-    trial_configs,
+    parse_row,
 )
 from ablate.data.projector import ParallelBeamProjector
 from ablate.errors import UserError
 from ablate.methods.base import Method
-from ablate.methods.registry import build_method, validate_row
+from ablate.methods.registry import build_method
 from ablate.models.deeppet import DeepPET, resample_sinogram
 from ablate.paper import TABLE1
+from ablate.trials import row_trials
 
 SIZE = 32
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,28 +79,35 @@ class PairDataset(torch.utils.data.Dataset):
         return {"sinogram": self.sinogram[i], "spet": self.spet[i]}
 
 
-def tiny_trial(name: str, row: dict, **train: object) -> TrialConfig:
+def tiny_trial(
+    name: str, row: dict, estimator_steps: int | None = None, **train: object
+) -> TrialConfig:
     return TrialConfig(
         experiment="test-pmdm",
         row_name=name,
-        row=RowConfig(**row),
+        row=parse_row(row),
         seed=0,
         data=DataConfig(),
-        model=ModelConfig(
-            deeppet_width=4,
-            gan_width=8,
-            vqvae_width=16,
-            vqvae_code_dim=8,
-            vqvae_codes=32,
-            pmdm_width=16,
-            pmdm_mults=(1, 2),
-            pmdm_res_blocks=1,
-            pmdm_attn_res=(),
+        model=ModelConfig.model_validate(
+            {
+                "deeppet": {"width": 4},
+                "gan": {"width": 8},
+                "vqvae": {"width": 16, "code_dim": 8, "codes": 32},
+                "pmdm": {"width": 16, "mults": (1, 2), "res_blocks": 1, "attn_res": ()},
+            }
         ),
         loss=LossConfig(),
-        diffusion=DiffusionConfig(pmdm_train_steps=50, pmdm_beta_start=2e-3, pmdm_beta_end=0.4),
-        train=TrainConfig(
-            **{"steps": 20, "batch_size": 4, "device": "cpu", "estimator_lr": 3e-3, **train}
+        diffusion=DiffusionConfig.model_validate(
+            {"pmdm": {"train_steps": 50, "beta_start": 2e-3, "beta_end": 0.4}}
+        ),
+        train=TrainConfig.model_validate(
+            {
+                "steps": 20,
+                "batch_size": 4,
+                "device": "cpu",
+                **train,
+                "estimator": {"lr": 3e-3, "steps": estimator_steps},
+            }
         ),
     )
 
@@ -255,28 +262,28 @@ def test_pmdm_refuses_to_run_without_its_estimator(data: PairDataset) -> None:
 )
 def test_rows_reject_switches_they_cannot_honour(row: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
-        validate_row(RowConfig(**row), "bad")
+        parse_row(row, "row 'bad'")
 
 
 def test_table1_yaml_has_every_paper_row_at_paper_scale() -> None:
     exp = load_experiment(ROOT / "search_spaces" / "pmdm_table1.yaml")
     assert set(exp.rows) == set(TABLE1)
     assert exp.data.preset == "sinogram-256"
-    trials = trial_configs(exp, seeds=[0])
-    assert trials[0].row.method == "deeppet"
-    for trial in trials:
+    trials = row_trials(exp)
+    assert trials["deeppet"].row.method == "deeppet"
+    for trial in trials.values():
         with torch.device("meta"):
             method = build_method(trial, 256)
         assert method.required_keys == {"sinogram", "spet"}
     pmdm = exp.rows["pmdm"]
     assert pmdm.lr == 3e-5 and pmdm.conditioning == "r0" and pmdm.sample_steps is None
-    assert exp.model.deeppet_width * 8 == 512
+    assert exp.model.deeppet.width * 8 == 512
 
 
 def test_schedule_that_never_reaches_noise_is_refused() -> None:
     """DDPM's 1e-4..2e-2 betas with only 50 steps end at ~60% signal, not at N(0, I)."""
     trial = tiny_trial("pmdm", ROWS["pmdm"]).model_copy(
-        update={"diffusion": DiffusionConfig(pmdm_train_steps=50)}
+        update={"diffusion": DiffusionConfig.model_validate({"pmdm": {"train_steps": 50}})}
     )
     with pytest.raises(UserError, match="not at noise"):
         build_method(trial, SIZE)

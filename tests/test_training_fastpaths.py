@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablate.config import DataConfig, parse_experiment, trial_configs
+from ablate.config import DataConfig, parse_experiment
 from ablate.data.store import build_dataset
 from ablate.ema import WeightEMA
 from ablate.evaluation import evaluate_method
 from ablate.seeding import seed_everything
 from ablate.training import TrainingRun, networks
+from ablate.trials import expand
 from tests.conftest import tiny_experiment
 
 STEPS = 20
@@ -28,7 +29,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _trial(**train):
     raw = tiny_experiment("fast", {"cpm_irm": {"method": "coarse_to_fine", "irm": True}})
     raw["train"].update({"steps": STEPS, "log_every": 1, **train})
-    return trial_configs(parse_experiment(raw))[0]
+    return expand(parse_experiment(raw))[0]
 
 
 def _losses(dataset: Path, cache: Path, **train) -> list[float]:

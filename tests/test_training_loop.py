@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from ablate.config import DataConfig, parse_experiment, trial_configs
+from ablate.config import DataConfig, parse_experiment
 from ablate.data.store import build_dataset
 from ablate.evaluation import evaluate_method
 from ablate.seeding import seed_everything
 from ablate.training import NonFiniteLoss, TrainingRun
+from ablate.trials import expand
 from tests.conftest import tiny_experiment
 
 
@@ -24,7 +25,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _trial(row: dict, **train):
     raw = tiny_experiment("loop", {"r": row})
     raw["train"].update(train)
-    return trial_configs(parse_experiment(raw))[0]
+    return expand(parse_experiment(raw))[0]
 
 
 def test_same_seed_same_losses(dataset: Path, tmp_path: Path) -> None:

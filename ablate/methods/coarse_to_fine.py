@@ -6,7 +6,7 @@
   conditioned on LPET, with WaveGrad's continuous noise level and L1 on the noise (eq. 8);
   CPM and IRM are trained jointly through that one loss (the residual is not detached), and
   the reconstruction is ``x_cp`` plus a residual sampled with the few-step inference schedule
-  (linear, ``irm_sample_steps`` steps, ``1e-6 .. irm_sample_beta_end``).
+  (linear, ``diffusion.irm.sample_steps`` steps, ``1e-6 .. diffusion.irm.sample_beta_end``).
 - NAS / spectrum guidance (``nas``, ``spectrum``): one feature extractor per type and level
   (eq. 5) feeds guided ResBlocks of the CPM and of the IRM; its L1 loss is weighted by
   ``loss.m`` / ``loss.n``. Guide maps are computed once per input and reused at every
@@ -29,10 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablate.config import (
+    CoarseToFineModel,
+    CoarseToFineRow,
     DiffusionConfig,
     LossConfig,
-    ModelConfig,
-    RowConfig,
     TrialConfig,
 )
 from ablate.data.guidance import spectrum
@@ -63,14 +63,14 @@ class CoarseToFine(Method):
 
     def __init__(
         self,
-        row: RowConfig,
-        model: ModelConfig,
+        row: CoarseToFineRow,
+        model: CoarseToFineModel,
+        dropout: float,
         loss: LossConfig,
         diffusion: DiffusionConfig,
         image_size: int,
     ) -> None:
         super().__init__()
-        validate_row(row)
         self.row = row
         self.weights = loss
         self.stochastic = row.irm
@@ -89,8 +89,8 @@ class CoarseToFine(Method):
         def unet(in_ch: int, width: int, mults: tuple[int, ...], noise: bool) -> UNet:
             if guiding and model.guide_levels > len(mults) - 1:
                 raise UserError(
-                    f"model.guide_levels ({model.guide_levels}) exceeds the {len(mults) - 1} "
-                    f"downsamplings of a UNet with multipliers {mults}: lower it"
+                    f"model.coarse_to_fine.guide_levels ({model.guide_levels}) exceeds the "
+                    f"{len(mults) - 1} downsamplings of a UNet with multipliers {mults}: lower it"
                 )
             levels, mid = guided_levels(mults, model.guide_levels) if guiding else ((), False)
             return UNet(
@@ -99,9 +99,9 @@ class CoarseToFine(Method):
                 base_width=width,
                 channel_mults=mults,
                 res_blocks=model.res_blocks,
-                attn_res=model.c2f_attn_res,
+                attn_res=model.attn_res,
                 image_size=image_size,
-                dropout=model.dropout,
+                dropout=dropout,
                 noise_embedding=noise,
                 guide_levels=levels,
                 guide_mid=mid,
@@ -114,9 +114,10 @@ class CoarseToFine(Method):
         self.train_schedule = NoiseSchedule.linear(
             diffusion.train_steps, diffusion.beta_start, diffusion.beta_end
         )
-        self.residual_scale = diffusion.residual_scale
+        irm = diffusion.irm
+        self.residual_scale = irm.residual_scale
         self.sample_schedule = NoiseSchedule.linear(
-            diffusion.irm_sample_steps, diffusion.beta_start, diffusion.irm_sample_beta_end
+            irm.sample_steps, diffusion.beta_start, irm.sample_beta_end
         )
 
     def _guide_maps(
@@ -195,16 +196,7 @@ class CoarseToFine(Method):
         return shapes
 
 
-def validate_row(row: RowConfig) -> None:
-    """Reject switch sets the framework cannot build, saying what the row needs."""
-    if row.contrastive and not row.irm:
-        raise UserError(
-            "contrastive needs irm: true (the contrastive loss acts on the IRM's one-step "
-            "estimate x_cp + r0~); set irm: true or contrastive: false"
-        )
-
-
-def required_keys(row: RowConfig) -> frozenset[str]:
+def required_keys(row: CoarseToFineRow) -> frozenset[str]:
     keys = {"lpet", "spet"}
     if row.nas:
         keys |= {"lpet_nas", "spet_nas"}
@@ -214,4 +206,12 @@ def required_keys(row: RowConfig) -> frozenset[str]:
 
 
 def build(trial: TrialConfig, image_size: int) -> CoarseToFine:
-    return CoarseToFine(trial.row, trial.model, trial.loss, trial.diffusion, image_size)
+    assert isinstance(trial.row, CoarseToFineRow)
+    return CoarseToFine(
+        trial.row,
+        trial.model.coarse_to_fine,
+        trial.model.dropout,
+        trial.loss,
+        trial.diffusion,
+        image_size,
+    )

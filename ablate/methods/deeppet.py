@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 from ablate.config import RowConfig, TrialConfig
-from ablate.errors import UserError
 from ablate.methods.base import Batch, Method
 from ablate.models.deeppet import DeepPET, resample_sinogram
 
@@ -77,33 +76,6 @@ class DeepPETMethod(SinogramMethod):
         return self.net(self.sinogram_image(batch))
 
 
-_C2F_SWITCHES = ("irm", "nas", "spectrum", "contrastive")
-_PMDM_FIELDS = {
-    "estimator": None,
-    "conditioning": "r0",
-    "sample_steps": None,
-    "estimator_checkpoint": None,
-}
-
-
-def validate_sinogram_row(row: RowConfig, pmdm_fields: bool = False) -> None:
-    """Reject switches a paper-000 row cannot honour: coarse-to-fine switches always, PMDM's
-    estimator/conditioning/sampler fields unless the row is a PMDM/Palette row."""
-    on = [s for s in _C2F_SWITCHES if getattr(row, s)]
-    if not pmdm_fields:
-        on += [f for f, default in _PMDM_FIELDS.items() if getattr(row, f) != default]
-    if on:
-        raise UserError(
-            f"method '{row.method}' has no {'/'.join(on)} switch: remove it from the row "
-            "(coarse-to-fine switches belong to 'coarse_to_fine', estimator/conditioning/"
-            "sample_steps to 'pmdm' and 'palette')"
-        )
-
-
-def validate_row(row: RowConfig) -> None:
-    validate_sinogram_row(row)
-
-
 def required_keys(row: RowConfig) -> frozenset[str]:
     return SinogramMethod.required_keys
 
@@ -111,7 +83,7 @@ def required_keys(row: RowConfig) -> frozenset[str]:
 def build(trial: TrialConfig, image_size: int) -> DeepPETMethod:
     return DeepPETMethod(
         image_size,
-        width=trial.model.deeppet_width,
+        width=trial.model.deeppet.width,
         lr=trial.row.lr,
         weight_decay=trial.row.weight_decay,
     )

@@ -22,7 +22,7 @@ from torch import nn
 
 from ablate.config import RowConfig, TrialConfig
 from ablate.methods.base import Batch
-from ablate.methods.deeppet import SinogramMethod, validate_sinogram_row
+from ablate.methods.deeppet import SinogramMethod
 from ablate.models.gan import (
     ImageDiscriminator,
     PatchDiscriminator,
@@ -119,10 +119,6 @@ class ConditionalGAN(SinogramMethod):
         return self.generator(self.sinogram_image(batch))
 
 
-def validate_row(row: RowConfig) -> None:
-    validate_sinogram_row(row)
-
-
 def required_keys(row: RowConfig) -> frozenset[str]:
     return ConditionalGAN.required_keys
 
@@ -132,7 +128,7 @@ def build(trial: TrialConfig, image_size: int) -> ConditionalGAN:
     return ConditionalGAN(
         image_size,
         discriminator="patch" if trial.row.method == "pix2pix" else "image",
-        width=trial.model.gan_width,
+        width=trial.model.gan.width,
         l1_weight=trial.loss.gan_l1,
         lr=trial.row.lr,
         weight_decay=trial.row.weight_decay,

@@ -35,12 +35,12 @@ import torch
 import torch.nn.functional as F
 import torch.utils.data
 
-from ablate.config import RowConfig, TrialConfig
+from ablate.config import PMDMRow, RowConfig, TrialConfig
 from ablate.diffusion.samplers import Sampler, sample
 from ablate.diffusion.schedules import NoiseSchedule
 from ablate.errors import UserError
 from ablate.methods.base import Batch
-from ablate.methods.deeppet import SinogramMethod, validate_sinogram_row
+from ablate.methods.deeppet import SinogramMethod
 from ablate.models.deeppet import DeepPET, resample_sinogram
 from ablate.models.unet import UNet
 
@@ -151,7 +151,7 @@ def train_estimator(
                 if not bool(finite):
                     raise UserError(
                         "stage-1 DeepPET estimator: the loss became NaN/inf between steps "
-                        f"{checked + 1} and {step}: lower train.estimator_lr or check the data"
+                        f"{checked + 1} and {step}: lower train.estimator.lr or check the data"
                     )
                 checked = step
                 log.info("stage-1 DeepPET step %d/%d: mse %.4g", step, training.steps, loss.item())
@@ -260,7 +260,7 @@ class ConditionalDDPM(SinogramMethod):
             raise ValueError(
                 f"the {self.schedule.steps}-step schedule ends at signal fraction "
                 f"{float(self.schedule.gammas[-1]):.3g} (> {MAX_GAMMA_T}), not at noise: "
-                "raise diffusion.pmdm_beta_end or pmdm_train_steps"
+                "raise diffusion.pmdm.beta_end or diffusion.pmdm.train_steps"
             )
         if sample_steps is not None and not 1 <= sample_steps <= self.schedule.steps:
             raise ValueError(f"sample_steps must lie in 1..{self.schedule.steps}: {sample_steps}")
@@ -395,57 +395,35 @@ class ConditionalDDPM(SinogramMethod):
         )
 
 
-def uses_estimator(row: RowConfig) -> bool:
-    """PMDM uses the estimator unless the row turns it off; Palette never does."""
-    if row.estimator is None:
-        return row.method == "pmdm"
-    return row.estimator
-
-
-def validate_row(row: RowConfig) -> None:
-    validate_sinogram_row(row, pmdm_fields=True)
-    if row.method == "palette" and row.estimator:
-        raise UserError(
-            "method 'palette' has no estimator (it conditions on the sinogram): "
-            "use method 'pmdm' for a DeepPET-conditioned row"
-        )
-    if not uses_estimator(row) and row.conditioning != "r0":
-        raise UserError(
-            f"conditioning '{row.conditioning}' needs the estimator: without it the "
-            "condition is the sinogram; set estimator: true or drop conditioning"
-        )
-    if not uses_estimator(row) and row.estimator_checkpoint is not None:
-        raise UserError("estimator_checkpoint is set but the row has no estimator: remove it")
-
-
 def required_keys(row: RowConfig) -> frozenset[str]:
     return ConditionalDDPM.required_keys
 
 
 def build(trial: TrialConfig, image_size: int) -> ConditionalDDPM:
     row, model, diff, train = trial.row, trial.model, trial.diffusion, trial.train
-    estimator = uses_estimator(row)
+    assert isinstance(row, PMDMRow)
+    estimator = row.uses_estimator
     return ConditionalDDPM(
         image_size,
         estimator=estimator,
         conditioning=row.conditioning if estimator else "sinogram",
-        width=model.pmdm_width,
-        mults=model.pmdm_mults,
-        res_blocks=model.pmdm_res_blocks,
-        attn_res=model.pmdm_attn_res,
+        width=model.pmdm.width,
+        mults=model.pmdm.mults,
+        res_blocks=model.pmdm.res_blocks,
+        attn_res=model.pmdm.attn_res,
         dropout=model.dropout,
         schedule=NoiseSchedule.linear(
-            diff.pmdm_train_steps, diff.pmdm_beta_start, diff.pmdm_beta_end
+            diff.pmdm.train_steps, diff.pmdm.beta_start, diff.pmdm.beta_end
         ),
         sample_steps=row.sample_steps,
         sampler=diff.sampler,
         ddim_eta=diff.ddim_eta,
         estimator_training=EstimatorTraining(
-            width=model.deeppet_width,
-            steps=train.estimator_steps or train.steps,
+            width=model.deeppet.width,
+            steps=train.estimator.steps or train.steps,
             batch_size=train.batch_size,
-            lr=train.estimator_lr,
-            weight_decay=train.estimator_weight_decay,
+            lr=train.estimator.lr,
+            weight_decay=train.estimator.weight_decay,
             device=train.device,
         ),
         estimator_checkpoint=(

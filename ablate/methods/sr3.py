@@ -2,7 +2,7 @@
 
 Training: linear beta schedule (``diffusion.train_steps`` steps, ``beta_start..beta_end``),
 WaveGrad continuous noise level, L1 on the predicted noise (eq. 3). Sampling: ancestral
-DDPM (or DDIM, ``diffusion.sampler``) over ``diffusion.sr3_sample_steps`` evenly respaced
+DDPM (or DDIM, ``diffusion.sampler``) over ``diffusion.sr3.sample_steps`` evenly respaced
 steps of the training schedule (the paper's cost figure is 100 steps). Images are mapped
 from the dataset's [0, 1] scale to SR3's [-1, 1] and back, so the sampler's x0 clipping
 acts on the data range.
@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import torch
 
-from ablate.config import DiffusionConfig, ModelConfig, RowConfig, TrialConfig
+from ablate.config import DiffusionConfig, RowConfig, SR3Model, TrialConfig
 from ablate.diffusion.losses import noise_l1
 from ablate.diffusion.samplers import sample
 from ablate.diffusion.schedules import NoiseSchedule
 from ablate.errors import UserError
 from ablate.methods.base import Batch, Method
 from ablate.models.unet import UNet
-
-_SWITCHES = ("irm", "nas", "spectrum", "contrastive")
 
 
 class SR3(Method):
@@ -29,28 +27,31 @@ class SR3(Method):
     stochastic = True
     required_keys = frozenset({"lpet", "spet"})
 
-    def __init__(self, model: ModelConfig, diffusion: DiffusionConfig, image_size: int) -> None:
+    def __init__(
+        self, model: SR3Model, dropout: float, diffusion: DiffusionConfig, image_size: int
+    ) -> None:
         super().__init__()
-        if diffusion.sr3_sample_steps > diffusion.train_steps:
+        sample_steps = diffusion.sr3.sample_steps
+        if sample_steps > diffusion.train_steps:
             raise UserError(
-                f"diffusion.sr3_sample_steps ({diffusion.sr3_sample_steps}) exceeds "
+                f"diffusion.sr3.sample_steps ({sample_steps}) exceeds "
                 f"diffusion.train_steps ({diffusion.train_steps}): lower it"
             )
         self.net = UNet(
             in_channels=2,
             out_channels=1,
-            base_width=model.sr3_width,
-            channel_mults=model.sr3_mults,
+            base_width=model.width,
+            channel_mults=model.mults,
             res_blocks=model.res_blocks,
             attn_res=model.attn_res,
             image_size=image_size,
-            dropout=model.dropout,
+            dropout=dropout,
             noise_embedding=True,
         )
         self.train_schedule = NoiseSchedule.linear(
             diffusion.train_steps, diffusion.beta_start, diffusion.beta_end
         )
-        self.sample_schedule = self.train_schedule.respaced(diffusion.sr3_sample_steps)
+        self.sample_schedule = self.train_schedule.respaced(sample_steps)
         self.sampler = diffusion.sampler
         self.ddim_eta = diffusion.ddim_eta
 
@@ -83,19 +84,9 @@ class SR3(Method):
         return f"sampler={self.sampler!r}{eta}, sample_steps={self.sample_schedule.steps}"
 
 
-def validate_row(row: RowConfig) -> None:
-    """SR3 has no component switches; a row that sets one is a mistake worth stopping."""
-    on = [name for name in _SWITCHES if getattr(row, name)]
-    if on:
-        raise UserError(
-            f"method 'sr3' has no {'/'.join(on)} component: use method 'coarse_to_fine' "
-            "for irm/nas/spectrum/contrastive rows"
-        )
-
-
 def required_keys(row: RowConfig) -> frozenset[str]:
     return SR3.required_keys
 
 
 def build(trial: TrialConfig, image_size: int) -> SR3:
-    return SR3(trial.model, trial.diffusion, image_size)
+    return SR3(trial.model.sr3, trial.model.dropout, trial.diffusion, image_size)
