@@ -126,4 +126,6 @@ def test_compile_covers_the_ema_copy_that_evaluation_samples_with(
     run = TrainingRun.build(trial, dataset, tmp_path)
     live, ema = networks(run.method), networks(run.eval_method)
     assert len(run.compiled) == len(live) + len(ema) == 4  # CPM + IRM, twice
-    assert all(net._compiled_call_impl is not None for net in live + ema)
+    assert all("forward" in vars(net) for net in live + ema)  # a compiled forward is bound
+    assert run.method.state_dict().keys() == run.eval_method.state_dict().keys()
+    assert not any("_orig_mod" in key for key in run.method.state_dict())
