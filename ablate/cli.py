@@ -535,7 +535,7 @@ def data_import(
     ),
 ) -> None:
     """Import your own volumes (NIfTI, DICOM series) as an ablate dataset."""
-    from ablate.data.io import import_dataset, pairs_by_name, pairs_from_csv
+    from ablate.data.importing import import_dataset, pairs_by_name, pairs_from_csv
 
     try:
         fractions = tuple(float(f) for f in split.split(","))
@@ -558,7 +558,7 @@ def data_info(path: Path = typer.Argument(..., help="A dataset folder.")) -> Non
 
     from rich.table import Table
 
-    from ablate.data.io import dataset_info
+    from ablate.data.inspection import dataset_info
 
     info = dataset_info(path)
     console.print(f"[bold]{info['path']}[/]: {info['subjects']} subjects, {info['slices']} slices")

@@ -12,6 +12,7 @@ evaluation and export use in place of the live weights.
 
 from __future__ import annotations
 
+import types
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -65,23 +66,30 @@ def networks(method: Method) -> list[nn.Module]:
 
 
 def compile_networks(method: Method, mode: str) -> list[nn.Module]:
-    """``torch.compile`` each network in place (state_dict keys unchanged); returns the
-    compiled ones, none with a warning when compilation is unavailable."""
-    compiled = []
+    """``torch.compile`` each network's forward; returns the compiled networks, none (with a
+    warning) when compilation is unavailable.
+
+    The compiled forward is bound to the network as an instance attribute over its class's
+    ``forward``: the module tree and the state_dict keys stay unchanged (a ``torch.compile``
+    wrapper module would prefix them), a deep copy rebinds to the copy, and :func:`uncompile`
+    only has to remove the attribute. All of it is public torch; ``nn.Module.compile`` has no
+    public way back to eager.
+    """
+    nets = networks(method)
     try:
-        for net in networks(method):
-            net.compile(mode=mode)
-            compiled.append(net)
+        forwards = [torch.compile(type(net).forward, mode=mode) for net in nets]
     except Exception as error:  # noqa: BLE001 - any compile failure means: run eager
-        uncompile(compiled)
         warnings.warn(f"torch.compile failed, training eager: {error}", stacklevel=2)
         return []
-    return compiled
+    for net, forward in zip(nets, forwards, strict=True):
+        net.forward = types.MethodType(forward, net)
+    return nets
 
 
 def uncompile(nets: list[nn.Module]) -> None:
+    """Back to the eager forward of each network's class."""
     for net in nets:
-        net._compiled_call_impl = None  # what nn.Module.compile sets; None = eager forward
+        del net.forward
 
 
 def fuse_adam(optimizers: list[torch.optim.Optimizer]) -> list[torch.optim.Optimizer]:

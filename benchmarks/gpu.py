@@ -390,7 +390,7 @@ def main() -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     # One static graph per batch size of the sweep, as a trial (fixed batch) would get.
-    torch._dynamo.config.automatic_dynamic_shapes = False
+    torch.compiler.config.automatic_dynamic_shapes = False
     if args.worker:
         pack_worker(args, trials[args.worker], device)
         return
