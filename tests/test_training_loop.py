@@ -11,8 +11,9 @@ import torch
 from ablate.config import DataConfig, parse_experiment, trial_configs
 from ablate.data.store import build_dataset
 from ablate.evaluation import evaluate_method
+from ablate.loop import NonFiniteLoss
 from ablate.seeding import seed_everything
-from ablate.training import NonFiniteLoss, TrainingRun
+from ablate.training import TrainingRun
 from tests.conftest import tiny_experiment
 
 

@@ -28,13 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate.config import (
-    DiffusionConfig,
-    LossConfig,
-    ModelConfig,
-    RowConfig,
-    TrialConfig,
-)
+from ablate.config import ContrastiveForm, RowConfig, TrialConfig
 from ablate.data.guidance import spectrum
 from ablate.diffusion.losses import contrastive_likelihood, contrastive_reference_kl, noise_l1
 from ablate.diffusion.samplers import ddpm_sample, predict_x0
@@ -59,65 +53,88 @@ def guided_levels(mults: tuple[int, ...], guide_levels: int) -> tuple[tuple[int,
 
 
 class CoarseToFine(Method):
-    """CPM, optionally + IRM, + NAS/spectrum guidance, + contrastive loss."""
+    """CPM, optionally + IRM, + NAS/spectrum guidance, + contrastive loss.
+
+    Args:
+        image_size: square image size H = W.
+        irm / nas / spectrum / contrastive / contrastive_form: the row's switches.
+        cpm_width / cpm_mults, irm_width / irm_mults, res_blocks / attn_res / dropout: the
+            CPM and IRM UNets (``attn_res``: sizes with attention besides the middle).
+        guide_levels / guide_channels: the guidance feature extractors (M levels).
+        nas_weight / spectrum_weight / contrastive_weight: eq. 9's m, n, k.
+        cpm_weight: weight of the extra L2 on the CPM output in IRM rows.
+        train_schedule / sample_schedule: the IRM's training and few-step sampling schedules.
+        residual_scale: the IRM diffuses ``(y - x_cp) / residual_scale``.
+    """
 
     def __init__(
         self,
-        row: RowConfig,
-        model: ModelConfig,
-        loss: LossConfig,
-        diffusion: DiffusionConfig,
         image_size: int,
+        *,
+        irm: bool,
+        nas: bool,
+        spectrum: bool,
+        contrastive: bool,
+        contrastive_form: ContrastiveForm,
+        cpm_width: int,
+        cpm_mults: tuple[int, ...],
+        irm_width: int,
+        irm_mults: tuple[int, ...],
+        res_blocks: int,
+        attn_res: tuple[int, ...],
+        dropout: float,
+        guide_levels: int,
+        guide_channels: int,
+        nas_weight: float,
+        spectrum_weight: float,
+        contrastive_weight: float,
+        cpm_weight: float,
+        train_schedule: NoiseSchedule,
+        sample_schedule: NoiseSchedule,
+        residual_scale: float,
     ) -> None:
         super().__init__()
-        validate_row(row)
-        self.row = row
-        self.weights = loss
-        self.stochastic = row.irm
-        self.required_keys = required_keys(row)
-        self.streams = [name for name, on in (("nas", row.nas), ("spectrum", row.spectrum)) if on]
+        self.nas = nas
+        self.contrastive = contrastive
+        self.contrastive_form = contrastive_form
+        self.nas_weight, self.spectrum_weight = nas_weight, spectrum_weight
+        self.contrastive_weight, self.cpm_weight = contrastive_weight, cpm_weight
+        self.stochastic = irm
+        self.required_keys = _keys(nas, contrastive)
+        self.streams = [name for name, on in (("nas", nas), ("spectrum", spectrum)) if on]
         guiding = bool(self.streams)
         self.guides = nn.ModuleDict(
             {
                 name: GuidanceExtractor(
-                    NAS_SLICES if name == "nas" else 1, model.guide_levels, model.guide_channels
+                    NAS_SLICES if name == "nas" else 1, guide_levels, guide_channels
                 )
                 for name in self.streams
             }
         )
 
         def unet(in_ch: int, width: int, mults: tuple[int, ...], noise: bool) -> UNet:
-            if guiding and model.guide_levels > len(mults) - 1:
-                raise UserError(
-                    f"model.guide_levels ({model.guide_levels}) exceeds the {len(mults) - 1} "
-                    f"downsamplings of a UNet with multipliers {mults}: lower it"
-                )
-            levels, mid = guided_levels(mults, model.guide_levels) if guiding else ((), False)
+            levels, mid = guided_levels(mults, guide_levels) if guiding else ((), False)
             return UNet(
                 in_channels=in_ch,
                 out_channels=1,
                 base_width=width,
                 channel_mults=mults,
-                res_blocks=model.res_blocks,
-                attn_res=model.c2f_attn_res,
+                res_blocks=res_blocks,
+                attn_res=attn_res,
                 image_size=image_size,
-                dropout=model.dropout,
+                dropout=dropout,
                 noise_embedding=noise,
                 guide_levels=levels,
                 guide_mid=mid,
                 guide_streams=len(self.streams),
-                guide_channels=model.guide_channels,
+                guide_channels=guide_channels,
             )
 
-        self.cpm = unet(1, model.cpm_width, model.cpm_mults, noise=False)
-        self.irm = unet(2, model.irm_width, model.irm_mults, noise=True) if row.irm else None
-        self.train_schedule = NoiseSchedule.linear(
-            diffusion.train_steps, diffusion.beta_start, diffusion.beta_end
-        )
-        self.residual_scale = diffusion.residual_scale
-        self.sample_schedule = NoiseSchedule.linear(
-            diffusion.irm_sample_steps, diffusion.beta_start, diffusion.irm_sample_beta_end
-        )
+        self.cpm = unet(1, cpm_width, cpm_mults, noise=False)
+        self.irm = unet(2, irm_width, irm_mults, noise=True) if irm else None
+        self.train_schedule = train_schedule
+        self.residual_scale = residual_scale
+        self.sample_schedule = sample_schedule
 
     def _guide_maps(
         self, batch: Batch, with_loss: bool
@@ -148,26 +165,25 @@ class CoarseToFine(Method):
             r0 = (spet - x_cp) / self.residual_scale
             t, g = self.train_schedule.sample_noise_level(r0.shape[0], device=r0.device)
             noise = torch.randn_like(r0)
-            gv = g.reshape(-1, 1, 1, 1)
-            r_t = gv.sqrt() * r0 + (1.0 - gv).sqrt() * noise
+            r_t = self.train_schedule.add_noise(r0, noise, g)
             eps = self.irm(torch.cat([lpet, r_t], dim=1), g.sqrt(), maps)
             terms["main"] = noise_l1(eps, noise)
             terms["cpm"] = cpm_l2
-            total = terms["main"] + self.weights.cpm * cpm_l2
-            if self.row.contrastive:
+            total = terms["main"] + self.cpm_weight * cpm_l2
+            if self.contrastive:
                 estimate = x_cp + self.residual_scale * predict_x0(r_t, eps, g)
                 negatives = batch["negatives"]
-                if self.row.contrastive_form == "likelihood":
+                if self.contrastive_form == "likelihood":
                     term = contrastive_likelihood(estimate, spet, negatives)
                 else:
                     t_frac = t.float() / self.train_schedule.steps
                     term = contrastive_reference_kl(estimate, spet, negatives, t_frac)
                 terms["contrastive"] = term
-                total = total + self.weights.k * term
+                total = total + self.contrastive_weight * term
         if "guide_nas" in terms:
-            total = total + self.weights.m * terms["guide_nas"]
+            total = total + self.nas_weight * terms["guide_nas"]
         if "guide_spectrum" in terms:
-            total = total + self.weights.n * terms["guide_spectrum"]
+            total = total + self.spectrum_weight * terms["guide_spectrum"]
         return {"loss": total, **terms}
 
     @torch.no_grad()
@@ -190,7 +206,7 @@ class CoarseToFine(Method):
 
     def input_shapes(self, image_size: int) -> dict[str, tuple[int, ...]]:
         shapes = {"lpet": (1, 1, image_size, image_size)}
-        if self.row.nas:
+        if self.nas:
             shapes["lpet_nas"] = (1, NAS_SLICES, image_size, image_size)
         return shapes
 
@@ -204,14 +220,53 @@ def validate_row(row: RowConfig) -> None:
         )
 
 
-def required_keys(row: RowConfig) -> frozenset[str]:
+def _keys(nas: bool, contrastive: bool) -> frozenset[str]:
     keys = {"lpet", "spet"}
-    if row.nas:
+    if nas:
         keys |= {"lpet_nas", "spet_nas"}
-    if row.contrastive:
+    if contrastive:
         keys.add("negatives")
     return frozenset(keys)
 
 
+def required_keys(row: RowConfig) -> frozenset[str]:
+    return _keys(row.nas, row.contrastive)
+
+
 def build(trial: TrialConfig, image_size: int) -> CoarseToFine:
-    return CoarseToFine(trial.row, trial.model, trial.loss, trial.diffusion, image_size)
+    row, model, loss, diffusion = trial.row, trial.model, trial.loss, trial.diffusion
+    if row.nas or row.spectrum:
+        for mults in (model.cpm_mults, *([model.irm_mults] if row.irm else [])):
+            if model.guide_levels > len(mults) - 1:
+                raise UserError(
+                    f"model.guide_levels ({model.guide_levels}) exceeds the {len(mults) - 1} "
+                    f"downsamplings of a UNet with multipliers {mults}: lower it"
+                )
+    return CoarseToFine(
+        image_size,
+        irm=row.irm,
+        nas=row.nas,
+        spectrum=row.spectrum,
+        contrastive=row.contrastive,
+        contrastive_form=row.contrastive_form,
+        cpm_width=model.cpm_width,
+        cpm_mults=model.cpm_mults,
+        irm_width=model.irm_width,
+        irm_mults=model.irm_mults,
+        res_blocks=model.res_blocks,
+        attn_res=model.c2f_attn_res,
+        dropout=model.dropout,
+        guide_levels=model.guide_levels,
+        guide_channels=model.guide_channels,
+        nas_weight=loss.m,
+        spectrum_weight=loss.n,
+        contrastive_weight=loss.k,
+        cpm_weight=loss.cpm,
+        train_schedule=NoiseSchedule.linear(
+            diffusion.train_steps, diffusion.beta_start, diffusion.beta_end
+        ),
+        sample_schedule=NoiseSchedule.linear(
+            diffusion.irm_sample_steps, diffusion.beta_start, diffusion.irm_sample_beta_end
+        ),
+        residual_scale=diffusion.residual_scale,
+    )
