@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ablate.diffusion.conditional import ConditionalDiffusion
 from ablate.diffusion.losses import noise_l1
-from ablate.diffusion.samplers import sample
+from ablate.diffusion.samplers import Sampling, sample
 from ablate.diffusion.schedules import NoiseSchedule
 from ablate.methods.registry import build_method
 from ablate.models.unet import UNet
@@ -29,9 +29,10 @@ def unet() -> UNet:
                 image_size=SIZE, noise_embedding=True)  # fmt: skip
 
 
-def wrapper(net: UNet, **kwargs: object) -> ConditionalDiffusion:
-    settings = {"sample_steps": 5, "noise_level": "continuous", "objective": "l1", **kwargs}
-    return ConditionalDiffusion(net, SCHEDULE, **settings)  # type: ignore[arg-type]
+def wrapper(net: UNet, sampling: Sampling = Sampling(5), **kwargs: object) -> ConditionalDiffusion:
+    settings = {"noise_level": "continuous", "objective": "l1", "clip": (0.0, 1.0)}
+    settings.update({"condition_first": True, **kwargs})
+    return ConditionalDiffusion(net, SCHEDULE, sampling, **settings)  # type: ignore[arg-type]
 
 
 def images() -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +85,7 @@ def test_sample_is_what_the_samplers_draw(
     sampler: str, eta: float, clip: tuple[float, float]
 ) -> None:
     net, (cond, _) = unet(), images()
-    diffusion = wrapper(net, sampler=sampler, ddim_eta=eta, clip=clip)
+    diffusion = wrapper(net, Sampling(5, sampler, eta), clip=clip)  # type: ignore[arg-type]
     with torch.no_grad():
         got = diffusion.sample(cond, torch.Generator().manual_seed(3))
         x = sample(
@@ -100,7 +101,7 @@ def test_sample_is_what_the_samplers_draw(
 
 
 def test_all_steps_sample_with_the_training_schedule_itself() -> None:
-    assert wrapper(unet(), sample_steps=SCHEDULE.steps).sample_schedule is SCHEDULE
+    assert wrapper(unet(), Sampling(SCHEDULE.steps)).sample_schedule is SCHEDULE
 
 
 def test_checkpoint_keys_stay_where_they_were() -> None:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablate.diffusion.losses import noise_l1
-from ablate.diffusion.samplers import Sampler, sample
+from ablate.diffusion.samplers import Sampling, sample
 from ablate.diffusion.schedules import NoiseSchedule
 
 NoiseLevel = Literal["continuous", "discrete"]
@@ -61,12 +61,10 @@ class ConditionalDiffusion:
     Args:
         net: the denoiser; its input is the condition and ``x_t`` concatenated on channels.
         schedule: the training schedule (T steps).
-        sample_steps: steps of the sampling schedule, evenly respaced from ``schedule``
-            (T = the training schedule itself).
+        sampling: the sampler, its eta and its steps (respaced from ``schedule``).
         noise_level: ``"continuous"`` (WaveGrad: ``gamma`` uniform within a step) or
             ``"discrete"`` (``gamma_t`` of a uniform step).
         objective: ``"l1"`` or ``"mse"`` between predicted and true noise.
-        sampler / ddim_eta: the reverse update (``"ddpm"``, or ``"ddim"`` with its eta).
         clip: the sampler's ``x_0`` clip window in data units.
         condition_first: the condition's channels come before ``x_t`` (SR3) or after (PMDM).
     """
@@ -75,22 +73,19 @@ class ConditionalDiffusion:
         self,
         net: nn.Module,
         schedule: NoiseSchedule,
+        sampling: Sampling,
         *,
-        sample_steps: int,
         noise_level: NoiseLevel,
         objective: Objective,
-        sampler: Sampler = "ddpm",
-        ddim_eta: float = 0.0,
-        clip: tuple[float, float] = (0.0, 1.0),
-        condition_first: bool = True,
+        clip: tuple[float, float],
+        condition_first: bool,
     ) -> None:
         self.net = net
         self.schedule = schedule
-        self.sample_schedule = schedule.respaced(sample_steps)
+        self.sampling = sampling
+        self.sample_schedule = schedule.respaced(sampling.steps)
         self.noise_level = noise_level
         self.objective = objective
-        self.sampler = sampler
-        self.ddim_eta = ddim_eta
         self.clip = clip
         self.condition_first = condition_first
 
@@ -123,11 +118,11 @@ class ConditionalDiffusion:
         scale; the same ``generator`` state gives the same sample."""
         lo, hi = self.clip
         x = sample(
-            self.sampler,
+            self.sampling.sampler,
             lambda x_t, level: self.denoise(x_t, cond, level),
             (cond.shape[0], 1, *cond.shape[2:]),
             self.sample_schedule,
-            eta=self.ddim_eta,
+            eta=self.sampling.eta,
             device=cond.device,
             generator=generator,
             clip=(2.0 * lo - 1.0, 2.0 * hi - 1.0),
@@ -135,8 +130,6 @@ class ConditionalDiffusion:
         return to_data_scale(x)
 
     def __repr__(self) -> str:
-        eta = f", eta={self.ddim_eta}" if self.sampler == "ddim" else ""
-        return (
-            f"T={self.schedule.steps}, sampler={self.sampler!r}{eta}, "
-            f"sample_steps={self.sample_schedule.steps}"
-        )
+        sampler, steps = self.sampling.sampler, self.sampling.steps
+        eta = f", eta={self.sampling.eta}" if sampler == "ddim" else ""
+        return f"T={self.schedule.steps}, sampler={sampler!r}{eta}, sample_steps={steps}"

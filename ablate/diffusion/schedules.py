@@ -53,7 +53,9 @@ class NoiseSchedule:
         the last); its betas make consecutive kept gammas a valid Markov chain. Keeping every
         step returns this schedule itself (re-deriving its betas would only add rounding)."""
         if not 1 <= steps <= self.steps:
-            raise ValueError(f"cannot respace {self.steps} steps to {steps}")
+            raise ValueError(
+                f"cannot respace a {self.steps}-step schedule to {steps} steps: use 1..{self.steps}"
+            )
         if steps == self.steps:
             return self
         keep = torch.linspace(self.steps - 1, 0, steps, dtype=torch.float64, device="cpu")

@@ -24,6 +24,8 @@ without the IRM (it then guides the CPM only).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,10 +38,21 @@ from ablate.diffusion.schedules import NoiseSchedule
 from ablate.errors import UserError
 from ablate.methods.base import Batch, Method
 from ablate.models.feature_extractor import GuidanceExtractor
-from ablate.models.unet import GuideMaps, UNet
+from ablate.models.unet import GuideMaps, UNet, UNetShape
 
 #: NAS stack depth: slices i-2..i+2 (the paper's "4 neighbouring slices" plus the centre).
 NAS_SLICES = 5
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Eq. 9's weights ``m`` (NAS guidance), ``n`` (spectrum guidance), ``k`` (contrastive),
+    and ``cpm``, the extra L2 on the CPM output in IRM rows."""
+
+    m: float
+    n: float
+    k: float
+    cpm: float
 
 
 def guided_levels(mults: tuple[int, ...], guide_levels: int) -> tuple[tuple[int, ...], bool]:
@@ -57,12 +70,11 @@ class CoarseToFine(Method):
 
     Args:
         image_size: square image size H = W.
-        irm / nas / spectrum / contrastive / contrastive_form: the row's switches.
-        cpm_width / cpm_mults, irm_width / irm_mults, res_blocks / attn_res / dropout: the
-            CPM and IRM UNets (``attn_res``: sizes with attention besides the middle).
+        cpm / irm: the shapes of the CPM and of the IRM's denoiser (None: no IRM).
+        nas / spectrum: the guidance switches.
         guide_levels / guide_channels: the guidance feature extractors (M levels).
-        nas_weight / spectrum_weight / contrastive_weight: eq. 9's m, n, k.
-        cpm_weight: weight of the extra L2 on the CPM output in IRM rows.
+        contrastive: the form of the contrastive loss; None: no contrastive loss.
+        weights: the loss weights.
         train_schedule / sample_schedule: the IRM's training and few-step sampling schedules.
         residual_scale: the IRM diffuses ``(y - x_cp) / residual_scale``.
     """
@@ -71,24 +83,14 @@ class CoarseToFine(Method):
         self,
         image_size: int,
         *,
-        irm: bool,
+        cpm: UNetShape,
+        irm: UNetShape | None,
         nas: bool,
         spectrum: bool,
-        contrastive: bool,
-        contrastive_form: ContrastiveForm,
-        cpm_width: int,
-        cpm_mults: tuple[int, ...],
-        irm_width: int,
-        irm_mults: tuple[int, ...],
-        res_blocks: int,
-        attn_res: tuple[int, ...],
-        dropout: float,
         guide_levels: int,
         guide_channels: int,
-        nas_weight: float,
-        spectrum_weight: float,
-        contrastive_weight: float,
-        cpm_weight: float,
+        contrastive: ContrastiveForm | None,
+        weights: LossWeights,
         train_schedule: NoiseSchedule,
         sample_schedule: NoiseSchedule,
         residual_scale: float,
@@ -96,11 +98,9 @@ class CoarseToFine(Method):
         super().__init__()
         self.nas = nas
         self.contrastive = contrastive
-        self.contrastive_form = contrastive_form
-        self.nas_weight, self.spectrum_weight = nas_weight, spectrum_weight
-        self.contrastive_weight, self.cpm_weight = contrastive_weight, cpm_weight
-        self.stochastic = irm
-        self.required_keys = _keys(nas, contrastive)
+        self.weights = weights
+        self.stochastic = irm is not None
+        self.required_keys = _keys(nas, contrastive is not None)
         self.streams = [name for name, on in (("nas", nas), ("spectrum", spectrum)) if on]
         guiding = bool(self.streams)
         self.guides = nn.ModuleDict(
@@ -112,17 +112,11 @@ class CoarseToFine(Method):
             }
         )
 
-        def unet(in_ch: int, width: int, mults: tuple[int, ...], noise: bool) -> UNet:
-            levels, mid = guided_levels(mults, guide_levels) if guiding else ((), False)
-            return UNet(
-                in_channels=in_ch,
-                out_channels=1,
-                base_width=width,
-                channel_mults=mults,
-                res_blocks=res_blocks,
-                attn_res=attn_res,
-                image_size=image_size,
-                dropout=dropout,
+        def unet(shape: UNetShape, in_channels: int, noise: bool) -> UNet:
+            levels, mid = guided_levels(shape.mults, guide_levels) if guiding else ((), False)
+            return shape.build(
+                in_channels,
+                image_size,
                 noise_embedding=noise,
                 guide_levels=levels,
                 guide_mid=mid,
@@ -130,8 +124,8 @@ class CoarseToFine(Method):
                 guide_channels=guide_channels,
             )
 
-        self.cpm = unet(1, cpm_width, cpm_mults, noise=False)
-        self.irm = unet(2, irm_width, irm_mults, noise=True) if irm else None
+        self.cpm = unet(cpm, 1, noise=False)
+        self.irm = unet(irm, 2, noise=True) if irm is not None else None
         self.train_schedule = train_schedule
         self.residual_scale = residual_scale
         self.sample_schedule = sample_schedule
@@ -169,21 +163,21 @@ class CoarseToFine(Method):
             eps = self.irm(torch.cat([lpet, r_t], dim=1), g.sqrt(), maps)
             terms["main"] = noise_l1(eps, noise)
             terms["cpm"] = cpm_l2
-            total = terms["main"] + self.cpm_weight * cpm_l2
-            if self.contrastive:
+            total = terms["main"] + self.weights.cpm * cpm_l2
+            if self.contrastive is not None:
                 estimate = x_cp + self.residual_scale * predict_x0(r_t, eps, g)
                 negatives = batch["negatives"]
-                if self.contrastive_form == "likelihood":
+                if self.contrastive == "likelihood":
                     term = contrastive_likelihood(estimate, spet, negatives)
                 else:
                     t_frac = t.float() / self.train_schedule.steps
                     term = contrastive_reference_kl(estimate, spet, negatives, t_frac)
                 terms["contrastive"] = term
-                total = total + self.contrastive_weight * term
+                total = total + self.weights.k * term
         if "guide_nas" in terms:
-            total = total + self.nas_weight * terms["guide_nas"]
+            total = total + self.weights.m * terms["guide_nas"]
         if "guide_spectrum" in terms:
-            total = total + self.spectrum_weight * terms["guide_spectrum"]
+            total = total + self.weights.n * terms["guide_spectrum"]
         return {"loss": total, **terms}
 
     @torch.no_grad()
@@ -242,26 +236,17 @@ def build(trial: TrialConfig, image_size: int) -> CoarseToFine:
                     f"model.guide_levels ({model.guide_levels}) exceeds the {len(mults) - 1} "
                     f"downsamplings of a UNet with multipliers {mults}: lower it"
                 )
+    shared = (model.res_blocks, model.c2f_attn_res, model.dropout)
     return CoarseToFine(
         image_size,
-        irm=row.irm,
+        cpm=UNetShape(model.cpm_width, model.cpm_mults, *shared),
+        irm=UNetShape(model.irm_width, model.irm_mults, *shared) if row.irm else None,
         nas=row.nas,
         spectrum=row.spectrum,
-        contrastive=row.contrastive,
-        contrastive_form=row.contrastive_form,
-        cpm_width=model.cpm_width,
-        cpm_mults=model.cpm_mults,
-        irm_width=model.irm_width,
-        irm_mults=model.irm_mults,
-        res_blocks=model.res_blocks,
-        attn_res=model.c2f_attn_res,
-        dropout=model.dropout,
         guide_levels=model.guide_levels,
         guide_channels=model.guide_channels,
-        nas_weight=loss.m,
-        spectrum_weight=loss.n,
-        contrastive_weight=loss.k,
-        cpm_weight=loss.cpm,
+        contrastive=row.contrastive_form if row.contrastive else None,
+        weights=LossWeights(loss.m, loss.n, loss.k, loss.cpm),
         train_schedule=NoiseSchedule.linear(
             diffusion.train_steps, diffusion.beta_start, diffusion.beta_end
         ),

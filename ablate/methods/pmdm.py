@@ -41,14 +41,14 @@ import torch.utils.data
 from ablate.config import RowConfig, TrialConfig
 from ablate.device import resolve_device
 from ablate.diffusion.conditional import ConditionalDiffusion, to_model_scale
-from ablate.diffusion.samplers import Sampler
+from ablate.diffusion.samplers import Sampling
 from ablate.diffusion.schedules import NoiseSchedule
 from ablate.errors import UserError
 from ablate.loop import TrainingLoop
 from ablate.methods.base import Batch
 from ablate.methods.deeppet import DeepPETMethod, SinogramMethod, validate_sinogram_row
 from ablate.models.deeppet import DeepPET
-from ablate.models.unet import UNet
+from ablate.models.unet import UNetShape
 from ablate.precision import Precision
 
 log = logging.getLogger(__name__)
@@ -213,10 +213,9 @@ class ConditionalDDPM(SinogramMethod):
         estimator: condition on the frozen DeepPET estimate ``r0*`` (PMDM) or not (Palette).
         conditioning: with the estimator, ``"r0"`` or ``"r0+sinogram"``; without it, always
             ``"sinogram"``.
-        width / mults / res_blocks / attn_res / dropout: the denoising UNet.
+        unet: the denoising UNet's shape.
         schedule: the training noise schedule (T steps, linear).
-        sample_steps: None = full T-step ancestral sampling, else a respaced schedule.
-        sampler / ddim_eta: the update rule over those steps (DDPM, or DDIM with its eta).
+        sampling: the sampler, its eta and its steps (T = the training schedule itself).
         estimator_training: stage-1 settings (part of the cache key).
         estimator_checkpoint: a stage-1 checkpoint to load instead of the cache.
     """
@@ -228,15 +227,9 @@ class ConditionalDDPM(SinogramMethod):
         image_size: int,
         estimator: bool,
         conditioning: Conditioning,
-        width: int = 64,
-        mults: tuple[int, ...] = (1, 1, 2, 2, 4, 4),
-        res_blocks: int = 2,
-        attn_res: tuple[int, ...] = (16,),
-        dropout: float = 0.0,
-        schedule: NoiseSchedule | None = None,
-        sample_steps: int | None = None,
-        sampler: Sampler = "ddpm",
-        ddim_eta: float = 0.0,
+        unet: UNetShape,
+        schedule: NoiseSchedule,
+        sampling: Sampling,
         estimator_training: EstimatorTraining | None = None,
         estimator_checkpoint: Path | None = None,
     ) -> None:
@@ -247,7 +240,6 @@ class ConditionalDDPM(SinogramMethod):
                 "conditions on 'r0' or 'r0+sinogram', Palette (no estimator) on 'sinogram'"
             )
         self.conditioning = conditioning
-        schedule = schedule or NoiseSchedule.linear(1000, 1e-4, 2e-2)
         if float(schedule.gammas[-1]) > MAX_GAMMA_T:
             # sampling starts from pure noise: a schedule that never gets there mismatches it
             raise ValueError(
@@ -255,28 +247,14 @@ class ConditionalDDPM(SinogramMethod):
                 f"{float(schedule.gammas[-1]):.3g} (> {MAX_GAMMA_T}), not at noise: "
                 "raise diffusion.pmdm_beta_end or pmdm_train_steps"
             )
-        if sample_steps is not None and not 1 <= sample_steps <= schedule.steps:
-            raise ValueError(f"sample_steps must lie in 1..{schedule.steps}: {sample_steps}")
         cond_channels = 2 if conditioning == "r0+sinogram" else 1
-        self.unet = UNet(
-            1 + cond_channels,
-            1,
-            base_width=width,
-            channel_mults=mults,
-            res_blocks=res_blocks,
-            attn_res=attn_res,
-            image_size=image_size,
-            dropout=dropout,
-            noise_embedding=True,
-        )
+        self.unet = unet.build(1 + cond_channels, image_size, noise_embedding=True)
         self.diffusion = ConditionalDiffusion(
             self.unet,
             schedule,
-            sample_steps=sample_steps or schedule.steps,
+            sampling,
             noise_level="discrete",
             objective="mse",
-            sampler=sampler,
-            ddim_eta=ddim_eta,
             clip=CLIP_DATA,
             condition_first=False,
         )
@@ -394,17 +372,18 @@ def build(trial: TrialConfig, image_size: int) -> ConditionalDDPM:
         image_size,
         estimator=estimator,
         conditioning=row.conditioning if estimator else "sinogram",
-        width=model.pmdm_width,
-        mults=model.pmdm_mults,
-        res_blocks=model.pmdm_res_blocks,
-        attn_res=model.pmdm_attn_res,
-        dropout=model.dropout,
+        unet=UNetShape(
+            model.pmdm_width,
+            model.pmdm_mults,
+            model.pmdm_res_blocks,
+            model.pmdm_attn_res,
+            model.dropout,
+        ),
         schedule=NoiseSchedule.linear(
             diff.pmdm_train_steps, diff.pmdm_beta_start, diff.pmdm_beta_end
         ),
-        sample_steps=row.sample_steps,
-        sampler=diff.sampler,
-        ddim_eta=diff.ddim_eta,
+        # no sample_steps: full T-step sampling, as the paper does
+        sampling=Sampling(row.sample_steps or diff.pmdm_train_steps, diff.sampler, diff.ddim_eta),
         estimator_training=EstimatorTraining(
             width=model.deeppet_width,
             steps=train.estimator_steps or train.steps,

@@ -14,11 +14,11 @@ import torch
 
 from ablate.config import RowConfig, TrialConfig
 from ablate.diffusion.conditional import ConditionalDiffusion, to_model_scale
-from ablate.diffusion.samplers import Sampler
+from ablate.diffusion.samplers import Sampling
 from ablate.diffusion.schedules import NoiseSchedule
 from ablate.errors import UserError
 from ablate.methods.base import Batch, Method
-from ablate.models.unet import UNet
+from ablate.models.unet import UNetShape
 
 _SWITCHES = ("irm", "nas", "spectrum", "contrastive")
 
@@ -28,10 +28,9 @@ class SR3(Method):
 
     Args:
         image_size: square image size H = W.
-        width / mults / res_blocks / attn_res / dropout: the denoising UNet.
+        unet: the denoising UNet's shape.
         schedule: the training noise schedule.
-        sample_steps: steps of the respaced sampling schedule.
-        sampler / ddim_eta: the update rule over those steps (DDPM, or DDIM with its eta).
+        sampling: the sampler, its eta and its (respaced) steps.
     """
 
     stochastic = True
@@ -41,36 +40,18 @@ class SR3(Method):
         self,
         image_size: int,
         *,
-        width: int,
-        mults: tuple[int, ...],
-        res_blocks: int,
-        attn_res: tuple[int, ...],
-        dropout: float,
+        unet: UNetShape,
         schedule: NoiseSchedule,
-        sample_steps: int,
-        sampler: Sampler = "ddpm",
-        ddim_eta: float = 0.0,
+        sampling: Sampling,
     ) -> None:
         super().__init__()
-        self.net = UNet(
-            in_channels=2,
-            out_channels=1,
-            base_width=width,
-            channel_mults=mults,
-            res_blocks=res_blocks,
-            attn_res=attn_res,
-            image_size=image_size,
-            dropout=dropout,
-            noise_embedding=True,
-        )
+        self.net = unet.build(2, image_size, noise_embedding=True)
         self.diffusion = ConditionalDiffusion(
             self.net,
             schedule,
-            sample_steps=sample_steps,
+            sampling,
             noise_level="continuous",
             objective="l1",
-            sampler=sampler,
-            ddim_eta=ddim_eta,
             clip=(0.0, 1.0),
             condition_first=True,
         )
@@ -110,15 +91,11 @@ def build(trial: TrialConfig, image_size: int) -> SR3:
         )
     return SR3(
         image_size,
-        width=model.sr3_width,
-        mults=model.sr3_mults,
-        res_blocks=model.res_blocks,
-        attn_res=model.attn_res,
-        dropout=model.dropout,
+        unet=UNetShape(
+            model.sr3_width, model.sr3_mults, model.res_blocks, model.attn_res, model.dropout
+        ),
         schedule=NoiseSchedule.linear(
             diffusion.train_steps, diffusion.beta_start, diffusion.beta_end
         ),
-        sample_steps=diffusion.sr3_sample_steps,
-        sampler=diffusion.sampler,
-        ddim_eta=diffusion.ddim_eta,
+        sampling=Sampling(diffusion.sr3_sample_steps, diffusion.sampler, diffusion.ddim_eta),
     )
