@@ -139,7 +139,10 @@ class TrainingRun(TrainingLoop):
             )
             for split in ("train", "val", "test")
         }
-        method.prepare(datasets["train"], cache_dir, trial.seed)
+        try:
+            method.prepare(datasets["train"], cache_dir, trial.seed)
+        except UserError as err:  # e.g. PMDM's stage 1: say which trial it was for
+            raise type(err)(f"row '{trial.row_name}' seed {trial.seed}: {err}") from None
         train = trial.train
         optimizers = place_and_optimise(method, trial, device)
         if device.type == "cuda":

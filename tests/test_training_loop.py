@@ -66,6 +66,17 @@ def test_nan_loss_names_row_step_and_term(dataset: Path, tmp_path: Path) -> None
         run.train_until(6)
 
 
+def test_nan_in_pmdm_stage_one_names_row_step_and_setting(dataset: Path, tmp_path: Path) -> None:
+    """PMDM's stage 1 runs in the same loop as a trial, with the same one-line report."""
+    trial = _trial({"method": "pmdm"}, estimator_lr=1e30, estimator_steps=4)
+    with pytest.raises(
+        NonFiniteLoss,
+        match=r"^row 'r' seed 0: stage-1 DeepPET estimator: loss term '\w+' is (nan|inf) at "
+        r"step \d+: lower train.estimator_lr or check the data$",
+    ):
+        TrainingRun.build(trial, dataset, tmp_path)
+
+
 def test_stochastic_row_reports_ams_and_sd(dataset: Path, tmp_path: Path) -> None:
     trial = _trial({"method": "coarse_to_fine", "irm": True})
     run = TrainingRun.build(trial, dataset, tmp_path)
