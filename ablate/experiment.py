@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from ablate import storage as storage_mod
 from ablate import tracking
 from ablate.callbacks import CheckpointGuard, MlflowTrialStates, TrialProgress
 from ablate.config import ExperimentConfig, ResourcesConfig, parse_experiment
@@ -50,8 +51,14 @@ class Workspace:
         return cls(
             workdir,
             tracking_uri or tracking.default_tracking_uri(workdir),
-            storage or str(workdir / "ray_results"),
+            storage_mod.normalize(storage or workdir / "ray_results"),
         )
+
+    @property
+    def shared_nothing(self) -> bool:
+        """Object-store storage: nodes share no disk with the driver (see
+        :mod:`ablate.data.staging`)."""
+        return storage_mod.is_uri(self.storage)
 
     @property
     def datasets(self) -> Path:
@@ -110,6 +117,17 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
         ) from None
 
 
+def _preflight(tracking_uri: str, storage: str, address: str | None) -> None:
+    """Fail in seconds, before any run or record exists (:mod:`ablate.preflight`)."""
+    from ablate import preflight
+
+    preflight.check_tracking(tracking_uri)
+    preflight.check_storage(storage)
+    start_ray(address)
+    if address:  # an embedded Ray runs in this very environment
+        preflight.check_nodes()
+
+
 def _resources(res: ResourcesConfig) -> dict[str, float]:
     return {"cpu": res.cpu, "gpu": res.gpu}
 
@@ -118,14 +136,20 @@ def _prepare(
     exp: ExperimentConfig, ws: Workspace, kind: str, name: str, overrides: dict[str, Any]
 ) -> LaunchContext:
     """Build the dataset once, check it feeds every row, open the MLflow parent run."""
+    from ablate.data.staging import content_hash, stage_dataset
     from ablate.data.store import build_dataset
     from ablate.methods.registry import check_dataset
 
     dataset_root = build_dataset(exp.data, ws.datasets)
     for row_name, row in exp.rows.items():
         check_dataset(row_name, row, dataset_root)
+    sha, staged = "", ""
+    if ws.shared_nothing:  # the nodes rebuild or fetch the data and check it by this hash
+        sha = content_hash(dataset_root, remember=exp.data.path is None)
+        if exp.data.path is not None:
+            staged = stage_dataset(dataset_root, sha, ws.storage)
     experiment_id = tracking.ensure_experiment(
-        ws.tracking_uri, exp.name, tracking.artifact_root(ws.workdir)
+        ws.tracking_uri, exp.name, tracking.artifact_root(ws.workdir, ws.tracking_uri)
     )
     parent = tracking.start_parent(
         ws.tracking_uri,
@@ -146,15 +170,17 @@ def _prepare(
         experiment_id=experiment_id,
         parent_run_id=parent,
         dataset_root=str(dataset_root),
-        cache_dir=str(ws.cache),
+        cache_dir=storage_mod.join(ws.storage, "cache") if ws.shared_nothing else str(ws.cache),
         kind=kind,
+        storage=ws.storage,
+        dataset_sha256=sha,
+        dataset_staged=staged,
     )
 
 
 def _write_record(ws: Workspace, name: str, record: dict[str, Any]) -> None:
-    folder = Path(ws.storage) / name
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / LAUNCH_RECORD).write_text(json.dumps(record, indent=2, default=str))
+    location = storage_mod.join(ws.storage, name, LAUNCH_RECORD)
+    storage_mod.write_text(location, json.dumps(record, indent=2, default=str))
 
 
 def _run_config(exp: ExperimentConfig, ws: Workspace, name: str, ctx: LaunchContext, total: int):
@@ -212,7 +238,7 @@ def launch_grid(
     name = name or exp.name
     overrides = overrides or {}
     trials = expand(exp)  # every trial checked before anything starts
-    start_ray(address)
+    _preflight(ws.tracking_uri, ws.storage, address)
     ctx = _prepare(exp, ws, "launch", name, overrides)
     _write_record(
         ws,
@@ -279,7 +305,7 @@ def launch_search(
     if base.train.eval_every == 0:
         raise UserError("a search needs train.eval_every > 0 so that ASHA can prune early")
     row_exp = exp.model_copy(update={"rows": {search.row: exp.rows[search.row]}})
-    start_ray(address)
+    _preflight(ws.tracking_uri, ws.storage, address)
     ctx = _prepare(row_exp, ws, "search", name, overrides)
     storage_url = f"sqlite:///{(ws.workdir / 'optuna.db').resolve()}"
     study_name = f"{name}-{ctx.parent_run_id[:8]}"
@@ -347,12 +373,13 @@ def best_search_config(ws: Workspace, name: str) -> dict[str, Any]:
 
 
 def read_record(ws: Workspace, name: str) -> dict[str, Any]:
-    path = Path(ws.storage) / name / LAUNCH_RECORD
-    if not path.is_file():
+    location = storage_mod.join(ws.storage, name, LAUNCH_RECORD)
+    try:
+        return json.loads(storage_mod.read_text(location))
+    except FileNotFoundError:
         raise UserError(
             f"no launch named '{name}' under {ws.storage}: check the name and --workdir/--storage"
-        )
-    return json.loads(path.read_text())
+        ) from None
 
 
 def resume(ws: Workspace, name: str, *, address: str | None = None) -> LaunchResult:
@@ -363,10 +390,12 @@ def resume(ws: Workspace, name: str, *, address: str | None = None) -> LaunchRes
     record = read_record(ws, name)
     ctx = LaunchContext(**record["context"])
     exp = parse_experiment(record["experiment"], source=f"launch record of '{name}'")
-    path = str(Path(ws.storage) / name)
+    path = storage_mod.join(ws.storage, name)
+    if not storage_mod.is_uri(path):
+        storage_mod.check_private(path)  # Tuner.restore unpickles what is there
     if not tune.Tuner.can_restore(path):
         raise UserError(f"Ray has no restorable state at {path}: the launch never started")
-    start_ray(address)
+    _preflight(ctx.tracking_uri, ws.storage, address)
     if record["kind"] == "search" and exp.search is not None:
         exp = exp.model_copy(update={"rows": {exp.search.row: exp.rows[exp.search.row]}})
     tracking.client(ctx.tracking_uri).update_run(ctx.parent_run_id, status="RUNNING")

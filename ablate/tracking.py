@@ -42,7 +42,18 @@ def default_tracking_uri(workdir: Path) -> str:
     return f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
 
 
-def artifact_root(workdir: Path) -> str:
+def is_server(tracking_uri: str) -> bool:
+    """An ``mlflow server`` (``http(s)://``), as opposed to an embedded store (sqlite, files)."""
+    return tracking_uri.startswith(("http://", "https://"))
+
+
+def artifact_root(workdir: Path, tracking_uri: str | None = None) -> str | None:
+    """Where a new experiment keeps its artifacts: a local folder next to an embedded store;
+    with a tracking server, ``None``: the server's default (its artifact proxy,
+    ``mlflow-artifacts:/`` under ``mlflow server --artifacts-destination``), so a worker on
+    another machine never writes to a path of the driver's disk."""
+    if tracking_uri is not None and is_server(tracking_uri):
+        return None
     return (workdir / "mlartifacts").resolve().as_uri()
 
 

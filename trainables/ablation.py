@@ -44,6 +44,12 @@ class LaunchContext:
     dataset_root: str
     cache_dir: str
     kind: str  # "launch" (a grid) or "search"
+    #: The launch's ``--storage``; with an object store, nodes rebuild or fetch the dataset
+    #: (checked by ``dataset_sha256``; an imported one staged at ``dataset_staged``) and
+    #: ``cache_dir`` is a location in the storage (see :mod:`ablate.data.staging`).
+    storage: str = ""
+    dataset_sha256: str = ""
+    dataset_staged: str = ""
 
     def to_dict(self) -> dict[str, str]:
         return dict(self.__dict__)
@@ -105,7 +111,12 @@ def train_trial(
 def _run(trial: TrialConfig, ctx: LaunchContext, run_id: str, saved: dict | None) -> None:
     seed_everything(trial.seed)
     torch.set_num_threads(trial.train.num_threads)
-    run = TrainingRun.build(trial, Path(ctx.dataset_root), Path(ctx.cache_dir))
+    from ablate.data.staging import node_dataset
+
+    dataset_root = node_dataset(
+        trial.data, ctx.dataset_root, ctx.storage, ctx.dataset_sha256, ctx.dataset_staged
+    )
+    run = TrainingRun.build(trial, dataset_root, ctx.cache_dir)  # type: ignore[arg-type]
     train_s = 0.0  # pure training time (no evaluation), carried across restarts
     if saved is not None:
         run.load_state(saved)

@@ -38,7 +38,9 @@ from typing import Any, Literal
 import torch
 import torch.utils.data
 
+from ablate import storage
 from ablate.config import PMDMRow, RowConfig, TrialConfig
+from ablate.data.staging import HASH_FILE
 from ablate.device import resolve_device
 from ablate.diffusion.conditional import ConditionalDiffusion, to_model_scale
 from ablate.diffusion.samplers import Sampling
@@ -105,6 +107,15 @@ def data_fingerprint(dataset: torch.utils.data.Dataset) -> dict[str, Any]:
     """
     root, split = getattr(dataset, "root", None), getattr(dataset, "split", None)
     manifest = Path(root) / "manifest.parquet" if root is not None else None
+    content = Path(root) / HASH_FILE if root is not None else None
+    if content is not None and content.is_file() and manifest is not None:
+        # a dataset with a known content hash (rebuilt or fetched per node): the same key on
+        # every node, wherever the node keeps its copy
+        return {
+            "dataset_sha256": content.read_text().strip(),
+            "manifest_sha256": _sha256_file(manifest),
+            "split": str(split),
+        }
     if manifest is not None and manifest.is_file():
         return {
             "root": str(Path(root).resolve()),
@@ -272,8 +283,15 @@ class ConditionalDDPM(SinogramMethod):
 
     # -- stage 1 ---------------------------------------------------------------------------
 
-    def prepare(self, train_data: torch.utils.data.Dataset, cache_dir: Path, seed: int) -> None:
-        """Load (or train once and cache) the frozen DeepPET estimator of this data and seed."""
+    def prepare(
+        self, train_data: torch.utils.data.Dataset, cache_dir: Path | str, seed: int
+    ) -> None:
+        """Load (or train once and cache) the frozen DeepPET estimator of this data and seed.
+
+        ``cache_dir`` is a local folder or a storage URI (``s3://.../cache``): then the node
+        keeps its copy in :func:`ablate.storage.node_dir`, fetches the estimator from the
+        storage when another node trained it, and uploads the one it trains. The lock is per
+        node: two nodes may both train the same (deterministic) estimator at the same time."""
         if self.estimator is None:
             return
         fingerprint = data_fingerprint(train_data)
@@ -283,16 +301,25 @@ class ConditionalDDPM(SinogramMethod):
             self.estimator_path, self.estimator_trained = Path(self.estimator_checkpoint), False
         else:
             training = self.estimator_training
-            path = Path(cache_dir) / f"deeppet-{estimator_key(fingerprint, seed, training)}.pt"
+            name = f"deeppet-{estimator_key(fingerprint, seed, training)}.pt"
+            remote = storage.join(str(cache_dir), name) if storage.is_uri(cache_dir) else None
+            local = storage.node_dir() / "cache" if remote else Path(cache_dir)
+            path = local / name
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path.with_suffix(".lock"), "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # one trial trains, the others wait and load
+                if remote and not path.exists() and storage.exists(remote):
+                    tmp = path.with_name(f".{path.name}.{os.getpid()}.fetch")
+                    storage.download(remote, tmp)
+                    os.replace(tmp, path)
                 trained = not path.exists()
                 if trained:
                     log.info("training the stage-1 DeepPET estimator -> %s", path)
                     net = train_estimator(train_data, seed, training, self.image_size)
                     meta = {**expected, "training": training.key_fields()}
                     save_estimator(path, net, meta)
+                    if remote:
+                        storage.upload(path, remote)
                 load_estimator(path, self.estimator, expected)
             self.estimator_path, self.estimator_trained = path, trained
         self.estimator.eval()
