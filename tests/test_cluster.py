@@ -1,0 +1,449 @@
+"""The README's "On a Ray cluster" recipe, on one machine, with the tools users run:
+
+- a Ray cluster started with its own CLI (``ray start --head``, ``ray start --address``),
+  two nodes with separate temp dirs and working directories, token authentication on
+  (one token file, mode 0600, named by ``RAY_AUTH_TOKEN_PATH`` in every node's and the
+  driver's environment);
+- PostgreSQL (the Debian package's ``initdb`` / ``postgres``) behind ``mlflow server`` with
+  ``--artifacts-destination`` (the artifact proxy), bound to 127.0.0.1;
+- a local S3-compatible server (moto's ``moto_server``) as ``--storage s3://...``; no
+  folder is shared between the nodes and the driver: each node rebuilds the dataset in its
+  own ``ABLATE_CACHE_DIR`` and checkpoints travel through the object store.
+
+Then ``ablate run --address auto`` in a driver process: the worker node is killed mid-trial
+and the trial resumes from its checkpoint in the bucket (one FINISHED child run per
+(row, seed)); a second launch's driver is killed mid-launch and ``ablate resume NAME
+--storage s3://...`` finishes it. Every process the test starts it stops, by process group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import tiny_experiment
+
+pytestmark = pytest.mark.slow
+
+BUCKET = "ablate-test"
+ROWS = {"cpm": {"method": "coarse_to_fine"}}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _pg_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    for folder in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (folder / name).is_file():
+            return str(folder / name)
+    return None
+
+
+def _missing_tools() -> str | None:
+    for tool in ("ray", "mlflow", "moto_server"):
+        if shutil.which(tool) is None:
+            return f"'{tool}' is not on PATH (pip install -e '.[test]')"
+    for tool in ("initdb", "postgres"):
+        if _pg_bin(tool) is None:
+            return f"PostgreSQL's '{tool}' not found (apt-get install postgresql)"
+    try:
+        import boto3  # noqa: F401
+        import psycopg2  # noqa: F401
+    except ImportError as exc:
+        return f"{exc.name} is not installed (pip install -e '.[test]')"
+    if os.geteuid() == 0:
+        try:
+            import pwd
+
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root without a 'postgres' user to run PostgreSQL as"
+    return None
+
+
+def _wait(check, what: str, timeout_s: float, procs: list[subprocess.Popen] = ()) -> Any:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        result = check()
+        if result:
+            return result
+        for proc in procs:
+            if proc.poll() is not None:
+                log = getattr(proc, "log_path", None)
+                tail = log.read_text(errors="replace")[-2000:] if log else ""
+                raise AssertionError(
+                    f"{what}: process {proc.args[0]} exited ({proc.returncode}): {tail}"
+                )
+        time.sleep(0.3)
+    raise AssertionError(f"{what}: not ready within {timeout_s:.0f} s")
+
+
+def _listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False
+
+
+def _http_ok(url: str) -> bool:
+    with contextlib.suppress(OSError):
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    return False
+
+
+class Deployment:
+    """The processes of one test deployment; each started in its own process group."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.log: list[str] = []
+
+    def start(self, name: str, args: list[str], **kwargs: Any) -> subprocess.Popen:
+        out = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kwargs
+        )
+        proc.log_path = self.root / f"{name}.log"  # type: ignore[attr-defined]
+        self.procs[name] = proc
+        self.log.append(f"started {name} (pid {proc.pid}): {' '.join(args[:3])}")
+        return proc
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout_s: float = 20) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        # whatever is left in the group (raylet workers, server workers)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        self.log.append(f"stopped {name} (pid {proc.pid}, {signal.Signals(sig).name})")
+
+    def stop_all(self) -> None:
+        for name in reversed(list(self.procs)):
+            self.stop(name)
+
+
+@pytest.fixture(scope="module")
+def deployment() -> Iterator[dict[str, Any]]:
+    missing = _missing_tools()
+    if missing:
+        pytest.skip(f"cluster test: {missing}")
+    import boto3
+
+    root = Path(tempfile.mkdtemp(prefix="ablate-cluster-"))
+    dep = Deployment(root)
+    started = time.perf_counter()
+    env = dict(os.environ)
+    for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "AWS_PROFILE"):
+        env.pop(key, None)
+    try:
+        # -- PostgreSQL, as a user of its own when we are root (postgres refuses root) ------
+        pgdata, pgsock = root / "pg" / "data", root / "pg" / "sock"
+        pgsock.mkdir(parents=True)
+        run_as: dict[str, Any] = {"cwd": root / "pg"}
+        if os.geteuid() == 0:
+            run_as.update(user="postgres", group="postgres", extra_groups=[])
+            root.chmod(0o711)  # postgres may pass through, not list or write
+            for folder in (root / "pg", pgsock):
+                shutil.chown(folder, "postgres", "postgres")
+        pg_port = _free_port()
+        subprocess.run(
+            [_pg_bin("initdb"), "-D", str(pgdata), "-U", "mlflow", "-A", "trust", "-E", "UTF8"],
+            check=True,
+            capture_output=True,
+            env={**env, "LC_ALL": "C.UTF-8"},
+            **run_as,
+        )
+        dep.start(
+            "postgres",
+            [
+                _pg_bin("postgres"),
+                "-D",
+                str(pgdata),
+                "-p",
+                str(pg_port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                f"unix_socket_directories={pgsock}",
+            ],
+            env=env,
+            **run_as,
+        )
+        _wait(lambda: _listening(pg_port), "postgres", 60, [dep.procs["postgres"]])
+
+        # -- object storage (moto) ----------------------------------------------------------
+        s3_port = _free_port()
+        aws = {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1",
+        }
+        env.update(aws)
+        dep.start("moto_server", ["moto_server", "-H", "127.0.0.1", "-p", str(s3_port)], env=env)
+        _wait(lambda: _listening(s3_port), "moto_server", 60, [dep.procs["moto_server"]])
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=aws["AWS_ENDPOINT_URL"],
+            region_name=aws["AWS_REGION"],
+            aws_access_key_id=aws["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=aws["AWS_SECRET_ACCESS_KEY"],
+        )
+        s3.create_bucket(Bucket=BUCKET)
+
+        # -- MLflow server on PostgreSQL, artifacts proxied ---------------------------------
+        mlflow_port = _free_port()
+        artifacts = root / "mlflow-artifacts"
+        dep.start(
+            "mlflow_server",
+            [
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"postgresql+psycopg2://mlflow@127.0.0.1:{pg_port}/postgres",
+                "--artifacts-destination",
+                str(artifacts),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(mlflow_port),
+                "--workers",
+                "1",
+            ],
+            env=env,
+            cwd=root,
+        )
+        tracking_uri = f"http://127.0.0.1:{mlflow_port}"
+        _wait(
+            lambda: _http_ok(f"{tracking_uri}/health"),
+            "mlflow server",
+            120,
+            [dep.procs["mlflow_server"]],
+        )
+
+        # -- Ray: head + worker, token auth, separate temp dirs and working dirs ------------
+        token = root / "ray_auth_token"
+        token.write_text(secrets.token_hex(32))
+        token.chmod(0o600)
+        env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)})
+        gcs_port = _free_port()
+        nodes = {}
+        for name in ("head", "worker"):
+            home = root / name
+            (home / "cache").mkdir(parents=True)
+            nodes[name] = home
+            args = [
+                "ray",
+                "start",
+                "--block",
+                "--num-cpus=1",
+                "--node-ip-address=127.0.0.1",
+                f"--temp-dir={home / 'ray'}",
+                f"--dashboard-agent-listen-port={_free_port()}",
+                "--disable-usage-stats",
+            ]
+            if name == "head":
+                args += [
+                    "--head",
+                    f"--port={gcs_port}",
+                    "--include-dashboard=false",
+                ]
+            else:
+                args += [f"--address=127.0.0.1:{gcs_port}"]
+            dep.start(
+                f"ray_{name}",
+                args,
+                env={**env, "ABLATE_CACHE_DIR": str(home / "cache")},
+                cwd=home,
+            )
+            if name == "head":
+                _wait(lambda: _listening(gcs_port), "ray head", 120, [dep.procs["ray_head"]])
+        driver_env = {**env, "RAY_ADDRESS": f"127.0.0.1:{gcs_port}"}
+        driver_dir = root / "driver"
+        driver_dir.mkdir()
+        _wait(lambda: _alive_nodes(driver_env) == 2, "two Ray nodes", 120, list(dep.procs.values()))
+        yield {
+            "root": root,
+            "dep": dep,
+            "env": driver_env,
+            "driver_dir": driver_dir,
+            "nodes": nodes,
+            "tracking_uri": tracking_uri,
+            "storage": f"s3://{BUCKET}/runs",
+            "s3": s3,
+            "artifacts": artifacts,
+            "setup_s": time.perf_counter() - started,
+        }
+    finally:
+        dep.stop_all()
+        print("\n".join(dep.log))
+        print(f"cluster deployment: {time.perf_counter() - started:.0f} s in all")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _alive_nodes(env: dict[str, str]) -> int:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import ray; ray.init(address='auto', logging_level='ERROR');"
+            "print(sum(n['Alive'] for n in ray.nodes()))",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = out.stdout.strip().splitlines()
+    return int(lines[-1]) if out.returncode == 0 and lines else 0
+
+
+def _ablate(d: dict[str, Any], *args: str, **kwargs: Any) -> list[str]:
+    return [sys.executable, "-m", "ablate.cli", *args]
+
+
+def _checkpoints(d: dict[str, Any], name: str) -> set[str]:
+    """Trial folders of launch ``name`` that hold a checkpoint in the bucket."""
+    found = set()
+    pages = d["s3"].get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"runs/{name}/")
+    for page in pages:
+        for item in page.get("Contents", []):
+            parts = item["Key"].split("/")
+            if len(parts) > 3 and parts[3].startswith("checkpoint_"):
+                found.add(parts[2])
+    return found
+
+
+def _children(tracking_uri: str, experiment: str) -> Any:
+    from tests.conftest import trial_runs
+
+    return trial_runs(tracking_uri, experiment)
+
+
+def _space(d: dict[str, Any], name: str, steps: int, seeds: list[int]) -> Path:
+    raw = tiny_experiment(name, ROWS, seeds=seeds, max_failures=2)
+    raw["train"].update({"steps": steps, "eval_every": 10, "log_every": 10})
+    path = d["driver_dir"] / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_cluster_recipe_survives_a_lost_node_and_a_lost_driver(deployment) -> None:
+    d = deployment
+    dep: Deployment = d["dep"]
+    started = time.perf_counter()
+    common = ["--address", "auto", "--storage", d["storage"], "--workdir", str(d["driver_dir"])]
+
+    # -- preflight: a wrong tracking server is one line, in seconds, before anything runs ---
+    bad = subprocess.run(
+        _ablate(
+            d,
+            "run",
+            str(_space(d, "preflight", 4, [0])),
+            *common,
+            "--tracking-uri",
+            f"http://127.0.0.1:{_free_port()}",
+        ),
+        env=d["env"],
+        cwd=d["driver_dir"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode != 0
+    assert "cannot reach the MLflow tracking server" in bad.stdout + bad.stderr
+    assert "Traceback" not in bad.stdout + bad.stderr
+
+    # -- launch 1: the worker node dies mid-trial ------------------------------------------
+    space = _space(d, "lost-node", 60, [0, 1])
+    driver = dep.start(
+        "driver_1",
+        _ablate(d, "run", str(space), *common, "--tracking-uri", d["tracking_uri"]),
+        env={**d["env"], "TUNE_GLOBAL_CHECKPOINT_S": "1"},
+        cwd=d["driver_dir"],
+    )
+    _wait(
+        lambda: len(_checkpoints(d, "lost-node")) == 2, "a checkpoint of both trials", 300, [driver]
+    )
+    dep.stop("ray_worker", signal.SIGKILL)
+    assert driver.wait(timeout=400) == 0, (d["root"] / "driver_1.log").read_text()[-3000:]
+    dep.procs.pop("driver_1", None)
+    runs = _children(d["tracking_uri"], "lost-node")
+    assert sorted(runs["tags.mlflow.runName"]) == ["cpm-s0", "cpm-s1"]
+    assert (runs["status"] == "FINISHED").all()
+    assert runs["metrics.psnr"].notna().all()
+    # artifacts went through the server's proxy, not to a path of the driver
+    assert all(uri.startswith("mlflow-artifacts:") for uri in runs["artifact_uri"])
+    assert list(d["artifacts"].rglob("checkpoint")), "no artifact reached the server"
+    # the launch record is in the bucket, nothing named 's3:' on the driver's disk
+    d["s3"].head_object(Bucket=BUCKET, Key="runs/lost-node/ablate_launch.json")
+    assert not list(d["driver_dir"].rglob("s3:"))
+    # each node rebuilt the dataset from its seed in its own cache
+    for home in d["nodes"].values():
+        assert list((home / "cache" / "datasets").glob("tiny-*/.content-sha256")), home
+
+    # -- launch 2: the driver dies mid-launch; ablate resume finishes it --------------------
+    space = _space(d, "lost-driver", 40, [0])
+    driver = dep.start(
+        "driver_2",
+        _ablate(d, "run", str(space), *common, "--tracking-uri", d["tracking_uri"]),
+        env={**d["env"], "TUNE_GLOBAL_CHECKPOINT_S": "1"},
+        cwd=d["driver_dir"],
+    )
+    _wait(lambda: _checkpoints(d, "lost-driver"), "a checkpoint of launch 2", 300, [driver])
+    time.sleep(2)  # let the driver save the experiment state naming it
+    dep.stop("driver_2", signal.SIGKILL)
+    resumed = subprocess.run(
+        _ablate(
+            d,
+            "resume",
+            "lost-driver",
+            "--address",
+            "auto",
+            "--storage",
+            d["storage"],
+            "--workdir",
+            str(d["root"] / "elsewhere"),
+        ),
+        env=d["env"],
+        cwd=d["root"],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    runs = _children(d["tracking_uri"], "lost-driver")
+    assert list(runs["tags.mlflow.runName"]) == ["cpm-s0"]
+    assert (runs["status"] == "FINISHED").all()
+    launches_s = time.perf_counter() - started
+    print(f"cluster test: setup {d['setup_s']:.0f} s, launches {launches_s:.0f} s")
