@@ -50,7 +50,12 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 WORKDIR_OPT = typer.Option(Path("runs"), "--workdir", help="Work directory (MLflow, Ray, data).")
 TRACKING_OPT = typer.Option(None, "--tracking-uri", help="MLflow URI (default: sqlite in workdir).")
 RESOURCES_OPT = typer.Option(None, "--resources", help="Per trial: cpu=1,gpu=0.25")
-STORAGE_OPT = typer.Option(None, "--storage", help="Ray storage path (shared FS).")
+STORAGE_HELP = (
+    "Where launches keep records and checkpoints: a local/shared path or an object store "
+    "URI (s3://bucket/prefix; endpoint and keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
+    "AWS_SECRET_ACCESS_KEY). Default: WORKDIR/ray_results."
+)
+STORAGE_OPT = typer.Option(None, "--storage", help=STORAGE_HELP)
 NAME_OPT = typer.Option(None, "--name", help="Launch name (default: config name).")
 OVERRIDES_ARG = typer.Argument(
     None, help="Settings as dotted key=value, e.g. train.steps=50 loss.k=1e-4.", show_default=False
@@ -178,7 +183,7 @@ def search(
 def resume(
     name: str = typer.Argument(..., help="Launch name (as given to run/search)."),
     address: str | None = ADDRESS_OPT,
-    storage: str | None = typer.Option(None, "--storage", help="Ray storage path."),
+    storage: str | None = STORAGE_OPT,
     workdir: Path = WORKDIR_OPT,
 ) -> None:
     """Resume an interrupted grid or search; no MLflow run is duplicated."""
@@ -192,7 +197,7 @@ def resume(
 @friendly_errors
 def status(
     name: str = typer.Argument(..., help="Launch name."),
-    storage: str | None = typer.Option(None, "--storage", help="Ray storage path."),
+    storage: str | None = STORAGE_OPT,
     workdir: Path = WORKDIR_OPT,
 ) -> None:
     """Trials of a launch, their states and failures (from its MLflow runs)."""

@@ -95,11 +95,10 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> None:
             ray.init(address=address, **kwargs)
         else:  # "local": a new embedded instance, never some other local cluster found running
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
-    except (ConnectionError, RuntimeError) as exc:
-        raise UserError(
-            f"cannot start/connect Ray (address={address or 'embedded'}): "
-            f"{str(exc).splitlines()[0]}"
-        ) from None
+    except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
+        from ablate.preflight import ray_connect_error
+
+        raise ray_connect_error(address, exc) from None
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:

@@ -18,6 +18,31 @@ from typing import Any
 from ablate import storage, tracking
 from ablate.errors import UserError
 
+TOKEN_FIX = (
+    "give this machine the cluster's token: RAY_AUTH_TOKEN_PATH=<token file> (mode 0600) "
+    "or RAY_AUTH_TOKEN, the same on every node and driver"
+)
+
+
+def ray_connect_error(address: str | None, exc: BaseException) -> UserError:
+    """One line for a failed ``ray.init``: what failed and, for a token problem, the fix."""
+    from ray.exceptions import AuthenticationError
+
+    where = f"address={address or 'embedded'}"
+    if isinstance(exc, AuthenticationError):
+        reason = exc.message if hasattr(exc, "message") else str(exc)
+        return UserError(
+            f"Ray token rejected or missing ({where}): {reason.split('. ')[0]}: {TOKEN_FIX}"
+        )
+    text = str(exc).strip().splitlines()
+    reason = text[0] if text else type(exc).__name__
+    if address and "token" not in reason.lower():
+        return UserError(
+            f"cannot connect Ray ({where}): {reason} (is the cluster up, and does this "
+            f"machine hold its token? {TOKEN_FIX})"
+        )
+    return UserError(f"cannot start/connect Ray ({where}): {reason}")
+
 
 def check_tracking(tracking_uri: str, timeout_s: float = 5.0) -> None:
     """An ``http(s)://`` tracking URI must answer ``GET /health``."""

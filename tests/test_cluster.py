@@ -392,12 +392,35 @@ def test_cluster_recipe_survives_a_lost_node_and_a_lost_driver(deployment) -> No
         env={**d["env"], "TUNE_GLOBAL_CHECKPOINT_S": "1"},
         cwd=d["driver_dir"],
     )
+    # meanwhile, a driver holding the wrong token gets one line, not a traceback
+    wrong = d["root"] / "wrong_token"
+    wrong.write_text(secrets.token_hex(32))
+    wrong.chmod(0o600)
+    intruder = subprocess.Popen(
+        _ablate(
+            d,
+            "run",
+            str(_space(d, "intruder", 4, [0])),
+            *common,
+            "--tracking-uri",
+            d["tracking_uri"],
+        ),
+        env={**d["env"], "RAY_AUTH_TOKEN_PATH": str(wrong)},
+        cwd=d["driver_dir"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait(
         lambda: len(_checkpoints(d, "lost-node")) == 2, "a checkpoint of both trials", 300, [driver]
     )
     dep.stop("ray_worker", signal.SIGKILL)
     assert driver.wait(timeout=400) == 0, (d["root"] / "driver_1.log").read_text()[-3000:]
     dep.procs.pop("driver_1", None)
+    out, err = intruder.communicate(timeout=120)
+    assert intruder.returncode != 0
+    assert "token" in out + err and "Traceback" not in out + err, out + err
+    assert not _checkpoints(d, "intruder")
     runs = _children(d["tracking_uri"], "lost-node")
     assert sorted(runs["tags.mlflow.runName"]) == ["cpm-s0", "cpm-s1"]
     assert (runs["status"] == "FINISHED").all()
@@ -408,6 +431,23 @@ def test_cluster_recipe_survives_a_lost_node_and_a_lost_driver(deployment) -> No
     # the launch record is in the bucket, nothing named 's3:' on the driver's disk
     d["s3"].head_object(Bucket=BUCKET, Key="runs/lost-node/ablate_launch.json")
     assert not list(d["driver_dir"].rglob("s3:"))
+    # any machine with the storage URI finds the launch
+    status = subprocess.run(
+        _ablate(
+            d,
+            "status",
+            "lost-node",
+            "--storage",
+            d["storage"],
+            "--workdir",
+            str(d["root"] / "elsewhere"),
+        ),
+        env=d["env"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert status.returncode == 0 and status.stdout.count("completed") == 2, status.stdout
     # each node rebuilt the dataset from its seed in its own cache
     for home in d["nodes"].values():
         assert list((home / "cache" / "datasets").glob("tiny-*/.content-sha256")), home

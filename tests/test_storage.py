@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -65,37 +66,139 @@ def test_unreachable_object_store_fails_in_seconds(monkeypatch: pytest.MonkeyPat
     assert time.perf_counter() - started < 10
 
 
-def test_s3_round_trip_on_a_local_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[dict[str, str]]:
+    """moto's S3 server on 127.0.0.1, with one bucket; yields the AWS_* environment."""
     server_mod = pytest.importorskip("moto.server", reason="moto[server] not installed")
     boto3 = pytest.importorskip("boto3")
     port = _free_port()
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    try:
-        for key, value in {
-            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_REGION": "us-east-1",
-        }.items():
-            monkeypatch.setenv(key, value)
-        boto3.client("s3").create_bucket(Bucket="ablate")
-        root = "s3://ablate/runs"
-        preflight.check_storage(root)
-        storage.write_text(storage.join(root, "x", "record.json"), '{"a": 1}')
-        assert storage.read_text(storage.join(root, "x", "record.json")) == '{"a": 1}'
-        assert storage.exists(storage.join(root, "x", "record.json"))
-        assert not storage.exists(storage.join(root, "nope.json"))
-        folder = tmp_path / "folder"
-        (folder / "sub").mkdir(parents=True)
-        (folder / "sub" / "f.bin").write_bytes(b"\0" * 10)
-        storage.upload(folder, storage.join(root, "up"))
-        storage.download(storage.join(root, "up"), tmp_path / "down")
-        assert (tmp_path / "down" / "sub" / "f.bin").read_bytes() == b"\0" * 10
-        with pytest.raises(UserError, match="not writable"):
-            preflight.check_storage("s3://no-such-bucket/x")
-    finally:
-        server.stop()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+    }
+    boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name=env["AWS_REGION"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).create_bucket(Bucket="ablate")
+    yield env
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> str:
+    for key, value in s3_server.items():
+        monkeypatch.setenv(key, value)
+    return "s3://ablate"
+
+
+def test_s3_round_trip_on_a_local_server(s3: str, tmp_path: Path) -> None:
+    root = f"{s3}/runs"
+    preflight.check_storage(root)
+    storage.write_text(storage.join(root, "x", "record.json"), '{"a": 1}')
+    assert storage.read_text(storage.join(root, "x", "record.json")) == '{"a": 1}'
+    assert storage.exists(storage.join(root, "x", "record.json"))
+    assert not storage.exists(storage.join(root, "nope.json"))
+    with pytest.raises(FileNotFoundError):
+        storage.read_text(storage.join(root, "nope.json"))
+    folder = tmp_path / "folder"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "f.bin").write_bytes(b"\0" * 10)
+    storage.upload(folder, storage.join(root, "up"))
+    storage.download(storage.join(root, "up"), tmp_path / "down")
+    assert (tmp_path / "down" / "sub" / "f.bin").read_bytes() == b"\0" * 10
+    with pytest.raises(UserError, match="not writable"):
+        preflight.check_storage("s3://no-such-bucket/x")
+
+
+def _fake_dataset(root: Path, value: float = 1.0) -> Path:
+    import numpy as np
+    import pandas as pd
+
+    (root / "subjects" / "s0").mkdir(parents=True)
+    pd.DataFrame({"subject": ["s0"], "slice": [0]}).to_parquet(root / "manifest.parquet")
+    np.save(root / "subjects" / "s0" / "spet.npy", np.full((1, 4, 4), value, np.float32))
+    return root
+
+
+def test_imported_dataset_is_staged_once_and_fetched_by_each_node(
+    s3: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ablate.config import DataConfig
+    from ablate.data import staging
+
+    imported = _fake_dataset(tmp_path / "imported")
+    sha = staging.content_hash(imported)
+    staged = staging.stage_dataset(imported, sha, f"{s3}/store")
+    assert staged.startswith(f"{s3}/store/datasets/")
+
+    def no_upload(*args: object) -> None:
+        raise AssertionError("a staged dataset is uploaded once")
+
+    monkeypatch.setattr(storage, "upload", no_upload)
+    assert staging.stage_dataset(imported, sha, f"{s3}/store") == staged
+    for node in ("a", "b"):
+        monkeypatch.setenv("ABLATE_CACHE_DIR", str(tmp_path / node))
+        root = staging.node_dataset(DataConfig(), "/driver/only", f"{s3}/store", sha, staged)
+        assert root.is_relative_to(tmp_path / node)
+        assert staging.content_hash(root) == sha
+        assert (root / "subjects" / "s0" / "spet.npy").is_file()
+
+
+def test_a_node_whose_rebuilt_dataset_differs_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ablate.config import DataConfig
+    from ablate.data import staging
+
+    monkeypatch.setenv("ABLATE_CACHE_DIR", str(tmp_path / "node"))
+    rebuilt = _fake_dataset(tmp_path / "node" / "datasets" / "tiny-x", value=2.0)
+    monkeypatch.setattr(staging, "build_dataset", lambda data, folder: rebuilt)
+    with pytest.raises(UserError, match="content hash .* but the launch recorded"):
+        staging.node_dataset(DataConfig(), "/driver/only", "s3://b/p", "0" * 64, "")
+    # local storage: the driver's folder is used as it is (a shared disk)
+    assert staging.node_dataset(DataConfig(), str(tmp_path), str(tmp_path), "", "") == tmp_path
+
+
+def test_pmdm_estimator_cache_travels_through_object_storage(
+    s3: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ablate.methods.pmdm as pmdm
+    from ablate.data.staging import HASH_FILE
+    from tests.test_pmdm_estimator import new_pmdm
+    from tests.test_pmdm_rows import PairDataset
+
+    data = PairDataset(6, seed=1, split="train")
+    monkeypatch.setenv("ABLATE_CACHE_DIR", str(tmp_path / "node-a"))
+    first = new_pmdm()
+    first.prepare(data, f"{s3}/cache", seed=0)
+    assert first.estimator_trained and first.estimator_path.is_relative_to(tmp_path / "node-a")
+    assert storage.exists(f"{s3}/cache/{first.estimator_path.name}")
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("node b should fetch the estimator node a trained")
+
+    monkeypatch.setattr(pmdm, "train_estimator", no_training)
+    monkeypatch.setenv("ABLATE_CACHE_DIR", str(tmp_path / "node-b"))
+    second = new_pmdm()
+    second.prepare(data, f"{s3}/cache", seed=0)
+    assert not second.estimator_trained
+    assert second.estimator_path.is_relative_to(tmp_path / "node-b")
+    for name, value in first.estimator.state_dict().items():
+        assert (second.estimator.state_dict()[name] == value).all()
+    # a dataset with a known content hash keys the estimator by content, not by its path
+    for node in ("x", "y"):
+        root = _fake_dataset(tmp_path / node / "ds")
+        (root / HASH_FILE).write_text("f" * 64)
+    a = pmdm.data_fingerprint(type("D", (), {"root": tmp_path / "x" / "ds", "split": "train"}))
+    b = pmdm.data_fingerprint(type("D", (), {"root": tmp_path / "y" / "ds", "split": "train"}))
+    assert a == b and "root" not in a
 
 
 def test_tracking_server_unreachable_is_one_line() -> None:
