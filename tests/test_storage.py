@@ -230,3 +230,29 @@ def test_dataset_content_hash_is_stable_and_remembered(tmp_path: Path) -> None:
     np.save(root / "subjects" / "s0" / "spet.npy", np.zeros((1, 4, 4), np.float32))
     (root / HASH_FILE).unlink()
     assert content_hash(root) != first
+
+
+def test_launch_preflight_fails_before_any_run_or_record(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ablate.cli import app
+
+    space = Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
+    runs = tmp_path / "runs"
+    runner = CliRunner()
+    started = time.perf_counter()
+    server = f"http://127.0.0.1:{_free_port()}"
+    result = runner.invoke(
+        app, ["run", str(space), "--tracking-uri", server, "--workdir", str(runs)]
+    )
+    assert result.exit_code == 2 and "cannot reach the MLflow tracking server" in result.output
+    assert "Traceback" not in result.output
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    result = runner.invoke(
+        app, ["run", str(space), "--storage", str(shared), "--workdir", str(runs)]
+    )
+    assert result.exit_code == 2 and "writable by other users" in result.output
+    assert time.perf_counter() - started < 30
+    assert not (runs / "mlflow.db").exists() and not list(shared.iterdir())
