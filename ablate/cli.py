@@ -158,7 +158,7 @@ def search(
     workdir: Path = WORKDIR_OPT,
 ) -> None:
     """Optuna (TPE) search with ASHA pruning over the knobs declared in 'search'."""
-    from ablate.experiment import best_search_config, confirm_best, launch_search
+    from ablate.experiment import best_search_config, confirm_best, confirm_defaults, launch_search
 
     if confirm_seeds < 0:
         raise UserError("--confirm-seeds must be 0 (no confirm grid) or more")
@@ -167,10 +167,18 @@ def search(
     result = launch_search(exp, ws, address=address, name=name, overrides=settings)
     _print_launch(result, workdir)
     best = best_search_config(ws, result.name)
-    metric = exp.search.metric if exp.search else ""
-    console.print(f"best by validation {metric}: {best}")
+    objectives = exp.search.objectives if exp.search else [("", "max")]
+    ranked = objectives[0][0] + (
+        f" (the first of {len(objectives)} objectives, on the Pareto front)"
+        if len(objectives) > 1
+        else ""
+    )
+    console.print(f"best by validation {ranked}: {best}")
     if confirm_seeds:
         _print_launch(confirm_best(exp, ws, result.name, confirm_seeds, address=address), workdir)
+        _print_launch(
+            confirm_defaults(exp, ws, result.name, confirm_seeds, address=address), workdir
+        )
 
 
 @app.command()
@@ -213,19 +221,25 @@ def status(
 @friendly_errors
 def export(
     experiment: str = typer.Argument(..., help="MLflow experiment (study) name."),
-    metric: str = typer.Option("psnr", "--metric", help="Metric that ranks the trials."),
-    mode: str = typer.Option("max", "--mode", help="max or min."),
+    metric: str | None = typer.Option(
+        None,
+        "--metric",
+        help="Metric that ranks the trials (default psnr; a multi-objective "
+        "search asks which objective).",
+    ),
+    mode: str | None = typer.Option(None, "--mode", help="max or min (default: the metric's)."),
     model_name: str | None = typer.Option(None, "--model-name", help="Registered model name."),
     out: Path | None = typer.Option(None, "--out", help="Standalone folder to write."),
     tracking_uri: str | None = TRACKING_OPT,
     workdir: Path = WORKDIR_OPT,
 ) -> None:
     """Register the best trial as 'champion' (2nd: 'challenger') and write a standalone copy."""
-    from ablate.export import export_best
+    from ablate.export import export_best, ranking
 
-    if mode not in ("max", "min"):
+    if mode not in (None, "max", "min"):
         raise UserError(f"--mode '{mode}': use max or min")
     ws = _workspace(workdir, tracking_uri)
+    metric, mode = ranking(ws.tracking_uri, experiment, metric, mode)
     result = export_best(
         ws.tracking_uri,
         experiment,

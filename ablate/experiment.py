@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +115,12 @@ def _resources(res: ResourcesConfig) -> dict[str, float]:
 
 
 def _prepare(
-    exp: ExperimentConfig, ws: Workspace, kind: str, name: str, overrides: dict[str, Any]
+    exp: ExperimentConfig,
+    ws: Workspace,
+    kind: str,
+    name: str,
+    overrides: dict[str, Any],
+    tags: dict[str, str] | None = None,
 ) -> LaunchContext:
     """Build the dataset once, check it feeds every row, open the MLflow parent run."""
     from ablate.data.store import build_dataset
@@ -137,6 +142,7 @@ def _prepare(
             "dataset": str(dataset_root),
             **{f"override.{key}": value for key, value in overrides.items()},
         },
+        tags=tags,
     )
     config_file = ws.workdir / f"{name}.experiment.yaml"
     config_file.write_text(yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False))
@@ -202,18 +208,20 @@ def launch_grid(
     address: str | None = None,
     name: str | None = None,
     overrides: dict[str, Any] | None = None,
+    parent_tags: dict[str, str] | None = None,
 ) -> LaunchResult:
     """Run every row x seed (x grid axes) as one Ray Tune experiment; return a summary.
 
     ``overrides`` are the command line's ``key=value`` settings, already applied to ``exp``:
-    they are recorded in the launch record and as the parent run's ``override.*`` params."""
+    they are recorded in the launch record and as the parent run's ``override.*`` params.
+    ``parent_tags`` go on the parent run (a confirm grid names its search there)."""
     from ray import tune
 
     name = name or exp.name
     overrides = overrides or {}
     trials = expand(exp)  # every trial checked before anything starts
     start_ray(address)
-    ctx = _prepare(exp, ws, "launch", name, overrides)
+    ctx = _prepare(exp, ws, "launch", name, overrides, parent_tags)
     _write_record(
         ws,
         name,
@@ -266,6 +274,9 @@ def launch_search(
 ) -> LaunchResult:
     """Optuna TPE (multivariate) over ``exp.search.params`` of one row, with ASHA pruning.
 
+    With several objectives (``search.metric: [psnr, sd]``) the study is multi-objective
+    (TPE handles it) and every trial runs to the end: ASHA stops trials by one metric, and
+    Optuna records no intermediate values for several objectives.
     ``overrides``: as for :func:`launch_grid`."""
     import optuna
     from ray import tune
@@ -279,14 +290,23 @@ def launch_search(
     if base.train.eval_every == 0:
         raise UserError("a search needs train.eval_every > 0 so that ASHA can prune early")
     row_exp = exp.model_copy(update={"rows": {search.row: exp.rows[search.row]}})
+    objectives = [(f"val_{metric}", mode) for metric, mode in search.objectives]
     start_ray(address)
     ctx = _prepare(row_exp, ws, "search", name, overrides)
+    if any(m == "sd" or m.startswith("ams_") for m, _ in search.objectives):
+        # the objective needs K samples per validation slice, as the test metrics have
+        ctx = replace(ctx, val_samples=base.diffusion.ams_samples)
     storage_url = f"sqlite:///{(ws.workdir / 'optuna.db').resolve()}"
     study_name = f"{name}-{ctx.parent_run_id[:8]}"
     tracking.set_tags(
         ws.tracking_uri,
         ctx.parent_run_id,
-        {tracking.TAG_OPTUNA_STORAGE: storage_url, tracking.TAG_OPTUNA_STUDY: study_name},
+        {
+            tracking.TAG_OPTUNA_STORAGE: storage_url,
+            tracking.TAG_OPTUNA_STUDY: study_name,
+            tracking.TAG_SEARCH_OBJECTIVES: tracking.format_objectives(objectives),
+            tracking.TAG_SEARCH_PARAMS: ",".join(search.params),
+        },
     )
     _write_record(
         ws,
@@ -301,22 +321,24 @@ def launch_search(
             "optuna_study": study_name,
         },
     )
-    metric = f"val_{search.metric}"
+    metrics, modes = [m for m, _ in objectives], [d for _, d in objectives]
     searcher = PruningAwareOptunaSearch(
-        metric=metric,
-        mode=search.mode,
+        metric=metrics if search.multi_objective else metrics[0],
+        mode=modes if search.multi_objective else modes[0],
         sampler=optuna.samplers.TPESampler(multivariate=True, seed=exp.seeds[0]),
         study_name=study_name,
         storage=optuna.storages.RDBStorage(storage_url),
     )
     n_reports = len(range(base.train.eval_every, base.train.steps, base.train.eval_every)) + 1
-    scheduler = ASHAScheduler(
-        metric=metric,
-        mode=search.mode,
-        max_t=n_reports,
-        grace_period=min(search.grace_period, n_reports),
-        reduction_factor=search.reduction_factor,
-    )
+    scheduler = None  # FIFO: several objectives, every trial runs to the end
+    if not search.multi_objective:
+        scheduler = ASHAScheduler(
+            metric=metrics[0],
+            mode=modes[0],
+            max_t=n_reports,
+            grace_period=min(search.grace_period, n_reports),
+            reduction_factor=search.reduction_factor,
+        )
     tuner = tune.Tuner(
         _trainable(row_exp, ctx),
         param_space={
@@ -335,15 +357,24 @@ def launch_search(
 
 
 def best_search_config(ws: Workspace, name: str) -> dict[str, Any]:
-    """The searched knobs of the best completed (not pruned) trial of search ``name``."""
+    """The searched knobs of the best completed (not pruned) trial of search ``name``; in a
+    multi-objective study, the Pareto-optimal trial best on the first objective."""
     import optuna
 
     record = read_record(ws, name)
     study = optuna.load_study(study_name=record["optuna_study"], storage=record["optuna_storage"])
-    try:
-        return dict(study.best_trial.params)
-    except ValueError:
-        raise UserError(f"search '{name}' has no completed trial yet: run or resume it") from None
+    none = UserError(f"search '{name}' has no completed trial yet: run or resume it")
+    if len(study.directions) == 1:
+        try:
+            return dict(study.best_trial.params)
+        except ValueError:
+            raise none from None
+    front = study.best_trials
+    if not front:
+        raise none
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    best = (max if maximize else min)(front, key=lambda t: t.values[0])
+    return dict(best.params)
 
 
 def read_record(ws: Workspace, name: str) -> dict[str, Any]:
@@ -393,7 +424,35 @@ def confirm_best(
             "grid": {**exp.grid, **{key: [value] for key, value in best.items()}},
         }
     )
-    return launch_grid(confirm, ws, address=address, name=f"{search_name}-confirm")
+    tags = _confirm_tags(ws, search_name, "best")
+    return launch_grid(
+        confirm, ws, address=address, name=f"{search_name}-confirm", parent_tags=tags
+    )
+
+
+def confirm_defaults(
+    exp: ExperimentConfig, ws: Workspace, search_name: str, n_seeds: int, *, address: str | None
+) -> LaunchResult:
+    """The searched row as its YAML declares it (``<row>_defaults``) over the same seeds as
+    :func:`confirm_best`, so the best configuration has a paired baseline."""
+    if exp.search is None:
+        raise UserError(f"experiment '{exp.name}' has no 'search' section")
+    defaults = exp.model_copy(
+        update={
+            "rows": {f"{exp.search.row}_defaults": exp.rows[exp.search.row]},
+            "search": None,
+            "seeds": list(range(n_seeds)),
+        }
+    )
+    tags = _confirm_tags(ws, search_name, "defaults")
+    return launch_grid(
+        defaults, ws, address=address, name=f"{search_name}-defaults", parent_tags=tags
+    )
+
+
+def _confirm_tags(ws: Workspace, search_name: str, role: str) -> dict[str, str]:
+    search_run = read_record(ws, search_name)["context"]["parent_run_id"]
+    return {tracking.TAG_CONFIRMS: search_run, tracking.TAG_CONFIRM_ROLE: role}
 
 
 def launch_status(ws: Workspace, name: str) -> list[dict[str, str]]:

@@ -60,6 +60,51 @@ def _ranked_runs(tracking_uri: str, experiment: str, metric: str, mode: str) -> 
     return list(runs)
 
 
+def _search_objectives(tracking_uri: str, experiment: str) -> list[list[tuple[str, str]]]:
+    """The objectives of each search launch of a study (``[[("val_psnr", "max")], ...]``)."""
+    mlf = tracking.client(tracking_uri)
+    exp = mlf.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    parents = mlf.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`{tracking.TAG_KIND}` = 'search'",
+        order_by=["start_time ASC"],
+        max_results=1000,
+    )
+    found = [
+        tracking.parse_objectives(r.data.tags.get(tracking.TAG_SEARCH_OBJECTIVES)) for r in parents
+    ]
+    return [objectives for objectives in found if objectives]
+
+
+def ranking(
+    tracking_uri: str, experiment: str, metric: str | None, mode: str | None
+) -> tuple[str, str]:
+    """The metric and direction that rank a study's trials for export.
+
+    Without ``metric``: PSNR, unless the study holds a multi-objective search, which has no
+    single best trial: then the user must say which objective ranks. Without ``mode``: the
+    metric's direction in the study's search, else max (min for NMSE/NRMSE/SD)."""
+    searches = _search_objectives(tracking_uri, experiment)
+    if metric is None:
+        multi = [objectives for objectives in searches if len(objectives) > 1]
+        if multi:
+            names = [m.removeprefix("val_") for m, _ in multi[-1]]
+            listed = ", ".join(f"{n} ({d})" for n, (_, d) in zip(names, multi[-1], strict=True))
+            raise UserError(
+                f"experiment '{experiment}' holds a multi-objective search ({listed}): "
+                f"pass --metric to say which objective ranks the trials, "
+                f"e.g. --metric {names[0]} or --metric {names[1]}"
+            )
+        metric = "psnr"
+    if mode is None:
+        directions = {m.removeprefix("val_"): d for objs in searches for m, d in objs}
+        lower = metric == "sd" or metric.endswith(("nmse", "nrmse")) or metric.startswith("train_s")
+        mode = directions.get(metric, "min" if lower else "max")
+    return metric, mode
+
+
 def export_best(
     tracking_uri: str,
     experiment: str,

@@ -33,6 +33,13 @@ TAG_TRIAL_ID = "ablate.trial_id"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_OPTUNA_STORAGE = "ablate.optuna_storage"
 TAG_OPTUNA_STUDY = "ablate.optuna_study"
+#: On a search's parent run: its objectives (``val_psnr:max,val_sd:min``) and searched keys.
+TAG_SEARCH_OBJECTIVES = "ablate.search_objectives"
+TAG_SEARCH_PARAMS = "ablate.search_params"
+#: On a ``--confirm-seeds`` grid's parent run: the search's parent run id, and the grid's
+#: role (``best``: the best trial's values; ``defaults``: the row as the YAML declares it).
+TAG_CONFIRMS = "ablate.confirms"
+TAG_CONFIRM_ROLE = "ablate.confirm_role"
 
 _MAX_PARAM_LEN = 6000
 
@@ -40,6 +47,22 @@ _MAX_PARAM_LEN = 6000
 def default_tracking_uri(workdir: Path) -> str:
     """The embedded store: a sqlite file in the work directory."""
     return f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
+
+
+def format_objectives(objectives: Iterable[tuple[str, str]]) -> str:
+    """``[("val_psnr", "max"), ("val_sd", "min")]`` -> ``"val_psnr:max,val_sd:min"``."""
+    return ",".join(f"{metric}:{mode}" for metric, mode in objectives)
+
+
+def parse_objectives(text: str | None) -> list[tuple[str, str]]:
+    """The inverse of :func:`format_objectives`; ``[]`` for a missing or malformed tag."""
+    out = []
+    for part in (text or "").split(","):
+        metric, _, mode = part.strip().rpartition(":")
+        if not metric or mode not in ("max", "min"):
+            return []
+        out.append((metric, mode))
+    return out
 
 
 def artifact_root(workdir: Path) -> str:

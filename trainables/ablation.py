@@ -44,8 +44,9 @@ class LaunchContext:
     dataset_root: str
     cache_dir: str
     kind: str  # "launch" (a grid) or "search"
+    val_samples: int = 1  # K per validation slice: > 1 when a search optimises sd / ams_*
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
@@ -71,7 +72,7 @@ def _report(metrics: dict[str, float], state: dict[str, Any], trial: TrialConfig
 
 
 def train_trial(
-    config: dict[str, Any], context: dict[str, str], experiment: dict[str, Any]
+    config: dict[str, Any], context: dict[str, Any], experiment: dict[str, Any]
 ) -> None:
     """Ray Tune entry point. ``config`` is the trial's point of the launch's param space
     (``row``, ``seed`` and dotted settings), ``context`` a :class:`LaunchContext` as a dict,
@@ -130,12 +131,12 @@ def _run(trial: TrialConfig, ctx: LaunchContext, run_id: str, saved: dict | None
         )
         tracking.log_metric_history(ctx.tracking_uri, run_id, history)
         if run.step < train.steps:
-            val = evaluate_method(run.eval_method, run.data("val"), trial, samples=1)
+            val = evaluate_method(run.eval_method, run.data("val"), trial, ctx.val_samples)
             val_metrics = {f"val_{k}": v for k, v in val.summary.items()}
             tracking.log_metrics(ctx.tracking_uri, run_id, val_metrics, step=run.step)
             _report({**val_metrics, "step": run.step, "final": 0}, checkpoint_state(), trial)
 
-    val = evaluate_method(run.eval_method, run.data("val"), trial, samples=1)
+    val = evaluate_method(run.eval_method, run.data("val"), trial, ctx.val_samples)
     test = evaluate_method(
         run.eval_method, run.data("test"), trial, samples=trial.diffusion.ams_samples
     )
