@@ -372,15 +372,19 @@ def table(
     paper: bool = typer.Option(False, "--paper", help="Show the papers' numbers beside ours."),
     metric: str = typer.Option("psnr", "--metric", help="Metric of the paired test."),
     test: str = typer.Option("t", "--test", help="Paired test: t or wilcoxon."),
+    part: str | None = typer.Option(
+        None, "--part", help="Only the grids' table, a search's trials or its confirm grid."
+    ),
     out: str | None = typer.Option(None, "--out", help="Write to this file instead."),
     workdir: str = typer.Option("runs", "--workdir", help=_WORKDIR_HELP),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help=_URI_HELP),
 ) -> None:
-    """The ablation table: mean +- std over seeds, best marked, paired test vs a reference."""
+    """The ablation table: mean +- std over seeds, best marked, paired test vs a reference.
+    For an Optuna search: its trials sorted by the objective, then its confirm grid."""
     from pathlib import Path
 
     from dashboards.results import resolve_tracking_uri
-    from dashboards.tables import print_table, render, table_for
+    from dashboards.study import print_tables, render_tables, tables_for
 
     if convention not in ("standard", "paper"):
         raise UserError(f"--convention '{convention}' is not one of: standard, paper")
@@ -388,19 +392,20 @@ def table(
         raise UserError(f"--test '{test}' is not one of: t, wilcoxon")
     if out and not fmt:
         fmt = {".tex": "latex", ".csv": "csv", ".html": "html"}.get(Path(out).suffix, "md")
-    result = table_for(
+    result = tables_for(
         experiment,
         resolve_tracking_uri(workdir, tracking_uri),
-        convention=convention,
+        part=part,
+        convention=convention,  # type: ignore[arg-type]
         reference=reference,
         paper=paper,
         metric=metric,
-        paired_test=test,
+        paired_test=test,  # type: ignore[arg-type]
     )
     if not fmt:
-        print_table(result, console)
+        print_tables(result, console)
         return
-    text = render(result, fmt)  # type: ignore[arg-type]
+    text = render_tables(result, fmt)  # type: ignore[arg-type]
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text)

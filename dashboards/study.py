@@ -524,8 +524,9 @@ def _csv(table: TrialsTable) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     objectives = [o.key for o in table.objectives]
     metrics = [c.key for c in table.columns]
+    pareto = ["pareto"] if table.multi_objective else []
     writer.writerow(
-        ["number", *table.params, "state", "pruned_step", *objectives, "pareto", *metrics]
+        ["number", *table.params, "state", "pruned_step", *objectives, *pareto, *metrics]
         + ["run_id", "error"]
     )
     for line in table.lines:
@@ -534,7 +535,7 @@ def _csv(table: TrialsTable) -> str:
             + [line.params.get(k) or "" for k in table.params]
             + [line.state, line.step if line.state == "pruned" and line.step is not None else ""]
             + ["" if v is None else repr(v) for v in line.objectives]
-            + [int(line.pareto)]
+            + ([int(line.pareto)] if table.multi_objective else [])
             + [repr(line.values[k]) if k in line.values else "" for k in metrics]
             + [line.run_id, line.error]
         )
@@ -571,7 +572,12 @@ def _latex(table: TrialsTable) -> str:
 
 def _html(table: TrialsTable) -> str:
     """A sortable table (``table.sortable``: the dashboard sorts a column on a header click)."""
-    kinds = ["num"] + ["text"] * (len(table.params) + 1) + ["num"] * len(table.objectives)
+
+    def numeric(key: str) -> bool:
+        return all(_finite(ln.params.get(key)) is not None for ln in table.lines)
+
+    kinds = ["num"] + ["num" if numeric(k) else "text" for k in table.params] + ["text"]
+    kinds += ["num"] * len(table.objectives)
     kinds += ["text"] * table.multi_objective + ["num"] * len(table.columns) + ["text"]
     head = "".join(
         f'<th data-sort="{kind}" class="{kind}" title="click to sort">{html.escape(h)}</th>'
