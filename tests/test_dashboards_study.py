@@ -458,3 +458,41 @@ def test_grid_dashboard_leaves_out_constant_cost_plots(uri: str, tmp_path: Path)
     source = build_dashboard("samecost", uri, tmp_path / "dash").read_text()
     assert "Left out: quality against GMACs (0.6) and MParam (0.35)" in source
     assert "PSNR vs GMACs" not in source
+
+
+def test_untagged_search_reads_its_yaml_and_finds_its_confirm_grid(
+    uri: str, tmp_path: Path
+) -> None:
+    """Searches launched before the objective and confirm tags: the experiment YAML logged on
+    the search's parent run gives objectives and searched keys, and a later ``<row>_best``
+    grid is its confirm grid."""
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("untagged", artifact_location=(tmp_path / "art").as_uri())
+    tags = {tracking.TAG_KIND: "search"}
+    parent = client.create_run(exp, run_name="untagged-1", tags=tags).info.run_id
+    client.log_param(parent, "rows", "full")
+    spec = tmp_path / "untagged.experiment.yaml"
+    spec.write_text(
+        "name: untagged\nsearch:\n  row: full\n  metric: [psnr, sd]\n  mode: [max, min]\n"
+        "  params:\n    loss.m: {type: uniform, low: 0.1, high: 2}\n"
+    )
+    client.log_artifact(parent, str(spec))
+    for m in ("0.5", "1.5"):
+        _run(client, exp, parent, "full", 0, {"loss.m": m}, "completed", _metrics(24.0))
+    confirm = client.create_run(exp, tags={tracking.TAG_KIND: "launch"}).info.run_id
+    client.log_param(confirm, "rows", "full_best")
+    _run(client, exp, confirm, "full_best", 0, {"loss.m": "0.5"}, "completed", _metrics(24.5))
+
+    search, df = _search(uri, "untagged")
+    assert [(o.key, o.mode) for o in search.objectives] == [("val_psnr", "max"), ("val_sd", "min")]
+    assert search.params == ["loss.m"] and search.study is None
+    assert [la.run_id for la in search.confirms] == [confirm]
+    table = trials_table(search)
+    assert [ln.number for ln in table.lines] == [0, 1]  # no study: numbered in launch order
+    assert any("recorded no Optuna storage/study tags" in n for n in table.notes)
+    assert [type(t).__name__ for t in tables_for("untagged", uri)] == [
+        "TrialsTable",
+        "AblationTable",
+    ]
+    page = build_dashboard("untagged", uri, tmp_path / "dash").read_text()
+    assert "No Optuna study: no history" in page and "Confirm grid of search" in page
