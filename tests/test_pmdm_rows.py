@@ -29,6 +29,7 @@ from ablate.methods.base import Method
 from ablate.methods.registry import build_method
 from ablate.models.deeppet import DeepPET, resample_sinogram
 from ablate.paper import TABLE1
+from ablate.training import optimiser_settings
 from ablate.trials import row_trials
 
 SIZE = 32
@@ -62,7 +63,8 @@ def ellipses(n: int, size: int, seed: int) -> torch.Tensor:
 
 
 class PairDataset(torch.utils.data.Dataset):
-    """Sinogram [1, A, D] / image [1, H, W] pairs in the batch-key layout of SliceDataset."""
+    """Sinogram [1, A, D] / image [1, H, W] pairs in the batch-key layout of SliceDataset
+    (index ``i + e * n`` is item ``i`` in epoch ``e``, as the training loop asks)."""
 
     def __init__(self, n: int, seed: int, split: str = "train") -> None:
         images = ellipses(n, SIZE, seed)
@@ -76,6 +78,7 @@ class PairDataset(torch.utils.data.Dataset):
         return self.spet.shape[0]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        i %= len(self)
         return {"sinogram": self.sinogram[i], "spet": self.spet[i]}
 
 
@@ -121,8 +124,11 @@ def data() -> PairDataset:
     return PairDataset(8, seed=1)
 
 
-def built(name: str, data: PairDataset, cache: Path, **train: object) -> Method:
-    trial = tiny_trial(name, ROWS[name], **train)
+def built(
+    name: str, data: PairDataset, cache: Path, sample_steps: int | None = None, **train: object
+) -> Method:
+    row = ROWS[name] if sample_steps is None else {**ROWS[name], "sample_steps": sample_steps}
+    trial = tiny_trial(name, row, **train)
     torch.manual_seed(0)
     method = build_method(trial, SIZE)
     method.prepare(data, cache, trial.seed)
@@ -174,7 +180,8 @@ def test_row_trains_a_step_and_reconstructs(name: str, data: PairDataset, tmp_pa
 def test_short_run_lowers_the_loss(name: str, data: PairDataset, tmp_path: Path) -> None:
     """40 steps on a fixed batch: the mean main loss of the last 10 beats the first 10."""
     method = built(name, data, tmp_path, estimator_steps=30)
-    optimizers = method.configure_optimizers(1e-3, 0.0)
+    trial = tiny_trial(name, ROWS[name], lr=1e-3)
+    optimizers = method.configure_optimizers(*optimiser_settings(trial))
     method.train()
     torch.manual_seed(1)
     mains = [float(method.training_step(batch_of(data), optimizers)["main"]) for _ in range(40)]
@@ -184,12 +191,14 @@ def test_short_run_lowers_the_loss(name: str, data: PairDataset, tmp_path: Path)
 
 def test_gan_uses_two_optimisers_and_alternates(data: PairDataset, tmp_path: Path) -> None:
     method = built("pix2pix", data, tmp_path)
-    opt_g, opt_d = method.configure_optimizers(1e-4, 0.0)
+    opt_g, opt_d = method.configure_optimizers(
+        *optimiser_settings(tiny_trial("p", ROWS["pix2pix"]))
+    )
     gen = {id(p) for p in method.generator.parameters()}
     disc = {id(p) for p in method.discriminator.parameters()}
     assert {id(p) for g in opt_g.param_groups for p in g["params"]} == gen
     assert {id(p) for g in opt_d.param_groups for p in g["params"]} == disc
-    assert opt_g.param_groups[0]["lr"] == 2e-4  # the row's lr overrides the loop's
+    assert opt_g.param_groups[0]["lr"] == 2e-4  # the row's lr overrides train.lr
     d_before = [p.detach().clone() for p in method.discriminator.parameters()]
     losses = method.training_step(batch_of(data), [opt_g, opt_d])
     assert {"loss", "main", "adv", "disc"} <= set(losses)
@@ -223,8 +232,7 @@ def test_pmdm_variants_build_the_right_conditioning(data: PairDataset, tmp_path:
 @pytest.mark.parametrize("steps", [None, 7])
 def test_pmdm_sampler_steps(steps: int | None, data: PairDataset, tmp_path: Path) -> None:
     """Full T-step ancestral sampling by default, a respaced schedule when asked."""
-    method = built("pmdm", data, tmp_path, estimator_steps=2)
-    method.sample_steps = steps
+    method = built("pmdm", data, tmp_path, estimator_steps=2, sample_steps=steps)
     calls = []
     method.unet.register_forward_hook(lambda *_: calls.append(1))
     method.eval()
@@ -233,8 +241,7 @@ def test_pmdm_sampler_steps(steps: int | None, data: PairDataset, tmp_path: Path
 
 
 def test_pmdm_samples_are_stochastic_and_seedable(data: PairDataset, tmp_path: Path) -> None:
-    method = built("pmdm", data, tmp_path, estimator_steps=2).eval()
-    method.sample_steps = 5
+    method = built("pmdm", data, tmp_path, estimator_steps=2, sample_steps=5).eval()
     assert method.stochastic
     batch = batch_of(data, 1)
     a = method.reconstruct(batch, torch.Generator().manual_seed(3))

@@ -47,10 +47,8 @@ class ConditionalGAN(SinogramMethod):
         discriminator: Discriminator,
         width: int = 64,
         l1_weight: float = 100.0,
-        lr: float | None = None,
-        weight_decay: float | None = None,
     ) -> None:
-        super().__init__(image_size, lr, weight_decay)
+        super().__init__(image_size)
         self.l1_weight = l1_weight
         self.generator = UNetGenerator(1, width, depth=generator_depth(image_size))
         self.discriminator: nn.Module = (
@@ -61,7 +59,6 @@ class ConditionalGAN(SinogramMethod):
 
     def configure_optimizers(self, lr: float, weight_decay: float) -> list[torch.optim.Optimizer]:
         """[generator Adam, discriminator Adam], betas (0.5, 0.999) as in pix2pix."""
-        lr, weight_decay = self.optim_settings(lr, weight_decay)
         return [
             torch.optim.Adam(m.parameters(), lr=lr, betas=(0.5, 0.999), weight_decay=weight_decay)
             for m in (self.generator, self.discriminator)
@@ -130,6 +127,4 @@ def build(trial: TrialConfig, image_size: int) -> ConditionalGAN:
         discriminator="patch" if trial.row.method == "pix2pix" else "image",
         width=trial.model.gan.width,
         l1_weight=trial.loss.gan_l1,
-        lr=trial.row.lr,
-        weight_decay=trial.row.weight_decay,
     )

@@ -24,10 +24,8 @@ class VQVAEMethod(SinogramMethod):
         code_dim: int = 64,
         num_codes: int = 512,
         beta: float = 0.25,
-        lr: float | None = None,
-        weight_decay: float | None = None,
     ) -> None:
-        super().__init__(image_size, lr, weight_decay)
+        super().__init__(image_size)
         self.beta = beta
         self.net = VQVAE(1, width=width, code_dim=code_dim, num_codes=num_codes)
 
@@ -57,6 +55,4 @@ def build(trial: TrialConfig, image_size: int) -> VQVAEMethod:
         code_dim=m.code_dim,
         num_codes=m.codes,
         beta=trial.loss.vq_beta,
-        lr=trial.row.lr,
-        weight_decay=trial.row.weight_decay,
     )
