@@ -288,7 +288,7 @@ class TrialLine:
 
     number: int | None
     run_id: str
-    params: dict[str, str]
+    params: dict[str, str | None]
     state: str  # complete, pruned, running or failed
     step: int | None  # the last evaluated step (where ASHA stopped a pruned trial)
     objectives: list[float | None]
@@ -356,6 +356,11 @@ def _short(value: Any) -> str:
         return value
 
 
+def _logged(value: Any) -> str | None:
+    """A param as logged; ``None`` where the run did not log it (NaN in the frame)."""
+    return value if isinstance(value, str) else None
+
+
 def _finite(value: Any) -> float | None:
     try:
         number = float(value)
@@ -412,7 +417,7 @@ def trials_table(search: Search, convention: Convention = "standard") -> TrialsT
             TrialLine(
                 number=number,
                 run_id=run_id,
-                params={k: run.get(f"params.{k}") for k in search.params},
+                params={k: _logged(run.get(f"params.{k}")) for k in search.params},
                 state=_state(run["status"]),
                 step=last_step.get(run_id),
                 objectives=[_finite(run.get(f"metrics.{o.key}")) for o in search.objectives],
