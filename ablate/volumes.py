@@ -81,6 +81,14 @@ class Volume:
         data = nib.orientations.apply_orientation(_as_3d(self.array), ornt)
         return np.ascontiguousarray(data), (ras_zooms[0], ras_zooms[1], ras_zooms[2])
 
+    def from_ras(self, data: np.ndarray) -> np.ndarray:
+        """A RAS ``(x, y, z)`` array on this volume's grid back in the file's axis order."""
+        import nibabel as nib
+
+        ornt = nib.orientations.io_orientation(self.image.affine)
+        back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), ornt)
+        return nib.orientations.apply_orientation(data, back).reshape(self.array.shape)
+
     def slices(self) -> np.ndarray:
         """``[slice, H, W]`` in the training layout, at the file's own resolution."""
         if self.image is None:
