@@ -99,6 +99,7 @@ def _versions(store: Path, name: str) -> list[str]:
     return sorted(str(v.version) for v in client.search_model_versions(f"name = '{name}'"))
 
 
+@pytest.mark.slow
 def test_out_never_deletes_user_files_and_reexport_replaces_only_its_own(
     store: Path, tmp_path: Path
 ) -> None:
@@ -140,6 +141,7 @@ def test_out_never_deletes_user_files_and_reexport_replaces_only_its_own(
     assert "does not exist" in message and not (tmp_path / "no").exists()
 
 
+@pytest.mark.slow
 def test_launch_names_unknown_names_and_mistyped_workdir(store: Path, tmp_path: Path) -> None:
     out = tmp_path / "by-launch"
     text = _cli("export", "mylaunch", "--workdir", str(store), "--out", str(out))
@@ -159,6 +161,7 @@ def test_launch_names_unknown_names_and_mistyped_workdir(store: Path, tmp_path: 
     assert not typo.exists() and not (tmp_path / "o.npy").exists()
 
 
+@pytest.mark.slow
 def test_predict_bad_inputs_are_one_line_and_write_nothing(
     store: Path, sinogram_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -244,6 +247,7 @@ def test_evaluate_refuses_different_affines_naming_both(tmp_path: Path) -> None:
     assert "pred.nii" in message and "ref.nii" in message and "different affines" in message
 
 
+@pytest.mark.slow
 def test_standalone_folder_is_a_pyfunc_with_the_training_intensity_rule(
     store: Path, tmp_path: Path
 ) -> None:
