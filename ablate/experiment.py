@@ -24,7 +24,7 @@ from ablate.callbacks import CheckpointGuard, MlflowTrialStates, TrialProgress
 from ablate.config import ExperimentConfig, ResourcesConfig, parse_experiment
 from ablate.config import trial_configs as expand_trials
 from ablate.errors import UserError
-from ablate.launches import LAUNCH_RECORD, read_record
+from ablate.launches import LAUNCH_RECORD, read_launch_record
 from ablate.search import PruningAwareOptunaSearch, optuna_distribution
 from trainables.ablation import LaunchContext, train_trial
 
@@ -336,7 +336,7 @@ def best_search_config(ws: Workspace, name: str) -> dict[str, Any]:
     """The searched knobs of the best completed (not pruned) trial of search ``name``."""
     import optuna
 
-    record = read_record(ws.storage, name)
+    record = read_record(ws, name)
     study = optuna.load_study(study_name=record["optuna_study"], storage=record["optuna_storage"])
     try:
         return dict(study.best_trial.params)
@@ -344,12 +344,17 @@ def best_search_config(ws: Workspace, name: str) -> dict[str, Any]:
         raise UserError(f"search '{name}' has no completed trial yet: run or resume it") from None
 
 
+def read_record(ws: Workspace, name: str) -> dict[str, Any]:
+    """The record of launch ``name`` in this workspace's storage."""
+    return read_launch_record(ws.storage, name)
+
+
 def resume(ws: Workspace, name: str, *, address: str | None = None) -> LaunchResult:
     """Restore an interrupted grid or search: errored and unfinished trials run again,
     each into its own MLflow child run (found by trial id), under the same parent run."""
     from ray import tune
 
-    record = read_record(ws.storage, name)
+    record = read_record(ws, name)
     ctx = LaunchContext(**record["context"])
     exp = parse_experiment(record["experiment"], source=f"launch record of '{name}'")
     path = str(Path(ws.storage) / name)
@@ -394,7 +399,7 @@ def confirm_best(
 
 def launch_status(ws: Workspace, name: str) -> list[dict[str, str]]:
     """One line per trial of a launch, from its MLflow child runs (status, PSNR, error)."""
-    record = read_record(ws.storage, name)
+    record = read_record(ws, name)
     ctx = LaunchContext(**record["context"])
     runs = tracking.child_runs(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id)
     out = []

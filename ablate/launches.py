@@ -27,7 +27,7 @@ from ablate.errors import UserError
 LAUNCH_RECORD = "ablate_launch.json"
 
 
-def read_record(storage: str | Path, name: str) -> dict[str, Any]:
+def read_launch_record(storage: str | Path, name: str) -> dict[str, Any]:
     """The launch record of launch ``name``."""
     path = Path(storage) / name / LAUNCH_RECORD
     if not path.is_file():
@@ -84,7 +84,7 @@ def resolve_study(name: str, storage: str | Path, tracking_uri: str) -> Study:
         if exp is not None and exp.lifecycle_stage != "deleted":
             return Study(name, name, tracking_uri)
     if is_launch:
-        record = read_record(storage, name)
+        record = read_launch_record(storage, name)
         context = record["context"]
         return Study(
             name,
@@ -102,7 +102,7 @@ def resolve_launch(name: str, storage: str | Path, tracking_uri: str) -> str:
         return name
     latest: tuple[int, str] | None = None
     for launch in launch_names(storage):
-        record = read_record(storage, launch)
+        record = read_launch_record(storage, launch)
         if record["experiment"]["name"] != name:
             continue
         started = tracking.client(record["context"]["tracking_uri"]).get_run(
