@@ -12,12 +12,14 @@ import logging
 from typing import Any
 
 from pyarrow.fs import FileType
+from ray.train import Checkpoint
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ablate import tracking
+from ablate.ray_internals import keep_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +126,7 @@ class MlflowTrialStates(Callback):
         )
 
 
-def _exists(result: Any) -> bool:
-    checkpoint = result.checkpoint
+def _exists(checkpoint: Checkpoint) -> bool:
     return checkpoint.filesystem.get_file_info(checkpoint.path).type != FileType.NotFound
 
 
@@ -137,7 +138,7 @@ class CheckpointGuard(Callback):
     deleted checkpoint; restored from it, the trial would fail on every retry. Before such
     a trial starts, this drops the missing checkpoints from its bookkeeping, so it resumes
     from the newest surviving one, or from step 0 (into the same MLflow run) if none is
-    left. Uses the checkpoint manager of Ray 2.60 (pinned), which has no public setter.
+    left. Ray has no public way to drop them: :mod:`ablate.ray_internals` does it.
     """
 
     def __init__(self) -> None:
@@ -147,27 +148,17 @@ class CheckpointGuard(Callback):
         for trial in trials:
             if trial.status != Trial.PENDING:
                 continue
-            latest = trial.run_metadata.checkpoint_manager.latest_checkpoint_result
-            key = (trial.trial_id, None if latest is None else latest.checkpoint.path)
+            latest = trial.checkpoint
+            key = (trial.trial_id, None if latest is None else latest.path)
             if key in self._checked:
                 continue
             self._checked.add(key)
             if latest is not None and not _exists(latest):
-                self._repair(trial, latest.checkpoint.path)
-
-    @staticmethod
-    def _repair(trial: Any, missing: str) -> None:
-        manager = trial.run_metadata.checkpoint_manager
-        manager._checkpoint_results = [r for r in manager._checkpoint_results if _exists(r)]
-        # checkpoint_000NNN directory names sort in the order they were written
-        survivors = sorted(manager._checkpoint_results, key=lambda r: r.checkpoint.path)
-        manager._latest_checkpoint_result = survivors[-1] if survivors else None
-        trial.run_metadata.invalidate_cache()
-        restart = survivors[-1].checkpoint.path if survivors else "step 0"
-        log.warning(
-            "trial %s: its last checkpoint %s was deleted after the driver's last saved "
-            "state; resuming from %s",
-            trial,
-            missing,
-            restart,
-        )
+                survivor = keep_checkpoints(trial, _exists)
+                log.warning(
+                    "trial %s: its last checkpoint %s was deleted after the driver's last "
+                    "saved state; resuming from %s",
+                    trial,
+                    latest.path,
+                    "step 0" if survivor is None else survivor.path,
+                )

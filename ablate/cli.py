@@ -52,6 +52,10 @@ TRACKING_OPT = typer.Option(None, "--tracking-uri", help="MLflow URI (default: s
 RESOURCES_OPT = typer.Option(None, "--resources", help="Per trial: cpu=1,gpu=0.25")
 STORAGE_OPT = typer.Option(None, "--storage", help="Ray storage path (shared FS).")
 NAME_OPT = typer.Option(None, "--name", help="Launch name (default: config name).")
+OVERRIDES_ARG = typer.Argument(
+    None, help="Settings as dotted key=value, e.g. train.steps=50 loss.k=1e-4.", show_default=False
+)
+ROWS_OPT = typer.Option(None, "--rows", help="Only these rows, e.g. --rows cpm,full.")
 ADDRESS_OPT = typer.Option(
     None, "--address", help="Ray cluster: auto, HOST:PORT or ray://... (default: embedded)."
 )
@@ -92,22 +96,41 @@ def _parse_resources(text: str | None) -> dict[str, float]:
         if key.strip() not in ("cpu", "gpu") or not value:
             raise UserError(f"--resources '{text}': use e.g. cpu=1,gpu=0.25")
         try:
-            out[key.strip()] = float(value)
+            out[f"resources.{key.strip()}"] = float(value)
         except ValueError:
             raise UserError(f"--resources '{text}': '{value}' is not a number") from None
     return out
 
 
-def _apply_overrides(exp: Any, seeds: int | None, resources: str | None) -> Any:
-    update: dict[str, Any] = {}
+def _experiment(
+    space: Path,
+    assignments: list[str] | None,
+    *,
+    rows: str | None = None,
+    seeds: int | None = None,
+    resources: str | None = None,
+    steps: int | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """The experiment of ``space`` with the command line's settings applied, and those
+    settings as dotted overrides (recorded with the launch). ``--seeds``, ``--resources``
+    and ``--steps`` are shorthands for ``seeds=``, ``resources.*=`` and ``train.steps=``;
+    ``--rows`` keeps the named rows. Everything is checked here, before anything starts."""
+    from ablate.config import ExperimentConfig, load_experiment
+    from ablate.overrides import apply_overrides, parse_assignments
+    from ablate.trials import select_rows
+
+    overrides = parse_assignments(assignments or [])
     if seeds is not None:
         if seeds < 1:
             raise UserError("--seeds must be at least 1")
-        update["seeds"] = list(range(seeds))
-    res = _parse_resources(resources)
-    if res:
-        update["resources"] = exp.resources.model_copy(update=res)
-    return exp.model_copy(update=update)
+        overrides["seeds"] = list(range(seeds))
+    overrides.update(_parse_resources(resources))
+    if steps is not None:
+        overrides["train.steps"] = steps
+    exp = apply_overrides(ExperimentConfig, load_experiment(space), overrides, "command line")
+    if rows is not None:
+        exp = select_rows(exp, [name.strip() for name in rows.split(",") if name.strip()])
+    return exp, overrides
 
 
 def _print_launch(result: Any, workdir: Path) -> None:
@@ -122,6 +145,8 @@ def _print_launch(result: Any, workdir: Path) -> None:
 @friendly_errors
 def run(
     space: Path = typer.Argument(..., help="Search-space YAML (e.g. search_spaces/demo.yaml)."),
+    overrides: list[str] | None = OVERRIDES_ARG,
+    rows: str | None = ROWS_OPT,
     address: str | None = ADDRESS_OPT,
     seeds: int | None = typer.Option(None, "--seeds", help="Seeds per row: 0..N-1."),
     resources: str | None = RESOURCES_OPT,
@@ -131,18 +156,19 @@ def run(
     workdir: Path = WORKDIR_OPT,
 ) -> None:
     """Run an ablation grid: rows x seeds (x grid axes) as Ray Tune trials."""
-    from ablate.config import load_experiment
     from ablate.experiment import launch_grid
 
-    exp = _apply_overrides(load_experiment(space), seeds, resources)
+    exp, settings = _experiment(space, overrides, rows=rows, seeds=seeds, resources=resources)
     ws = _workspace(workdir, tracking_uri, storage)
-    _print_launch(launch_grid(exp, ws, address=address, name=name), workdir)
+    result = launch_grid(exp, ws, address=address, name=name, overrides=settings)
+    _print_launch(result, workdir)
 
 
 @app.command()
 @friendly_errors
 def search(
     space: Path = typer.Argument(..., help="YAML with a 'search' section."),
+    overrides: list[str] | None = OVERRIDES_ARG,
     address: str | None = ADDRESS_OPT,
     confirm_seeds: int = typer.Option(0, "--confirm-seeds", help="Re-run the best over N seeds."),
     resources: str | None = RESOURCES_OPT,
@@ -152,12 +178,13 @@ def search(
     workdir: Path = WORKDIR_OPT,
 ) -> None:
     """Optuna (TPE) search with ASHA pruning over the knobs declared in 'search'."""
-    from ablate.config import load_experiment
     from ablate.experiment import best_search_config, confirm_best, launch_search
 
-    exp = _apply_overrides(load_experiment(space), None, resources)
+    if confirm_seeds < 0:
+        raise UserError("--confirm-seeds must be 0 (no confirm grid) or more")
+    exp, settings = _experiment(space, overrides, resources=resources)
     ws = _workspace(workdir, tracking_uri, storage)
-    result = launch_search(exp, ws, address=address, name=name)
+    result = launch_search(exp, ws, address=address, name=name, overrides=settings)
     _print_launch(result, workdir)
     best = best_search_config(ws, result.name)
     metric = exp.search.metric if exp.search else ""
@@ -299,24 +326,25 @@ def predict(
 @app.command()
 @friendly_errors
 def demo(
+    overrides: list[str] | None = OVERRIDES_ARG,
+    rows: str | None = ROWS_OPT,
     workdir: Path = WORKDIR_OPT,
     steps: int | None = typer.Option(None, "--steps", help="Training steps per trial."),
     seeds: int | None = typer.Option(None, "--seeds", help="Seeds per row (default 2)."),
 ) -> None:
     """Simulate a tiny PET dataset, run every Table-2 row x 2 seeds, print the table."""
-    from ablate.config import load_experiment
     from ablate.experiment import launch_grid, search_space_path
     from dashboards.tables import print_table, table_for
 
-    exp = _apply_overrides(load_experiment(search_space_path("demo.yaml")), seeds, None)
-    if steps is not None:
-        exp = exp.model_copy(update={"train": exp.train.model_copy(update={"steps": steps})})
+    exp, settings = _experiment(
+        search_space_path("demo.yaml"), overrides, rows=rows, seeds=seeds, steps=steps
+    )
     ws = _workspace(workdir, None)
     console.print(
         f"[bold]ablate demo[/]: {len(exp.rows)} rows x {len(exp.seeds)} seeds on an embedded "
         f"Ray, MLflow store {ws.tracking_uri}"
     )
-    result = launch_grid(exp, ws)
+    result = launch_grid(exp, ws, overrides=settings)
     print_table(table_for(exp.name, ws.tracking_uri, parent_run_id=result.parent_run_id), console)
     _print_launch(result, workdir)
 
@@ -589,7 +617,7 @@ def data_import(
     ),
 ) -> None:
     """Import your own volumes (NIfTI, DICOM series) as an ablate dataset."""
-    from ablate.data.io import import_dataset, pairs_by_name, pairs_from_csv
+    from ablate.data.importing import import_dataset, pairs_by_name, pairs_from_csv
 
     try:
         fractions = tuple(float(f) for f in split.split(","))
@@ -612,7 +640,7 @@ def data_info(path: Path = typer.Argument(..., help="A dataset folder.")) -> Non
 
     from rich.table import Table
 
-    from ablate.data.io import dataset_info
+    from ablate.data.inspection import dataset_info
 
     info = dataset_info(path)
     console.print(f"[bold]{info['path']}[/]: {info['subjects']} subjects, {info['slices']} slices")

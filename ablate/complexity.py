@@ -150,7 +150,8 @@ def _search_spaces() -> Path:
 
 def _known_rows() -> dict[str, tuple[Any, int, bool]]:
     """Row name -> (its TrialConfig, image size, counted by default), over the files present."""
-    from ablate.config import load_experiment, trial_configs
+    from ablate.config import load_experiment
+    from ablate.trials import row_trials
 
     known: dict[str, tuple[Any, int, bool]] = {}
     for index, (name, size) in enumerate(_TABLE_FILES):
@@ -158,8 +159,8 @@ def _known_rows() -> dict[str, tuple[Any, int, bool]]:
         if not path.is_file():
             continue
         exp = load_experiment(path)
-        for trial in trial_configs(exp, seeds=exp.seeds[:1]):
-            known.setdefault(trial.row_name, (trial, size, index == 0))
+        for name, trial in row_trials(exp).items():
+            known.setdefault(name, (trial, size, index == 0))
     return known
 
 
@@ -187,8 +188,8 @@ def count_rows(rows: list[str] | None = None) -> list[dict[str, Any]]:
 
     Rows come from ``search_spaces/paper_table2.yaml`` (at 128x128) and, when present,
     ``search_spaces/pmdm_table1.yaml`` (at 256x256), built with those files' settings (so
-    SR3 is counted over ``diffusion.sr3_sample_steps`` steps and the IRM over
-    ``diffusion.irm_sample_steps``). ``rows=None`` counts the Table-2 rows, the ones with
+    SR3 is counted over ``diffusion.sr3.sample_steps`` steps and the IRM over
+    ``diffusion.irm.sample_steps``). ``rows=None`` counts the Table-2 rows, the ones with
     paper numbers to compare against; PMDM rows are counted when named. Each entry has keys
     ``row, label, image_size, params_m, params_total_m, gmacs, paper_params_m,
     paper_gflops, params_rel_diff, gmacs_rel_diff`` (paper values and differences are None

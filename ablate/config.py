@@ -4,18 +4,20 @@ Every setting of an ablation study lives here as a pydantic model with ``extra="
 a misspelled key is an error naming the key, never a silently ignored default (the
 reference implementation of paper 003 hard-codes its hyperparameters; we refuse to).
 
-A *row* of an ablation table is data: a named set of switches (:class:`RowConfig`). The
-method registry (``ablate.methods.registry``) turns a row plus the shared model, loss and
-sampling settings into a model, its loss and its sampler.
+A *row* of an ablation table is data: a method and the switches that method has
+(:data:`RowConfig`, one type per method family). Settings are grouped the same way
+(``model.sr3``, ``model.coarse_to_fine``, ``diffusion.irm``...): each method reads its own
+section and the few settings rows share. The method registry (``ablate.methods.registry``)
+turns a trial's row and settings into a model, its loss and its sampler.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from ablate.errors import UserError
 
@@ -28,45 +30,103 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
 
 
-MethodName = Literal[
-    "sr3", "coarse_to_fine", "deeppet", "pmdm", "palette", "cgan", "pix2pix", "vqvae"
-]
 ContrastiveForm = Literal["likelihood", "reference_kl"]
 
 
-class RowConfig(_Strict):
-    """One row of an ablation table: a method and its component switches.
+class _Row(_Strict):
+    """What every row has, whatever its method: a label and optimiser overrides."""
 
-    The switches only make sense for ``coarse_to_fine``; the registry rejects combinations
-    a method cannot build (e.g. ``nas`` on ``sr3``) with a message saying why.
-    """
+    label: str | None = Field(default=None, description="Human-readable label for tables.")
+    lr: float | None = Field(default=None, gt=0, description="Overrides train.lr for this row.")
+    weight_decay: float | None = Field(
+        default=None, ge=0, description="Overrides train.weight_decay for this row."
+    )
 
-    method: MethodName
+
+class SR3Row(_Row):
+    """Row (a) of paper 003: the SR3 conditional DDPM baseline; no component switches."""
+
+    method: Literal["sr3"]
+
+
+class CoarseToFineRow(_Row):
+    """Rows (b)-(f) of paper 003: CPM and its component switches."""
+
+    method: Literal["coarse_to_fine"]
     irm: bool = False
     nas: bool = False
     spectrum: bool = False
     contrastive: bool = False
     contrastive_form: ContrastiveForm = "reference_kl"
-    label: str | None = Field(default=None, description="Human-readable label for tables.")
+
+    @model_validator(mode="after")
+    def _check(self) -> CoarseToFineRow:
+        if self.contrastive and not self.irm:
+            raise ValueError(
+                "contrastive needs irm: true (the contrastive loss acts on the IRM's one-step "
+                "estimate x_cp + r0~); set irm: true or contrastive: false"
+            )
+        return self
+
+
+class SinogramRow(_Row):
+    """Paper 000's regression and adversarial baselines: sinogram in, image out."""
+
+    method: Literal["deeppet", "cgan", "pix2pix", "vqvae"]
+
+
+class PMDMRow(_Row):
+    """PMDM-PET (diffusion conditioned on a frozen DeepPET estimate) and Palette (without)."""
+
+    method: Literal["pmdm", "palette"]
     estimator: bool | None = Field(
         default=None,
-        description="PMDM family: condition on a frozen DeepPET estimate r0*; "
+        description="Condition on a frozen DeepPET estimate r0*; "
         "None = the method's default (pmdm: on, palette: off = condition on the sinogram).",
     )
     conditioning: Literal["r0", "r0+sinogram"] = Field(
-        default="r0", description="PMDM with estimator: condition on r0* alone or r0* + sinogram."
+        default="r0", description="With the estimator: condition on r0* alone or r0* + sinogram."
     )
     sample_steps: int | None = Field(
-        default=None, ge=1, description="PMDM/Palette: None = full T-step ancestral, else respaced."
+        default=None, ge=1, description="None = full T-step ancestral, else respaced."
     )
     estimator_checkpoint: str | None = Field(
-        default=None,
-        description="PMDM: a stage-1 DeepPET checkpoint to use instead of the cached one.",
+        default=None, description="A stage-1 DeepPET checkpoint to use instead of the cached one."
     )
-    lr: float | None = Field(default=None, gt=0, description="Overrides train.lr for this row.")
-    weight_decay: float | None = Field(
-        default=None, ge=0, description="Overrides train.weight_decay for this row."
-    )
+
+    @property
+    def uses_estimator(self) -> bool:
+        """PMDM uses the estimator unless the row turns it off; Palette never does."""
+        return self.method == "pmdm" if self.estimator is None else self.estimator
+
+    @model_validator(mode="after")
+    def _check(self) -> PMDMRow:
+        if self.method == "palette" and self.estimator:
+            raise ValueError(
+                "method 'palette' has no estimator (it conditions on the sinogram): "
+                "use method 'pmdm' for a DeepPET-conditioned row"
+            )
+        if not self.uses_estimator and self.conditioning != "r0":
+            raise ValueError(
+                f"conditioning '{self.conditioning}' needs the estimator: without it the "
+                "condition is the sinogram; set estimator: true or drop conditioning"
+            )
+        if not self.uses_estimator and self.estimator_checkpoint is not None:
+            raise ValueError("estimator_checkpoint is set but the row has no estimator: remove it")
+        return self
+
+
+#: One row of an ablation table: a method and the switches that method has. The method
+#: picks the row type, so a switch a method cannot honour (``nas`` on ``sr3``) is rejected
+#: when the config is read, with every other config error, before anything starts.
+RowConfig = Annotated[
+    SR3Row | CoarseToFineRow | SinogramRow | PMDMRow, Field(discriminator="method")
+]
+ROW_TYPES: tuple[type[_Row], ...] = (SR3Row, CoarseToFineRow, SinogramRow, PMDMRow)
+MethodName = Literal[
+    "sr3", "coarse_to_fine", "deeppet", "pmdm", "palette", "cgan", "pix2pix", "vqvae"
+]
+METHODS: tuple[str, ...] = get_args(MethodName)
 
 
 class DataConfig(_Strict):
@@ -82,34 +142,68 @@ class DataConfig(_Strict):
     )
 
 
-class ModelConfig(_Strict):
-    """Network widths shared by the rows. Paper-scale values are in ``paper_table2.yaml``."""
+class SR3Model(_Strict):
+    """The SR3 baseline's denoising UNet (paper scale: 128.7 M parameters)."""
 
-    cpm_width: int = 64
-    cpm_mults: tuple[int, ...] = (1, 2, 3, 4)
-    irm_width: int = 32
-    irm_mults: tuple[int, ...] = (1, 2, 3, 4)
-    sr3_width: int = 64
-    sr3_mults: tuple[int, ...] = (1, 2, 4, 8, 8)
-    res_blocks: int = 3
+    width: int = Field(default=64, ge=1)
+    mults: tuple[int, ...] = (1, 2, 4, 8, 8)
+    res_blocks: int = Field(default=3, ge=1)
     attn_res: tuple[int, ...] = Field(
-        default=(16,), description="SR3 baseline: feature-map sizes with self-attention."
+        default=(16,), description="Feature-map sizes with self-attention."
     )
-    c2f_attn_res: tuple[int, ...] = Field(
-        default=(), description="CPM/IRM: sizes with attention besides the middle (paper: none)."
+
+
+class CoarseToFineModel(_Strict):
+    """CPM and IRM UNets of paper 003 and their guidance feature extractors."""
+
+    cpm_width: int = Field(default=64, ge=1)
+    cpm_mults: tuple[int, ...] = (1, 2, 3, 4)
+    irm_width: int = Field(default=32, ge=1)
+    irm_mults: tuple[int, ...] = (1, 2, 3, 4)
+    res_blocks: int = Field(default=3, ge=1)
+    attn_res: tuple[int, ...] = Field(
+        default=(), description="Sizes with attention besides the middle (paper: none)."
     )
-    dropout: float = 0.0
-    guide_channels: int = 64
-    guide_levels: int = 3
-    deeppet_width: int = 32
-    gan_width: int = Field(default=64, description="pix2pix ngf = ndf.")
-    vqvae_width: int = 128
-    vqvae_code_dim: int = 64
-    vqvae_codes: int = 512
-    pmdm_width: int = 64
-    pmdm_mults: tuple[int, ...] = (1, 1, 2, 2, 4, 4)
-    pmdm_res_blocks: int = 2
-    pmdm_attn_res: tuple[int, ...] = (16,)
+    guide_channels: int = Field(default=64, ge=1)
+    guide_levels: int = Field(default=3, ge=1)
+
+
+class DeepPETModel(_Strict):
+    """DeepPET, as a row and as PMDM's stage-1 estimator."""
+
+    width: int = Field(default=32, ge=1)
+
+
+class PMDMModel(_Strict):
+    """The denoising UNet of PMDM and Palette."""
+
+    width: int = Field(default=64, ge=1)
+    mults: tuple[int, ...] = (1, 1, 2, 2, 4, 4)
+    res_blocks: int = Field(default=2, ge=1)
+    attn_res: tuple[int, ...] = (16,)
+
+
+class GANModel(_Strict):
+    width: int = Field(default=64, ge=1, description="pix2pix/cGAN ngf = ndf.")
+
+
+class VQVAEModel(_Strict):
+    width: int = Field(default=128, ge=1)
+    code_dim: int = Field(default=64, ge=1)
+    codes: int = Field(default=512, ge=2)
+
+
+class ModelConfig(_Strict):
+    """Networks, one section per method family; each method reads its own section only.
+    Paper-scale values are in ``paper_table2.yaml`` / ``pmdm_table1.yaml``."""
+
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="Every UNet's dropout.")
+    sr3: SR3Model = Field(default_factory=SR3Model)
+    coarse_to_fine: CoarseToFineModel = Field(default_factory=CoarseToFineModel)
+    deeppet: DeepPETModel = Field(default_factory=DeepPETModel)
+    pmdm: PMDMModel = Field(default_factory=PMDMModel)
+    gan: GANModel = Field(default_factory=GANModel)
+    vqvae: VQVAEModel = Field(default_factory=VQVAEModel)
 
 
 class LossConfig(_Strict):
@@ -129,21 +223,40 @@ class LossConfig(_Strict):
     vq_beta: float = Field(default=0.25, ge=0, description="VQ-VAE commitment weight.")
 
 
-class DiffusionConfig(_Strict):
-    """Noise schedules: training (T steps) and inference (few steps) are set separately."""
+class SR3Diffusion(_Strict):
+    sample_steps: int = Field(
+        default=100, ge=1, description="Respaced sampling steps (the paper's cost: 100)."
+    )
 
-    train_steps: int = Field(default=2000, ge=2)
-    beta_start: float = 1e-6
-    beta_end: float = 1e-2
-    irm_sample_steps: int = Field(default=10, ge=1)
-    irm_sample_beta_end: float = 0.5
+
+class IRMDiffusion(_Strict):
+    """The IRM's few-step inference schedule and the scale of the residual it diffuses."""
+
+    sample_steps: int = Field(default=10, ge=1)
+    sample_beta_end: float = Field(default=0.5, gt=0, lt=1)
     residual_scale: float = Field(
         default=1.0,
         gt=0,
         description="IRM diffuses (y - x_cp) / residual_scale (1 = paper). The residual is "
         "small next to unit noise; a scale near its std makes eps-prediction errors cost less.",
     )
-    sr3_sample_steps: int = Field(default=100, ge=1)
+
+
+class PMDMDiffusion(_Strict):
+    """PMDM/Palette's own DDPM schedule (T steps, linear betas)."""
+
+    train_steps: int = Field(default=1000, ge=2)
+    beta_start: float = Field(default=1e-4, gt=0, lt=1)
+    beta_end: float = Field(default=2e-2, gt=0, lt=1)
+
+
+class DiffusionConfig(_Strict):
+    """Noise schedules and samplers. The top-level schedule (T steps, linear betas) is the
+    training schedule SR3 and the IRM share (paper 003); each family adds its own section."""
+
+    train_steps: int = Field(default=2000, ge=2)
+    beta_start: float = Field(default=1e-6, gt=0, lt=1)
+    beta_end: float = Field(default=1e-2, gt=0, lt=1)
     sampler: Literal["ddpm", "ddim"] = Field(
         default="ddpm",
         description="SR3/PMDM/Palette reverse process: 'ddpm' ancestral or 'ddim' (Song et al.) "
@@ -156,9 +269,17 @@ class DiffusionConfig(_Strict):
         description="DDIM noise: 0 = deterministic given x_T, 1 = DDPM's ancestral posterior.",
     )
     ams_samples: int = Field(default=10, ge=1, description="K samples for AMS and SD.")
-    pmdm_train_steps: int = Field(default=1000, ge=2, description="PMDM/Palette T (DDPM).")
-    pmdm_beta_start: float = 1e-4
-    pmdm_beta_end: float = 2e-2
+    sr3: SR3Diffusion = Field(default_factory=SR3Diffusion)
+    irm: IRMDiffusion = Field(default_factory=IRMDiffusion)
+    pmdm: PMDMDiffusion = Field(default_factory=PMDMDiffusion)
+
+
+class EstimatorTrainConfig(_Strict):
+    """PMDM's stage 1: how its DeepPET estimator trains (the other train settings apply)."""
+
+    steps: int | None = Field(default=None, ge=1, description="None = train.steps.")
+    lr: float = Field(default=1e-4, gt=0)
+    weight_decay: float = Field(default=1e-5, ge=0)
 
 
 class TrainConfig(_Strict):
@@ -172,11 +293,7 @@ class TrainConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = Field(default=1, ge=1, description="torch threads per trial.")
     loader_workers: int = Field(default=0, ge=0, description="DataLoader worker processes.")
-    estimator_steps: int | None = Field(
-        default=None, ge=1, description="PMDM stage-1 DeepPET steps; None = train.steps."
-    )
-    estimator_lr: float = Field(default=1e-4, gt=0, description="PMDM stage-1 Adam lr.")
-    estimator_weight_decay: float = Field(default=1e-5, ge=0, description="PMDM stage-1 wd.")
+    estimator: EstimatorTrainConfig = Field(default_factory=EstimatorTrainConfig)
     precision: Literal["fp32", "bf16"] = Field(
         default="fp32", description="bf16: autocast forward/loss and sampling; fp32 weights."
     )
@@ -252,7 +369,10 @@ class ExperimentConfig(_Strict):
 
 
 class TrialConfig(_Strict):
-    """Everything one trial needs: a row, a seed and the shared settings, resolved."""
+    """Everything one trial needs: a row, a seed and the shared settings, resolved.
+
+    Built only by :func:`ablate.trials.trial_config`, the one place a trial's settings are
+    resolved (grid axes, search samples, confirm runs, resume and CLI overrides alike)."""
 
     experiment: str
     row_name: str
@@ -265,14 +385,42 @@ class TrialConfig(_Strict):
     train: TrainConfig
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+#: The sections of an experiment every trial of it shares (and may override).
+SHARED_SECTIONS = ("data", "model", "loss", "diffusion", "train")
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    """A dotted config path from a pydantic error location, without the method tag pydantic
+    inserts inside a row (``rows.cpm.coarse_to_fine.nass`` -> ``rows.cpm.nass``)."""
+    parts = [str(p) for p in loc]
+    kept = [
+        p
+        for i, p in enumerate(parts)
+        if not (
+            p in METHODS and (i == 0 or parts[i - 1] == "row" or parts[i - 2 : i - 1] == ["rows"])
+        )
+    ]
+    return ".".join(kept) or "(top level)"
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """The first problem of ``err`` as one line naming ``source``, the key and the fix."""
     first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    if first["type"] == "extra_forbidden":
-        return f"{source}: unknown key '{where}' (check its spelling; see ablate/config.py)"
-    if first["type"] == "missing":
+    where = _location(first["loc"])
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        loc = [str(p) for p in first["loc"]]
+        tag = next((p for p in loc if p in METHODS), None)
+        owner = f" for method '{tag}'" if tag else ""
+        return f"{source}: unknown key '{where}'{owner} (check its spelling; see ablate/config.py)"
+    if kind == "missing":
         return f"{source}: missing required key '{where}'"
-    return f"{source}: invalid value for '{where}': {first['msg']}"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        return f"{source}: invalid value for '{where}.method': use one of {', '.join(METHODS)}"
+    parts = [str(p) for p in first["loc"]]
+    row = f"row '{parts[1]}': " if len(parts) > 1 and parts[0] == "rows" else ""
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{source}: {row}invalid value for '{where}': {message}"
 
 
 def load_experiment(path: str | Path) -> ExperimentConfig:
@@ -295,53 +443,11 @@ def parse_experiment(raw: dict[str, Any], source: str = "config") -> ExperimentC
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, source)) from None
-
-
-def set_dotted(config: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``config['a']['b'] = value`` for ``dotted='a.b'``, failing on unknown sections."""
-    keys = dotted.split(".")
-    node = config
-    for key in keys[:-1]:
-        if not isinstance(node.get(key), dict):
-            raise ConfigError(f"grid/search key '{dotted}': '{key}' is not a config section")
-        node = node[key]
-    node[keys[-1]] = value
-
-
-def trial_configs(exp: ExperimentConfig, seeds: list[int] | None = None) -> list[TrialConfig]:
-    """Expand rows x seeds x grid axes into one validated :class:`TrialConfig` per trial."""
-    import itertools
-
-    seeds = exp.seeds if seeds is None else seeds
-    axes = list(exp.grid.items())
-    combos = list(itertools.product(*(values for _, values in axes))) if axes else [()]
-    out: list[TrialConfig] = []
-    for row_name, row in exp.rows.items():
-        for combo in combos:
-            for seed in seeds:
-                raw = {
-                    "experiment": exp.name,
-                    "row_name": row_name,
-                    "row": row.model_dump(),
-                    "seed": seed,
-                    "data": exp.data.model_dump(mode="json"),
-                    "model": exp.model.model_dump(),
-                    "loss": exp.loss.model_dump(),
-                    "diffusion": exp.diffusion.model_dump(),
-                    "train": exp.train.model_dump(),
-                }
-                for (key, _), value in zip(axes, combo, strict=True):
-                    set_dotted(raw, key, value)
-                try:
-                    out.append(TrialConfig.model_validate(raw))
-                except ValidationError as err:
-                    raise ConfigError(_format_validation_error(err, f"row '{row_name}'")) from None
-    return out
+        raise ConfigError(format_validation_error(err, source)) from None
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten nested settings to dotted keys (``model.irm_width``) for MLflow params."""
+    """Flatten nested settings to dotted keys (``model.sr3.width``) for MLflow params."""
     flat: dict[str, Any] = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
@@ -350,3 +456,14 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+_ROW_ADAPTER: TypeAdapter[Any] = TypeAdapter(RowConfig)
+
+
+def parse_row(raw: dict[str, Any], source: str = "row") -> RowConfig:
+    """A row from its YAML mapping (``{"method": "coarse_to_fine", "irm": True}``)."""
+    try:
+        return _ROW_ADAPTER.validate_python(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None

@@ -2,7 +2,8 @@
 
 ``torch.optim.swa_utils.AveragedModel`` tests a device counter on every update (one host
 sync per training step on a GPU); this one is a single fused ``lerp`` over all floating
-tensors, queued on the device like the optimiser step.
+tensors (swa_utils' public ``get_ema_multi_avg_fn``), queued on the device like the
+optimiser step.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 
 class WeightEMA:
@@ -22,6 +24,7 @@ class WeightEMA:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must lie in (0, 1): {decay}")
         self.decay = decay
+        self._lerp = get_ema_multi_avg_fn(decay)  # ema.lerp_(live, 1 - decay), fused
         self.module = copy.deepcopy(model).requires_grad_(False)
 
     @staticmethod
@@ -34,7 +37,7 @@ class WeightEMA:
         floats = [(e, x) for e, x in pairs if e.is_floating_point()]
         if floats:
             averaged, live = (list(t) for t in zip(*floats, strict=True))
-            torch._foreach_lerp_(averaged, live, 1.0 - self.decay)
+            self._lerp(averaged, live, None)
         for e, x in pairs:
             if not e.is_floating_point():
                 e.copy_(x)

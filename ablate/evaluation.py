@@ -22,6 +22,7 @@ from ablate.data.dataset import SliceDataset
 from ablate.methods.base import Batch, Method
 from ablate.metrics import image_metrics, sampling_sd
 from ablate.models.deeppet import resample_sinogram
+from ablate.precision import autocast
 
 #: How many slices of images to keep as the ``samples.npz`` artifact.
 N_SAMPLE_IMAGES = 4
@@ -66,12 +67,11 @@ def evaluate_method(
     generator = torch.Generator(device=device).manual_seed(trial.seed + 7919)
     outputs, references, inputs = [], [], []
     chunk = max(1, trial.train.batch_size * 4 // k)
-    bf16 = trial.train.precision == "bf16"
     for start in range(0, len(indices), chunk):
         batch = _collate(dataset, indices[start : start + chunk], device)
         b = batch["spet"].shape[0]
         repeated = {key: value.repeat(k, *[1] * (value.dim() - 1)) for key, value in batch.items()}
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with autocast(trial.train.precision, device):
             out = method.reconstruct(repeated, generator=generator)
         outputs.append(out.float().reshape(k, b, *out.shape[1:]).cpu())
         references.append(batch["spet"].float().cpu())

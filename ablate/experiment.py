@@ -1,10 +1,12 @@
 """The driver: turns an :class:`ExperimentConfig` into a Ray Tune experiment and runs it.
 
 One launch = one MLflow parent run + one Ray Tune experiment under
-``<storage>/<name>``. A grid is rows x seeds x grid axes (``tune.grid_search`` over fully
-resolved trial configs); a search is Optuna TPE (through Ray's ``OptunaSearch``) with ASHA
-early stopping over the knobs of one row. ``ablate resume`` restores either from the
-launch record written next to Ray's experiment state.
+``<storage>/<name>``. A grid is rows x seeds x grid axes, one ``tune.grid_search`` per flat
+dotted axis (``row``, ``seed``, ``loss.k``...); a search is Optuna TPE (through Ray's
+``OptunaSearch``) with ASHA early stopping over dotted settings of one row. Every trial is
+checked on the driver before anything starts, and resolved in its worker the same way
+(:mod:`ablate.trials`). ``ablate resume`` restores either from the launch record written
+next to Ray's experiment state.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ import yaml
 from ablate import tracking
 from ablate.callbacks import CheckpointGuard, MlflowTrialStates, TrialProgress
 from ablate.config import ExperimentConfig, ResourcesConfig, parse_experiment
-from ablate.config import trial_configs as expand_trials
 from ablate.errors import UserError
 from ablate.launches import LAUNCH_RECORD, read_launch_record
 from ablate.search import PruningAwareOptunaSearch, optuna_distribution
+from ablate.trials import ROW, SEED, check_search, expand, grid_axes, search_base
 from trainables.ablation import LaunchContext, train_trial
 
 log = logging.getLogger(__name__)
@@ -84,8 +86,8 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> None:
     try:
         if address:
             ray.init(address=address, **kwargs)
-        else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        else:  # "local": a new embedded instance, never some other local cluster found running
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
     except (ConnectionError, RuntimeError) as exc:
         raise UserError(
             f"cannot start/connect Ray (address={address or 'embedded'}): "
@@ -112,32 +114,16 @@ def _resources(res: ResourcesConfig) -> dict[str, float]:
     return {"cpu": res.cpu, "gpu": res.gpu}
 
 
-def _validate_rows(exp: ExperimentConfig) -> None:
-    """Reject rows their method cannot build, before anything is started or recorded."""
-    from ablate.methods.registry import validate_row
-
-    for row_name, row in exp.rows.items():
-        try:
-            validate_row(row)
-        except UserError as err:
-            raise UserError(f"row '{row_name}': {err}") from None
-
-
-def _prepare(exp: ExperimentConfig, ws: Workspace, kind: str, name: str) -> LaunchContext:
+def _prepare(
+    exp: ExperimentConfig, ws: Workspace, kind: str, name: str, overrides: dict[str, Any]
+) -> LaunchContext:
     """Build the dataset once, check it feeds every row, open the MLflow parent run."""
-    from ablate.data.dataset import available_keys
     from ablate.data.store import build_dataset
-    from ablate.methods.registry import required_keys
+    from ablate.methods.registry import check_dataset
 
     dataset_root = build_dataset(exp.data, ws.datasets)
-    have = available_keys(dataset_root)
     for row_name, row in exp.rows.items():
-        missing = required_keys(row) - have
-        if missing:
-            raise UserError(
-                f"row '{row_name}' needs dataset keys {sorted(missing)}; dataset "
-                f"{dataset_root} has {sorted(have)}: pick a data preset that provides them"
-            )
+        check_dataset(row_name, row, dataset_root)
     experiment_id = tracking.ensure_experiment(
         ws.tracking_uri, exp.name, tracking.artifact_root(ws.workdir)
     )
@@ -146,7 +132,11 @@ def _prepare(exp: ExperimentConfig, ws: Workspace, kind: str, name: str) -> Laun
         experiment_id,
         kind=kind,
         run_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
-        params={"rows": ",".join(exp.rows), "dataset": str(dataset_root)},
+        params={
+            "rows": ",".join(exp.rows),
+            "dataset": str(dataset_root),
+            **{f"override.{key}": value for key, value in overrides.items()},
+        },
     )
     config_file = ws.workdir / f"{name}.experiment.yaml"
     config_file.write_text(yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False))
@@ -157,6 +147,7 @@ def _prepare(exp: ExperimentConfig, ws: Workspace, kind: str, name: str) -> Laun
         parent_run_id=parent,
         dataset_root=str(dataset_root),
         cache_dir=str(ws.cache),
+        kind=kind,
     )
 
 
@@ -188,10 +179,20 @@ def _run_config(exp: ExperimentConfig, ws: Workspace, name: str, ctx: LaunchCont
 
 
 def _trial_name(trial: Any) -> str:
-    cfg = trial.config.get("trial") or {}
-    row = cfg.get("row_name", "trial")
-    seed = cfg.get("seed", "")
-    return f"{row}-s{seed}-{trial.trial_id}"
+    return f"{trial.config.get(ROW, 'trial')}-s{trial.config.get(SEED, '')}-{trial.trial_id}"
+
+
+def _trainable(exp: ExperimentConfig, ctx: LaunchContext) -> Any:
+    """The Ray trainable of a launch: every trial resolves its settings from ``exp`` and
+    its point of the param space, with the launch's resources."""
+    from ray import tune
+
+    return tune.with_resources(
+        tune.with_parameters(
+            train_trial, context=ctx.to_dict(), experiment=exp.model_dump(mode="json")
+        ),
+        _resources(exp.resources),
+    )
 
 
 def launch_grid(
@@ -199,17 +200,20 @@ def launch_grid(
     ws: Workspace,
     *,
     address: str | None = None,
-    seeds: list[int] | None = None,
     name: str | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> LaunchResult:
-    """Run every row x seed (x grid axes) as one Ray Tune experiment; return a summary."""
+    """Run every row x seed (x grid axes) as one Ray Tune experiment; return a summary.
+
+    ``overrides`` are the command line's ``key=value`` settings, already applied to ``exp``:
+    they are recorded in the launch record and as the parent run's ``override.*`` params."""
     from ray import tune
 
     name = name or exp.name
-    trials = expand_trials(exp, seeds)
-    _validate_rows(exp)
+    overrides = overrides or {}
+    trials = expand(exp)  # every trial checked before anything starts
     start_ray(address)
-    ctx = _prepare(exp, ws, "launch", name)
+    ctx = _prepare(exp, ws, "launch", name, overrides)
     _write_record(
         ws,
         name,
@@ -217,15 +221,13 @@ def launch_grid(
             "kind": "launch",
             "context": ctx.to_dict(),
             "experiment": exp.model_dump(mode="json"),
+            "overrides": overrides,
             "workspace": asdict(ws),
         },
     )
-    trainable = tune.with_resources(
-        tune.with_parameters(train_trial, context=ctx.to_dict()), _resources(exp.resources)
-    )
     tuner = tune.Tuner(
-        trainable,
-        param_space={"trial": tune.grid_search([t.model_dump(mode="json") for t in trials])},
+        _trainable(exp, ctx),
+        param_space={axis: tune.grid_search(values) for axis, values in grid_axes(exp).items()},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=exp.resources.max_concurrent or None,
             trial_name_creator=_trial_name,
@@ -260,23 +262,25 @@ def launch_search(
     *,
     address: str | None = None,
     name: str | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> LaunchResult:
-    """Optuna TPE (multivariate) over ``exp.search.params`` of one row, with ASHA pruning."""
+    """Optuna TPE (multivariate) over ``exp.search.params`` of one row, with ASHA pruning.
+
+    ``overrides``: as for :func:`launch_grid`."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    if exp.search is None:
-        raise UserError(f"experiment '{exp.name}' has no 'search' section: add one to search")
+    base = check_search(exp)  # every searched key checked before anything starts
+    assert exp.search is not None
     search = exp.search
     name = name or exp.name
-    row_exp = exp.model_copy(update={"rows": {search.row: exp.rows[search.row]}})
-    base = expand_trials(row_exp, seeds=[exp.seeds[0]])[0]
+    overrides = overrides or {}
     if base.train.eval_every == 0:
         raise UserError("a search needs train.eval_every > 0 so that ASHA can prune early")
-    _validate_rows(row_exp)
+    row_exp = exp.model_copy(update={"rows": {search.row: exp.rows[search.row]}})
     start_ray(address)
-    ctx = _prepare(row_exp, ws, "search", name)
+    ctx = _prepare(row_exp, ws, "search", name, overrides)
     storage_url = f"sqlite:///{(ws.workdir / 'optuna.db').resolve()}"
     study_name = f"{name}-{ctx.parent_run_id[:8]}"
     tracking.set_tags(
@@ -291,6 +295,7 @@ def launch_search(
             "kind": "search",
             "context": ctx.to_dict(),
             "experiment": exp.model_dump(mode="json"),
+            "overrides": overrides,
             "workspace": asdict(ws),
             "optuna_storage": storage_url,
             "optuna_study": study_name,
@@ -312,15 +317,12 @@ def launch_search(
         grace_period=min(search.grace_period, n_reports),
         reduction_factor=search.reduction_factor,
     )
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            train_trial, context=ctx.to_dict(), base_trial=base.model_dump(mode="json")
-        ),
-        _resources(exp.resources),
-    )
     tuner = tune.Tuner(
-        trainable,
-        param_space={key: optuna_distribution(p) for key, p in search.params.items()},
+        _trainable(row_exp, ctx),
+        param_space={
+            **search_base(exp),
+            **{key: optuna_distribution(p) for key, p in search.params.items()},
+        },
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=scheduler,
@@ -361,19 +363,11 @@ def resume(ws: Workspace, name: str, *, address: str | None = None) -> LaunchRes
     if not tune.Tuner.can_restore(path):
         raise UserError(f"Ray has no restorable state at {path}: the launch never started")
     start_ray(address)
-    kwargs: dict[str, Any] = {"context": ctx.to_dict()}
-    if record["kind"] == "search":
-        row = exp.search.row if exp.search else next(iter(exp.rows))
-        row_exp = exp.model_copy(update={"rows": {row: exp.rows[row]}})
-        kwargs["base_trial"] = expand_trials(row_exp, seeds=[exp.seeds[0]])[0].model_dump(
-            mode="json"
-        )
-    trainable = tune.with_resources(
-        tune.with_parameters(train_trial, **kwargs), _resources(exp.resources)
-    )
+    if record["kind"] == "search" and exp.search is not None:
+        exp = exp.model_copy(update={"rows": {exp.search.row: exp.rows[exp.search.row]}})
     tracking.client(ctx.tracking_uri).update_run(ctx.parent_run_id, status="RUNNING")
     tuner = tune.Tuner.restore(
-        path, trainable=trainable, resume_unfinished=True, resume_errored=True
+        path, trainable=_trainable(exp, ctx), resume_unfinished=True, resume_errored=True
     )
     return _fit(tuner, ctx, name, 0)
 
@@ -381,19 +375,20 @@ def resume(ws: Workspace, name: str, *, address: str | None = None) -> LaunchRes
 def confirm_best(
     exp: ExperimentConfig, ws: Workspace, search_name: str, n_seeds: int, *, address: str | None
 ) -> LaunchResult:
-    """Re-run the best configuration of a search over ``n_seeds`` seeds as a grid launch."""
-    from ablate.config import set_dotted
-
+    """Re-run the best configuration of a search over ``n_seeds`` seeds as a grid launch:
+    the searched row (as ``<row>_best``) with each best value as a one-value grid axis, so the
+    confirm trials resolve their settings exactly as the search's trials did."""
     if exp.search is None:
         raise UserError(f"experiment '{exp.name}' has no 'search' section")
-    raw = exp.model_dump(mode="json")
-    row = raw["rows"][exp.search.row]
-    raw["rows"] = {f"{exp.search.row}_best": row}
-    raw["search"] = None
-    raw["seeds"] = list(range(n_seeds))
-    for key, value in best_search_config(ws, search_name).items():
-        set_dotted(raw, key, value)
-    confirm = parse_experiment(raw, source=f"best of search '{search_name}'")
+    best = best_search_config(ws, search_name)
+    confirm = exp.model_copy(
+        update={
+            "rows": {f"{exp.search.row}_best": exp.rows[exp.search.row]},
+            "search": None,
+            "seeds": list(range(n_seeds)),
+            "grid": {**exp.grid, **{key: [value] for key, value in best.items()}},
+        }
+    )
     return launch_grid(confirm, ws, address=address, name=f"{search_name}-confirm")
 
 

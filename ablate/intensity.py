@@ -1,7 +1,7 @@
 """The intensity scale a model was trained at, and how inference finds it again.
 
 Training divides every image of a subject by that subject's *full-dose* scale (the 99.9th
-percentile of its full-dose volume, :func:`ablate.data.io.full_dose_scale`) and every
+percentile of its full-dose volume, :func:`ablate.data.format.full_dose_scale`) and every
 sinogram by its own 99.9th percentile. At inference only the input exists:
 
 - a **sinogram** is normalised by the same rule, exactly as in training;
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ablate.data.io import SCALE_PERCENTILE, array_path, full_dose_scale, read_manifest
+from ablate.data.format import SCALE_PERCENTILE, array_path, full_dose_scale, read_manifest
 
 LOW_DOSE = "lpet"
 SINOGRAM = "sinogram"

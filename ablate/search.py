@@ -4,13 +4,17 @@ Ray's ``OptunaSearch`` tells the study COMPLETE for every trial that reported th
 including those ASHA stopped early, which poisons TPE (a half-trained score looks like a
 final one) and importance plots. Our trainable marks its last report ``final=1``; a trial
 that ends without it was stopped early and is told to the study as PRUNED.
+
+Only the searcher's public interface is used: ``OptunaSearch.on_trial_complete`` tells the
+study PRUNED for a trial that ended without a result and without an error, so an early-stopped
+trial is passed on without its result (its intermediate values are already in the study).
+``tests/test_search_pruning.py`` fails if a Ray upgrade changes that rule.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from optuna.trial import TrialState
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
@@ -23,11 +27,8 @@ class PruningAwareOptunaSearch(OptunaSearch):
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
-        if error or not result or result.get("final") == 1 or trial_id in self._completed_trials:
-            super().on_trial_complete(trial_id, result, error)
-            return
-        self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
-        self._completed_trials.add(trial_id)
+        stopped_early = not error and bool(result) and result.get("final") != 1
+        super().on_trial_complete(trial_id, None if stopped_early else result, error)
 
 
 def optuna_distribution(param: SearchParam) -> Any:

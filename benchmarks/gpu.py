@@ -47,14 +47,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ablate.complexity import count_macs  # noqa: E402
 from ablate.config import TrialConfig  # noqa: E402
+from ablate.loop import to_device  # noqa: E402
 from ablate.methods.base import Method  # noqa: E402
 from ablate.methods.registry import build_method  # noqa: E402
-from ablate.training import (  # noqa: E402
-    autocast,
-    compile_networks,
-    place_and_optimise,
-    to_device,
-)
+from ablate.precision import autocast  # noqa: E402
+from ablate.training import compile_networks, place_and_optimise  # noqa: E402
 from benchmarks.throughput import (  # noqa: E402
     BATCH,
     benchmark_parser,
@@ -102,7 +99,7 @@ class Setup:
         return to_device(batch, self.device, self.trial.train.channels_last)
 
     def step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        with autocast(self.trial, self.device):
+        with autocast(self.trial.train.precision, self.device):
             return self.method.training_step(batch, self.optimizers)
 
     def it_per_s(self, batch_size: int, warmup: int, iters: int) -> float:
@@ -161,7 +158,7 @@ def sampling_ms(setup: Setup, k: int, reps: int) -> dict[str, float | None]:
     many = {key: v.expand(k, *v.shape[1:]).contiguous() for key, v in one.items()}
 
     def run(batch: dict[str, torch.Tensor]) -> None:
-        with autocast(setup.trial, device):
+        with autocast(setup.trial.train.precision, device):
             method.reconstruct(batch)
 
     run(one)
@@ -390,7 +387,7 @@ def main() -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     # One static graph per batch size of the sweep, as a trial (fixed batch) would get.
-    torch._dynamo.config.automatic_dynamic_shapes = False
+    torch.compiler.config.automatic_dynamic_shapes = False
     if args.worker:
         pack_worker(args, trials[args.worker], device)
         return

@@ -47,16 +47,13 @@ ROOT = Path(__file__).resolve().parents[1]
 DETERMINISTIC = ("deeppet", "cgan", "pix2pix", "vqvae")
 
 #: Networks scaled down for 32x32 slices and a short budget; same family as paper scale.
-TINY_MODEL = ModelConfig(
-    deeppet_width=16,
-    gan_width=16,
-    vqvae_width=32,
-    vqvae_code_dim=16,
-    vqvae_codes=64,
-    pmdm_width=32,
-    pmdm_mults=(1, 2, 2),
-    pmdm_res_blocks=1,
-    pmdm_attn_res=(8,),
+TINY_MODEL = ModelConfig.model_validate(
+    {
+        "deeppet": {"width": 16},
+        "gan": {"width": 16},
+        "vqvae": {"width": 32, "code_dim": 16, "codes": 64},
+        "pmdm": {"width": 32, "mults": (1, 2, 2), "res_blocks": 1, "attn_res": (8,)},
+    }
 )
 
 
@@ -82,10 +79,14 @@ def run_trial(
         model=TINY_MODEL,
         loss=load_experiment(ROOT / "search_spaces" / "pmdm_table1.yaml").loss,
         # DDPM's 1e-4..2e-2 is for T = 1000; scale it so that fewer steps still end in noise
-        diffusion=DiffusionConfig(
-            pmdm_train_steps=args.T,
-            pmdm_beta_start=1e-4 * 1000 / args.T,
-            pmdm_beta_end=min(0.999, 2e-2 * 1000 / args.T),
+        diffusion=DiffusionConfig.model_validate(
+            {
+                "pmdm": {
+                    "train_steps": args.T,
+                    "beta_start": 1e-4 * 1000 / args.T,
+                    "beta_end": min(0.999, 2e-2 * 1000 / args.T),
+                }
+            }
         ),
         train=TrainConfig(
             steps=args.steps,
@@ -95,8 +96,7 @@ def run_trial(
             eval_slices=args.eval_slices,
             device=args.device,
             num_threads=args.threads,
-            estimator_lr=1e-4,
-            estimator_weight_decay=1e-5,
+            estimator={"lr": 1e-4, "weight_decay": 1e-5},
         ),
     )
     torch.manual_seed(seed)

@@ -31,9 +31,10 @@ from rich.console import Console
 from rich.table import Table
 
 from ablate.complexity import count_params
-from ablate.config import TrialConfig, load_experiment, trial_configs
+from ablate.config import TrialConfig, load_experiment
 from ablate.methods.base import Method
 from ablate.methods.registry import build_method
+from ablate.trials import row_trials
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -100,9 +101,9 @@ def bench_row(trial: TrialConfig, device: torch.device, quick: bool, size: int) 
         many = {key: v.expand(k, *v.shape[1:]).contiguous() for key, v in one.items()}
         ams_s = timed(lambda: method.reconstruct(many), sample_reps, device)
     steps = (
-        trial.diffusion.sr3_sample_steps
+        trial.diffusion.sr3.sample_steps
         if trial.row.method == "sr3"
-        else (trial.diffusion.irm_sample_steps if trial.row.irm else 0)
+        else (trial.diffusion.irm.sample_steps if getattr(trial.row, "irm", False) else 0)
     )
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return {
@@ -138,7 +139,7 @@ def benchmark_trials(
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     exp = load_experiment(args.config)
-    trials = {t.row_name: t for t in trial_configs(exp, seeds=exp.seeds[:1])}
+    trials = row_trials(exp)
     rows = args.rows or list(trials)
     unknown = [r for r in rows if r not in trials]
     if unknown:

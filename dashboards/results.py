@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlparse
 
 import pandas as pd
 
+from ablate import tracking
 from ablate.errors import UserError
 from ablate.tracking import require_store
 
@@ -97,8 +98,8 @@ def _all_runs(client: Any, experiment_id: str) -> list[Any]:
 
 def _is_trial(run: Any) -> bool:
     tags = run.data.tags
-    kind = tags.get("ablate.kind")
-    return kind == "trial" or (kind not in _PARENT_KINDS and "mlflow.parentRunId" in tags)
+    kind = tags.get(tracking.TAG_KIND)
+    return kind == "trial" or (kind not in _PARENT_KINDS and tracking.TAG_PARENT in tags)
 
 
 def _timestamp(ms: int | None) -> pd.Timestamp:
@@ -110,19 +111,19 @@ def _launch(run: Any) -> Launch:
     rows = [r.strip() for r in params.get("rows", "").split(",") if r.strip()]
     return Launch(
         run_id=run.info.run_id,
-        kind=tags.get("ablate.kind", "launch"),
+        kind=tags.get(tracking.TAG_KIND, "launch"),
         rows=rows,
         start_time=_timestamp(run.info.start_time),
-        optuna_storage=tags.get("ablate.optuna_storage"),
-        optuna_study=tags.get("ablate.optuna_study"),
+        optuna_storage=tags.get(tracking.TAG_OPTUNA_STORAGE),
+        optuna_study=tags.get(tracking.TAG_OPTUNA_STUDY),
     )
 
 
 def _status(run: Any) -> tuple[str, str]:
     """The trial's status and error; MLflow's own run status when the trainable set none."""
     tags = run.data.tags
-    status = tags.get("ablate.status")
-    error = tags.get("ablate.error", "")
+    status = tags.get(tracking.TAG_STATUS)
+    error = tags.get(tracking.TAG_ERROR, "")
     if status not in _TRIAL_STATUSES:
         status = {"FINISHED": "completed", "RUNNING": "running", "SCHEDULED": "running"}.get(
             run.info.status, "failed"
@@ -144,12 +145,12 @@ def _trial_line(run: Any, experiment: str) -> dict[str, Any]:
     tags, params = run.data.tags, run.data.params
     status, error = _status(run)
     name = run.info.run_name or run.info.run_id
-    row = params.get("row") or tags.get("ablate.row") or name.rsplit("-s", 1)[0]
-    seed = params.get("seed", tags.get("ablate.seed"))
+    row = params.get("row") or tags.get(tracking.TAG_ROW) or name.rsplit("-s", 1)[0]
+    seed = params.get("seed", tags.get(tracking.TAG_SEED))
     line: dict[str, Any] = {
         "experiment": experiment,
         "run_id": run.info.run_id,
-        "parent_run_id": tags.get("mlflow.parentRunId"),
+        "parent_run_id": tags.get(tracking.TAG_PARENT),
         "run_name": run.info.run_name,
         "row": row,
         "label": params.get("row.label") or None,

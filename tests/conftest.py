@@ -54,16 +54,16 @@ def ray_cluster() -> Iterator[Any]:
 
 
 TINY_MODEL = {
-    "cpm_width": 8,
-    "cpm_mults": [1, 2],
-    "irm_width": 8,
-    "irm_mults": [1, 2],
-    "sr3_width": 8,
-    "sr3_mults": [1, 2],
-    "res_blocks": 1,
-    "attn_res": [8],
-    "guide_channels": 8,
-    "guide_levels": 2,
+    "sr3": {"width": 8, "mults": [1, 2], "res_blocks": 1, "attn_res": [8]},
+    "coarse_to_fine": {
+        "cpm_width": 8,
+        "cpm_mults": [1, 2],
+        "irm_width": 8,
+        "irm_mults": [1, 2],
+        "res_blocks": 1,
+        "guide_channels": 8,
+        "guide_levels": 2,
+    },
 }
 
 
@@ -77,8 +77,8 @@ def tiny_experiment(name: str, rows: dict[str, Any], **extra: Any) -> dict[str, 
         "model": TINY_MODEL,
         "diffusion": {
             "train_steps": 100,
-            "sr3_sample_steps": 4,
-            "irm_sample_steps": 3,
+            "sr3": {"sample_steps": 4},
+            "irm": {"sample_steps": 3},
             "ams_samples": 3,
         },
         "train": {"steps": 6, "batch_size": 2, "log_every": 2, "eval_slices": 4},

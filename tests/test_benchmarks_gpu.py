@@ -16,7 +16,7 @@ def test_gpu_benchmark_measures_every_section_and_checks_the_targets(tmp_path: P
         sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--quick", "--device", "cpu",
         "--config", str(ROOT / "search_spaces" / "demo.yaml"), "--image-size", "32",
         "--rows", "sr3", "full", "--variants", "fp32", "bf16", "--max-batch", "8",
-        "--pack", "1", "2", "--window-s", "2", "--pack-setup-s", "15",
+        "--pack", "1", "2", "--window-s", "2", "--pack-setup-s", "60",
         "--results-dir", str(tmp_path),
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from ablate.config import DataConfig
 from ablate.data.dataset import SliceDataset, available_keys
-from ablate.data.io import array_path
+from ablate.data.format import array_path
 from ablate.data.simulate import simulate_dataset
 from ablate.data.store import build_dataset
 from ablate.errors import UserError

@@ -15,13 +15,8 @@ from typer.testing import CliRunner
 
 from ablate.cli import app
 from ablate.data.dataset import SliceDataset, available_keys
-from ablate.data.io import (
-    import_dataset,
-    load_volume,
-    pairs_by_name,
-    pairs_from_csv,
-    read_manifest,
-)
+from ablate.data.format import read_manifest
+from ablate.data.importing import import_dataset, load_volume, pairs_by_name, pairs_from_csv
 from ablate.errors import UserError
 
 SHAPE = (20, 16, 6)  # x, y, z

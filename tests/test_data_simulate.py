@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ablate.config import DataConfig
-from ablate.data.io import read_provenance
+from ablate.data.format import read_provenance
 from ablate.data.phantoms import PhantomSpec, make_phantom
 from ablate.data.projector import GaussianPSF, ParallelBeamProjector
 from ablate.data.simulate import Scanner, resolve_config, simulate_dataset

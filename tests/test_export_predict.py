@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from ablate import tracking
 from ablate.cli import app
-from ablate.config import DataConfig, parse_experiment, trial_configs
+from ablate.config import DataConfig, parse_experiment
 from ablate.data.store import build_dataset
 from ablate.evaluation import evaluate_method, write_evaluation_artifacts
 from ablate.export import EXPORT_FILE
@@ -26,6 +26,7 @@ from ablate.launches import LAUNCH_RECORD
 from ablate.seeding import seed_everything
 from ablate.serving import pyfunc_arguments
 from ablate.training import TrainingRun
+from ablate.trials import expand
 from ablate.volumes import read_volume, slices_to_volume, volume_to_slices, write_like
 from tests.conftest import tiny_experiment
 
@@ -49,7 +50,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     exp = parse_experiment(tiny_experiment("exp-it", {"cpm": {"method": "coarse_to_fine"}}))
     eid = tracking.ensure_experiment(uri, "exp-it", tracking.artifact_root(work))
     parent = tracking.start_parent(uri, eid, "launch", "mylaunch-1", {"dataset": str(data)})
-    for trial in trial_configs(exp):
+    for trial in expand(exp):
         tags = {tracking.TAG_ROW: "cpm", tracking.TAG_SEED: str(trial.seed)}
         run_id, _ = tracking.find_or_start_child(uri, eid, parent, f"t{trial.seed}", "cpm", tags)
         with tempfile.TemporaryDirectory() as folder:
@@ -70,8 +71,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def sinogram_model(store: Path) -> Path:
     """A local pyfunc model of a sinogram row (DeepPET), saved without any store."""
     raw = tiny_experiment("sino", {"deeppet": {"method": "deeppet"}})
-    raw["model"]["deeppet_width"] = 4
-    trial = trial_configs(parse_experiment(raw))[0]
+    raw["model"] = {**raw["model"], "deeppet": {"width": 4}}
+    trial = expand(parse_experiment(raw))[0]
     data = build_dataset(DataConfig(preset="tiny"), store / "datasets")
     checkpoint = store / "sino-checkpoint"
     _train(trial, data, store / "cache", checkpoint)

@@ -15,25 +15,30 @@ from ablate.config import (
     TrainConfig,
     TrialConfig,
     load_experiment,
+    parse_row,
 )
 from ablate.ema import WeightEMA
 from ablate.errors import UserError
-from ablate.methods.registry import build_method, required_keys, validate_row
+from ablate.methods.registry import build_method, required_keys
 from ablate.training import fuse_adam
 
 SIZE = 32
 PAPER_ROWS = load_experiment("search_spaces/paper_table2.yaml").rows
 BEYOND_PAPER = {
-    "cpm_spec": RowConfig(method="coarse_to_fine", spectrum=True),
-    "irm_spec_no_nas": RowConfig(method="coarse_to_fine", irm=True, spectrum=True),
-    "irm_contrastive_only": RowConfig(method="coarse_to_fine", irm=True, contrastive=True),
-    "full_likelihood": RowConfig(
-        method="coarse_to_fine",
-        irm=True,
-        nas=True,
-        spectrum=True,
-        contrastive=True,
-        contrastive_form="likelihood",
+    "cpm_spec": parse_row({"method": "coarse_to_fine", "spectrum": True}),
+    "irm_spec_no_nas": parse_row({"method": "coarse_to_fine", "irm": True, "spectrum": True}),
+    "irm_contrastive_only": parse_row(
+        {"method": "coarse_to_fine", "irm": True, "contrastive": True}
+    ),
+    "full_likelihood": parse_row(
+        {
+            "method": "coarse_to_fine",
+            "irm": True,
+            "nas": True,
+            "spectrum": True,
+            "contrastive": True,
+            "contrastive_form": "likelihood",
+        }
     ),
 }
 ROWS = {**PAPER_ROWS, **BEYOND_PAPER}
@@ -46,20 +51,24 @@ def tiny_trial(name: str, row: RowConfig, **loss: float) -> TrialConfig:
         row=row,
         seed=0,
         data=DataConfig(),
-        model=ModelConfig(
-            cpm_width=8,
-            cpm_mults=(1, 2, 2),
-            irm_width=8,
-            irm_mults=(1, 2, 2),
-            sr3_width=8,
-            sr3_mults=(1, 2, 2),
-            res_blocks=1,
-            attn_res=(8,),
-            guide_channels=16,
-            guide_levels=2,
+        model=ModelConfig.model_validate(
+            {
+                "sr3": {"width": 8, "mults": (1, 2, 2), "res_blocks": 1, "attn_res": (8,)},
+                "coarse_to_fine": {
+                    "cpm_width": 8,
+                    "cpm_mults": (1, 2, 2),
+                    "irm_width": 8,
+                    "irm_mults": (1, 2, 2),
+                    "res_blocks": 1,
+                    "guide_channels": 16,
+                    "guide_levels": 2,
+                },
+            }
         ),
         loss=LossConfig(negatives=3, **loss),
-        diffusion=DiffusionConfig(train_steps=50, sr3_sample_steps=5, irm_sample_steps=3),
+        diffusion=DiffusionConfig.model_validate(
+            {"train_steps": 50, "sr3": {"sample_steps": 5}, "irm": {"sample_steps": 3}}
+        ),
         train=TrainConfig(),
     )
 
@@ -96,20 +105,21 @@ def test_row_trains_one_step_and_reconstructs(name: str) -> None:
     terms = method.training_step(batch, opts)
     assert torch.isfinite(torch.stack(list(terms.values()))).all()
     expected = {"loss", "main"}
-    if row.irm:
+    switch = {name: getattr(row, name, False) for name in ("irm", "nas", "spectrum", "contrastive")}
+    if switch["irm"]:
         expected.add("cpm")
-    if row.nas:
+    if switch["nas"]:
         expected.add("guide_nas")
-    if row.spectrum:
+    if switch["spectrum"]:
         expected.add("guide_spectrum")
-    if row.contrastive:
+    if switch["contrastive"]:
         expected.add("contrastive")
     assert set(terms) == expected
     method.eval()
     g = torch.Generator().manual_seed(1)
     out = method.reconstruct(batch, generator=g)
     assert out.shape == batch["lpet"].shape and torch.isfinite(out).all()
-    assert method.stochastic == (row.method == "sr3" or row.irm)
+    assert method.stochastic == (row.method == "sr3" or switch["irm"])
     again = method.reconstruct(batch, generator=torch.Generator().manual_seed(1))
     assert torch.equal(out, again), "same generator seed must give the same sample"
 
@@ -153,31 +163,27 @@ def test_short_run_lowers_training_loss(name: str) -> None:
 @pytest.mark.parametrize(
     ("row", "needle"),
     [
-        (RowConfig(method="sr3", nas=True), "coarse_to_fine"),
-        (RowConfig(method="sr3", irm=True, contrastive=True), "irm/contrastive"),
-        (RowConfig(method="coarse_to_fine", contrastive=True), "needs irm"),
-        (RowConfig(method="coarse_to_fine", nas=True, contrastive=True), "needs irm"),
+        ({"method": "sr3", "nas": True}, "unknown key 'nas' for method 'sr3'"),
+        ({"method": "sr3", "irm": True, "contrastive": True}, "for method 'sr3'"),
+        ({"method": "coarse_to_fine", "contrastive": True}, "needs irm"),
+        ({"method": "coarse_to_fine", "nas": True, "contrastive": True}, "needs irm"),
     ],
 )
-def test_invalid_switches_are_rejected(row: RowConfig, needle: str) -> None:
-    with pytest.raises(UserError, match=needle):
-        validate_row(row)
-    with pytest.raises(UserError, match="row 'bad'"):
-        validate_row(row, "bad")
-    with pytest.raises(UserError, match="row 'bad'"):
-        build_method(tiny_trial("bad", row), SIZE)
+def test_invalid_switches_are_rejected(row: dict, needle: str) -> None:
+    with pytest.raises(UserError, match=f"row 'bad': .*{needle}"):
+        parse_row(row, "row 'bad'")
 
 
 def test_build_errors_name_the_row_and_the_fix() -> None:
     trial = tiny_trial("deep", PAPER_ROWS["cpm_irm_nas"])
-    trial.model.guide_levels = 3
+    trial.model.coarse_to_fine.guide_levels = 3
     with pytest.raises(UserError, match="row 'deep'.*guide_levels"):
         build_method(trial, SIZE)
     with pytest.raises(UserError, match="row 'cpm'.*30x30"):
         build_method(tiny_trial("cpm", PAPER_ROWS["cpm"]), 30)
     trial = tiny_trial("sr3", PAPER_ROWS["sr3"])
-    trial.diffusion.sr3_sample_steps = 100
-    with pytest.raises(UserError, match="sr3_sample_steps"):
+    trial.diffusion.sr3.sample_steps = 100
+    with pytest.raises(UserError, match=r"sr3\.sample_steps"):
         build_method(trial, SIZE)
 
 
@@ -198,22 +204,16 @@ def test_paper_yaml_rows_and_settings() -> None:
     assert list(exp.rows) == ["sr3", "cpm", "cpm_irm", "cpm_irm_nas", "cpm_irm_nas_spec", "full"]
     assert exp.data.preset == "lowdose-128"
     assert (exp.loss.m, exp.loss.n, exp.loss.k, exp.loss.negatives) == (1.0, 1.0, 5e-5, 10)
-    assert exp.diffusion.train_steps == 2000 and exp.diffusion.irm_sample_steps == 10
-    for row in exp.rows.values():
-        validate_row(row)
+    assert exp.diffusion.train_steps == 2000 and exp.diffusion.irm.sample_steps == 10
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("name", ["sr3", "full"])
 def test_paper_scale_row_trains_and_samples_on_gpu(name: str) -> None:
-    from ablate.config import trial_configs
+    from ablate.trials import row_trials
 
-    trial = next(
-        t
-        for t in trial_configs(load_experiment("search_spaces/paper_table2.yaml"), seeds=[0])
-        if t.row_name == name
-    )
+    trial = row_trials(load_experiment("search_spaces/paper_table2.yaml"))[name]
     device = torch.device("cuda")
     method = build_method(trial, 128).to(device)
     g = torch.Generator().manual_seed(0)
@@ -255,12 +255,13 @@ def test_training_step_never_waits_for_the_gpu(name: str) -> None:
 def test_residual_scale_shrinks_the_sampled_residual() -> None:
     """The IRM diffuses (y - x_cp) / s: with the same weights, the sampled residual of an
     untrained denoiser (pure noise, clipped to the data range) shrinks with s."""
-    row = RowConfig(method="coarse_to_fine", irm=True)
+    row = parse_row({"method": "coarse_to_fine", "irm": True})
     trial = tiny_trial("cpm_irm", row)
     spreads = {}
     state = None
     for scale in (1.0, 0.05):
-        diffusion = trial.diffusion.model_copy(update={"residual_scale": scale})
+        irm = trial.diffusion.irm.model_copy(update={"residual_scale": scale})
+        diffusion = trial.diffusion.model_copy(update={"irm": irm})
         method = build_method(trial.model_copy(update={"diffusion": diffusion}), SIZE)
         if state is None:
             state = method.state_dict()

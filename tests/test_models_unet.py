@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from ablate.complexity import count_macs, count_params
-from ablate.config import load_experiment, trial_configs
+from ablate.config import load_experiment
 from ablate.methods.registry import build_method
 from ablate.models.feature_extractor import GuidanceExtractor
 from ablate.models.unet import UNet
 from ablate.paper import TABLE2
+from ablate.trials import row_trials
 
 #: (MParam, GMACs) measured from the reference settings (DESIGN.md sec. 3); the paper rounds
 #: these to 128.740 / 5973, 24.740 / 38, 31.020 / 132, 33.040 / 140, 34.100 / 145.
@@ -27,7 +28,7 @@ PAPER = {
     "cpm_irm_nas_spec": (34.101, 143.5),
     "full": (34.101, 143.5),
 }
-TRIALS = {t.row_name: t for t in trial_configs(load_experiment("search_spaces/paper_table2.yaml"))}
+TRIALS = row_trials(load_experiment("search_spaces/paper_table2.yaml"))
 
 
 @pytest.mark.parametrize("name", list(PAPER))

@@ -8,10 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+import ablate.loop as loop
 import ablate.methods.pmdm as pmdm
 from ablate.errors import UserError
+from ablate.loop import NonFiniteLoss
 from ablate.methods.pmdm import ConditionalDDPM, EstimatorError, data_fingerprint
 from ablate.methods.registry import build_method
+from ablate.precision import autocast
 from tests.test_pmdm_rows import SIZE, PairDataset, batch_of, tiny_trial
 
 
@@ -20,8 +23,8 @@ def train_data() -> PairDataset:
     return PairDataset(6, seed=1, split="train")
 
 
-def new_pmdm(**row: object) -> ConditionalDDPM:
-    trial = tiny_trial("pmdm", {"method": "pmdm", **row}, estimator_steps=3)
+def new_pmdm(precision: str = "fp32", **row: object) -> ConditionalDDPM:
+    trial = tiny_trial("pmdm", {"method": "pmdm", **row}, estimator_steps=3, precision=precision)
     return build_method(trial, SIZE)
 
 
@@ -50,19 +53,25 @@ def test_second_trial_loads_the_cached_estimator_instead_of_training(
 
 def test_cache_key_follows_seed_split_and_settings(train_data: PairDataset, tmp_path: Path) -> None:
     paths = set()
-    for seed, data, steps in [
-        (0, train_data, 3),
-        (1, train_data, 3),  # another seed
-        (0, PairDataset(6, seed=2, split="train"), 3),  # other data
-        (0, PairDataset(6, seed=1, split="val"), 3),  # another split label
-        (0, train_data, 4),  # other stage-1 budget
+    for seed, data, train in [
+        (0, train_data, {}),
+        (1, train_data, {}),  # another seed
+        (0, PairDataset(6, seed=2, split="train"), {}),  # other data
+        (0, PairDataset(6, seed=1, split="val"), {}),  # another split label
+        (0, train_data, {"estimator_steps": 4}),  # other stage-1 budget
+        (0, train_data, {"precision": "bf16"}),  # stage 1 trains under the trial's precision
     ]:
-        trial = tiny_trial("pmdm", {"method": "pmdm"}, estimator_steps=steps)
+        trial = tiny_trial("pmdm", {"method": "pmdm"}, **{"estimator_steps": 3, **train})
         method = build_method(trial, SIZE)
         method.prepare(data, tmp_path, seed)
         assert method.estimator_trained
         paths.add(method.estimator_path)
-    assert len(paths) == 5
+    assert len(paths) == 6
+    # where and how fast stage 1 runs does not change what it trains: the same estimator
+    trial = tiny_trial("pmdm", {"method": "pmdm"}, estimator_steps=3, loader_workers=1)
+    method = build_method(trial, SIZE)
+    method.prepare(train_data, tmp_path, 0)
+    assert not method.estimator_trained
 
 
 def test_manifest_datasets_are_fingerprinted_by_path_manifest_and_split(tmp_path: Path) -> None:
@@ -96,11 +105,10 @@ def test_estimator_is_frozen_during_stage_two(train_data: PairDataset, tmp_path:
 def test_restored_trial_needs_no_prepare(train_data: PairDataset, tmp_path: Path) -> None:
     method = new_pmdm()
     method.prepare(train_data, tmp_path, seed=0)
-    restored = new_pmdm()
+    restored = new_pmdm(sample_steps=3)
     restored.load_state_dict(method.state_dict())
     restored.eval()
     gen = torch.Generator().manual_seed(0)
-    restored.sample_steps = 3
     assert restored.reconstruct(batch_of(train_data, 1), gen).shape == (1, 1, SIZE, SIZE)
 
 
@@ -139,7 +147,49 @@ def test_explicit_checkpoint_is_checked(train_data: PairDataset, tmp_path: Path)
         new_pmdm(estimator_checkpoint=str(wrong)).prepare(train_data, cache, seed=0)
 
 
-def test_diverging_estimator_names_the_steps_and_the_fix(train_data: PairDataset) -> None:
+def test_diverging_estimator_names_the_step_and_the_fix(train_data: PairDataset) -> None:
+    """Stage 1 runs in the trial loop: a NaN is that loop's one-line report."""
     training = pmdm.EstimatorTraining(width=4, steps=5, batch_size=2, lr=1e30, device="cpu")
-    with pytest.raises(UserError, match=r"between steps 1 and 5: lower train.estimator_lr"):
+    with pytest.raises(
+        NonFiniteLoss,
+        match=r"^stage-1 DeepPET estimator: loss term '\w+' is (nan|inf) at step \d+: "
+        r"lower train.estimator.lr",
+    ) as err:
         pmdm.train_estimator(train_data, 0, training, SIZE)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_stage_one_on_cuda_without_a_gpu_is_an_error(train_data: PairDataset) -> None:
+    training = pmdm.EstimatorTraining(width=4, steps=1, device="cuda")
+    with pytest.raises(UserError, match="train.device is 'cuda' but no CUDA GPU is visible"):
+        pmdm.train_estimator(train_data, 0, training, SIZE)
+
+
+def test_stage_one_leaves_the_trials_random_streams_alone(train_data: PairDataset) -> None:
+    """Stage 2 draws the same noise whether the estimator was trained or loaded."""
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    training = pmdm.EstimatorTraining(width=4, steps=3, batch_size=2, device="cpu")
+    first = pmdm.train_estimator(train_data, 0, training, SIZE)
+    assert torch.equal(torch.get_rng_state(), before)
+    again = pmdm.train_estimator(train_data, 0, training, SIZE)  # seeded: the same estimator
+    for name, value in first.state_dict().items():
+        assert torch.equal(again.state_dict()[name], value)
+
+
+def test_stage_one_trains_in_the_trial_loop_under_the_trials_precision(
+    train_data: PairDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[str] = []
+
+    def spy(precision: str, device: torch.device) -> torch.autocast:
+        seen.append(precision)
+        return autocast(precision, device)
+
+    monkeypatch.setattr(loop, "autocast", spy)
+    method = new_pmdm(precision="bf16")
+    method.prepare(train_data, tmp_path, seed=0)
+    assert seen == ["bf16"] * 3  # estimator_steps
+    saved = torch.load(method.estimator_path, weights_only=True)
+    assert saved["meta"]["training"]["precision"] == "bf16"

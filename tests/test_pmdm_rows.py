@@ -18,18 +18,19 @@ from ablate.config import (
     DiffusionConfig,
     LossConfig,
     ModelConfig,
-    RowConfig,
     TrainConfig,
     TrialConfig,
     load_experiment,
-    trial_configs,
+    parse_row,
 )
 from ablate.data.projector import ParallelBeamProjector
 from ablate.errors import UserError
 from ablate.methods.base import Method
-from ablate.methods.registry import build_method, validate_row
+from ablate.methods.registry import build_method
 from ablate.models.deeppet import DeepPET, resample_sinogram
 from ablate.paper import TABLE1
+from ablate.training import optimiser_settings
+from ablate.trials import row_trials
 
 SIZE = 32
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +63,8 @@ def ellipses(n: int, size: int, seed: int) -> torch.Tensor:
 
 
 class PairDataset(torch.utils.data.Dataset):
-    """Sinogram [1, A, D] / image [1, H, W] pairs in the batch-key layout of SliceDataset."""
+    """Sinogram [1, A, D] / image [1, H, W] pairs in the batch-key layout of SliceDataset
+    (index ``i + e * n`` is item ``i`` in epoch ``e``, as the training loop asks)."""
 
     def __init__(self, n: int, seed: int, split: str = "train") -> None:
         images = ellipses(n, SIZE, seed)
@@ -76,31 +78,39 @@ class PairDataset(torch.utils.data.Dataset):
         return self.spet.shape[0]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        i %= len(self)
         return {"sinogram": self.sinogram[i], "spet": self.spet[i]}
 
 
-def tiny_trial(name: str, row: dict, **train: object) -> TrialConfig:
+def tiny_trial(
+    name: str, row: dict, estimator_steps: int | None = None, **train: object
+) -> TrialConfig:
     return TrialConfig(
         experiment="test-pmdm",
         row_name=name,
-        row=RowConfig(**row),
+        row=parse_row(row),
         seed=0,
         data=DataConfig(),
-        model=ModelConfig(
-            deeppet_width=4,
-            gan_width=8,
-            vqvae_width=16,
-            vqvae_code_dim=8,
-            vqvae_codes=32,
-            pmdm_width=16,
-            pmdm_mults=(1, 2),
-            pmdm_res_blocks=1,
-            pmdm_attn_res=(),
+        model=ModelConfig.model_validate(
+            {
+                "deeppet": {"width": 4},
+                "gan": {"width": 8},
+                "vqvae": {"width": 16, "code_dim": 8, "codes": 32},
+                "pmdm": {"width": 16, "mults": (1, 2), "res_blocks": 1, "attn_res": ()},
+            }
         ),
         loss=LossConfig(),
-        diffusion=DiffusionConfig(pmdm_train_steps=50, pmdm_beta_start=2e-3, pmdm_beta_end=0.4),
-        train=TrainConfig(
-            **{"steps": 20, "batch_size": 4, "device": "cpu", "estimator_lr": 3e-3, **train}
+        diffusion=DiffusionConfig.model_validate(
+            {"pmdm": {"train_steps": 50, "beta_start": 2e-3, "beta_end": 0.4}}
+        ),
+        train=TrainConfig.model_validate(
+            {
+                "steps": 20,
+                "batch_size": 4,
+                "device": "cpu",
+                **train,
+                "estimator": {"lr": 3e-3, "steps": estimator_steps},
+            }
         ),
     )
 
@@ -114,8 +124,11 @@ def data() -> PairDataset:
     return PairDataset(8, seed=1)
 
 
-def built(name: str, data: PairDataset, cache: Path, **train: object) -> Method:
-    trial = tiny_trial(name, ROWS[name], **train)
+def built(
+    name: str, data: PairDataset, cache: Path, sample_steps: int | None = None, **train: object
+) -> Method:
+    row = ROWS[name] if sample_steps is None else {**ROWS[name], "sample_steps": sample_steps}
+    trial = tiny_trial(name, row, **train)
     torch.manual_seed(0)
     method = build_method(trial, SIZE)
     method.prepare(data, cache, trial.seed)
@@ -167,7 +180,8 @@ def test_row_trains_a_step_and_reconstructs(name: str, data: PairDataset, tmp_pa
 def test_short_run_lowers_the_loss(name: str, data: PairDataset, tmp_path: Path) -> None:
     """40 steps on a fixed batch: the mean main loss of the last 10 beats the first 10."""
     method = built(name, data, tmp_path, estimator_steps=30)
-    optimizers = method.configure_optimizers(1e-3, 0.0)
+    trial = tiny_trial(name, ROWS[name], lr=1e-3)
+    optimizers = method.configure_optimizers(*optimiser_settings(trial))
     method.train()
     torch.manual_seed(1)
     mains = [float(method.training_step(batch_of(data), optimizers)["main"]) for _ in range(40)]
@@ -177,12 +191,14 @@ def test_short_run_lowers_the_loss(name: str, data: PairDataset, tmp_path: Path)
 
 def test_gan_uses_two_optimisers_and_alternates(data: PairDataset, tmp_path: Path) -> None:
     method = built("pix2pix", data, tmp_path)
-    opt_g, opt_d = method.configure_optimizers(1e-4, 0.0)
+    opt_g, opt_d = method.configure_optimizers(
+        *optimiser_settings(tiny_trial("p", ROWS["pix2pix"]))
+    )
     gen = {id(p) for p in method.generator.parameters()}
     disc = {id(p) for p in method.discriminator.parameters()}
     assert {id(p) for g in opt_g.param_groups for p in g["params"]} == gen
     assert {id(p) for g in opt_d.param_groups for p in g["params"]} == disc
-    assert opt_g.param_groups[0]["lr"] == 2e-4  # the row's lr overrides the loop's
+    assert opt_g.param_groups[0]["lr"] == 2e-4  # the row's lr overrides train.lr
     d_before = [p.detach().clone() for p in method.discriminator.parameters()]
     losses = method.training_step(batch_of(data), [opt_g, opt_d])
     assert {"loss", "main", "adv", "disc"} <= set(losses)
@@ -216,8 +232,7 @@ def test_pmdm_variants_build_the_right_conditioning(data: PairDataset, tmp_path:
 @pytest.mark.parametrize("steps", [None, 7])
 def test_pmdm_sampler_steps(steps: int | None, data: PairDataset, tmp_path: Path) -> None:
     """Full T-step ancestral sampling by default, a respaced schedule when asked."""
-    method = built("pmdm", data, tmp_path, estimator_steps=2)
-    method.sample_steps = steps
+    method = built("pmdm", data, tmp_path, estimator_steps=2, sample_steps=steps)
     calls = []
     method.unet.register_forward_hook(lambda *_: calls.append(1))
     method.eval()
@@ -226,8 +241,7 @@ def test_pmdm_sampler_steps(steps: int | None, data: PairDataset, tmp_path: Path
 
 
 def test_pmdm_samples_are_stochastic_and_seedable(data: PairDataset, tmp_path: Path) -> None:
-    method = built("pmdm", data, tmp_path, estimator_steps=2).eval()
-    method.sample_steps = 5
+    method = built("pmdm", data, tmp_path, estimator_steps=2, sample_steps=5).eval()
     assert method.stochastic
     batch = batch_of(data, 1)
     a = method.reconstruct(batch, torch.Generator().manual_seed(3))
@@ -255,28 +269,28 @@ def test_pmdm_refuses_to_run_without_its_estimator(data: PairDataset) -> None:
 )
 def test_rows_reject_switches_they_cannot_honour(row: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
-        validate_row(RowConfig(**row), "bad")
+        parse_row(row, "row 'bad'")
 
 
 def test_table1_yaml_has_every_paper_row_at_paper_scale() -> None:
     exp = load_experiment(ROOT / "search_spaces" / "pmdm_table1.yaml")
     assert set(exp.rows) == set(TABLE1)
     assert exp.data.preset == "sinogram-256"
-    trials = trial_configs(exp, seeds=[0])
-    assert trials[0].row.method == "deeppet"
-    for trial in trials:
+    trials = row_trials(exp)
+    assert trials["deeppet"].row.method == "deeppet"
+    for trial in trials.values():
         with torch.device("meta"):
             method = build_method(trial, 256)
         assert method.required_keys == {"sinogram", "spet"}
     pmdm = exp.rows["pmdm"]
     assert pmdm.lr == 3e-5 and pmdm.conditioning == "r0" and pmdm.sample_steps is None
-    assert exp.model.deeppet_width * 8 == 512
+    assert exp.model.deeppet.width * 8 == 512
 
 
 def test_schedule_that_never_reaches_noise_is_refused() -> None:
     """DDPM's 1e-4..2e-2 betas with only 50 steps end at ~60% signal, not at N(0, I)."""
     trial = tiny_trial("pmdm", ROWS["pmdm"]).model_copy(
-        update={"diffusion": DiffusionConfig(pmdm_train_steps=50)}
+        update={"diffusion": DiffusionConfig.model_validate({"pmdm": {"train_steps": 50}})}
     )
     with pytest.raises(UserError, match="not at noise"):
         build_method(trial, SIZE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 import warnings
 from pathlib import Path
@@ -9,12 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablate.config import DataConfig, parse_experiment, trial_configs
+from ablate.config import DataConfig, parse_experiment
 from ablate.data.store import build_dataset
 from ablate.ema import WeightEMA
 from ablate.evaluation import evaluate_method
 from ablate.seeding import seed_everything
-from ablate.training import TrainingRun, networks
+from ablate.training import TrainingRun, compile_networks, networks, uncompile
+from ablate.trials import expand
 from tests.conftest import tiny_experiment
 
 STEPS = 20
@@ -28,7 +30,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _trial(**train):
     raw = tiny_experiment("fast", {"cpm_irm": {"method": "coarse_to_fine", "irm": True}})
     raw["train"].update({"steps": STEPS, "log_every": 1, **train})
-    return trial_configs(parse_experiment(raw))[0]
+    return expand(parse_experiment(raw))[0]
 
 
 def _losses(dataset: Path, cache: Path, **train) -> list[float]:
@@ -126,4 +128,22 @@ def test_compile_covers_the_ema_copy_that_evaluation_samples_with(
     run = TrainingRun.build(trial, dataset, tmp_path)
     live, ema = networks(run.method), networks(run.eval_method)
     assert len(run.compiled) == len(live) + len(ema) == 4  # CPM + IRM, twice
-    assert all(net._compiled_call_impl is not None for net in live + ema)
+    assert all("forward" in vars(net) for net in live + ema)  # a compiled forward is bound
+    assert run.method.state_dict().keys() == run.eval_method.state_dict().keys()
+    assert not any("_orig_mod" in key for key in run.method.state_dict())
+
+
+def test_uncompile_and_deep_copy_of_compiled_networks() -> None:
+    """The compiled forward is bound per network: a deep copy runs its own weights, and
+    uncompile (the lazy-compile fallback) gives back the class's eager forward. Nothing here
+    calls a compiled forward, so nothing is compiled."""
+    holder = torch.nn.Module()
+    holder.net = torch.nn.Linear(3, 2)
+    (net,) = compile_networks(holder, "default")
+    assert "forward" in vars(net)
+    twin = copy.deepcopy(holder).net
+    assert twin.forward.__self__ is twin
+    uncompile([net])
+    assert "forward" not in vars(net)
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(net(x), torch.nn.functional.linear(x, net.weight, net.bias))

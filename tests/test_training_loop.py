@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from ablate.config import DataConfig, parse_experiment, trial_configs
+from ablate.config import DataConfig, parse_experiment
 from ablate.data.store import build_dataset
 from ablate.evaluation import evaluate_method
+from ablate.loop import NonFiniteLoss
 from ablate.seeding import seed_everything
-from ablate.training import NonFiniteLoss, TrainingRun
+from ablate.training import TrainingRun
+from ablate.trials import expand
 from tests.conftest import tiny_experiment
 
 
@@ -24,7 +26,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _trial(row: dict, **train):
     raw = tiny_experiment("loop", {"r": row})
     raw["train"].update(train)
-    return trial_configs(parse_experiment(raw))[0]
+    return expand(parse_experiment(raw))[0]
 
 
 def test_same_seed_same_losses(dataset: Path, tmp_path: Path) -> None:
@@ -63,6 +65,17 @@ def test_nan_loss_names_row_step_and_term(dataset: Path, tmp_path: Path) -> None
         NonFiniteLoss, match=r"row 'r' seed 0: loss term '\w+' is (nan|inf) at step \d+"
     ):
         run.train_until(6)
+
+
+def test_nan_in_pmdm_stage_one_names_row_step_and_setting(dataset: Path, tmp_path: Path) -> None:
+    """PMDM's stage 1 runs in the same loop as a trial, with the same one-line report."""
+    trial = _trial({"method": "pmdm"}, estimator={"lr": 1e30, "steps": 4})
+    with pytest.raises(
+        NonFiniteLoss,
+        match=r"^row 'r' seed 0: stage-1 DeepPET estimator: loss term '\w+' is (nan|inf) at "
+        r"step \d+: lower train.estimator.lr or check the data$",
+    ):
+        TrainingRun.build(trial, dataset, tmp_path)
 
 
 def test_stochastic_row_reports_ams_and_sd(dataset: Path, tmp_path: Path) -> None:

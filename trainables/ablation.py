@@ -8,7 +8,6 @@ MLflow child run.
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 import time
@@ -21,11 +20,12 @@ import yaml
 from ray import tune
 
 from ablate import tracking
-from ablate.config import TrialConfig, flatten, set_dotted
+from ablate.config import TrialConfig, flatten, parse_experiment
 from ablate.errors import UserError
 from ablate.evaluation import evaluate_method, write_evaluation_artifacts
 from ablate.seeding import capture_rng, restore_rng, seed_everything
 from ablate.training import TrainingRun
+from ablate.trials import trial_config
 
 CHECKPOINT_FILE = "state.pt"
 
@@ -43,19 +43,10 @@ class LaunchContext:
     parent_run_id: str
     dataset_root: str
     cache_dir: str
+    kind: str  # "launch" (a grid) or "search"
 
     def to_dict(self) -> dict[str, str]:
         return dict(self.__dict__)
-
-
-def resolve_trial(config: dict[str, Any], base_trial: dict[str, Any] | None = None) -> TrialConfig:
-    """The trial's config: the grid's ``trial`` dict (or a search's ``base_trial``) with the
-    sampled dotted overrides (``{"loss.k": 3e-5}``) of a search applied on top."""
-    raw = json.loads(json.dumps(config.get("trial") or base_trial))
-    for key, value in config.items():
-        if key != "trial":
-            set_dotted(raw, key, value)
-    return TrialConfig.model_validate(raw)
 
 
 def _run_name(trial: TrialConfig, trial_id: str, searched: bool) -> str:
@@ -80,11 +71,13 @@ def _report(metrics: dict[str, float], state: dict[str, Any], trial: TrialConfig
 
 
 def train_trial(
-    config: dict[str, Any], context: dict[str, str], base_trial: dict[str, Any] | None = None
+    config: dict[str, Any], context: dict[str, str], experiment: dict[str, Any]
 ) -> None:
-    """Ray Tune entry point. ``context`` is a :class:`LaunchContext` as a dict."""
+    """Ray Tune entry point. ``config`` is the trial's point of the launch's param space
+    (``row``, ``seed`` and dotted settings), ``context`` a :class:`LaunchContext` as a dict,
+    ``experiment`` the launch's experiment config."""
     ctx = LaunchContext(**context)
-    trial = resolve_trial(config, base_trial)
+    trial = trial_config(parse_experiment(experiment, "launch record"), config)
     saved = _load_checkpoint()
     trial_id = tune.get_context().get_trial_id()
     run_id, created = tracking.find_or_start_child(
@@ -92,7 +85,7 @@ def train_trial(
         ctx.experiment_id,
         ctx.parent_run_id,
         trial_id,
-        run_name=_run_name(trial, trial_id, searched=base_trial is not None),
+        run_name=_run_name(trial, trial_id, searched=ctx.kind == "search"),
         tags={tracking.TAG_ROW: trial.row_name, tracking.TAG_SEED: str(trial.seed)},
     )
     if created:

@@ -1,4 +1,4 @@
-"""Torch datasets over the on-disk format of :mod:`ablate.data.io`.
+"""Torch datasets over the on-disk format of :mod:`ablate.data.format`.
 
 One item is one axial slice of one subject of one split, as a dict of float32 tensors
 without batch dimension, holding exactly the keys asked for:
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ablate.data.io import SPLITS, array_path, read_provenance, validate_dataset
+from ablate.data.format import SPLITS, array_path, read_provenance, validate_dataset
 from ablate.errors import UserError
 
 ALL_KEYS = frozenset({"lpet", "spet", "lpet_nas", "spet_nas", "negatives", "sinogram"})

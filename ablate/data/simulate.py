@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,7 +29,13 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ablate.data.io import SubjectArrays, full_dose_scale, write_dataset
+from ablate.data.format import (
+    NORMALISATION,
+    SubjectArrays,
+    full_dose_scale,
+    package_version,
+    write_dataset,
+)
 from ablate.data.phantoms import TEMPLATE_ATTRIBUTION, PhantomSpec, make_phantom, subject_generator
 from ablate.data.projector import GaussianPSF, ParallelBeamProjector
 from ablate.data.recon import gaussian_filter, osem
@@ -258,13 +263,6 @@ def _store_sinogram(sino: np.ndarray, cfg: SimConfig) -> np.ndarray:
     return sino
 
 
-def package_version() -> str:
-    try:
-        return version("ablate")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def simulate_dataset(
     preset: str,
     seed: int,
@@ -349,7 +347,7 @@ def _simulate(
             "sinogram": "full-dose measured counts [angles, bins] / sinogram_scale",
             "activity": "true activity map",
         },
-        "normalisation": "images / subject's full-dose 99.9th percentile (column 'scale')",
+        "normalisation": NORMALISATION,
         "orientation": "rows anterior->posterior, columns right->left of the subject (RAS x)",
         "attribution": [TEMPLATE_ATTRIBUTION],
         "note": (

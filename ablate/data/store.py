@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from ablate.config import DataConfig
-from ablate.data.io import FORMAT_VERSION, validate_dataset
+from ablate.data.format import FORMAT_VERSION, validate_dataset
 from ablate.data.simulate import resolve_config, simulate_dataset
 
 

@@ -12,7 +12,8 @@ the one place the ``diffusion.sampler`` knob is read.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 import torch
 
@@ -21,6 +22,16 @@ from ablate.diffusion.schedules import NoiseSchedule
 #: ``denoiser(x_t, sqrt_gamma [B]) -> predicted noise``, conditions already bound.
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Sampler = Literal["ddpm", "ddim"]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a diffusion row samples: ``steps`` evenly respaced steps of its training schedule
+    (all of them: the schedule itself), with DDPM's update or DDIM's with ``eta``."""
+
+    steps: int
+    sampler: Sampler = "ddpm"
+    eta: float = 0.0
 
 
 def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
@@ -49,6 +60,45 @@ def _clipped_x0(
     return x0 if clip is None else x0.clamp(*clip)
 
 
+#: Draws standard normal noise of the sample's shape; None at the last step (no noise there).
+Noise = Callable[[], torch.Tensor] | None
+
+
+class Step(NamedTuple):
+    """The schedule at one reverse step ``t``: ``gamma_t``, ``beta_t`` and ``gamma_{t-1}``."""
+
+    gamma: float
+    beta: float
+    gamma_prev: float
+
+
+#: One reverse update ``(x_t, clipped x_0 estimate, step, noise) -> x_{t-1}``.
+Update = Callable[[torch.Tensor, torch.Tensor, Step, Noise], torch.Tensor]
+
+
+def _reverse_process(
+    denoiser: Denoiser,
+    shape: tuple[int, ...],
+    schedule: NoiseSchedule,
+    update: Update,
+    device: torch.device | str,
+    generator: torch.Generator | None,
+    clip: tuple[float, float] | None,
+) -> torch.Tensor:
+    """``x_T ~ N(0, I)``, then for ``t = T..1``: the denoiser's clipped ``x_0`` estimate and
+    ``update`` to ``x_{t-1}``. The loop both samplers share; they differ only in ``update``."""
+    betas = schedule.betas
+    gammas = schedule.gammas
+    gammas_prev = schedule.gammas_prev
+    x = randn(shape, generator, device)
+    for i in reversed(range(schedule.steps)):
+        gamma = float(gammas[i])
+        x0 = _clipped_x0(denoiser, x, gamma, clip)
+        noise = (lambda: randn(shape, generator, device)) if i > 0 else None
+        x = update(x, x0, Step(gamma, float(betas[i]), float(gammas_prev[i])), noise)
+    return x
+
+
 @torch.no_grad()
 def ddpm_sample(
     denoiser: Denoiser,
@@ -65,22 +115,18 @@ def ddpm_sample(
     ``x_{t-1}`` from the Gaussian posterior ``q(x_{t-1} | x_t, x_0)``; the last step returns
     the posterior mean.
     """
-    betas = schedule.betas
-    gammas = schedule.gammas
-    gammas_prev = schedule.gammas_prev
-    x = randn(shape, generator, device)
-    for i in reversed(range(schedule.steps)):
-        gamma = float(gammas[i])
-        x0 = _clipped_x0(denoiser, x, gamma, clip)
-        beta, g_prev = float(betas[i]), float(gammas_prev[i])
+
+    def posterior(x: torch.Tensor, x0: torch.Tensor, step: Step, noise: Noise) -> torch.Tensor:
+        gamma, beta, g_prev = step
         coef_x0 = beta * g_prev**0.5 / (1.0 - gamma)
         coef_xt = (1.0 - g_prev) * (1.0 - beta) ** 0.5 / (1.0 - gamma)
         x = coef_x0 * x0 + coef_xt * x
-        if i > 0:
+        if noise is not None:
             var = beta * (1.0 - g_prev) / (1.0 - gamma)
-            noise = randn(shape, generator, device)
-            x = x + var**0.5 * noise
-    return x
+            x = x + var**0.5 * noise()
+        return x
+
+    return _reverse_process(denoiser, shape, schedule, posterior, device, generator, clip)
 
 
 @torch.no_grad()
@@ -109,20 +155,17 @@ def ddim_sample(
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"DDIM eta must lie in [0, 1]: {eta}")
-    betas = schedule.betas
-    gammas = schedule.gammas
-    gammas_prev = schedule.gammas_prev
-    x = randn(shape, generator, device)
-    for i in reversed(range(schedule.steps)):
-        gamma = float(gammas[i])
-        x0 = _clipped_x0(denoiser, x, gamma, clip)
+
+    def ddim_step(x: torch.Tensor, x0: torch.Tensor, step: Step, noise: Noise) -> torch.Tensor:
+        gamma, beta, g_prev = step
         eps = (x - gamma**0.5 * x0) / (1.0 - gamma) ** 0.5
-        beta, g_prev = float(betas[i]), float(gammas_prev[i])
         sigma = eta * ((1.0 - g_prev) / (1.0 - gamma) * beta) ** 0.5
         x = g_prev**0.5 * x0 + max(1.0 - g_prev - sigma**2, 0.0) ** 0.5 * eps
-        if sigma > 0.0 and i > 0:
-            x = x + sigma * randn(shape, generator, device)
-    return x
+        if sigma > 0.0 and noise is not None:
+            x = x + sigma * noise()
+        return x
+
+    return _reverse_process(denoiser, shape, schedule, ddim_step, device, generator, clip)
 
 
 def sample(

@@ -1,7 +1,8 @@
-"""Variance schedules and the continuous noise level of WaveGrad / SR3.
+"""Variance schedules, the training noise levels drawn from them, and forward noising.
 
 Notation of paper 003: ``alpha_t = 1 - beta_t``, ``gamma_t = prod_{i<=t} alpha_i`` (the
-cumulative signal fraction), ``x_t = sqrt(gamma_t) x_0 + sqrt(1 - gamma_t) eps``. Networks are
+cumulative signal fraction), ``x_t = sqrt(gamma_t) x_0 + sqrt(1 - gamma_t) eps``
+(:meth:`NoiseSchedule.add_noise`, the one place that formula is written). Networks are
 conditioned on ``sqrt(gamma)`` rather than on ``t``, so one trained network runs under any
 inference schedule: the 2000-step training schedule, a respaced subset of it, or a fresh
 few-step schedule (the IRM's 10 steps up to beta = 0.5).
@@ -49,9 +50,14 @@ class NoiseSchedule:
 
     def respaced(self, steps: int) -> NoiseSchedule:
         """A ``steps``-step schedule visiting evenly spaced ``gamma_t`` of this one (always
-        the last); its betas make consecutive kept gammas a valid Markov chain."""
+        the last); its betas make consecutive kept gammas a valid Markov chain. Keeping every
+        step returns this schedule itself (re-deriving its betas would only add rounding)."""
         if not 1 <= steps <= self.steps:
-            raise ValueError(f"cannot respace {self.steps} steps to {steps}")
+            raise ValueError(
+                f"cannot respace a {self.steps}-step schedule to {steps} steps: use 1..{self.steps}"
+            )
+        if steps == self.steps:
+            return self
         keep = torch.linspace(self.steps - 1, 0, steps, dtype=torch.float64, device="cpu")
         keep = keep.round().long()
         kept = self.gammas[keep.flip(0)]
@@ -80,3 +86,22 @@ class NoiseSchedule:
         u = torch.rand(batch, generator=generator, dtype=torch.float64, device="cpu")
         gamma = ((lo + u * (hi - lo)) ** 2).float()
         return t.to(device, non_blocking=True), gamma.to(device, non_blocking=True)
+
+    def sample_step_level(
+        self,
+        batch: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+    ) -> torch.Tensor:
+        """DDPM's training level: ``gamma_t`` of a step ``t ~ U{1..T}`` per sample, [batch]
+        float32 on ``device``; drawn on the CPU and sent like :meth:`sample_noise_level`."""
+        t = torch.randint(0, self.steps, (batch,), generator=generator, device="cpu")
+        return self.gammas[t].float().to(device, non_blocking=True)
+
+    @staticmethod
+    def add_noise(x0: torch.Tensor, noise: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        """The forward process ``x_t = sqrt(gamma) x0 + sqrt(1 - gamma) noise``, ``gamma``
+        [B] per sample. It takes the signal fraction, not a step: WaveGrad's continuous levels
+        lie between steps, so one formula serves every schedule and sampler."""
+        g = gamma.reshape(-1, *([1] * (x0.ndim - 1)))
+        return g.sqrt() * x0 + (1.0 - g).sqrt() * noise

@@ -49,9 +49,12 @@ class Method(nn.Module, ABC):
         """One reconstruction [B, 1, H, W] of the full-dose image from the batch's inputs."""
 
     def configure_optimizers(self, lr: float, weight_decay: float) -> list[torch.optim.Optimizer]:
-        """The optimisers :meth:`training_step` steps; one Adam over every parameter here.
+        """The optimisers :meth:`training_step` steps; one Adam over every trainable parameter
+        (frozen parts, such as PMDM's estimator, are left out).
 
-        Methods with adversarial or frozen parts (GANs, PMDM's estimator) override this.
+        ``lr`` and ``weight_decay`` arrive resolved (``ablate.training.optimiser_settings``:
+        the row's over ``train``'s); use them as given. GANs override this for their two
+        optimisers.
         """
         params = [p for p in self.parameters() if p.requires_grad]
         return [torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)]

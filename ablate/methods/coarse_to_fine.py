@@ -6,7 +6,7 @@
   conditioned on LPET, with WaveGrad's continuous noise level and L1 on the noise (eq. 8);
   CPM and IRM are trained jointly through that one loss (the residual is not detached), and
   the reconstruction is ``x_cp`` plus a residual sampled with the few-step inference schedule
-  (linear, ``irm_sample_steps`` steps, ``1e-6 .. irm_sample_beta_end``).
+  (linear, ``diffusion.irm.sample_steps`` steps, ``1e-6 .. diffusion.irm.sample_beta_end``).
 - NAS / spectrum guidance (``nas``, ``spectrum``): one feature extractor per type and level
   (eq. 5) feeds guided ResBlocks of the CPM and of the IRM; its L1 loss is weighted by
   ``loss.m`` / ``loss.n``. Guide maps are computed once per input and reused at every
@@ -24,17 +24,13 @@ without the IRM (it then guides the CPM only).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate.config import (
-    DiffusionConfig,
-    LossConfig,
-    ModelConfig,
-    RowConfig,
-    TrialConfig,
-)
+from ablate.config import CoarseToFineRow, ContrastiveForm, TrialConfig
 from ablate.data.guidance import spectrum
 from ablate.diffusion.losses import contrastive_likelihood, contrastive_reference_kl, noise_l1
 from ablate.diffusion.samplers import ddpm_sample, predict_x0
@@ -42,10 +38,21 @@ from ablate.diffusion.schedules import NoiseSchedule
 from ablate.errors import UserError
 from ablate.methods.base import Batch, Method
 from ablate.models.feature_extractor import GuidanceExtractor
-from ablate.models.unet import GuideMaps, UNet
+from ablate.models.unet import GuideMaps, UNet, UNetShape
 
 #: NAS stack depth: slices i-2..i+2 (the paper's "4 neighbouring slices" plus the centre).
 NAS_SLICES = 5
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Eq. 9's weights ``m`` (NAS guidance), ``n`` (spectrum guidance), ``k`` (contrastive),
+    and ``cpm``, the extra L2 on the CPM output in IRM rows."""
+
+    m: float
+    n: float
+    k: float
+    cpm: float
 
 
 def guided_levels(mults: tuple[int, ...], guide_levels: int) -> tuple[tuple[int, ...], bool]:
@@ -59,65 +66,69 @@ def guided_levels(mults: tuple[int, ...], guide_levels: int) -> tuple[tuple[int,
 
 
 class CoarseToFine(Method):
-    """CPM, optionally + IRM, + NAS/spectrum guidance, + contrastive loss."""
+    """CPM, optionally + IRM, + NAS/spectrum guidance, + contrastive loss.
+
+    Args:
+        image_size: square image size H = W.
+        cpm / irm: the shapes of the CPM and of the IRM's denoiser (None: no IRM).
+        nas / spectrum: the guidance switches.
+        guide_levels / guide_channels: the guidance feature extractors (M levels).
+        contrastive: the form of the contrastive loss; None: no contrastive loss.
+        weights: the loss weights.
+        train_schedule / sample_schedule: the IRM's training and few-step sampling schedules.
+        residual_scale: the IRM diffuses ``(y - x_cp) / residual_scale``.
+    """
 
     def __init__(
         self,
-        row: RowConfig,
-        model: ModelConfig,
-        loss: LossConfig,
-        diffusion: DiffusionConfig,
         image_size: int,
+        *,
+        cpm: UNetShape,
+        irm: UNetShape | None,
+        nas: bool,
+        spectrum: bool,
+        guide_levels: int,
+        guide_channels: int,
+        contrastive: ContrastiveForm | None,
+        weights: LossWeights,
+        train_schedule: NoiseSchedule,
+        sample_schedule: NoiseSchedule,
+        residual_scale: float,
     ) -> None:
         super().__init__()
-        validate_row(row)
-        self.row = row
-        self.weights = loss
-        self.stochastic = row.irm
-        self.required_keys = required_keys(row)
-        self.streams = [name for name, on in (("nas", row.nas), ("spectrum", row.spectrum)) if on]
+        self.nas = nas
+        self.contrastive = contrastive
+        self.weights = weights
+        self.stochastic = irm is not None
+        self.required_keys = _keys(nas, contrastive is not None)
+        self.streams = [name for name, on in (("nas", nas), ("spectrum", spectrum)) if on]
         guiding = bool(self.streams)
         self.guides = nn.ModuleDict(
             {
                 name: GuidanceExtractor(
-                    NAS_SLICES if name == "nas" else 1, model.guide_levels, model.guide_channels
+                    NAS_SLICES if name == "nas" else 1, guide_levels, guide_channels
                 )
                 for name in self.streams
             }
         )
 
-        def unet(in_ch: int, width: int, mults: tuple[int, ...], noise: bool) -> UNet:
-            if guiding and model.guide_levels > len(mults) - 1:
-                raise UserError(
-                    f"model.guide_levels ({model.guide_levels}) exceeds the {len(mults) - 1} "
-                    f"downsamplings of a UNet with multipliers {mults}: lower it"
-                )
-            levels, mid = guided_levels(mults, model.guide_levels) if guiding else ((), False)
-            return UNet(
-                in_channels=in_ch,
-                out_channels=1,
-                base_width=width,
-                channel_mults=mults,
-                res_blocks=model.res_blocks,
-                attn_res=model.c2f_attn_res,
-                image_size=image_size,
-                dropout=model.dropout,
+        def unet(shape: UNetShape, in_channels: int, noise: bool) -> UNet:
+            levels, mid = guided_levels(shape.mults, guide_levels) if guiding else ((), False)
+            return shape.build(
+                in_channels,
+                image_size,
                 noise_embedding=noise,
                 guide_levels=levels,
                 guide_mid=mid,
                 guide_streams=len(self.streams),
-                guide_channels=model.guide_channels,
+                guide_channels=guide_channels,
             )
 
-        self.cpm = unet(1, model.cpm_width, model.cpm_mults, noise=False)
-        self.irm = unet(2, model.irm_width, model.irm_mults, noise=True) if row.irm else None
-        self.train_schedule = NoiseSchedule.linear(
-            diffusion.train_steps, diffusion.beta_start, diffusion.beta_end
-        )
-        self.residual_scale = diffusion.residual_scale
-        self.sample_schedule = NoiseSchedule.linear(
-            diffusion.irm_sample_steps, diffusion.beta_start, diffusion.irm_sample_beta_end
-        )
+        self.cpm = unet(cpm, 1, noise=False)
+        self.irm = unet(irm, 2, noise=True) if irm is not None else None
+        self.train_schedule = train_schedule
+        self.residual_scale = residual_scale
+        self.sample_schedule = sample_schedule
 
     def _guide_maps(
         self, batch: Batch, with_loss: bool
@@ -148,16 +159,15 @@ class CoarseToFine(Method):
             r0 = (spet - x_cp) / self.residual_scale
             t, g = self.train_schedule.sample_noise_level(r0.shape[0], device=r0.device)
             noise = torch.randn_like(r0)
-            gv = g.reshape(-1, 1, 1, 1)
-            r_t = gv.sqrt() * r0 + (1.0 - gv).sqrt() * noise
+            r_t = self.train_schedule.add_noise(r0, noise, g)
             eps = self.irm(torch.cat([lpet, r_t], dim=1), g.sqrt(), maps)
             terms["main"] = noise_l1(eps, noise)
             terms["cpm"] = cpm_l2
             total = terms["main"] + self.weights.cpm * cpm_l2
-            if self.row.contrastive:
+            if self.contrastive is not None:
                 estimate = x_cp + self.residual_scale * predict_x0(r_t, eps, g)
                 negatives = batch["negatives"]
-                if self.row.contrastive_form == "likelihood":
+                if self.contrastive == "likelihood":
                     term = contrastive_likelihood(estimate, spet, negatives)
                 else:
                     t_frac = t.float() / self.train_schedule.steps
@@ -190,28 +200,50 @@ class CoarseToFine(Method):
 
     def input_shapes(self, image_size: int) -> dict[str, tuple[int, ...]]:
         shapes = {"lpet": (1, 1, image_size, image_size)}
-        if self.row.nas:
+        if self.nas:
             shapes["lpet_nas"] = (1, NAS_SLICES, image_size, image_size)
         return shapes
 
 
-def validate_row(row: RowConfig) -> None:
-    """Reject switch sets the framework cannot build, saying what the row needs."""
-    if row.contrastive and not row.irm:
-        raise UserError(
-            "contrastive needs irm: true (the contrastive loss acts on the IRM's one-step "
-            "estimate x_cp + r0~); set irm: true or contrastive: false"
-        )
-
-
-def required_keys(row: RowConfig) -> frozenset[str]:
+def _keys(nas: bool, contrastive: bool) -> frozenset[str]:
     keys = {"lpet", "spet"}
-    if row.nas:
+    if nas:
         keys |= {"lpet_nas", "spet_nas"}
-    if row.contrastive:
+    if contrastive:
         keys.add("negatives")
     return frozenset(keys)
 
 
+def required_keys(row: CoarseToFineRow) -> frozenset[str]:
+    return _keys(row.nas, row.contrastive)
+
+
 def build(trial: TrialConfig, image_size: int) -> CoarseToFine:
-    return CoarseToFine(trial.row, trial.model, trial.loss, trial.diffusion, image_size)
+    row, model, loss, diffusion = trial.row, trial.model.coarse_to_fine, trial.loss, trial.diffusion
+    assert isinstance(row, CoarseToFineRow)
+    if row.nas or row.spectrum:
+        for mults in (model.cpm_mults, *([model.irm_mults] if row.irm else [])):
+            if model.guide_levels > len(mults) - 1:
+                raise UserError(
+                    f"model.coarse_to_fine.guide_levels ({model.guide_levels}) exceeds the "
+                    f"{len(mults) - 1} downsamplings of a UNet with multipliers {mults}: lower it"
+                )
+    shared = (model.res_blocks, model.attn_res, trial.model.dropout)
+    return CoarseToFine(
+        image_size,
+        cpm=UNetShape(model.cpm_width, model.cpm_mults, *shared),
+        irm=UNetShape(model.irm_width, model.irm_mults, *shared) if row.irm else None,
+        nas=row.nas,
+        spectrum=row.spectrum,
+        guide_levels=model.guide_levels,
+        guide_channels=model.guide_channels,
+        contrastive=row.contrastive_form if row.contrastive else None,
+        weights=LossWeights(loss.m, loss.n, loss.k, loss.cpm),
+        train_schedule=NoiseSchedule.linear(
+            diffusion.train_steps, diffusion.beta_start, diffusion.beta_end
+        ),
+        sample_schedule=NoiseSchedule.linear(
+            diffusion.irm.sample_steps, diffusion.beta_start, diffusion.irm.sample_beta_end
+        ),
+        residual_scale=diffusion.irm.residual_scale,
+    )

@@ -11,41 +11,18 @@ import torch
 import torch.nn.functional as F
 
 from ablate.config import RowConfig, TrialConfig
-from ablate.errors import UserError
 from ablate.methods.base import Batch, Method
 from ablate.models.deeppet import DeepPET, resample_sinogram
 
 
 class SinogramMethod(Method):
-    """Base of the paper-000 rows: sinogram batch keys and per-row optimiser settings.
-
-    ``lr`` / ``weight_decay`` come from the row (``RowConfig.lr``, ``.weight_decay``); when
-    set they replace the experiment-wide values the training loop passes to
-    :meth:`configure_optimizers`, because Table 1's rows train with different settings
-    (DeepPET: weight decay 1e-5; PMDM: lr 3e-5; pix2pix: lr 2e-4).
-    """
+    """Base of the paper-000 rows: sinogram batch keys and the resampled sinogram input."""
 
     required_keys = frozenset({"sinogram", "spet"})
 
-    def __init__(
-        self, image_size: int, lr: float | None = None, weight_decay: float | None = None
-    ) -> None:
+    def __init__(self, image_size: int) -> None:
         super().__init__()
         self.image_size = image_size
-        self.lr = lr
-        self.weight_decay = weight_decay
-
-    def optim_settings(self, lr: float, weight_decay: float) -> tuple[float, float]:
-        """The (lr, weight decay) this row trains with: its own where set, else the loop's."""
-        return (
-            lr if self.lr is None else self.lr,
-            weight_decay if self.weight_decay is None else self.weight_decay,
-        )
-
-    def configure_optimizers(self, lr: float, weight_decay: float) -> list[torch.optim.Optimizer]:
-        lr, weight_decay = self.optim_settings(lr, weight_decay)
-        params = [p for p in self.parameters() if p.requires_grad]
-        return [torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)]
 
     def sinogram_image(self, batch: Batch) -> torch.Tensor:
         """The batch's sinogram resampled to the image grid [B, 1, H, W]."""
@@ -59,14 +36,8 @@ class SinogramMethod(Method):
 class DeepPETMethod(SinogramMethod):
     """DeepPET trained with MSE: a deterministic posterior-mean estimate of the image."""
 
-    def __init__(
-        self,
-        image_size: int,
-        width: int = 64,
-        lr: float | None = None,
-        weight_decay: float | None = None,
-    ) -> None:
-        super().__init__(image_size, lr, weight_decay)
+    def __init__(self, image_size: int, width: int = 64) -> None:
+        super().__init__(image_size)
         self.net = DeepPET(width=width)
 
     def training_losses(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -77,41 +48,9 @@ class DeepPETMethod(SinogramMethod):
         return self.net(self.sinogram_image(batch))
 
 
-_C2F_SWITCHES = ("irm", "nas", "spectrum", "contrastive")
-_PMDM_FIELDS = {
-    "estimator": None,
-    "conditioning": "r0",
-    "sample_steps": None,
-    "estimator_checkpoint": None,
-}
-
-
-def validate_sinogram_row(row: RowConfig, pmdm_fields: bool = False) -> None:
-    """Reject switches a paper-000 row cannot honour: coarse-to-fine switches always, PMDM's
-    estimator/conditioning/sampler fields unless the row is a PMDM/Palette row."""
-    on = [s for s in _C2F_SWITCHES if getattr(row, s)]
-    if not pmdm_fields:
-        on += [f for f, default in _PMDM_FIELDS.items() if getattr(row, f) != default]
-    if on:
-        raise UserError(
-            f"method '{row.method}' has no {'/'.join(on)} switch: remove it from the row "
-            "(coarse-to-fine switches belong to 'coarse_to_fine', estimator/conditioning/"
-            "sample_steps to 'pmdm' and 'palette')"
-        )
-
-
-def validate_row(row: RowConfig) -> None:
-    validate_sinogram_row(row)
-
-
 def required_keys(row: RowConfig) -> frozenset[str]:
     return SinogramMethod.required_keys
 
 
 def build(trial: TrialConfig, image_size: int) -> DeepPETMethod:
-    return DeepPETMethod(
-        image_size,
-        width=trial.model.deeppet_width,
-        lr=trial.row.lr,
-        weight_decay=trial.row.weight_decay,
-    )
+    return DeepPETMethod(image_size, width=trial.model.deeppet.width)

@@ -22,7 +22,7 @@ from torch import nn
 
 from ablate.config import RowConfig, TrialConfig
 from ablate.methods.base import Batch
-from ablate.methods.deeppet import SinogramMethod, validate_sinogram_row
+from ablate.methods.deeppet import SinogramMethod
 from ablate.models.gan import (
     ImageDiscriminator,
     PatchDiscriminator,
@@ -47,10 +47,8 @@ class ConditionalGAN(SinogramMethod):
         discriminator: Discriminator,
         width: int = 64,
         l1_weight: float = 100.0,
-        lr: float | None = None,
-        weight_decay: float | None = None,
     ) -> None:
-        super().__init__(image_size, lr, weight_decay)
+        super().__init__(image_size)
         self.l1_weight = l1_weight
         self.generator = UNetGenerator(1, width, depth=generator_depth(image_size))
         self.discriminator: nn.Module = (
@@ -61,7 +59,6 @@ class ConditionalGAN(SinogramMethod):
 
     def configure_optimizers(self, lr: float, weight_decay: float) -> list[torch.optim.Optimizer]:
         """[generator Adam, discriminator Adam], betas (0.5, 0.999) as in pix2pix."""
-        lr, weight_decay = self.optim_settings(lr, weight_decay)
         return [
             torch.optim.Adam(m.parameters(), lr=lr, betas=(0.5, 0.999), weight_decay=weight_decay)
             for m in (self.generator, self.discriminator)
@@ -119,10 +116,6 @@ class ConditionalGAN(SinogramMethod):
         return self.generator(self.sinogram_image(batch))
 
 
-def validate_row(row: RowConfig) -> None:
-    validate_sinogram_row(row)
-
-
 def required_keys(row: RowConfig) -> frozenset[str]:
     return ConditionalGAN.required_keys
 
@@ -132,8 +125,6 @@ def build(trial: TrialConfig, image_size: int) -> ConditionalGAN:
     return ConditionalGAN(
         image_size,
         discriminator="patch" if trial.row.method == "pix2pix" else "image",
-        width=trial.model.gan_width,
+        width=trial.model.gan.width,
         l1_weight=trial.loss.gan_l1,
-        lr=trial.row.lr,
-        weight_decay=trial.row.weight_decay,
     )

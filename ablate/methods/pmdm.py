@@ -10,14 +10,18 @@ Palette is the same DDPM conditioned on the resampled sinogram alone (``estimato
 so the pair is also the paper's estimator ablation.
 
 Stage 1 runs in :meth:`ConditionalDDPM.prepare`, once per (dataset, split, seed, estimator
-settings): the trained estimator is cached under ``cache_dir`` as
+settings): a DeepPET row's method trained by the trial's own loop
+(:class:`~ablate.loop.TrainingLoop`: the same batch order, precision, device resolution and
+NaN report as any trial). The trained estimator is cached under ``cache_dir`` as
 ``deeppet-<content hash>.pt`` and every later PMDM trial with the same key (a grid of PMDM
 variants, a retried trial) loads it instead of retraining. A file lock serialises concurrent
 trials that want the same estimator. A given ``estimator_checkpoint`` replaces the cache; it
 must have been written by :func:`save_estimator` for the same data and seed.
 
-Images are diffused on the ``2 x - 1`` scale (data ``[0, 1]`` -> ``[-1, 1]``); ``r0*`` is put
-on the same scale, so the sampler transports ``r0*`` to the data distribution on one scale.
+Stage 2 is :class:`~ablate.diffusion.conditional.ConditionalDiffusion` with a uniform discrete
+step and MSE; this module says only how the condition is built. Images are diffused on the
+``2 x - 1`` scale (data ``[0, 1]`` -> ``[-1, 1]``); ``r0*`` is put on the same scale, so the
+sampler transports ``r0*`` to the data distribution on one scale.
 """
 
 from __future__ import annotations
@@ -32,17 +36,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 import torch.utils.data
 
-from ablate.config import RowConfig, TrialConfig
-from ablate.diffusion.samplers import Sampler, sample
+from ablate.config import PMDMRow, RowConfig, TrialConfig
+from ablate.device import resolve_device
+from ablate.diffusion.conditional import ConditionalDiffusion, to_model_scale
+from ablate.diffusion.samplers import Sampling
 from ablate.diffusion.schedules import NoiseSchedule
 from ablate.errors import UserError
+from ablate.loop import TrainingLoop
 from ablate.methods.base import Batch
-from ablate.methods.deeppet import SinogramMethod, validate_sinogram_row
-from ablate.models.deeppet import DeepPET, resample_sinogram
-from ablate.models.unet import UNet
+from ablate.methods.deeppet import DeepPETMethod, SinogramMethod
+from ablate.models.deeppet import DeepPET
+from ablate.models.unet import UNetShape
+from ablate.precision import Precision
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +67,25 @@ class EstimatorError(UserError):
 
 @dataclass(frozen=True)
 class EstimatorTraining:
-    """How stage 1 trains DeepPET; every field is part of the cache key."""
+    """How stage 1 trains DeepPET: the estimator's own settings, and the trial's precision,
+    device, batch size, loader workers and log interval."""
 
     width: int = 64
     steps: int = 300
     batch_size: int = 4
     lr: float = 1e-4
     weight_decay: float = 1e-5
+    precision: Precision = "fp32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    loader_workers: int = 0
+    log_every: int = 25
 
     def key_fields(self) -> dict[str, Any]:
-        # The device changes where, not what, is trained: not part of the key.
-        return {k: v for k, v in asdict(self).items() if k != "device"}
+        """The fields that change the trained estimator: the cache key's. The device, the
+        loader's workers and the log interval change where, how fast or how loudly it is
+        trained, not what (the batch order is a function of the seed and step alone)."""
+        where = ("device", "loader_workers", "log_every")
+        return {k: v for k, v in asdict(self).items() if k not in where}
 
 
 def _sha256_file(path: Path) -> str:
@@ -113,51 +127,32 @@ def estimator_key(fingerprint: dict[str, Any], seed: int, training: EstimatorTra
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def _device(name: str) -> torch.device:
-    use_cuda = name in ("auto", "cuda") and torch.cuda.is_available()
-    return torch.device("cuda" if use_cuda else "cpu")
-
-
 def train_estimator(
     dataset: torch.utils.data.Dataset, seed: int, training: EstimatorTraining, image_size: int
 ) -> DeepPET:
-    """Stage 1: DeepPET on (sinogram -> spet) pairs with MSE; seeded init and batch order."""
-    device = _device(training.device)
-    with torch.random.fork_rng(devices=[]):
+    """Stage 1: a DeepPET row (sinogram -> spet, MSE) trained by the trial loop, its init and
+    batch order seeded by ``seed``. The global RNG is left as it was, so stage 2 draws the
+    same noise whether the estimator is trained here or loaded from the cache."""
+    device = resolve_device(training.device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        net = DeepPET(width=training.width).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=training.lr, weight_decay=training.weight_decay)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=training.batch_size,
-        shuffle=True,
-        drop_last=len(dataset) >= training.batch_size,  # type: ignore[arg-type]
-        generator=torch.Generator().manual_seed(seed),
-    )
-    net.train()
-    step = checked = 0
-    finite = torch.ones((), dtype=torch.bool, device=device)  # read every 100 steps, not each
-    while step < training.steps:
-        for batch in loader:
-            sino = batch["sinogram"].to(device, non_blocking=True)
-            sino = resample_sinogram(sino, (image_size, image_size))
-            loss = F.mse_loss(net(sino), batch["spet"].to(device, non_blocking=True))
-            finite = finite & torch.isfinite(loss)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            if step % 100 == 0 or step == training.steps:
-                if not bool(finite):
-                    raise UserError(
-                        "stage-1 DeepPET estimator: the loss became NaN/inf between steps "
-                        f"{checked + 1} and {step}: lower train.estimator_lr or check the data"
-                    )
-                checked = step
-                log.info("stage-1 DeepPET step %d/%d: mse %.4g", step, training.steps, loss.item())
-            if step >= training.steps:
-                break
-    return net.eval().cpu()
+        method = DeepPETMethod(image_size, width=training.width).to(device)
+        loop = TrainingLoop(
+            method=method,
+            optimizers=method.configure_optimizers(training.lr, training.weight_decay),
+            train_data=dataset,
+            device=device,
+            seed=seed,
+            batch_size=training.batch_size,
+            label="stage-1 DeepPET estimator",
+            lr_setting="train.estimator.lr",
+            precision=training.precision,
+            loader_workers=training.loader_workers,
+            log_every=training.log_every,
+        )
+        for step, losses in loop.train_until(training.steps):
+            log.info("stage-1 DeepPET step %d/%d: mse %.4g", step, training.steps, losses["loss"])
+    return method.net.eval().cpu()
 
 
 def save_estimator(path: Path, net: DeepPET, meta: dict[str, Any]) -> None:
@@ -218,10 +213,9 @@ class ConditionalDDPM(SinogramMethod):
         estimator: condition on the frozen DeepPET estimate ``r0*`` (PMDM) or not (Palette).
         conditioning: with the estimator, ``"r0"`` or ``"r0+sinogram"``; without it, always
             ``"sinogram"``.
-        width / mults / res_blocks / attn_res / dropout: the denoising UNet.
+        unet: the denoising UNet's shape.
         schedule: the training noise schedule (T steps, linear).
-        sample_steps: None = full T-step ancestral sampling, else a respaced schedule.
-        sampler / ddim_eta: the update rule over those steps (DDPM, or DDIM with its eta).
+        sampling: the sampler, its eta and its steps (T = the training schedule itself).
         estimator_training: stage-1 settings (part of the cache key).
         estimator_checkpoint: a stage-1 checkpoint to load instead of the cache.
     """
@@ -233,51 +227,36 @@ class ConditionalDDPM(SinogramMethod):
         image_size: int,
         estimator: bool,
         conditioning: Conditioning,
-        width: int = 64,
-        mults: tuple[int, ...] = (1, 1, 2, 2, 4, 4),
-        res_blocks: int = 2,
-        attn_res: tuple[int, ...] = (16,),
-        dropout: float = 0.0,
-        schedule: NoiseSchedule | None = None,
-        sample_steps: int | None = None,
-        sampler: Sampler = "ddpm",
-        ddim_eta: float = 0.0,
+        unet: UNetShape,
+        schedule: NoiseSchedule,
+        sampling: Sampling,
         estimator_training: EstimatorTraining | None = None,
         estimator_checkpoint: Path | None = None,
-        lr: float | None = None,
-        weight_decay: float | None = None,
     ) -> None:
-        super().__init__(image_size, lr, weight_decay)
+        super().__init__(image_size)
         if estimator == (conditioning == "sinogram"):
             raise ValueError(
                 f"conditioning {conditioning!r} does not fit estimator={estimator}: PMDM "
                 "conditions on 'r0' or 'r0+sinogram', Palette (no estimator) on 'sinogram'"
             )
         self.conditioning = conditioning
-        self.schedule = schedule or NoiseSchedule.linear(1000, 1e-4, 2e-2)
-        if float(self.schedule.gammas[-1]) > MAX_GAMMA_T:
+        if float(schedule.gammas[-1]) > MAX_GAMMA_T:
             # sampling starts from pure noise: a schedule that never gets there mismatches it
             raise ValueError(
-                f"the {self.schedule.steps}-step schedule ends at signal fraction "
-                f"{float(self.schedule.gammas[-1]):.3g} (> {MAX_GAMMA_T}), not at noise: "
-                "raise diffusion.pmdm_beta_end or pmdm_train_steps"
+                f"the {schedule.steps}-step schedule ends at signal fraction "
+                f"{float(schedule.gammas[-1]):.3g} (> {MAX_GAMMA_T}), not at noise: "
+                "raise diffusion.pmdm.beta_end or diffusion.pmdm.train_steps"
             )
-        if sample_steps is not None and not 1 <= sample_steps <= self.schedule.steps:
-            raise ValueError(f"sample_steps must lie in 1..{self.schedule.steps}: {sample_steps}")
-        self.sample_steps = sample_steps
-        self.sampler = sampler
-        self.ddim_eta = ddim_eta
         cond_channels = 2 if conditioning == "r0+sinogram" else 1
-        self.unet = UNet(
-            1 + cond_channels,
-            1,
-            base_width=width,
-            channel_mults=mults,
-            res_blocks=res_blocks,
-            attn_res=attn_res,
-            image_size=image_size,
-            dropout=dropout,
-            noise_embedding=True,
+        self.unet = unet.build(1 + cond_channels, image_size, noise_embedding=True)
+        self.diffusion = ConditionalDiffusion(
+            self.unet,
+            schedule,
+            sampling,
+            noise_level="discrete",
+            objective="mse",
+            clip=CLIP_DATA,
+            condition_first=False,
         )
         self.estimator_training = estimator_training or EstimatorTraining()
         self.estimator_checkpoint = estimator_checkpoint
@@ -343,79 +322,20 @@ class ConditionalDDPM(SinogramMethod):
                 )
             self._estimator_seen_ready = True
         with torch.no_grad():
-            r0 = 2.0 * self.estimator(sino) - 1.0
+            r0 = to_model_scale(self.estimator(sino))
         return torch.cat([r0, sino], dim=1) if self.conditioning == "r0+sinogram" else r0
 
     def training_losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         """DDPM's simple loss: MSE between the true and predicted noise at a uniform step."""
-        x0 = 2.0 * batch["spet"] - 1.0
-        b = x0.shape[0]
-        t = torch.randint(0, self.schedule.steps, (b,))
-        gamma = self.schedule.gammas[t].to(x0, non_blocking=True)  # no host sync per step
-        g = gamma.view(b, 1, 1, 1)
-        noise = torch.randn_like(x0)
-        x_t = g.sqrt() * x0 + (1.0 - g).sqrt() * noise
-        pred = self.unet(torch.cat([x_t, self.condition(batch)], dim=1), gamma.sqrt())
-        mse = F.mse_loss(pred, noise)
+        mse = self.diffusion.loss(batch["spet"], self.condition(batch))
         return {"loss": mse, "main": mse}
-
-    def sampling_schedule(self) -> NoiseSchedule:
-        if self.sample_steps is None or self.sample_steps == self.schedule.steps:
-            return self.schedule
-        return self.schedule.respaced(self.sample_steps)
 
     @torch.no_grad()
     def reconstruct(self, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor:
-        cond = self.condition(batch)
-        b = cond.shape[0]
-        shape = (b, 1, self.image_size, self.image_size)
-        lo, hi = CLIP_DATA
-
-        def denoiser(x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-            return self.unet(torch.cat([x, cond], dim=1), level)
-
-        x = sample(
-            self.sampler,
-            denoiser,
-            shape,
-            self.sampling_schedule(),
-            eta=self.ddim_eta,
-            device=cond.device,
-            generator=generator,
-            clip=(2.0 * lo - 1.0, 2.0 * hi - 1.0),
-        )
-        return (x + 1.0) / 2.0
+        return self.diffusion.sample(self.condition(batch), generator)
 
     def extra_repr(self) -> str:
-        eta = f", eta={self.ddim_eta}" if self.sampler == "ddim" else ""
-        return (
-            f"conditioning={self.conditioning!r}, T={self.schedule.steps}, "
-            f"sampler={self.sampler!r}{eta}, "
-            f"sample_steps={self.sample_steps or self.schedule.steps}"
-        )
-
-
-def uses_estimator(row: RowConfig) -> bool:
-    """PMDM uses the estimator unless the row turns it off; Palette never does."""
-    if row.estimator is None:
-        return row.method == "pmdm"
-    return row.estimator
-
-
-def validate_row(row: RowConfig) -> None:
-    validate_sinogram_row(row, pmdm_fields=True)
-    if row.method == "palette" and row.estimator:
-        raise UserError(
-            "method 'palette' has no estimator (it conditions on the sinogram): "
-            "use method 'pmdm' for a DeepPET-conditioned row"
-        )
-    if not uses_estimator(row) and row.conditioning != "r0":
-        raise UserError(
-            f"conditioning '{row.conditioning}' needs the estimator: without it the "
-            "condition is the sinogram; set estimator: true or drop conditioning"
-        )
-    if not uses_estimator(row) and row.estimator_checkpoint is not None:
-        raise UserError("estimator_checkpoint is set but the row has no estimator: remove it")
+        return f"conditioning={self.conditioning!r}, {self.diffusion!r}"
 
 
 def required_keys(row: RowConfig) -> frozenset[str]:
@@ -423,34 +343,39 @@ def required_keys(row: RowConfig) -> frozenset[str]:
 
 
 def build(trial: TrialConfig, image_size: int) -> ConditionalDDPM:
-    row, model, diff, train = trial.row, trial.model, trial.diffusion, trial.train
-    estimator = uses_estimator(row)
+    row, model, diff, train = trial.row, trial.model, trial.diffusion.pmdm, trial.train
+    assert isinstance(row, PMDMRow)
+    estimator = row.uses_estimator
     return ConditionalDDPM(
         image_size,
         estimator=estimator,
         conditioning=row.conditioning if estimator else "sinogram",
-        width=model.pmdm_width,
-        mults=model.pmdm_mults,
-        res_blocks=model.pmdm_res_blocks,
-        attn_res=model.pmdm_attn_res,
-        dropout=model.dropout,
-        schedule=NoiseSchedule.linear(
-            diff.pmdm_train_steps, diff.pmdm_beta_start, diff.pmdm_beta_end
+        unet=UNetShape(
+            model.pmdm.width,
+            model.pmdm.mults,
+            model.pmdm.res_blocks,
+            model.pmdm.attn_res,
+            model.dropout,
         ),
-        sample_steps=row.sample_steps,
-        sampler=diff.sampler,
-        ddim_eta=diff.ddim_eta,
+        schedule=NoiseSchedule.linear(diff.train_steps, diff.beta_start, diff.beta_end),
+        # no sample_steps: full T-step sampling, as the paper does
+        sampling=Sampling(
+            row.sample_steps or diff.train_steps,
+            trial.diffusion.sampler,
+            trial.diffusion.ddim_eta,
+        ),
         estimator_training=EstimatorTraining(
-            width=model.deeppet_width,
-            steps=train.estimator_steps or train.steps,
+            width=model.deeppet.width,
+            steps=train.estimator.steps or train.steps,
             batch_size=train.batch_size,
-            lr=train.estimator_lr,
-            weight_decay=train.estimator_weight_decay,
+            lr=train.estimator.lr,
+            weight_decay=train.estimator.weight_decay,
+            precision=train.precision,
             device=train.device,
+            loader_workers=train.loader_workers,
+            log_every=train.log_every,
         ),
         estimator_checkpoint=(
             Path(row.estimator_checkpoint) if row.estimator_checkpoint is not None else None
         ),
-        lr=row.lr,
-        weight_decay=row.weight_decay,
     )

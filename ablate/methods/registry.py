@@ -2,11 +2,13 @@
 
 Each method family lives in one module of ``ablate.methods`` that defines
 
-- ``build(trial: TrialConfig, image_size: int) -> Method``,
+- ``build(trial: TrialConfig, image_size: int) -> Method``, reading the trial's row and its
+  own config sections (``model.<family>``, ...), and
 - ``required_keys(row: RowConfig) -> frozenset[str]`` (batch keys, checked against the
-  dataset before any training starts), and optionally
-- ``validate_row(row: RowConfig) -> None`` raising :class:`UserError` for switch sets it
-  cannot build (default: every coarse-to-fine switch must be off).
+  dataset before any training starts).
+
+Which switches a row may set is not checked here: each method family has its own row type
+(``ablate.config``), so a switch the method lacks is rejected when the config is read.
 
 Modules are imported lazily, so a family's heavy imports cost nothing to rows that don't use it.
 """
@@ -14,6 +16,7 @@ Modules are imported lazily, so a family's heavy imports cost nothing to rows th
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from types import ModuleType
 
 from ablate.config import MethodName, RowConfig, TrialConfig
@@ -32,8 +35,6 @@ MODULES: dict[str, str] = {
     "vqvae": "ablate.methods.vqvae",
 }
 
-_SWITCHES = ("irm", "nas", "spectrum", "contrastive")
-
 
 def _module(method: MethodName | str, attr: str) -> ModuleType:
     if method not in MODULES:
@@ -46,32 +47,9 @@ def _module(method: MethodName | str, attr: str) -> ModuleType:
         raise UserError(
             f"method '{method}' is not available in this install ({MODULES[method]} is missing)"
         ) from None
-    if attr and not hasattr(module, attr):
+    if not hasattr(module, attr):
         raise UserError(f"method '{method}' is not available yet: {module.__name__} has no {attr}")
     return module
-
-
-def validate_row(row: RowConfig, name: str | None = None) -> None:
-    """Raise :class:`UserError` if ``row`` asks for a combination its method cannot build.
-
-    The message names the row when ``name`` is given (callers looping over rows may add it).
-    """
-    try:
-        module = _module(row.method, "")
-        check = getattr(module, "validate_row", None)
-        if check is not None:
-            check(row)
-        else:
-            on = [s for s in _SWITCHES if getattr(row, s)]
-            if on:
-                raise UserError(
-                    f"method '{row.method}' has no {'/'.join(on)} switch: those belong to "
-                    "method 'coarse_to_fine'; remove them from the row"
-                )
-    except UserError as err:
-        if name is None:
-            raise
-        raise UserError(f"row '{name}': {err}") from None
 
 
 def required_keys(row: RowConfig) -> frozenset[str]:
@@ -79,9 +57,22 @@ def required_keys(row: RowConfig) -> frozenset[str]:
     return frozenset(_module(row.method, "required_keys").required_keys(row))
 
 
+def check_dataset(row_name: str, row: RowConfig, dataset_root: Path) -> None:
+    """Raise :class:`UserError` unless the dataset at ``dataset_root`` has every key the
+    row's method reads: the one check, run by the driver before a launch and by a trial."""
+    from ablate.data.dataset import available_keys
+
+    have = available_keys(dataset_root)
+    missing = required_keys(row) - have
+    if missing:
+        raise UserError(
+            f"row '{row_name}' needs dataset keys {sorted(missing)} but {dataset_root} has "
+            f"only {sorted(have)}: use a dataset/preset that provides them"
+        )
+
+
 def build_method(trial: TrialConfig, image_size: int) -> Method:
     """The method of ``trial``'s row, built for ``image_size`` x ``image_size`` slices."""
-    validate_row(trial.row, trial.row_name)
     try:
         return _module(trial.row.method, "build").build(trial, image_size)
     except UserError as err:

@@ -2,95 +2,68 @@
 
 Training: linear beta schedule (``diffusion.train_steps`` steps, ``beta_start..beta_end``),
 WaveGrad continuous noise level, L1 on the predicted noise (eq. 3). Sampling: ancestral
-DDPM (or DDIM, ``diffusion.sampler``) over ``diffusion.sr3_sample_steps`` evenly respaced
-steps of the training schedule (the paper's cost figure is 100 steps). Images are mapped
-from the dataset's [0, 1] scale to SR3's [-1, 1] and back, so the sampler's x0 clipping
-acts on the data range.
+DDPM (or DDIM, ``diffusion.sampler``) over ``diffusion.sr3.sample_steps`` evenly respaced
+steps of the training schedule (the paper's cost figure is 100 steps). The diffusion itself
+is :class:`~ablate.diffusion.conditional.ConditionalDiffusion`; this row says only that the
+condition is the LPET slice, placed before ``x_t``, and that samples are clipped to [0, 1].
 """
 
 from __future__ import annotations
 
 import torch
 
-from ablate.config import DiffusionConfig, ModelConfig, RowConfig, TrialConfig
-from ablate.diffusion.losses import noise_l1
-from ablate.diffusion.samplers import sample
+from ablate.config import RowConfig, TrialConfig
+from ablate.diffusion.conditional import ConditionalDiffusion, to_model_scale
+from ablate.diffusion.samplers import Sampling
 from ablate.diffusion.schedules import NoiseSchedule
 from ablate.errors import UserError
 from ablate.methods.base import Batch, Method
-from ablate.models.unet import UNet
-
-_SWITCHES = ("irm", "nas", "spectrum", "contrastive")
+from ablate.models.unet import UNetShape
 
 
 class SR3(Method):
-    """Conditional DDPM baseline; ``reconstruct`` draws one sample per input."""
+    """Conditional DDPM baseline; ``reconstruct`` draws one sample per input.
+
+    Args:
+        image_size: square image size H = W.
+        unet: the denoising UNet's shape.
+        schedule: the training noise schedule.
+        sampling: the sampler, its eta and its (respaced) steps.
+    """
 
     stochastic = True
     required_keys = frozenset({"lpet", "spet"})
 
-    def __init__(self, model: ModelConfig, diffusion: DiffusionConfig, image_size: int) -> None:
+    def __init__(
+        self,
+        image_size: int,
+        *,
+        unet: UNetShape,
+        schedule: NoiseSchedule,
+        sampling: Sampling,
+    ) -> None:
         super().__init__()
-        if diffusion.sr3_sample_steps > diffusion.train_steps:
-            raise UserError(
-                f"diffusion.sr3_sample_steps ({diffusion.sr3_sample_steps}) exceeds "
-                f"diffusion.train_steps ({diffusion.train_steps}): lower it"
-            )
-        self.net = UNet(
-            in_channels=2,
-            out_channels=1,
-            base_width=model.sr3_width,
-            channel_mults=model.sr3_mults,
-            res_blocks=model.res_blocks,
-            attn_res=model.attn_res,
-            image_size=image_size,
-            dropout=model.dropout,
-            noise_embedding=True,
+        self.net = unet.build(2, image_size, noise_embedding=True)
+        self.diffusion = ConditionalDiffusion(
+            self.net,
+            schedule,
+            sampling,
+            noise_level="continuous",
+            objective="l1",
+            clip=(0.0, 1.0),
+            condition_first=True,
         )
-        self.train_schedule = NoiseSchedule.linear(
-            diffusion.train_steps, diffusion.beta_start, diffusion.beta_end
-        )
-        self.sample_schedule = self.train_schedule.respaced(diffusion.sr3_sample_steps)
-        self.sampler = diffusion.sampler
-        self.ddim_eta = diffusion.ddim_eta
 
     def training_losses(self, batch: Batch) -> dict[str, torch.Tensor]:
-        cond = 2.0 * batch["lpet"] - 1.0
-        x0 = 2.0 * batch["spet"] - 1.0
-        _, gamma = self.train_schedule.sample_noise_level(x0.shape[0], device=x0.device)
-        g = gamma.reshape(-1, 1, 1, 1)
-        noise = torch.randn_like(x0)
-        x_t = g.sqrt() * x0 + (1.0 - g).sqrt() * noise
-        main = noise_l1(self.net(torch.cat([cond, x_t], dim=1), g.flatten().sqrt()), noise)
+        main = self.diffusion.loss(batch["spet"], to_model_scale(batch["lpet"]))
         return {"loss": main, "main": main}
 
     @torch.no_grad()
     def reconstruct(self, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor:
-        cond = 2.0 * batch["lpet"] - 1.0
-        x = sample(
-            self.sampler,
-            lambda x_t, level: self.net(torch.cat([cond, x_t], dim=1), level),
-            tuple(cond.shape),
-            self.sample_schedule,
-            eta=self.ddim_eta,
-            device=cond.device,
-            generator=generator,
-        )
-        return (x + 1.0) / 2.0
+        return self.diffusion.sample(to_model_scale(batch["lpet"]), generator)
 
     def extra_repr(self) -> str:
-        eta = f", eta={self.ddim_eta}" if self.sampler == "ddim" else ""
-        return f"sampler={self.sampler!r}{eta}, sample_steps={self.sample_schedule.steps}"
-
-
-def validate_row(row: RowConfig) -> None:
-    """SR3 has no component switches; a row that sets one is a mistake worth stopping."""
-    on = [name for name in _SWITCHES if getattr(row, name)]
-    if on:
-        raise UserError(
-            f"method 'sr3' has no {'/'.join(on)} component: use method 'coarse_to_fine' "
-            "for irm/nas/spectrum/contrastive rows"
-        )
+        return repr(self.diffusion)
 
 
 def required_keys(row: RowConfig) -> frozenset[str]:
@@ -98,4 +71,20 @@ def required_keys(row: RowConfig) -> frozenset[str]:
 
 
 def build(trial: TrialConfig, image_size: int) -> SR3:
-    return SR3(trial.model, trial.diffusion, image_size)
+    model, diffusion = trial.model.sr3, trial.diffusion
+    sample_steps = diffusion.sr3.sample_steps
+    if sample_steps > diffusion.train_steps:
+        raise UserError(
+            f"diffusion.sr3.sample_steps ({sample_steps}) exceeds "
+            f"diffusion.train_steps ({diffusion.train_steps}): lower it"
+        )
+    return SR3(
+        image_size,
+        unet=UNetShape(
+            model.width, model.mults, model.res_blocks, model.attn_res, trial.model.dropout
+        ),
+        schedule=NoiseSchedule.linear(
+            diffusion.train_steps, diffusion.beta_start, diffusion.beta_end
+        ),
+        sampling=Sampling(sample_steps, diffusion.sampler, diffusion.ddim_eta),
+    )

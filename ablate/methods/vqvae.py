@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ablate.config import RowConfig, TrialConfig
 from ablate.methods.base import Batch
-from ablate.methods.deeppet import SinogramMethod, validate_sinogram_row
+from ablate.methods.deeppet import SinogramMethod
 from ablate.models.vqvae import VQVAE
 
 
@@ -24,10 +24,8 @@ class VQVAEMethod(SinogramMethod):
         code_dim: int = 64,
         num_codes: int = 512,
         beta: float = 0.25,
-        lr: float | None = None,
-        weight_decay: float | None = None,
     ) -> None:
-        super().__init__(image_size, lr, weight_decay)
+        super().__init__(image_size)
         self.beta = beta
         self.net = VQVAE(1, width=width, code_dim=code_dim, num_codes=num_codes)
 
@@ -45,22 +43,16 @@ class VQVAEMethod(SinogramMethod):
         return self.net(self.sinogram_image(batch))[0]
 
 
-def validate_row(row: RowConfig) -> None:
-    validate_sinogram_row(row)
-
-
 def required_keys(row: RowConfig) -> frozenset[str]:
     return VQVAEMethod.required_keys
 
 
 def build(trial: TrialConfig, image_size: int) -> VQVAEMethod:
-    m = trial.model
+    m = trial.model.vqvae
     return VQVAEMethod(
         image_size,
-        width=m.vqvae_width,
-        code_dim=m.vqvae_code_dim,
-        num_codes=m.vqvae_codes,
+        width=m.width,
+        code_dim=m.code_dim,
+        num_codes=m.codes,
         beta=trial.loss.vq_beta,
-        lr=trial.row.lr,
-        weight_decay=trial.row.weight_decay,
     )

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -294,3 +296,34 @@ class UNet(nn.Module):
             if i < len(self.upsample):
                 h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
         return self.head(h)
+
+
+@dataclass(frozen=True)
+class UNetShape:
+    """What a row's settings say about one of its UNets: width, multipliers, blocks,
+    attention sizes and dropout. The method adds what only it knows (input channels, image
+    size, noise embedding, guidance) in :meth:`build`; every network has one output channel.
+    """
+
+    width: int
+    mults: tuple[int, ...]
+    res_blocks: int
+    attn_res: tuple[int, ...] = ()
+    dropout: float = 0.0
+
+    def build(
+        self, in_channels: int, image_size: int, *, noise_embedding: bool, **guidance: Any
+    ) -> UNet:
+        """The UNet of this shape; ``guidance`` holds :class:`UNet`'s ``guide_*`` arguments."""
+        return UNet(
+            in_channels,
+            1,
+            base_width=self.width,
+            channel_mults=self.mults,
+            res_blocks=self.res_blocks,
+            attn_res=self.attn_res,
+            image_size=image_size,
+            dropout=self.dropout,
+            noise_embedding=noise_embedding,
+            **guidance,
+        )

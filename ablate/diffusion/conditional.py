@@ -1,0 +1,135 @@
+"""A conditional denoising diffusion model: one network, its noise schedule, a loss, a sampler.
+
+Shaped after lucidrains' ``GaussianDiffusion``: the network only maps ``(x_t, sqrt(gamma))``
+and a condition to predicted noise and never sees the schedule; :class:`ConditionalDiffusion`
+draws training noise levels, noises with :meth:`NoiseSchedule.add_noise`, scores the predicted
+noise, and samples through :func:`ablate.diffusion.samplers.sample` (DDPM or DDIM). SR3,
+Palette and PMDM-PET are all this one model; a method says only what differs:
+
+- the condition it builds (LPET, the resampled sinogram, DeepPET's ``r0*``) and whether it
+  comes before or after ``x_t`` in the network's input channels;
+- the training noise level: WaveGrad's continuous level (SR3) or a uniform discrete step
+  (DDPM, PMDM);
+- the loss on the predicted noise: L1 (SR3) or MSE (DDPM, PMDM);
+- the sampler's ``x_0`` clip window, in data units.
+
+Images are diffused on the ``2 x - 1`` scale (data ``[0, 1]`` -> ``[-1, 1]``): :meth:`loss`
+takes the target and :meth:`sample` returns the image on the data scale; conditions are
+passed already on the network's scale (:func:`to_model_scale` puts an image there).
+
+The network is held by reference, not registered as a submodule: the method registers it
+under its own attribute (SR3's ``net``, PMDM's ``unet``), so checkpoint keys,
+``torch.compile`` and EMA copies (a deep copy of the method copies this reference with it)
+see the network where they always have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ablate.diffusion.losses import noise_l1
+from ablate.diffusion.samplers import Sampling, sample
+from ablate.diffusion.schedules import NoiseSchedule
+
+NoiseLevel = Literal["continuous", "discrete"]
+Objective = Literal["l1", "mse"]
+
+_OBJECTIVES: dict[Objective, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "l1": noise_l1,
+    "mse": F.mse_loss,
+}
+
+
+def to_model_scale(image: torch.Tensor) -> torch.Tensor:
+    """Data ``[0, 1]`` -> the diffusion scale ``[-1, 1]``."""
+    return 2.0 * image - 1.0
+
+
+def to_data_scale(x: torch.Tensor) -> torch.Tensor:
+    """The diffusion scale ``[-1, 1]`` -> data ``[0, 1]``."""
+    return (x + 1.0) / 2.0
+
+
+class ConditionalDiffusion:
+    """An epsilon-predicting conditional DDPM around ``net(input, sqrt_gamma [B])``.
+
+    Args:
+        net: the denoiser; its input is the condition and ``x_t`` concatenated on channels.
+        schedule: the training schedule (T steps).
+        sampling: the sampler, its eta and its steps (respaced from ``schedule``).
+        noise_level: ``"continuous"`` (WaveGrad: ``gamma`` uniform within a step) or
+            ``"discrete"`` (``gamma_t`` of a uniform step).
+        objective: ``"l1"`` or ``"mse"`` between predicted and true noise.
+        clip: the sampler's ``x_0`` clip window in data units.
+        condition_first: the condition's channels come before ``x_t`` (SR3) or after (PMDM).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        schedule: NoiseSchedule,
+        sampling: Sampling,
+        *,
+        noise_level: NoiseLevel,
+        objective: Objective,
+        clip: tuple[float, float],
+        condition_first: bool,
+    ) -> None:
+        self.net = net
+        self.schedule = schedule
+        self.sampling = sampling
+        self.sample_schedule = schedule.respaced(sampling.steps)
+        self.noise_level = noise_level
+        self.objective = objective
+        self.clip = clip
+        self.condition_first = condition_first
+
+    def denoise(self, x_t: torch.Tensor, cond: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """The predicted noise of ``x_t`` at ``level = sqrt(gamma)`` [B] given ``cond``."""
+        parts = [cond, x_t] if self.condition_first else [x_t, cond]
+        return self.net(torch.cat(parts, dim=1), level)
+
+    def training_level(self, batch: int, device: torch.device) -> torch.Tensor:
+        """A training signal fraction ``gamma`` [B] per sample (float32 on ``device``)."""
+        if self.noise_level == "continuous":
+            return self.schedule.sample_noise_level(batch, device=device)[1]
+        return self.schedule.sample_step_level(batch, device=device)
+
+    def loss(self, x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The noise-prediction loss of target ``x0`` (data scale) given ``cond``.
+
+        Random draws, in order: the noise level (CPU generator), then the noise
+        (``randn_like`` on the target's device).
+        """
+        x0 = to_model_scale(x0)
+        gamma = self.training_level(x0.shape[0], x0.device)
+        noise = torch.randn_like(x0)
+        x_t = self.schedule.add_noise(x0, noise, gamma)
+        return _OBJECTIVES[self.objective](self.denoise(x_t, cond, gamma.sqrt()), noise)
+
+    @torch.no_grad()
+    def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One single-channel sample [B, 1, H, W] per condition [B, C, H, W], on the data
+        scale; the same ``generator`` state gives the same sample."""
+        lo, hi = self.clip
+        x = sample(
+            self.sampling.sampler,
+            lambda x_t, level: self.denoise(x_t, cond, level),
+            (cond.shape[0], 1, *cond.shape[2:]),
+            self.sample_schedule,
+            eta=self.sampling.eta,
+            device=cond.device,
+            generator=generator,
+            clip=(2.0 * lo - 1.0, 2.0 * hi - 1.0),
+        )
+        return to_data_scale(x)
+
+    def __repr__(self) -> str:
+        sampler, steps = self.sampling.sampler, self.sampling.steps
+        eta = f", eta={self.sampling.eta}" if sampler == "ddim" else ""
+        return f"T={self.schedule.steps}, sampler={sampler!r}{eta}, sample_steps={steps}"

@@ -1,0 +1,105 @@
+"""What a trial is: one row and one seed of an experiment, with dotted overrides on top.
+
+A launch's Ray ``param_space`` holds flat dotted axes, ``row``, ``seed`` and any grid axis or
+searched setting (``loss.k``), so Ray's trial table, the MLflow params and the dashboards all
+see the same names. :func:`trial_config` turns one point of that space back into a validated
+:class:`TrialConfig`, on the driver (to check every trial before anything starts) and in the
+worker (to run it), through :func:`ablate.overrides.apply_overrides`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from typing import Any
+
+from ablate.config import (
+    SHARED_SECTIONS,
+    ConfigError,
+    ExperimentConfig,
+    SearchParam,
+    TrialConfig,
+)
+from ablate.overrides import apply_overrides, check_key
+
+#: The axes every launch has, besides the experiment's grid axes and searched settings.
+ROW, SEED = "row", "seed"
+
+
+def grid_axes(exp: ExperimentConfig) -> dict[str, list[Any]]:
+    """The values each axis of a grid launch takes: rows, seeds, then ``exp.grid``."""
+    return {ROW: list(exp.rows), SEED: list(exp.seeds), **exp.grid}
+
+
+def trial_config(exp: ExperimentConfig, point: Mapping[str, Any]) -> TrialConfig:
+    """The trial at ``point`` of a launch's param space (``{"row": "full", "seed": 0,
+    "loss.k": 3e-5}``): the row and the experiment's shared settings, then every other key
+    of ``point`` as a dotted override of the trial (``row.<switch>`` addresses the row)."""
+    row_name, seed = point[ROW], point[SEED]
+    if row_name not in exp.rows:
+        raise ConfigError(f"experiment '{exp.name}' has no row '{row_name}'")
+    base = {
+        "experiment": exp.name,
+        "row_name": row_name,
+        "row": exp.rows[row_name].model_dump(mode="json"),
+        "seed": seed,
+        **{section: getattr(exp, section).model_dump(mode="json") for section in SHARED_SECTIONS},
+    }
+    overrides = {key: value for key, value in point.items() if key not in (ROW, SEED)}
+    return apply_overrides(TrialConfig, base, overrides, f"row '{row_name}' seed {seed}")
+
+
+def expand(exp: ExperimentConfig) -> list[TrialConfig]:
+    """Every trial of a grid launch (rows x seeds x grid axes), validated."""
+    axes = grid_axes(exp)
+    return [
+        trial_config(exp, dict(zip(axes, values, strict=True)))
+        for values in itertools.product(*axes.values())
+    ]
+
+
+def search_base(exp: ExperimentConfig) -> dict[str, Any]:
+    """The fixed axes of a search: its row and the experiment's first seed."""
+    if exp.search is None:
+        raise ConfigError(f"experiment '{exp.name}' has no 'search' section: add one to search")
+    return {ROW: exp.search.row, SEED: exp.seeds[0]}
+
+
+def check_search(exp: ExperimentConfig) -> TrialConfig:
+    """Check every searched key and the ends of its range on the searched row before a search
+    starts (not inside its trials); return the search's base trial."""
+    base = search_base(exp)
+    trial = trial_config(exp, base)
+    assert exp.search is not None
+    for key, param in exp.search.params.items():
+        check_key(trial, key, f"search parameter '{key}'")
+        for value in _representatives(param):
+            trial_config(exp, {**base, key: value})
+    return trial
+
+
+def _representatives(param: SearchParam) -> list[Any]:
+    if param.type == "choice":
+        return list(param.values or [])
+    if param.type == "int":
+        return [int(param.low or 0), int(param.high or 0)]
+    return [param.low, param.high]
+
+
+def select_rows(exp: ExperimentConfig, names: list[str]) -> ExperimentConfig:
+    """``exp`` restricted to the rows ``names`` (``--rows cpm,full``), in the given order."""
+    unknown = [name for name in names if name not in exp.rows]
+    if unknown:
+        raise ConfigError(
+            f"--rows: no row '{unknown[0]}' in experiment '{exp.name}': "
+            f"its rows are {', '.join(exp.rows)}"
+        )
+    if not names:
+        raise ConfigError("--rows is empty: name at least one row, e.g. --rows cpm,full")
+    return exp.model_copy(update={"rows": {name: exp.rows[name] for name in names}})
+
+
+def row_trials(exp: ExperimentConfig) -> dict[str, TrialConfig]:
+    """Each row's trial at the experiment's first seed, grid axes left at their base values
+    (what counting and benchmarks measure)."""
+    return {name: trial_config(exp, {ROW: name, SEED: exp.seeds[0]}) for name in exp.rows}
