@@ -230,7 +230,10 @@ def _version(mlf: Any, model_name: str, model_id: str, run: Any, metric: str) ->
         source,
         run_id=run.info.run_id,
         model_id=model_id,
-        tags={metric: str(run.data.metrics[metric]), "row": run.data.tags.get(tracking.TAG_ROW)},
+        tags={
+            metric: str(run.data.metrics[metric]),
+            "row": run.data.tags.get(tracking.TAG_ROW, ""),
+        },
     )
     return str(version.version), True
 

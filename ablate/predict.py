@@ -165,5 +165,5 @@ def predict_volume(
             data, zooms = volume.ras()
             result = volume.from_ras(slices_to_volume(result, data.shape, zooms))
         write_like(result.reshape(volume.array.shape), volume, output_path)
-    divisor, _ = intensity.scales(stack, spec.intensity, scale or 0.0)
-    return Prediction(int(stack.shape[0]), k if spec.stochastic else 1, divisor, scale is None)
+    _, full_dose = intensity.scales(stack, spec.intensity, scale or 0.0)
+    return Prediction(int(stack.shape[0]), k if spec.stochastic else 1, full_dose, scale is None)

@@ -137,14 +137,7 @@ class Reconstructor(mlflow.pyfunc.PythonModel):
         self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None
     ) -> np.ndarray:
         params = {**default_params(self.spec), **(params or {})}
-        stack = np.asarray(model_input, dtype=np.float32)
-        if stack.ndim == 2:
-            stack = stack[None]
-        if tuple(stack.shape[1:]) != self.spec.input_shape:
-            raise ValueError(
-                f"row '{self.spec.row}' takes {self.spec.input} slices of "
-                f"{self.spec.input_shape}, got an array of shape {stack.shape}"
-            )
+        stack = np.asarray(model_input, dtype=np.float32)  # [slices, ...input_shape]: schema
         divisor, multiplier = intensity.scales(stack, self.spec.intensity, params["scale"])
         out = reconstruct_stack(
             self.method,

@@ -29,6 +29,7 @@ from ablate.training import TrainingRun
 from ablate.trials import expand
 from ablate.volumes import read_volume, slices_to_volume, volume_to_slices, write_like
 from tests.conftest import tiny_experiment
+from trainables.ablation import LaunchContext
 
 runner = CliRunner()
 
@@ -62,8 +63,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tracking.finish_run(uri, run_id, "completed")
     record = work / "ray_results" / "mylaunch" / LAUNCH_RECORD
     record.parent.mkdir(parents=True)
-    context = {"tracking_uri": uri, "experiment_id": eid, "parent_run_id": parent}
-    record.write_text(json.dumps({"context": context, "experiment": {"name": "exp-it"}}))
+    context = LaunchContext(uri, eid, parent, str(data), str(work / "cache"), "launch")
+    launch = {"kind": "launch", "context": context.to_dict(), "experiment": exp.model_dump()}
+    record.write_text(json.dumps(launch, default=str))
     return work
 
 
@@ -152,6 +154,10 @@ def test_launch_names_unknown_names_and_mistyped_workdir(store: Path, tmp_path: 
         message = _error(command, "nope", "--workdir", str(store))
         assert "no launch or experiment named 'nope'" in message
         assert "launches: mylaunch" in message and "experiments: exp-it" in message
+    status = _cli("status", "exp-it", "--workdir", str(store))  # its latest launch
+    assert "launch mylaunch" in status and status.count("completed") == 2
+    table = _cli("table", "mylaunch", "--workdir", str(store), "--format", "md")
+    assert "| cpm | 2/2 |" in table  # the launch's two trials
     typo = tmp_path / "runz"
     for command in ("export", "status", "resume"):
         assert "no MLflow store" in _error(command, "exp-it", "--workdir", str(typo))
@@ -192,6 +198,32 @@ def test_predict_bad_inputs_are_one_line_and_write_nothing(
     np.save(tmp_path / "sino.npy", sino)
     _cli("predict", "--model", str(sinogram_model), str(tmp_path / "sino.npy"), "img.npy")
     assert np.load(tmp_path / "img.npy").shape == (2, 32, 32)
+
+
+@pytest.mark.slow
+def test_a_trial_from_before_serving_json_exports_from_its_dataset(
+    store: Path, tmp_path: Path
+) -> None:
+    uri = tracking.default_tracking_uri(store)
+    source = MlflowClient(uri).search_runs(
+        [MlflowClient(uri).get_experiment_by_name("exp-it").experiment_id],
+        "tags.`ablate.kind` = 'trial'",
+    )[0]
+    checkpoint = Path(
+        MlflowClient(uri).download_artifacts(source.info.run_id, "checkpoint", str(tmp_path))
+    )
+    for name in ("serving.json", "input_example.npy"):
+        (checkpoint / name).unlink()
+    dataset = build_dataset(DataConfig(preset="tiny"), store / "datasets")
+    eid = tracking.ensure_experiment(uri, "legacy-it", tracking.artifact_root(store))
+    parent = tracking.start_parent(uri, eid, "launch", "legacy-1", {"dataset": str(dataset)})
+    run_id, _ = tracking.find_or_start_child(uri, eid, parent, "t", "cpm-s0", {})
+    tracking.log_metrics(uri, run_id, {"psnr": 10.0})
+    tracking.log_artifacts(uri, run_id, checkpoint, "checkpoint")
+    tracking.finish_run(uri, run_id, "completed")
+    _cli("export", "legacy-it", "--workdir", str(store), "--out", str(tmp_path / "legacy"))
+    spec = json.loads((tmp_path / "legacy" / "serving.json").read_text())
+    assert spec["input_shape"] == [32, 32] and spec["intensity"]["input"] == "lpet"
 
 
 def _oblique_affine(zoom: float) -> np.ndarray:
