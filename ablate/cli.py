@@ -67,7 +67,7 @@ def _workspace(workdir: Path, tracking_uri: str | None, storage: str | None = No
     return Workspace.create(workdir, tracking_uri, storage)
 
 
-def _existing_workspace(workdir: Path, tracking_uri: str | None, storage: str | None = None) -> Any:
+def _existing_workspace(workdir: Path, tracking_uri: str | None) -> Any:
     """The workspace of earlier launches, read as it is: a mistyped --workdir creates nothing."""
     from ablate import tracking
     from ablate.experiment import Workspace
@@ -75,7 +75,24 @@ def _existing_workspace(workdir: Path, tracking_uri: str | None, storage: str | 
     workdir = workdir.resolve()
     uri = tracking_uri or tracking.default_tracking_uri(workdir)
     tracking.require_store(uri)
-    return Workspace(workdir, uri, storage or str(workdir / "ray_results"))
+    return Workspace(workdir, uri, str(workdir / "ray_results"))
+
+
+def _launch_workspace(workdir: Path, storage: str | None) -> Any:
+    """The workspace of ``status``/``resume``: its launch records must exist (each names its
+    own MLflow store), and nothing is created when they do not."""
+    from ablate import tracking
+    from ablate.experiment import Workspace
+
+    workdir = workdir.resolve()
+    ws = Workspace(
+        workdir, tracking.default_tracking_uri(workdir), storage or str(workdir / "ray_results")
+    )
+    if not Path(ws.storage).is_dir():
+        raise UserError(
+            f"no launches under {ws.storage}: run `ablate run` first, or fix --workdir/--storage"
+        )
+    return ws
 
 
 def _quiet_mlflow() -> None:
@@ -205,7 +222,7 @@ def resume(
     from ablate.experiment import resume as resume_launch
     from ablate.launches import resolve_launch
 
-    ws = _existing_workspace(workdir, None, storage)
+    ws = _launch_workspace(workdir, storage)
     launch = resolve_launch(name, ws.storage, ws.tracking_uri)
     _print_launch(resume_launch(ws, launch, address=address), workdir)
 
@@ -223,7 +240,7 @@ def status(
     from ablate.experiment import launch_status
     from ablate.launches import resolve_launch
 
-    ws = _existing_workspace(workdir, None, storage)
+    ws = _launch_workspace(workdir, storage)
     launch = resolve_launch(name, ws.storage, ws.tracking_uri)
     rows = launch_status(ws, launch)
     table = Table(title=f"launch {launch}")
@@ -267,7 +284,7 @@ def export(
     study = resolve_study(name, ws.storage, ws.tracking_uri)
     if out is None:
         out = ws.workdir / "exports" / name
-        out.parent.mkdir(exist_ok=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
     result = export_best(study, metric, mode, model_name or f"{name}-best", out, row)
     for alias, version in result.versions.items():
         state = "new" if result.changed[alias] else "unchanged"

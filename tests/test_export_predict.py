@@ -159,8 +159,9 @@ def test_launch_names_unknown_names_and_mistyped_workdir(store: Path, tmp_path: 
     table = _cli("table", "mylaunch", "--workdir", str(store), "--format", "md")
     assert "| cpm | 2/2 |" in table  # the launch's two trials
     typo = tmp_path / "runz"
-    for command in ("export", "status", "resume"):
-        assert "no MLflow store" in _error(command, "exp-it", "--workdir", str(typo))
+    assert "no MLflow store" in _error("export", "exp-it", "--workdir", str(typo))
+    for command in ("status", "resume"):
+        assert "no launches under" in _error(command, "exp-it", "--workdir", str(typo))
     np.save(tmp_path / "in.npy", np.ones((2, 32, 32), np.float32))
     model = "models:/exp-it-best@champion"
     args = ("--workdir", str(typo), str(tmp_path / "in.npy"), str(tmp_path / "o.npy"))
