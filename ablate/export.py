@@ -99,13 +99,13 @@ def check_out(out: Path, model_name: str) -> None:
         raise UserError(f"--out {out} is a file, not a folder; choose another --out")
     if not out.is_dir() or not any(out.iterdir()):
         return
-    marker = out / EXPORT_FILE
-    if not marker.is_file():
+    try:
+        previous = json.loads((out / EXPORT_FILE).read_text())
+    except (OSError, ValueError):
         raise UserError(
             f"--out {out} is not empty and is no ablate export; nothing was written or "
             "deleted: choose a new or empty folder"
-        )
-    previous = json.loads(marker.read_text())
+        ) from None
     if previous.get("model_name") != model_name:
         raise UserError(
             f"--out {out} holds the export of model '{previous.get('model_name')}', not "

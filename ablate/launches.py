@@ -9,7 +9,8 @@ So a user knows two names for the same results: the launch name and the experime
   ``resume`` take its latest launch;
 - a **launch** name means that launch's trials only (its MLflow parent run).
 
-An experiment name wins when a name is both (the default launch name is the experiment's).
+When a name is both (the default launch name is the experiment's), ``export``, ``table``
+and ``dashboard`` take the experiment, ``status`` and ``resume`` the launch.
 An unknown name is a one-line error listing the names that exist. Nothing here creates a
 store or a folder: reading a mistyped ``--workdir`` leaves no trace.
 """
@@ -62,7 +63,6 @@ class Study:
     name: str
     experiment: str
     tracking_uri: str
-    launch: str | None = None
     parent_run_id: str | None = None
 
 
@@ -90,7 +90,6 @@ def resolve_study(name: str, storage: str | Path, tracking_uri: str) -> Study:
             name,
             record["experiment"]["name"],
             context["tracking_uri"],
-            launch=name,
             parent_run_id=context["parent_run_id"],
         )
     raise _unknown(name, storage, tracking_uri)
@@ -105,9 +104,9 @@ def resolve_launch(name: str, storage: str | Path, tracking_uri: str) -> str:
         record = read_launch_record(storage, launch)
         if record["experiment"]["name"] != name:
             continue
-        started = tracking.client(record["context"]["tracking_uri"]).get_run(
-            record["context"]["parent_run_id"]
-        )
+        uri = record["context"]["tracking_uri"]
+        tracking.require_store(uri)
+        started = tracking.client(uri).get_run(record["context"]["parent_run_id"])
         candidate = (started.info.start_time or 0, launch)
         latest = candidate if latest is None or candidate > latest else latest
     if latest is None:
