@@ -67,6 +67,43 @@ def _workspace(workdir: Path, tracking_uri: str | None, storage: str | None = No
     return Workspace.create(workdir, tracking_uri, storage)
 
 
+def _existing_workspace(workdir: Path, tracking_uri: str | None) -> Any:
+    """The workspace of earlier launches, read as it is: a mistyped --workdir creates nothing."""
+    from ablate import tracking
+    from ablate.experiment import Workspace
+
+    workdir = workdir.resolve()
+    uri = tracking_uri or tracking.default_tracking_uri(workdir)
+    tracking.require_store(uri)
+    return Workspace(workdir, uri, str(workdir / "ray_results"))
+
+
+def _launch_workspace(workdir: Path, storage: str | None) -> Any:
+    """The workspace of ``status``/``resume``: its launch records must exist (each names its
+    own MLflow store), and nothing is created when they do not."""
+    from ablate import tracking
+    from ablate.experiment import Workspace
+
+    workdir = workdir.resolve()
+    ws = Workspace(
+        workdir, tracking.default_tracking_uri(workdir), storage or str(workdir / "ray_results")
+    )
+    if not Path(ws.storage).is_dir():
+        raise UserError(
+            f"no launches under {ws.storage}: run `ablate run` first, or fix --workdir/--storage"
+        )
+    return ws
+
+
+def _quiet_mlflow() -> None:
+    """No download bars or MLflow notices between our lines (the CLI owns the process)."""
+    import logging
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+
+
 def _parse_resources(text: str | None) -> dict[str, float]:
     if not text:
         return {}
@@ -184,32 +221,37 @@ def search(
 @app.command()
 @friendly_errors
 def resume(
-    name: str = typer.Argument(..., help="Launch name (as given to run/search)."),
+    name: str = typer.Argument(..., help="Launch name (run/search --name) or experiment name."),
     address: str | None = ADDRESS_OPT,
     storage: str | None = typer.Option(None, "--storage", help="Ray storage path."),
     workdir: Path = WORKDIR_OPT,
 ) -> None:
     """Resume an interrupted grid or search; no MLflow run is duplicated."""
     from ablate.experiment import resume as resume_launch
+    from ablate.launches import resolve_launch
 
-    ws = _workspace(workdir, None, storage)
-    _print_launch(resume_launch(ws, name, address=address), workdir)
+    ws = _launch_workspace(workdir, storage)
+    launch = resolve_launch(name, ws.storage, ws.tracking_uri)
+    _print_launch(resume_launch(ws, launch, address=address), workdir)
 
 
 @app.command()
 @friendly_errors
 def status(
-    name: str = typer.Argument(..., help="Launch name."),
+    name: str = typer.Argument(..., help="Launch name (run/search --name) or experiment name."),
     storage: str | None = typer.Option(None, "--storage", help="Ray storage path."),
     workdir: Path = WORKDIR_OPT,
 ) -> None:
-    """Trials of a launch, their states and failures (from its MLflow runs)."""
+    """Trials of a launch (an experiment's latest), their states and failures."""
     from rich.table import Table
 
     from ablate.experiment import launch_status
+    from ablate.launches import resolve_launch
 
-    rows = launch_status(_workspace(workdir, None, storage), name)
-    table = Table(title=f"launch {name}")
+    ws = _launch_workspace(workdir, storage)
+    launch = resolve_launch(name, ws.storage, ws.tracking_uri)
+    rows = launch_status(ws, launch)
+    table = Table(title=f"launch {launch}")
     for col in ("run", "status", "psnr", "error"):
         table.add_column(col)
     for r in rows:
@@ -220,7 +262,7 @@ def status(
 @app.command()
 @friendly_errors
 def export(
-    experiment: str = typer.Argument(..., help="MLflow experiment (study) name."),
+    name: str = typer.Argument(..., help="Experiment name, or launch name (run --name)."),
     metric: str | None = typer.Option(
         None,
         "--metric",
@@ -228,31 +270,54 @@ def export(
         "search asks which objective).",
     ),
     mode: str | None = typer.Option(None, "--mode", help="max or min (default: the metric's)."),
-    model_name: str | None = typer.Option(None, "--model-name", help="Registered model name."),
-    out: Path | None = typer.Option(None, "--out", help="Standalone folder to write."),
+    row: str | None = typer.Option(None, "--row", help="Only trials of this row."),
+    model_name: str | None = typer.Option(
+        None, "--model-name", help="Registered model name (default NAME-best)."
+    ),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Standalone folder: new, empty or a previous export of the model "
+        "(default <workdir>/exports/NAME); its parent folder must exist.",
+    ),
     tracking_uri: str | None = TRACKING_OPT,
     workdir: Path = WORKDIR_OPT,
 ) -> None:
-    """Register the best trial as 'champion' (2nd: 'challenger') and write a standalone copy."""
+    """Register the best trial as an MLflow pyfunc model ('champion'; 2nd: 'challenger') and
+    write a standalone copy. Exporting the same best trial again changes nothing."""
+    import shlex
+
     from ablate.export import export_best, ranking
+    from ablate.launches import resolve_study
 
     if mode not in (None, "max", "min"):
         raise UserError(f"--mode '{mode}': use max or min")
-    ws = _workspace(workdir, tracking_uri)
-    metric, mode = ranking(ws.tracking_uri, experiment, metric, mode)
-    result = export_best(
-        ws.tracking_uri,
-        experiment,
-        metric,
-        mode,
-        model_name,
-        out or ws.workdir / "exports" / experiment,
-    )
+    _quiet_mlflow()
+    ws = _existing_workspace(workdir, tracking_uri)
+    study = resolve_study(name, ws.storage, ws.tracking_uri)
+    metric, mode = ranking(study.tracking_uri, study.experiment, metric, mode)
+    if out is None:
+        out = ws.workdir / "exports" / name
+        out.parent.mkdir(parents=True, exist_ok=True)
+    result = export_best(study, metric, mode, model_name or f"{name}-best", out, row)
+    for alias, version in result.versions.items():
+        state = "new" if result.changed[alias] else "unchanged"
+        console.print(
+            f"{result.model_name}@{alias} = version {version} ({state}; "
+            f"run {result.run_ids[alias]})",
+            soft_wrap=True,
+        )
     console.print(
-        f"{result.model_name}: champion = version {result.versions['champion']} "
-        f"({metric} {result.value:.4f}, run {result.run_ids['champion']}); "
-        f"standalone copy in {result.folder}. Use it with: "
-        f"ablate predict --model models:/{result.model_name}@champion INPUT OUTPUT"
+        f"best {metric} {result.value:.4f}; standalone copy (MLflow model + model.pt, "
+        f"config.yaml) in {result.folder}",
+        soft_wrap=True,
+    )
+    where = f" --tracking-uri {shlex.quote(tracking_uri)}" if tracking_uri else ""
+    if not where and workdir != Path("runs"):
+        where = f" --workdir {shlex.quote(str(workdir))}"
+    print(
+        f"Use it with: ablate predict --model models:/{result.model_name}@champion{where} "
+        "INPUT OUTPUT"
     )
 
 
@@ -260,19 +325,33 @@ def export(
 @friendly_errors
 def predict(
     input_path: Path = typer.Argument(..., help="Low-dose volume (.nii, .nii.gz, .npy)."),
-    output_path: Path = typer.Argument(..., help="Where to write the reconstruction."),
+    output_path: Path = typer.Argument(
+        ..., help="Output file (.nii/.nii.gz for NIfTI input, .npy for .npy); folder must exist."
+    ),
     model: str = typer.Option(..., "--model", help="models:/NAME@champion or an export folder."),
-    samples: int = typer.Option(1, "--samples", help="K samples averaged (AMS)."),
-    scale: float | None = typer.Option(None, "--scale", help="Intensity scale (default p99.9)."),
+    samples: int | None = typer.Option(
+        None, "--samples", help="K samples averaged (AMS; default: the row's)."
+    ),
+    scale: float | None = typer.Option(
+        None, "--scale", help="Known full-dose intensity scale (default: estimated)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Sampler seed of stochastic rows."),
     tracking_uri: str | None = TRACKING_OPT,
     workdir: Path = WORKDIR_OPT,
 ) -> None:
-    """Run an exported model on a volume, slice by slice."""
-    from ablate.export import predict_volume
+    """Run an exported model on a volume; the output keeps the input's grid and header."""
+    from ablate import tracking
+    from ablate.predict import predict_volume
 
-    ws = _workspace(workdir, tracking_uri)
-    info = predict_volume(model, input_path, output_path, ws.tracking_uri, samples, scale)
-    console.print(f"wrote {output_path}: {int(info['slices'])} slices, K={int(info['samples'])}")
+    _quiet_mlflow()
+    uri = tracking_uri or tracking.default_tracking_uri(workdir)
+    info = predict_volume(model, input_path, output_path, uri, samples, scale, seed)
+    how = "estimated" if info.estimated else "given"
+    console.print(
+        f"wrote {output_path}: {info.slices} slices, K={info.samples}, "
+        f"full-dose scale {info.scale:.4g} ({how})",
+        soft_wrap=True,
+    )
 
 
 @app.command()
@@ -346,6 +425,13 @@ _WORKDIR_HELP = "Work directory whose MLflow store (mlflow.db) to read."
 _URI_HELP = "MLflow tracking URI (overrides --workdir), e.g. http://127.0.0.1:5000."
 
 
+def _study(name: str, workdir: str, tracking_uri: str) -> Any:
+    """The experiment or launch ``name`` refers to (launch records: <workdir>/ray_results)."""
+    from ablate.launches import resolve_study
+
+    return resolve_study(name, Path(workdir) / "ray_results", tracking_uri)
+
+
 @app.command()
 @friendly_errors
 def results(
@@ -365,7 +451,9 @@ def results(
 @app.command()
 @friendly_errors
 def table(
-    experiment: str = typer.Argument(..., help="Experiment name, or a results .parquet file."),
+    experiment: str = typer.Argument(
+        ..., help="Experiment name, launch name (run --name) or a results .parquet file."
+    ),
     fmt: str = typer.Option("", "--format", help="md, latex, csv or html (default: terminal)."),
     convention: str = typer.Option("standard", "--convention", help="standard or paper."),
     reference: str | None = typer.Option(None, "--reference", help="Row tested against."),
@@ -392,10 +480,15 @@ def table(
         raise UserError(f"--test '{test}' is not one of: t, wilcoxon")
     if out and not fmt:
         fmt = {".tex": "latex", ".csv": "csv", ".html": "html"}.get(Path(out).suffix, "md")
+    uri, parent = resolve_tracking_uri(workdir, tracking_uri), None
+    if not experiment.endswith(".parquet"):
+        study = _study(experiment, workdir, uri)
+        experiment, uri, parent = study.experiment, study.tracking_uri, study.parent_run_id
     result = tables_for(
         experiment,
-        resolve_tracking_uri(workdir, tracking_uri),
+        uri,
         part=part,
+        parent_run_id=parent,
         convention=convention,  # type: ignore[arg-type]
         reference=reference,
         paper=paper,
@@ -464,9 +557,9 @@ def count(
 @app.command()
 @friendly_errors
 def dashboard(
-    experiment: str = typer.Argument(..., help="Experiment (study) name in MLflow."),
+    experiment: str = typer.Argument(..., help="Experiment name or launch name (run --name)."),
     out: str | None = typer.Option(
-        None, "--out", help="Folder (default <workdir>/dashboards/EXPERIMENT)."
+        None, "--out", help="Folder (default <workdir>/dashboards/NAME)."
     ),
     convention: str = typer.Option("standard", "--convention", help="standard or paper."),
     workdir: str = typer.Option("runs", "--workdir", help=_WORKDIR_HELP),
@@ -481,8 +574,14 @@ def dashboard(
     if convention not in ("standard", "paper"):
         raise UserError(f"--convention '{convention}' is not one of: standard, paper")
     folder = out or str(Path(workdir) / "dashboards" / experiment)
-    uri = resolve_tracking_uri(workdir, tracking_uri)
-    index = build_dashboard(experiment, uri, folder, convention=convention)  # type: ignore[arg-type]
+    study = _study(experiment, workdir, resolve_tracking_uri(workdir, tracking_uri))
+    index = build_dashboard(
+        study.experiment,
+        study.tracking_uri,
+        folder,
+        convention=convention,  # type: ignore[arg-type]
+        parent_run_id=study.parent_run_id,
+    )
     console.print(f"dashboard -> {index} (open it in a browser; no network needed)")
 
 

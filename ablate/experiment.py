@@ -25,11 +25,11 @@ from ablate import tracking
 from ablate.callbacks import CheckpointGuard, MlflowTrialStates, TrialProgress
 from ablate.config import ExperimentConfig, ResourcesConfig, parse_experiment
 from ablate.errors import UserError
+from ablate.launches import LAUNCH_RECORD, read_launch_record
 from ablate.search import PruningAwareOptunaSearch, optuna_distribution
 from ablate.trials import ROW, SEED, check_search, expand, grid_axes, search_base
 from trainables.ablation import LaunchContext, train_trial
 
-LAUNCH_RECORD = "ablate_launch.json"
 log = logging.getLogger(__name__)
 
 
@@ -378,12 +378,8 @@ def best_search_config(ws: Workspace, name: str) -> dict[str, Any]:
 
 
 def read_record(ws: Workspace, name: str) -> dict[str, Any]:
-    path = Path(ws.storage) / name / LAUNCH_RECORD
-    if not path.is_file():
-        raise UserError(
-            f"no launch named '{name}' under {ws.storage}: check the name and --workdir/--storage"
-        )
-    return json.loads(path.read_text())
+    """The record of launch ``name`` in this workspace's storage."""
+    return read_launch_record(ws.storage, name)
 
 
 def resume(ws: Workspace, name: str, *, address: str | None = None) -> LaunchResult:

@@ -11,11 +11,14 @@ trial never gets a second run.
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
@@ -82,7 +85,47 @@ def _retry(call: Callable[[], T], attempts: int = 6) -> T:
 
 
 def client(tracking_uri: str) -> MlflowClient:
-    return MlflowClient(tracking_uri=tracking_uri)
+    """A client whose runs and model registry are both the store at ``tracking_uri``."""
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def require_store(tracking_uri: str) -> None:
+    """Refuse a sqlite store that does not exist: reading one must not create it empty."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not db.is_file():
+            raise UserError(
+                f"no MLflow store at {db}: run `ablate demo` or `ablate run` first, "
+                "or pass --workdir / --tracking-uri"
+            )
+
+
+_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@contextmanager
+def global_store(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's *global* tracking and registry URIs at ``tracking_uri`` for a block.
+
+    ``mlflow.pyfunc.log_model``, registering a logged model and resolving ``models:/`` URIs
+    read the global URIs whatever client is used; left alone, they fall back to
+    ``./mlflow.db`` (and create it). Everything else here passes URIs explicitly. The
+    previous tracking URI and both environment variables are restored afterwards.
+    """
+    saved = {name: os.environ.get(name) for name in _URI_VARIABLES}
+    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        mlflow.set_registry_uri(None)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | None) -> str:

@@ -328,9 +328,13 @@ def build_dashboard(
     tracking_uri: str,
     out_dir: str | Path,
     convention: Convention = "standard",
+    parent_run_id: str | None = None,
 ) -> Path:
-    """Write ``<out_dir>/index.html`` (and the results as ``results.parquet``) for a study."""
+    """Write ``<out_dir>/index.html`` (and the results as ``results.parquet``) for a study;
+    with ``parent_run_id``, of that one launch only."""
     df = load_results(tracking_uri, experiment)
+    if parent_run_id is not None:
+        df = df[df["parent_run_id"] == parent_run_id].reset_index(drop=True)
     searches = find_searches(tracking_uri, experiment, df)
     taken = {s.launch.run_id for s in searches} | {c.run_id for s in searches for c in s.confirms}
     grid = df[~df["parent_run_id"].isin(taken)]

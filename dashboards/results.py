@@ -20,6 +20,7 @@ import pandas as pd
 
 from ablate import tracking
 from ablate.errors import UserError
+from ablate.tracking import require_store
 
 #: Columns every results frame has, in this order, before the ``params.*``/``metrics.*`` ones.
 BASE_COLUMNS = [
@@ -81,13 +82,7 @@ def _client(tracking_uri: str) -> Any:
     from mlflow.tracking import MlflowClient
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in tables
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri.removeprefix("sqlite:///"))
-        if not db.is_file():
-            raise UserError(
-                f"no MLflow store at {db}: run `ablate demo` or `ablate run` first, "
-                "or pass --workdir / --tracking-uri"
-            )
+    require_store(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri)
 
 

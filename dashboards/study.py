@@ -704,15 +704,19 @@ def tables_for(
     part: str | None = None,
     convention: Convention = "standard",
     paired_test: PairedTest = "t",
+    parent_run_id: str | None = None,
     **options: Any,
 ) -> list[AnyTable]:
     """What ``ablate table`` shows: the ablation table of the study's grids, then per search
-    its trials table and its confirm grid. ``part`` (grid, trials or confirm) keeps one kind.
+    its trials table and its confirm grid. ``part`` (grid, trials or confirm) keeps one kind;
+    ``parent_run_id`` keeps one launch.
 
     A results ``.parquet`` has no launches: it is tabulated as a grid."""
     if part is not None and part not in PARTS:
         raise UserError(f"--part '{part}' is not one of: {', '.join(PARTS)}")
     df = read_results(source, tracking_uri)
+    if parent_run_id is not None:
+        df = df[df["parent_run_id"] == parent_run_id].reset_index(drop=True)
 
     def slices(run_ids: list[str]) -> pd.DataFrame:
         return load_slice_metrics(tracking_uri, df[df["run_id"].isin(run_ids)])

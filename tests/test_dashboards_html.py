@@ -199,7 +199,7 @@ def test_cli_dashboard_writes_a_page(study_uri: str, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert (out / "index.html").stat().st_size > 1_000_000  # plotly.js is inlined
     result = CliRunner().invoke(app, ["dashboard", "nope", "--tracking-uri", study_uri])
-    assert result.exit_code == 2 and "unknown experiment 'nope'" in result.output
+    assert result.exit_code == 2 and "no launch or experiment named 'nope'" in result.output
 
 
 def _free_port() -> int:
