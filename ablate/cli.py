@@ -59,6 +59,12 @@ ROWS_OPT = typer.Option(None, "--rows", help="Only these rows, e.g. --rows cpm,f
 ADDRESS_OPT = typer.Option(
     None, "--address", help="Ray cluster: auto, HOST:PORT or ray://... (default: embedded)."
 )
+DRY_RUN_OPT = typer.Option(
+    False, "--dry-run", help="Print the plan, resources and MLflow target; start nothing."
+)
+GPU_OPT = typer.Option(
+    None, "--gpu", help="Plan for this device: H100, H200, A100 or cpu (default: by resources)."
+)
 
 
 def _workspace(workdir: Path, tracking_uri: str | None, storage: str | None = None) -> Any:
@@ -121,6 +127,52 @@ def _print_launch(result: Any, workdir: Path) -> None:
     )
 
 
+def _dry_run(
+    exp: Any, kind: str, name: str | None, workdir: Path, tracking_uri: str | None, gpu: str | None
+) -> None:
+    """What ``run``/``search`` would do, without doing it: the plan, the Ray resources
+    of each trial and the MLflow experiment it would write to (nothing is created)."""
+    from ablate.plan import dry_run_summary, plan_launch, print_plan
+
+    plan = plan_launch(exp, gpu=gpu, search=kind == "search", workdir=workdir)
+    print_plan(plan, console)
+    for line in dry_run_summary(exp, plan, kind, name, workdir, tracking_uri):
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+@app.command()
+@friendly_errors
+def plan(
+    space: Path = typer.Argument(..., help="Search-space YAML (e.g. search_spaces/demo.yaml)."),
+    overrides: list[str] | None = OVERRIDES_ARG,
+    rows: str | None = ROWS_OPT,
+    seeds: int | None = typer.Option(None, "--seeds", help="Seeds per row: 0..N-1."),
+    resources: str | None = RESOURCES_OPT,
+    gpu: str | None = GPU_OPT,
+    gpus: int | None = typer.Option(
+        None, "--gpus", help="Devices the wall time is planned on (default 1 GPU / all cores)."
+    ),
+    search: bool = typer.Option(False, "--search", help="Plan the 'search' section instead."),
+    mfu: float | None = typer.Option(
+        None, "--mfu", help="Assume this MFU (0-1) for every trial instead of the records."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    workdir: Path = WORKDIR_OPT,
+) -> None:
+    """What a launch will cost before it runs: per trial FLOPs, memory, it/s and time (measured
+    where benchmarks/results has the row, else estimated at a stated MFU); GPU-hours in all."""
+    import json
+
+    from ablate.plan import plan_launch, print_plan
+
+    exp, _ = _experiment(space, overrides, rows=rows, seeds=seeds, resources=resources)
+    result = plan_launch(exp, gpu=gpu, devices=gpus, search=search, mfu=mfu, workdir=workdir)
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+        return
+    print_plan(result, console)
+
+
 @app.command()
 @friendly_errors
 def run(
@@ -134,11 +186,15 @@ def run(
     tracking_uri: str | None = TRACKING_OPT,
     name: str | None = NAME_OPT,
     workdir: Path = WORKDIR_OPT,
+    dry_run: bool = DRY_RUN_OPT,
+    gpu: str | None = GPU_OPT,
 ) -> None:
     """Run an ablation grid: rows x seeds (x grid axes) as Ray Tune trials."""
     from ablate.experiment import launch_grid
 
     exp, settings = _experiment(space, overrides, rows=rows, seeds=seeds, resources=resources)
+    if dry_run:
+        return _dry_run(exp, "grid", name, workdir, tracking_uri, gpu)
     ws = _workspace(workdir, tracking_uri, storage)
     result = launch_grid(exp, ws, address=address, name=name, overrides=settings)
     _print_launch(result, workdir)
@@ -156,6 +212,8 @@ def search(
     tracking_uri: str | None = TRACKING_OPT,
     name: str | None = NAME_OPT,
     workdir: Path = WORKDIR_OPT,
+    dry_run: bool = DRY_RUN_OPT,
+    gpu: str | None = GPU_OPT,
 ) -> None:
     """Optuna (TPE) search with ASHA pruning over the knobs declared in 'search'."""
     from ablate.experiment import best_search_config, confirm_best, launch_search
@@ -163,6 +221,8 @@ def search(
     if confirm_seeds < 0:
         raise UserError("--confirm-seeds must be 0 (no confirm grid) or more")
     exp, settings = _experiment(space, overrides, resources=resources)
+    if dry_run:
+        return _dry_run(exp, "search", name, workdir, tracking_uri, gpu)
     ws = _workspace(workdir, tracking_uri, storage)
     result = launch_search(exp, ws, address=address, name=name, overrides=settings)
     _print_launch(result, workdir)

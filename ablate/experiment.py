@@ -276,8 +276,6 @@ def launch_search(
     search = exp.search
     name = name or exp.name
     overrides = overrides or {}
-    if base.train.eval_every == 0:
-        raise UserError("a search needs train.eval_every > 0 so that ASHA can prune early")
     row_exp = exp.model_copy(update={"rows": {search.row: exp.rows[search.row]}})
     start_ray(address)
     ctx = _prepare(row_exp, ws, "search", name, overrides)

@@ -66,8 +66,9 @@ def search_base(exp: ExperimentConfig) -> dict[str, Any]:
 
 
 def check_search(exp: ExperimentConfig) -> TrialConfig:
-    """Check every searched key and the ends of its range on the searched row before a search
-    starts (not inside its trials); return the search's base trial."""
+    """Check every searched key and the ends of its range on the searched row, and that the
+    trials validate (ASHA prunes at validations), before a search starts (not inside its
+    trials); return the search's base trial."""
     base = search_base(exp)
     trial = trial_config(exp, base)
     assert exp.search is not None
@@ -75,6 +76,8 @@ def check_search(exp: ExperimentConfig) -> TrialConfig:
         check_key(trial, key, f"search parameter '{key}'")
         for value in _representatives(param):
             trial_config(exp, {**base, key: value})
+    if trial.train.eval_every == 0:
+        raise ConfigError("a search needs train.eval_every > 0 so that ASHA can prune early")
     return trial
 
 
