@@ -196,7 +196,7 @@ def run(
     if dry_run:
         return _dry_run(exp, "grid", name, workdir, tracking_uri, gpu)
     ws = _workspace(workdir, tracking_uri, storage)
-    result = launch_grid(exp, ws, address=address, name=name, overrides=settings)
+    result = launch_grid(exp, ws, address=address, name=name, overrides=settings, gpu=gpu)
     _print_launch(result, workdir)
 
 
@@ -224,7 +224,7 @@ def search(
     if dry_run:
         return _dry_run(exp, "search", name, workdir, tracking_uri, gpu)
     ws = _workspace(workdir, tracking_uri, storage)
-    result = launch_search(exp, ws, address=address, name=name, overrides=settings)
+    result = launch_search(exp, ws, address=address, name=name, overrides=settings, gpu=gpu)
     _print_launch(result, workdir)
     best = best_search_config(ws, result.name)
     metric = exp.search.metric if exp.search else ""
@@ -255,17 +255,28 @@ def status(
     storage: str | None = typer.Option(None, "--storage", help="Ray storage path."),
     workdir: Path = WORKDIR_OPT,
 ) -> None:
-    """Trials of a launch, their states and failures (from its MLflow runs)."""
+    """Trials of a launch: states, PSNR, estimated and actual wall time, failures (MLflow)."""
     from rich.table import Table
 
     from ablate.experiment import launch_status
 
+    def secs(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0f} s"
+
     rows = launch_status(_workspace(workdir, None, storage), name)
     table = Table(title=f"launch {name}")
-    for col in ("run", "status", "psnr", "error"):
-        table.add_column(col)
+    for col in ("run", "status", "psnr", "estimated", "actual", "error"):
+        table.add_column(col, justify="right" if col in ("estimated", "actual") else "left")
     for r in rows:
-        table.add_row(r["run"], r["status"], r["psnr"], r["error"])
+        table.add_row(
+            r["run"], r["status"], r["psnr"], secs(r["est_s"]), secs(r["actual_s"]), r["error"]
+        )
+    both = [r for r in rows if r["est_s"] is not None and r["actual_s"] is not None]
+    if both:
+        est, actual = sum(r["est_s"] for r in both), sum(r["actual_s"] for r in both)
+        table.add_section()
+        ratio = f"actual/estimated {actual / est:.2f}"
+        table.add_row(f"{len(both)} trials", "", "", secs(est), secs(actual), ratio)
     console.print(table)
 
 

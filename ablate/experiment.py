@@ -11,6 +11,7 @@ next to Ray's experiment state.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from typing import Any
 import yaml
 
 from ablate import tracking
-from ablate.callbacks import CheckpointGuard, MlflowTrialStates, TrialProgress
+from ablate.callbacks import CheckpointGuard, MlflowTrialStates, PlanVsActual, TrialProgress
 from ablate.config import ExperimentConfig, ResourcesConfig, parse_experiment
 from ablate.errors import UserError
 from ablate.search import PruningAwareOptunaSearch, optuna_distribution
@@ -151,6 +152,39 @@ def _prepare(
     )
 
 
+def _plan(exp: ExperimentConfig, ws: Workspace, search: bool, gpu: str | None) -> Any:
+    """The launch's cost plan (``ablate.plan``), or None when it cannot be made: a plan
+    never stops a launch, except for a ``--gpu`` name it does not know."""
+    from ablate.plan import launch_device, plan_launch
+
+    device = gpu or launch_device(exp)
+    try:
+        return plan_launch(exp, gpu=device, search=search, workdir=ws.workdir)
+    except UserError:
+        if gpu is not None:
+            raise
+        log.warning("no cost plan for this launch", exc_info=True)
+    except Exception:  # noqa: BLE001 - an estimate must not cost the launch
+        log.warning("no cost plan for this launch", exc_info=True)
+    return None
+
+
+def _with_plan(ctx: LaunchContext, ws: Workspace, name: str, plan: Any) -> LaunchContext:
+    """Log the plan to the parent run (``plan.*`` metrics, ``<name>.plan.json``) and give
+    the trials their estimates (each logs ``est_wall_s`` beside its ``wall_s``)."""
+    if plan is None:
+        return ctx
+    metrics = {"plan.trial_s": plan.trial_s, "plan.gpu_hours": plan.gpu_hours}
+    if plan.wall_s == plan.wall_s:  # not NaN
+        metrics["plan.wall_s"] = plan.wall_s
+    tracking.log_metrics(ctx.tracking_uri, ctx.parent_run_id, metrics)
+    tracking.log_params(ctx.tracking_uri, ctx.parent_run_id, {"plan.device": plan.device})
+    path = ws.workdir / f"{name}.plan.json"
+    path.write_text(json.dumps(plan.to_dict(), indent=2, default=str))
+    tracking.log_artifacts(ctx.tracking_uri, ctx.parent_run_id, path)
+    return dataclasses.replace(ctx, estimates=plan.estimates())
+
+
 def _write_record(ws: Workspace, name: str, record: dict[str, Any]) -> None:
     folder = Path(ws.storage) / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -170,9 +204,10 @@ def _run_config(exp: ExperimentConfig, ws: Workspace, name: str, ctx: LaunchCont
         ),
         failure_config=tune.FailureConfig(max_failures=exp.max_failures),
         callbacks=[
-            TrialProgress(total=total),
+            TrialProgress(total=total, estimates=ctx.estimates),
             MlflowTrialStates(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id),
             CheckpointGuard(),
+            PlanVsActual(ctx.tracking_uri, ctx.parent_run_id, ctx.estimates),
         ],
         verbose=0,
     )
@@ -202,18 +237,22 @@ def launch_grid(
     address: str | None = None,
     name: str | None = None,
     overrides: dict[str, Any] | None = None,
+    gpu: str | None = None,
 ) -> LaunchResult:
     """Run every row x seed (x grid axes) as one Ray Tune experiment; return a summary.
 
     ``overrides`` are the command line's ``key=value`` settings, already applied to ``exp``:
-    they are recorded in the launch record and as the parent run's ``override.*`` params."""
+    they are recorded in the launch record and as the parent run's ``override.*`` params.
+    ``gpu``: the device the plan's estimates are for (default:
+    :func:`ablate.plan.launch_device`)."""
     from ray import tune
 
     name = name or exp.name
     overrides = overrides or {}
     trials = expand(exp)  # every trial checked before anything starts
+    plan = _plan(exp, ws, search=False, gpu=gpu)
     start_ray(address)
-    ctx = _prepare(exp, ws, "launch", name, overrides)
+    ctx = _with_plan(_prepare(exp, ws, "launch", name, overrides), ws, name, plan)
     _write_record(
         ws,
         name,
@@ -263,10 +302,12 @@ def launch_search(
     address: str | None = None,
     name: str | None = None,
     overrides: dict[str, Any] | None = None,
+    gpu: str | None = None,
 ) -> LaunchResult:
     """Optuna TPE (multivariate) over ``exp.search.params`` of one row, with ASHA pruning.
 
-    ``overrides``: as for :func:`launch_grid`."""
+    ``overrides``, ``gpu``: as for :func:`launch_grid`. ASHA counts validation rounds
+    (``val_round``), not Tune results: trials also send progress reports between them."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -277,8 +318,9 @@ def launch_search(
     name = name or exp.name
     overrides = overrides or {}
     row_exp = exp.model_copy(update={"rows": {search.row: exp.rows[search.row]}})
+    plan = _plan(exp, ws, search=True, gpu=gpu)
     start_ray(address)
-    ctx = _prepare(row_exp, ws, "search", name, overrides)
+    ctx = _with_plan(_prepare(row_exp, ws, "search", name, overrides), ws, name, plan)
     storage_url = f"sqlite:///{(ws.workdir / 'optuna.db').resolve()}"
     study_name = f"{name}-{ctx.parent_run_id[:8]}"
     tracking.set_tags(
@@ -309,6 +351,7 @@ def launch_search(
     )
     n_reports = len(range(base.train.eval_every, base.train.steps, base.train.eval_every)) + 1
     scheduler = ASHAScheduler(
+        time_attr="val_round",
         metric=metric,
         mode=search.mode,
         max_t=n_reports,
@@ -394,19 +437,28 @@ def confirm_best(
     return launch_grid(confirm, ws, address=address, name=f"{search_name}-confirm")
 
 
-def launch_status(ws: Workspace, name: str) -> list[dict[str, str]]:
-    """One line per trial of a launch, from its MLflow child runs (status, PSNR, error)."""
+def launch_status(ws: Workspace, name: str) -> list[dict[str, Any]]:
+    """One line per trial of a launch, from its MLflow child runs: status, PSNR, the plan's
+    estimated wall seconds (``est_s``) and the actual ones (``actual_s``: the trial's
+    ``wall_s``, or its time so far while it runs; None when unknown), error."""
     record = read_record(ws, name)
     ctx = LaunchContext(**record["context"])
     runs = tracking.child_runs(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id)
     out = []
+    now_ms = time.time() * 1000
     for run in sorted(runs, key=lambda r: r.info.run_name or ""):
         metrics = run.data.metrics
+        status = run.data.tags.get(tracking.TAG_STATUS, run.info.status.lower())
+        actual = metrics.get("wall_s")
+        if actual is None and run.info.status == "RUNNING" and run.info.start_time:
+            actual = (now_ms - run.info.start_time) / 1000
         out.append(
             {
                 "run": run.info.run_name or run.info.run_id,
-                "status": run.data.tags.get(tracking.TAG_STATUS, run.info.status.lower()),
+                "status": status,
                 "psnr": f"{metrics['psnr']:.3f}" if "psnr" in metrics else "-",
+                "est_s": metrics.get("est_wall_s"),
+                "actual_s": actual,
                 "error": run.data.tags.get(tracking.TAG_ERROR, ""),
             }
         )

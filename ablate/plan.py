@@ -43,7 +43,17 @@ from typing import Any
 
 from ablate.config import ExperimentConfig, TrialConfig, load_experiment
 from ablate.errors import UserError
-from ablate.trials import ROW, SEED, check_search, expand, grid_axes, search_base, trial_config
+from ablate.trials import (
+    ANY_TRIAL,
+    ROW,
+    SEED,
+    check_search,
+    expand,
+    grid_axes,
+    search_base,
+    trial_config,
+    trial_key,
+)
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 SEARCH_SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
@@ -115,6 +125,24 @@ DEFAULT_MFU = {
 }
 #: Sampling reaches about half the training MFU (small per-step batches, no backward).
 SAMPLING_MFU_FACTOR = 0.5
+
+
+def launch_device(exp: ExperimentConfig) -> str:
+    """The device a launch's trials run on, for its plan: a CPU when they ask for no GPU,
+    else the driver's GPU if it is a known one, else an H100 (the records' GPU)."""
+    if exp.resources.gpu == 0:
+        return "cpu"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            name = torch.cuda.get_device_name(0)
+            for dev in DEVICES.values():
+                if dev.kind == "gpu" and any(a.lower() in name.lower() for a in dev.aliases):
+                    return dev.name
+    except Exception:  # noqa: BLE001 - no usable CUDA on the driver: plan for the default
+        pass
+    return "H100"
 
 
 def device_spec(name: str) -> Device:
@@ -734,12 +762,13 @@ class LaunchPlan:
     def gpu_hours(self) -> float:
         return self.trial_s / 3600
 
-    def estimates(self) -> list[dict[str, Any]]:
-        """Per trial: row, seed, grid point and estimated seconds (the launch record's)."""
-        return [
-            {"row": t.row, "seed": t.seed, "point": t.point, "est_s": t.total_s}
-            for t in self.trials
-        ]
+    def estimates(self) -> dict[str, float]:
+        """Estimated seconds per trial by :func:`ablate.trials.trial_key` of its point (a
+        search's samples share one, under :data:`ablate.trials.ANY_TRIAL`): what trials log
+        as ``est_wall_s`` and ``ablate status`` shows beside the actual time."""
+        if self.kind == "search":
+            return {ANY_TRIAL: self.trials[0].total_s} if self.trials else {}
+        return {trial_key({ROW: t.row, SEED: t.seed, **t.point}): t.total_s for t in self.trials}
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
