@@ -31,6 +31,10 @@ from ablate.trials import ROW, SEED, check_search, expand, grid_axes, search_bas
 from trainables.ablation import LaunchContext, train_trial
 
 LAUNCH_RECORD = "ablate_launch.json"
+#: Run the next trial in the worker process of a finished one (Tune's ``reuse_actors``):
+#: a short trial then skips importing torch, MLflow and ablate again
+#: (``benchmarks/trial_overhead.py`` measures it).
+REUSE_ACTORS = True
 log = logging.getLogger(__name__)
 
 
@@ -269,6 +273,7 @@ def launch_grid(
         param_space={axis: tune.grid_search(values) for axis, values in grid_axes(exp).items()},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=exp.resources.max_concurrent or None,
+            reuse_actors=REUSE_ACTORS,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
         ),
@@ -369,6 +374,7 @@ def launch_search(
             scheduler=scheduler,
             num_samples=search.num_samples,
             max_concurrent_trials=exp.resources.max_concurrent or None,
+            reuse_actors=REUSE_ACTORS,
         ),
         run_config=_run_config(exp, ws, name, ctx, search.num_samples),
     )
