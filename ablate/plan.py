@@ -407,7 +407,7 @@ class Profile:
 def _profile_cached(trial_json: str, image_size: int) -> Profile:
     import torch
 
-    from ablate.complexity import count_method, count_training, training_batch
+    from ablate.complexity import count_params, count_training, training_batch
     from ablate.config import TrialConfig
     from ablate.methods.registry import build_method
 
@@ -422,7 +422,8 @@ def _profile_cached(trial_json: str, image_size: int) -> Profile:
     estimator = getattr(method, "estimator", None)
     est_training = getattr(method, "estimator_training", None)
     needs_stage1 = estimator is not None and getattr(method, "estimator_checkpoint", 1) is None
-    params, _, infer_macs = count_method(method, image_size)  # moves the method to meta
+    params = count_params(method)
+    infer_macs = _reconstruction_macs(trial, method, image_size)  # moves the method to meta
     batch = trial.train.batch_size
     counts = count_training(method, training_batch(method, trial, batch, image_size))
     bf16 = trial.train.precision == "bf16"
@@ -448,6 +449,39 @@ def _profile_cached(trial_json: str, image_size: int) -> Profile:
         stage1_tflop=stage1_tflop,
         stage1_steps=stage1_steps,
     )
+
+
+def _with_sample_steps(trial: TrialConfig, steps: int) -> TrialConfig:
+    """``trial`` with its row's sampler cut to ``steps`` denoiser calls."""
+    if trial.row.method == "sr3":
+        diffusion = trial.diffusion.model_copy(
+            update={"sr3": trial.diffusion.sr3.model_copy(update={"sample_steps": steps})}
+        )
+        return trial.model_copy(update={"diffusion": diffusion})
+    if trial.row.method == "coarse_to_fine":
+        diffusion = trial.diffusion.model_copy(
+            update={"irm": trial.diffusion.irm.model_copy(update={"sample_steps": steps})}
+        )
+        return trial.model_copy(update={"diffusion": diffusion})
+    return trial.model_copy(update={"row": trial.row.model_copy(update={"sample_steps": steps})})
+
+
+def _reconstruction_macs(trial: TrialConfig, method: Any, image_size: int) -> int:
+    """MACs of one reconstruction of one image. A sampler's MACs are linear in its steps
+    (the same denoiser each step), so a long one is counted at 1 and 2 steps and
+    extrapolated: walking 1000 meta-device steps costs seconds, this milliseconds."""
+    from ablate.complexity import count_method
+    from ablate.methods.registry import build_method
+
+    steps = sample_steps(trial)
+    if steps <= 2:
+        return count_method(method, image_size)[2]
+    method.to("meta")  # as count_method leaves it, for the training count
+    one, two = (
+        count_method(build_method(_with_sample_steps(trial, n), image_size), image_size)[2]
+        for n in (1, 2)
+    )
+    return one + (two - one) * (steps - 1)
 
 
 def profile(trial: TrialConfig, image_size: int) -> Profile:
@@ -563,7 +597,8 @@ def find_match(
 class Speed:
     it_per_s: float
     train_source: str
-    single_s: float  # one reconstruction of one image
+    single_s: float  # one reconstruction of one image, alone
+    batched_s: float  # one reconstruction of one image among a batch of them
     ams_s: float | None  # K samples of one image (as one batch)
     eval_source: str
     measured_mem_gb: float | None = None
@@ -584,11 +619,13 @@ def _cuda_graphs(switches: dict[str, Any]) -> bool:
 
 @functools.lru_cache(maxsize=64)
 def _calibration(device_name: str, switches_key: tuple, results_dir: str) -> tuple:
-    """(training MFU, sampling MFU, where from) for estimates on a device with these switches:
-    the median over the measured rows of the records, each row counted at its own settings.
+    """(training MFU, sampling MFU, batching factor, where from) for estimates on a device
+    with these switches: medians over the measured rows of the records, each row counted at
+    its own settings. The batching factor is the cost per image of K images sampled as one
+    batch over the cost of one image alone (evaluation samples in batches).
     Rows of the same device first, else of any device of the same kind (MFU carries over
     between GPUs better than it/s does); full runs before ``--quick`` ones.
-    (None, None, "") when no record has these switches."""
+    (None, None, 1.0, "") when no record has these switches."""
     device = DEVICES[device_name]
     want = dict(switches_key)
     label = variant_label(want)
@@ -605,7 +642,7 @@ def _calibration(device_name: str, switches_key: tuple, results_dir: str) -> tup
             chosen = [r for r in pool if r.quick == quick]
             if not chosen:
                 continue
-            train_mfu, sample_mfu = [], []
+            train_mfu, sample_mfu, batching = [], [], []
             devices = set()
             for rec in chosen:
                 exp = _record_config(rec.config) if rec.config else None
@@ -622,6 +659,8 @@ def _calibration(device_name: str, switches_key: tuple, results_dir: str) -> tup
                 train_mfu.append(prof.step_tflop * rec.it_per_s / peak)
                 if rec.single_ms:
                     sample_mfu.append(2 * prof.infer_gmacs / 1e3 / (rec.single_ms / 1e3) / peak)
+                    if rec.ams_ms and rec.ams_k:
+                        batching.append(rec.ams_ms / (rec.single_ms * rec.ams_k))
             if train_mfu:
                 files = ", ".join(sorted({r.file for r in chosen}))
                 why = (
@@ -631,9 +670,10 @@ def _calibration(device_name: str, switches_key: tuple, results_dir: str) -> tup
                 return (
                     statistics.median(train_mfu),
                     statistics.median(sample_mfu) if sample_mfu else None,
+                    statistics.median(batching) if batching else 1.0,
                     why,
                 )
-    return None, None, ""
+    return None, None, 1.0, ""
 
 
 def assumed_mfu(
@@ -645,7 +685,7 @@ def assumed_mfu(
     if override is not None:
         return override, override * SAMPLING_MFU_FACTOR, "--mfu"
     key = tuple(sorted(switches.items(), key=lambda kv: kv[0]))
-    train, sample, why = _calibration(device.name, key, str(results_dir))
+    train, sample, _, why = _calibration(device.name, key, str(results_dir))
     if train is not None:
         return train, sample or train * SAMPLING_MFU_FACTOR, why
     default = DEFAULT_MFU[(device.kind, switches["precision"], _cuda_graphs(switches))]
@@ -668,7 +708,9 @@ def speed_of(
     match = find_match(trial, image_size, device, records) if mfu is None else None
     rec = match.record if match is not None else None
     measured_eval = match is not None and match.sampling and bool(match.record.single_ms)
-    speed = Speed(0.0, "", 0.0, None, "")
+    speed = Speed(0.0, "", 0.0, 0.0, None, "")
+    key = tuple(sorted(variant(trial.train).items(), key=lambda kv: kv[0]))
+    batching = _calibration(device.name, key, str(results_dir))[2] if mfu is None else 1.0
     if match is None or not measured_eval:
         peak = _peak_tflops(device, trial)
         train_mfu, sample_mfu, why = assumed_mfu(device, trial, results_dir, mfu)
@@ -676,23 +718,23 @@ def speed_of(
         speed.it_per_s = peak * train_mfu / prof.step_tflop
         speed.train_source = f"estimate, assumed MFU {100 * train_mfu:.2g}%{peak_note} ({why})"
         speed.single_s = 2 * prof.infer_gmacs / 1e3 / (peak * sample_mfu)
-        speed.ams_s = speed.single_s * k if prof.stochastic else None
         speed.eval_source = f"estimate, assumed sampling MFU {100 * sample_mfu:.2g}%{peak_note}"
-    if match is None or rec is None:
-        return speed
-    how = "" if match.by == "settings" else ", matched by row name"
-    quick = ", --quick" if rec.quick else ""
-    speed.it_per_s = rec.it_per_s
-    speed.train_source = f"measured ({rec.file}: row {rec.row}{how}{quick})"
-    if measured_eval and rec.single_ms:
-        speed.single_s = rec.single_ms / 1e3
-        speed.ams_s = None
-        if prof.stochastic:
+        if batching != 1.0:
+            speed.eval_source += f", batched images at {batching:.2g}x the cost of one alone"
+    if match is not None and rec is not None:
+        how = "" if match.by == "settings" else ", matched by row name"
+        quick = ", --quick" if rec.quick else ""
+        speed.it_per_s = rec.it_per_s
+        speed.train_source = f"measured ({rec.file}: row {rec.row}{how}{quick})"
+        if measured_eval and rec.single_ms:
+            speed.single_s = rec.single_ms / 1e3
             if rec.ams_ms and rec.ams_k:
-                speed.ams_s = rec.ams_ms / 1e3 * k / rec.ams_k
-            else:
-                speed.ams_s = speed.single_s * k
-        speed.eval_source = f"measured ({rec.file})"
+                batching = rec.ams_ms / (rec.single_ms * rec.ams_k)
+            speed.eval_source = f"measured ({rec.file})"
+    speed.batched_s = speed.single_s * batching
+    speed.ams_s = speed.batched_s * k if prof.stochastic else None
+    if rec is None:
+        return speed
     if rec.peak_mem_mb:
         speed.measured_mem_gb = rec.peak_mem_mb / 1024
         speed.mem_source = rec.file
@@ -802,8 +844,8 @@ def plan_trial(
     train = trial.train
     n_val, val_images, test_images = _eval_counts(trial, data.slices)
     k = trial.diffusion.ams_samples if prof.stochastic else 1
-    eval_s = n_val * val_images * speed.single_s + test_images * (
-        speed.ams_s if prof.stochastic and speed.ams_s else speed.single_s
+    eval_s = n_val * val_images * speed.batched_s + test_images * (
+        speed.ams_s if prof.stochastic and speed.ams_s else speed.batched_s
     )
     eval_images = n_val * val_images + test_images * k
     notes = []
@@ -815,7 +857,7 @@ def plan_trial(
             train_mfu, _, _ = assumed_mfu(device, trial, results_dir, mfu)
             stage1_s = prof.stage1_tflop / (_peak_tflops(device, trial) * train_mfu)
             notes.append(
-                f"trains the stage-1 estimator ({prof.stage1_steps} steps, estimate), "
+                f"trains the stage-1 estimator ({prof.stage1_steps:,} steps, estimate), "
                 "shared by this seed's other estimator rows"
             )
     overhead = STARTUP_S
