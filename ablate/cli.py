@@ -266,18 +266,20 @@ def status(
     rows = launch_status(_workspace(workdir, None, storage), name)
     table = Table(title=f"launch {name}")
     for col in ("run", "status", "psnr", "estimated", "actual", "error"):
-        table.add_column(col, justify="right" if col in ("estimated", "actual") else "left")
+        right = col in ("estimated", "actual")
+        table.add_column(col, justify="right" if right else "left", no_wrap=col != "error")
     for r in rows:
         table.add_row(
             r["run"], r["status"], r["psnr"], secs(r["est_s"]), secs(r["actual_s"]), r["error"]
         )
     both = [r for r in rows if r["est_s"] is not None and r["actual_s"] is not None]
+    console.print(table)
     if both:
         est, actual = sum(r["est_s"] for r in both), sum(r["actual_s"] for r in both)
-        table.add_section()
-        ratio = f"actual/estimated {actual / est:.2f}"
-        table.add_row(f"{len(both)} trials", "", "", secs(est), secs(actual), ratio)
-    console.print(table)
+        console.print(
+            f"{len(both)} trials with both: estimated {secs(est)}, actual {secs(actual)} "
+            f"(actual / estimated = {actual / est:.2f})"
+        )
 
 
 @app.command()

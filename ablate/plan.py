@@ -68,6 +68,8 @@ CONTEXT_GB = 0.5
 #: (DESIGN.md section 8: ~200 s).
 STARTUP_S = 6.0
 COMPILE_WARMUP_S = 200.0
+#: The simulator's fixed cost (anatomy template, projector) for a preset with no record.
+SIM_SETUP_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -376,11 +378,12 @@ def plan_data(exp: ExperimentConfig, results_dir: Path, workdir: Path | None) ->
         name, rec = next(iter(records.items()))
         ref = resolve_config(name, {})
         rate = rec["slices_per_s"] * work(ref) / work(cfg)
+        setup = SIM_SETUP_S + rec.get("projector_build_s", 0.0) * work(cfg) / work(ref)
         note = (
             f"estimate: {rec['file']}'s {name} rate scaled by pixels x angles x iterations "
-            f"({rate:.3g} slices/s)"
+            f"({rate:.3g} slices/s) + {SIM_SETUP_S:.0f} s set-up"
         )
-        return DataPlan(source, cfg.image_size, slices, total / rate, note)
+        return DataPlan(source, cfg.image_size, slices, setup + total / rate, note)
     return DataPlan(source, cfg.image_size, slices, float("nan"), "no data benchmark record")
 
 
