@@ -820,7 +820,18 @@ class LaunchPlan:
         for entry, trial in zip(out["trials"], self.trials, strict=True):
             entry["total_s"] = trial.total_s
         out.update(trial_s=self.trial_s, gpu_hours=self.gpu_hours)
-        return out
+        return _finite(out)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN / inf floats as None (valid JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _eval_counts(trial: TrialConfig, slices: dict[str, int]) -> tuple[int, int, int]:
