@@ -59,6 +59,12 @@ ROWS_OPT = typer.Option(None, "--rows", help="Only these rows, e.g. --rows cpm,f
 ADDRESS_OPT = typer.Option(
     None, "--address", help="Ray cluster: auto, HOST:PORT or ray://... (default: embedded)."
 )
+DRY_RUN_OPT = typer.Option(
+    False, "--dry-run", help="Print the plan, resources and MLflow target; start nothing."
+)
+GPU_OPT = typer.Option(
+    None, "--gpu", help="Plan for this device: H100, H200, A100 or cpu (default: by resources)."
+)
 
 
 def _workspace(workdir: Path, tracking_uri: str | None, storage: str | None = None) -> Any:
@@ -158,6 +164,52 @@ def _print_launch(result: Any, workdir: Path) -> None:
     )
 
 
+def _dry_run(
+    exp: Any, kind: str, name: str | None, workdir: Path, tracking_uri: str | None, gpu: str | None
+) -> None:
+    """What ``run``/``search`` would do, without doing it: the plan, the Ray resources
+    of each trial and the MLflow experiment it would write to (nothing is created)."""
+    from ablate.plan import dry_run_summary, plan_launch, print_plan
+
+    plan = plan_launch(exp, gpu=gpu, search=kind == "search", workdir=workdir)
+    print_plan(plan, console)
+    for line in dry_run_summary(exp, plan, kind, name, workdir, tracking_uri):
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+@app.command()
+@friendly_errors
+def plan(
+    space: Path = typer.Argument(..., help="Search-space YAML (e.g. search_spaces/demo.yaml)."),
+    overrides: list[str] | None = OVERRIDES_ARG,
+    rows: str | None = ROWS_OPT,
+    seeds: int | None = typer.Option(None, "--seeds", help="Seeds per row: 0..N-1."),
+    resources: str | None = RESOURCES_OPT,
+    gpu: str | None = GPU_OPT,
+    gpus: int | None = typer.Option(
+        None, "--gpus", help="Devices the wall time is planned on (default 1 GPU / all cores)."
+    ),
+    search: bool = typer.Option(False, "--search", help="Plan the 'search' section instead."),
+    mfu: float | None = typer.Option(
+        None, "--mfu", help="Assume this MFU (0-1) for every trial instead of the records."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    workdir: Path = WORKDIR_OPT,
+) -> None:
+    """What a launch will cost before it runs: per trial FLOPs, memory, it/s and time (measured
+    where benchmarks/results has the row, else estimated at a stated MFU); GPU-hours in all."""
+    import json
+
+    from ablate.plan import plan_launch, print_plan
+
+    exp, _ = _experiment(space, overrides, rows=rows, seeds=seeds, resources=resources)
+    result = plan_launch(exp, gpu=gpu, devices=gpus, search=search, mfu=mfu, workdir=workdir)
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+        return
+    print_plan(result, console)
+
+
 @app.command()
 @friendly_errors
 def run(
@@ -171,13 +223,17 @@ def run(
     tracking_uri: str | None = TRACKING_OPT,
     name: str | None = NAME_OPT,
     workdir: Path = WORKDIR_OPT,
+    dry_run: bool = DRY_RUN_OPT,
+    gpu: str | None = GPU_OPT,
 ) -> None:
     """Run an ablation grid: rows x seeds (x grid axes) as Ray Tune trials."""
     from ablate.experiment import launch_grid
 
     exp, settings = _experiment(space, overrides, rows=rows, seeds=seeds, resources=resources)
+    if dry_run:
+        return _dry_run(exp, "grid", name, workdir, tracking_uri, gpu)
     ws = _workspace(workdir, tracking_uri, storage)
-    result = launch_grid(exp, ws, address=address, name=name, overrides=settings)
+    result = launch_grid(exp, ws, address=address, name=name, overrides=settings, gpu=gpu)
     _print_launch(result, workdir)
 
 
@@ -193,6 +249,8 @@ def search(
     tracking_uri: str | None = TRACKING_OPT,
     name: str | None = NAME_OPT,
     workdir: Path = WORKDIR_OPT,
+    dry_run: bool = DRY_RUN_OPT,
+    gpu: str | None = GPU_OPT,
 ) -> None:
     """Optuna (TPE) search with ASHA pruning over the knobs declared in 'search'."""
     from ablate.experiment import best_search_config, confirm_best, confirm_defaults, launch_search
@@ -200,8 +258,10 @@ def search(
     if confirm_seeds < 0:
         raise UserError("--confirm-seeds must be 0 (no confirm grid) or more")
     exp, settings = _experiment(space, overrides, resources=resources)
+    if dry_run:
+        return _dry_run(exp, "search", name, workdir, tracking_uri, gpu)
     ws = _workspace(workdir, tracking_uri, storage)
-    result = launch_search(exp, ws, address=address, name=name, overrides=settings)
+    result = launch_search(exp, ws, address=address, name=name, overrides=settings, gpu=gpu)
     _print_launch(result, workdir)
     best = best_search_config(ws, result.name)
     objectives = exp.search.objectives if exp.search else [("", "max")]
@@ -242,21 +302,35 @@ def status(
     storage: str | None = typer.Option(None, "--storage", help="Ray storage path."),
     workdir: Path = WORKDIR_OPT,
 ) -> None:
-    """Trials of a launch (an experiment's latest), their states and failures."""
+    """Trials of a launch (an experiment's latest): states, PSNR, estimated and actual wall
+    time, failures (MLflow)."""
     from rich.table import Table
 
     from ablate.experiment import launch_status
     from ablate.launches import resolve_launch
 
+    def secs(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0f} s"
+
     ws = _launch_workspace(workdir, storage)
     launch = resolve_launch(name, ws.storage, ws.tracking_uri)
     rows = launch_status(ws, launch)
     table = Table(title=f"launch {launch}")
-    for col in ("run", "status", "psnr", "error"):
-        table.add_column(col)
+    for col in ("run", "status", "psnr", "estimated", "actual", "error"):
+        right = col in ("estimated", "actual")
+        table.add_column(col, justify="right" if right else "left", no_wrap=col != "error")
     for r in rows:
-        table.add_row(r["run"], r["status"], r["psnr"], r["error"])
+        table.add_row(
+            r["run"], r["status"], r["psnr"], secs(r["est_s"]), secs(r["actual_s"]), r["error"]
+        )
+    both = [r for r in rows if r["est_s"] is not None and r["actual_s"] is not None]
     console.print(table)
+    if both:
+        est, actual = sum(r["est_s"] for r in both), sum(r["actual_s"] for r in both)
+        console.print(
+            f"{len(both)} trials with both: estimated {secs(est)}, actual {secs(actual)} "
+            f"(actual / estimated = {actual / est:.2f})"
+        )
 
 
 @app.command()

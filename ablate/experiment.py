@@ -11,6 +11,7 @@ next to Ray's experiment state.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from typing import Any
 import yaml
 
 from ablate import tracking
-from ablate.callbacks import CheckpointGuard, MlflowTrialStates, TrialProgress
+from ablate.callbacks import CheckpointGuard, MlflowTrialStates, PlanVsActual, TrialProgress
 from ablate.config import ExperimentConfig, ResourcesConfig, parse_experiment
 from ablate.errors import UserError
 from ablate.launches import LAUNCH_RECORD, read_launch_record
@@ -30,6 +31,10 @@ from ablate.search import PruningAwareOptunaSearch, optuna_distribution
 from ablate.trials import ROW, SEED, check_search, expand, grid_axes, search_base
 from trainables.ablation import LaunchContext, train_trial
 
+#: Run the next trial in the worker process of a finished one (Tune's ``reuse_actors``):
+#: a short trial then skips importing torch, MLflow and ablate again
+#: (``benchmarks/trial_overhead.py`` measures it).
+REUSE_ACTORS = True
 log = logging.getLogger(__name__)
 
 
@@ -157,6 +162,39 @@ def _prepare(
     )
 
 
+def _plan(exp: ExperimentConfig, ws: Workspace, search: bool, gpu: str | None) -> Any:
+    """The launch's cost plan (``ablate.plan``), or None when it cannot be made: a plan
+    never stops a launch, except for a ``--gpu`` name it does not know."""
+    from ablate.plan import launch_device, plan_launch
+
+    device = gpu or launch_device(exp)
+    try:
+        return plan_launch(exp, gpu=device, search=search, workdir=ws.workdir)
+    except UserError:
+        if gpu is not None:
+            raise
+        log.warning("no cost plan for this launch", exc_info=True)
+    except Exception:  # noqa: BLE001 - an estimate must not cost the launch
+        log.warning("no cost plan for this launch", exc_info=True)
+    return None
+
+
+def _with_plan(ctx: LaunchContext, ws: Workspace, name: str, plan: Any) -> LaunchContext:
+    """Log the plan to the parent run (``plan.*`` metrics, ``<name>.plan.json``) and give
+    the trials their estimates (each logs ``est_wall_s`` beside its ``wall_s``)."""
+    if plan is None:
+        return ctx
+    metrics = {"plan.trial_s": plan.trial_s, "plan.gpu_hours": plan.gpu_hours}
+    if plan.wall_s == plan.wall_s:  # not NaN
+        metrics["plan.wall_s"] = plan.wall_s
+    tracking.log_metrics(ctx.tracking_uri, ctx.parent_run_id, metrics)
+    tracking.log_params(ctx.tracking_uri, ctx.parent_run_id, {"plan.device": plan.device})
+    path = ws.workdir / f"{name}.plan.json"
+    path.write_text(json.dumps(plan.to_dict(), indent=2, default=str))
+    tracking.log_artifacts(ctx.tracking_uri, ctx.parent_run_id, path)
+    return dataclasses.replace(ctx, estimates=plan.estimates())
+
+
 def _write_record(ws: Workspace, name: str, record: dict[str, Any]) -> None:
     folder = Path(ws.storage) / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -176,9 +214,10 @@ def _run_config(exp: ExperimentConfig, ws: Workspace, name: str, ctx: LaunchCont
         ),
         failure_config=tune.FailureConfig(max_failures=exp.max_failures),
         callbacks=[
-            TrialProgress(total=total),
+            TrialProgress(total=total, estimates=ctx.estimates),
             MlflowTrialStates(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id),
             CheckpointGuard(),
+            PlanVsActual(ctx.tracking_uri, ctx.parent_run_id, ctx.estimates),
         ],
         verbose=0,
     )
@@ -209,19 +248,23 @@ def launch_grid(
     name: str | None = None,
     overrides: dict[str, Any] | None = None,
     parent_tags: dict[str, str] | None = None,
+    gpu: str | None = None,
 ) -> LaunchResult:
     """Run every row x seed (x grid axes) as one Ray Tune experiment; return a summary.
 
     ``overrides`` are the command line's ``key=value`` settings, already applied to ``exp``:
     they are recorded in the launch record and as the parent run's ``override.*`` params.
-    ``parent_tags`` go on the parent run (a confirm grid names its search there)."""
+    ``parent_tags`` go on the parent run (a confirm grid names its search there).
+    ``gpu``: the device the plan's estimates are for (default:
+    :func:`ablate.plan.launch_device`)."""
     from ray import tune
 
     name = name or exp.name
     overrides = overrides or {}
     trials = expand(exp)  # every trial checked before anything starts
+    plan = _plan(exp, ws, search=False, gpu=gpu)
     start_ray(address)
-    ctx = _prepare(exp, ws, "launch", name, overrides, parent_tags)
+    ctx = _with_plan(_prepare(exp, ws, "launch", name, overrides, parent_tags), ws, name, plan)
     _write_record(
         ws,
         name,
@@ -238,6 +281,7 @@ def launch_grid(
         param_space={axis: tune.grid_search(values) for axis, values in grid_axes(exp).items()},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=exp.resources.max_concurrent or None,
+            reuse_actors=REUSE_ACTORS,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
         ),
@@ -271,13 +315,15 @@ def launch_search(
     address: str | None = None,
     name: str | None = None,
     overrides: dict[str, Any] | None = None,
+    gpu: str | None = None,
 ) -> LaunchResult:
     """Optuna TPE (multivariate) over ``exp.search.params`` of one row, with ASHA pruning.
 
     With several objectives (``search.metric: [psnr, sd]``) the study is multi-objective
     (TPE handles it) and every trial runs to the end: ASHA stops trials by one metric, and
     Optuna records no intermediate values for several objectives.
-    ``overrides``: as for :func:`launch_grid`."""
+    ``overrides``, ``gpu``: as for :func:`launch_grid`. ASHA counts validation rounds
+    (``val_round``), not Tune results: trials also send progress reports between them."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -287,12 +333,11 @@ def launch_search(
     search = exp.search
     name = name or exp.name
     overrides = overrides or {}
-    if base.train.eval_every == 0:
-        raise UserError("a search needs train.eval_every > 0 so that ASHA can prune early")
     row_exp = exp.model_copy(update={"rows": {search.row: exp.rows[search.row]}})
     objectives = [(f"val_{metric}", mode) for metric, mode in search.objectives]
+    plan = _plan(exp, ws, search=True, gpu=gpu)
     start_ray(address)
-    ctx = _prepare(row_exp, ws, "search", name, overrides)
+    ctx = _with_plan(_prepare(row_exp, ws, "search", name, overrides), ws, name, plan)
     if any(m == "sd" or m.startswith("ams_") for m, _ in search.objectives):
         # the objective needs K samples per validation slice, as the test metrics have
         ctx = replace(ctx, val_samples=base.diffusion.ams_samples)
@@ -333,6 +378,7 @@ def launch_search(
     scheduler = None  # FIFO: several objectives, every trial runs to the end
     if not search.multi_objective:
         scheduler = ASHAScheduler(
+            time_attr="val_round",
             metric=metrics[0],
             mode=modes[0],
             max_t=n_reports,
@@ -350,6 +396,7 @@ def launch_search(
             scheduler=scheduler,
             num_samples=search.num_samples,
             max_concurrent_trials=exp.resources.max_concurrent or None,
+            reuse_actors=REUSE_ACTORS,
         ),
         run_config=_run_config(exp, ws, name, ctx, search.num_samples),
     )
@@ -451,19 +498,28 @@ def _confirm_tags(ws: Workspace, search_name: str, role: str) -> dict[str, str]:
     return {tracking.TAG_CONFIRMS: search_run, tracking.TAG_CONFIRM_ROLE: role}
 
 
-def launch_status(ws: Workspace, name: str) -> list[dict[str, str]]:
-    """One line per trial of a launch, from its MLflow child runs (status, PSNR, error)."""
+def launch_status(ws: Workspace, name: str) -> list[dict[str, Any]]:
+    """One line per trial of a launch, from its MLflow child runs: status, PSNR, the plan's
+    estimated wall seconds (``est_s``) and the actual ones (``actual_s``: the trial's
+    ``wall_s``, or its time so far while it runs; None when unknown), error."""
     record = read_record(ws, name)
     ctx = LaunchContext(**record["context"])
     runs = tracking.child_runs(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id)
     out = []
+    now_ms = time.time() * 1000
     for run in sorted(runs, key=lambda r: r.info.run_name or ""):
         metrics = run.data.metrics
+        status = run.data.tags.get(tracking.TAG_STATUS, run.info.status.lower())
+        actual = metrics.get("wall_s")
+        if actual is None and run.info.status == "RUNNING" and run.info.start_time:
+            actual = (now_ms - run.info.start_time) / 1000
         out.append(
             {
                 "run": run.info.run_name or run.info.run_id,
-                "status": run.data.tags.get(tracking.TAG_STATUS, run.info.status.lower()),
+                "status": status,
                 "psnr": f"{metrics['psnr']:.3f}" if "psnr" in metrics else "-",
+                "est_s": metrics.get("est_wall_s"),
+                "actual_s": actual,
                 "error": run.data.tags.get(tracking.TAG_ERROR, ""),
             }
         )

@@ -28,6 +28,7 @@ def test_help_lists_the_commands() -> None:
         "export",
         "predict",
         "count",
+        "plan",
         "evaluate",
         "ui",
         "data",
