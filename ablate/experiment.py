@@ -11,11 +11,12 @@ next to Ray's experiment state.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +24,18 @@ import yaml
 
 from ablate import storage as storage_mod
 from ablate import tracking
-from ablate.callbacks import CheckpointGuard, MlflowTrialStates, TrialProgress
+from ablate.callbacks import CheckpointGuard, MlflowTrialStates, PlanVsActual, TrialProgress
 from ablate.config import ExperimentConfig, ResourcesConfig, parse_experiment
 from ablate.errors import UserError
+from ablate.launches import LAUNCH_RECORD, read_launch_record
 from ablate.search import PruningAwareOptunaSearch, optuna_distribution
 from ablate.trials import ROW, SEED, check_search, expand, grid_axes, search_base
 from trainables.ablation import LaunchContext, train_trial
 
-LAUNCH_RECORD = "ablate_launch.json"
+#: Run the next trial in the worker process of a finished one (Tune's ``reuse_actors``):
+#: a short trial then skips importing torch, MLflow and ablate again
+#: (``benchmarks/trial_overhead.py`` measures it).
+REUSE_ACTORS = True
 log = logging.getLogger(__name__)
 
 
@@ -132,7 +137,12 @@ def _resources(res: ResourcesConfig) -> dict[str, float]:
 
 
 def _prepare(
-    exp: ExperimentConfig, ws: Workspace, kind: str, name: str, overrides: dict[str, Any]
+    exp: ExperimentConfig,
+    ws: Workspace,
+    kind: str,
+    name: str,
+    overrides: dict[str, Any],
+    tags: dict[str, str] | None = None,
 ) -> LaunchContext:
     """Build the dataset once, check it feeds every row, open the MLflow parent run."""
     from ablate.data.staging import content_hash, stage_dataset
@@ -160,6 +170,7 @@ def _prepare(
             "dataset": str(dataset_root),
             **{f"override.{key}": value for key, value in overrides.items()},
         },
+        tags=tags,
     )
     config_file = ws.workdir / f"{name}.experiment.yaml"
     config_file.write_text(yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False))
@@ -175,6 +186,39 @@ def _prepare(
         dataset_sha256=sha,
         dataset_staged=staged,
     )
+
+
+def _plan(exp: ExperimentConfig, ws: Workspace, search: bool, gpu: str | None) -> Any:
+    """The launch's cost plan (``ablate.plan``), or None when it cannot be made: a plan
+    never stops a launch, except for a ``--gpu`` name it does not know."""
+    from ablate.plan import launch_device, plan_launch
+
+    device = gpu or launch_device(exp)
+    try:
+        return plan_launch(exp, gpu=device, search=search, workdir=ws.workdir)
+    except UserError:
+        if gpu is not None:
+            raise
+        log.warning("no cost plan for this launch", exc_info=True)
+    except Exception:  # noqa: BLE001 - an estimate must not cost the launch
+        log.warning("no cost plan for this launch", exc_info=True)
+    return None
+
+
+def _with_plan(ctx: LaunchContext, ws: Workspace, name: str, plan: Any) -> LaunchContext:
+    """Log the plan to the parent run (``plan.*`` metrics, ``<name>.plan.json``) and give
+    the trials their estimates (each logs ``est_wall_s`` beside its ``wall_s``)."""
+    if plan is None:
+        return ctx
+    metrics = {"plan.trial_s": plan.trial_s, "plan.gpu_hours": plan.gpu_hours}
+    if plan.wall_s == plan.wall_s:  # not NaN
+        metrics["plan.wall_s"] = plan.wall_s
+    tracking.log_metrics(ctx.tracking_uri, ctx.parent_run_id, metrics)
+    tracking.log_params(ctx.tracking_uri, ctx.parent_run_id, {"plan.device": plan.device})
+    path = ws.workdir / f"{name}.plan.json"
+    path.write_text(json.dumps(plan.to_dict(), indent=2, default=str))
+    tracking.log_artifacts(ctx.tracking_uri, ctx.parent_run_id, path)
+    return dataclasses.replace(ctx, estimates=plan.estimates())
 
 
 def _write_record(ws: Workspace, name: str, record: dict[str, Any]) -> None:
@@ -195,9 +239,10 @@ def _run_config(exp: ExperimentConfig, ws: Workspace, name: str, ctx: LaunchCont
         ),
         failure_config=tune.FailureConfig(max_failures=exp.max_failures),
         callbacks=[
-            TrialProgress(total=total),
+            TrialProgress(total=total, estimates=ctx.estimates),
             MlflowTrialStates(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id),
             CheckpointGuard(),
+            PlanVsActual(ctx.tracking_uri, ctx.parent_run_id, ctx.estimates),
         ],
         verbose=0,
     )
@@ -227,18 +272,24 @@ def launch_grid(
     address: str | None = None,
     name: str | None = None,
     overrides: dict[str, Any] | None = None,
+    parent_tags: dict[str, str] | None = None,
+    gpu: str | None = None,
 ) -> LaunchResult:
     """Run every row x seed (x grid axes) as one Ray Tune experiment; return a summary.
 
     ``overrides`` are the command line's ``key=value`` settings, already applied to ``exp``:
-    they are recorded in the launch record and as the parent run's ``override.*`` params."""
+    they are recorded in the launch record and as the parent run's ``override.*`` params.
+    ``parent_tags`` go on the parent run (a confirm grid names its search there).
+    ``gpu``: the device the plan's estimates are for (default:
+    :func:`ablate.plan.launch_device`)."""
     from ray import tune
 
     name = name or exp.name
     overrides = overrides or {}
     trials = expand(exp)  # every trial checked before anything starts
+    plan = _plan(exp, ws, search=False, gpu=gpu)
     _preflight(ws.tracking_uri, ws.storage, address)
-    ctx = _prepare(exp, ws, "launch", name, overrides)
+    ctx = _with_plan(_prepare(exp, ws, "launch", name, overrides, parent_tags), ws, name, plan)
     _write_record(
         ws,
         name,
@@ -255,6 +306,7 @@ def launch_grid(
         param_space={axis: tune.grid_search(values) for axis, values in grid_axes(exp).items()},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=exp.resources.max_concurrent or None,
+            reuse_actors=REUSE_ACTORS,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
         ),
@@ -288,10 +340,15 @@ def launch_search(
     address: str | None = None,
     name: str | None = None,
     overrides: dict[str, Any] | None = None,
+    gpu: str | None = None,
 ) -> LaunchResult:
     """Optuna TPE (multivariate) over ``exp.search.params`` of one row, with ASHA pruning.
 
-    ``overrides``: as for :func:`launch_grid`."""
+    With several objectives (``search.metric: [psnr, sd]``) the study is multi-objective
+    (TPE handles it) and every trial runs to the end: ASHA stops trials by one metric, and
+    Optuna records no intermediate values for several objectives.
+    ``overrides``, ``gpu``: as for :func:`launch_grid`. ASHA counts validation rounds
+    (``val_round``), not Tune results: trials also send progress reports between them."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -301,17 +358,25 @@ def launch_search(
     search = exp.search
     name = name or exp.name
     overrides = overrides or {}
-    if base.train.eval_every == 0:
-        raise UserError("a search needs train.eval_every > 0 so that ASHA can prune early")
     row_exp = exp.model_copy(update={"rows": {search.row: exp.rows[search.row]}})
+    objectives = [(f"val_{metric}", mode) for metric, mode in search.objectives]
+    plan = _plan(exp, ws, search=True, gpu=gpu)
     _preflight(ws.tracking_uri, ws.storage, address)
-    ctx = _prepare(row_exp, ws, "search", name, overrides)
+    ctx = _with_plan(_prepare(row_exp, ws, "search", name, overrides), ws, name, plan)
+    if any(m == "sd" or m.startswith("ams_") for m, _ in search.objectives):
+        # the objective needs K samples per validation slice, as the test metrics have
+        ctx = replace(ctx, val_samples=base.diffusion.ams_samples)
     storage_url = f"sqlite:///{(ws.workdir / 'optuna.db').resolve()}"
     study_name = f"{name}-{ctx.parent_run_id[:8]}"
     tracking.set_tags(
         ws.tracking_uri,
         ctx.parent_run_id,
-        {tracking.TAG_OPTUNA_STORAGE: storage_url, tracking.TAG_OPTUNA_STUDY: study_name},
+        {
+            tracking.TAG_OPTUNA_STORAGE: storage_url,
+            tracking.TAG_OPTUNA_STUDY: study_name,
+            tracking.TAG_SEARCH_OBJECTIVES: tracking.format_objectives(objectives),
+            tracking.TAG_SEARCH_PARAMS: ",".join(search.params),
+        },
     )
     _write_record(
         ws,
@@ -326,22 +391,25 @@ def launch_search(
             "optuna_study": study_name,
         },
     )
-    metric = f"val_{search.metric}"
+    metrics, modes = [m for m, _ in objectives], [d for _, d in objectives]
     searcher = PruningAwareOptunaSearch(
-        metric=metric,
-        mode=search.mode,
+        metric=metrics if search.multi_objective else metrics[0],
+        mode=modes if search.multi_objective else modes[0],
         sampler=optuna.samplers.TPESampler(multivariate=True, seed=exp.seeds[0]),
         study_name=study_name,
         storage=optuna.storages.RDBStorage(storage_url),
     )
     n_reports = len(range(base.train.eval_every, base.train.steps, base.train.eval_every)) + 1
-    scheduler = ASHAScheduler(
-        metric=metric,
-        mode=search.mode,
-        max_t=n_reports,
-        grace_period=min(search.grace_period, n_reports),
-        reduction_factor=search.reduction_factor,
-    )
+    scheduler = None  # FIFO: several objectives, every trial runs to the end
+    if not search.multi_objective:
+        scheduler = ASHAScheduler(
+            time_attr="val_round",
+            metric=metrics[0],
+            mode=modes[0],
+            max_t=n_reports,
+            grace_period=min(search.grace_period, n_reports),
+            reduction_factor=search.reduction_factor,
+        )
     tuner = tune.Tuner(
         _trainable(row_exp, ctx),
         param_space={
@@ -353,6 +421,7 @@ def launch_search(
             scheduler=scheduler,
             num_samples=search.num_samples,
             max_concurrent_trials=exp.resources.max_concurrent or None,
+            reuse_actors=REUSE_ACTORS,
         ),
         run_config=_run_config(exp, ws, name, ctx, search.num_samples),
     )
@@ -360,25 +429,29 @@ def launch_search(
 
 
 def best_search_config(ws: Workspace, name: str) -> dict[str, Any]:
-    """The searched knobs of the best completed (not pruned) trial of search ``name``."""
+    """The searched knobs of the best completed (not pruned) trial of search ``name``; in a
+    multi-objective study, the Pareto-optimal trial best on the first objective."""
     import optuna
 
     record = read_record(ws, name)
     study = optuna.load_study(study_name=record["optuna_study"], storage=record["optuna_storage"])
-    try:
-        return dict(study.best_trial.params)
-    except ValueError:
-        raise UserError(f"search '{name}' has no completed trial yet: run or resume it") from None
+    none = UserError(f"search '{name}' has no completed trial yet: run or resume it")
+    if len(study.directions) == 1:
+        try:
+            return dict(study.best_trial.params)
+        except ValueError:
+            raise none from None
+    front = study.best_trials
+    if not front:
+        raise none
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    best = (max if maximize else min)(front, key=lambda t: t.values[0])
+    return dict(best.params)
 
 
 def read_record(ws: Workspace, name: str) -> dict[str, Any]:
-    location = storage_mod.join(ws.storage, name, LAUNCH_RECORD)
-    try:
-        return json.loads(storage_mod.read_text(location))
-    except FileNotFoundError:
-        raise UserError(
-            f"no launch named '{name}' under {ws.storage}: check the name and --workdir/--storage"
-        ) from None
+    """The record of launch ``name`` in this workspace's storage."""
+    return read_launch_record(ws.storage, name)
 
 
 def resume(ws: Workspace, name: str, *, address: str | None = None) -> LaunchResult:
@@ -421,22 +494,59 @@ def confirm_best(
             "grid": {**exp.grid, **{key: [value] for key, value in best.items()}},
         }
     )
-    return launch_grid(confirm, ws, address=address, name=f"{search_name}-confirm")
+    tags = _confirm_tags(ws, search_name, "best")
+    return launch_grid(
+        confirm, ws, address=address, name=f"{search_name}-confirm", parent_tags=tags
+    )
 
 
-def launch_status(ws: Workspace, name: str) -> list[dict[str, str]]:
-    """One line per trial of a launch, from its MLflow child runs (status, PSNR, error)."""
+def confirm_defaults(
+    exp: ExperimentConfig, ws: Workspace, search_name: str, n_seeds: int, *, address: str | None
+) -> LaunchResult:
+    """The searched row as its YAML declares it (``<row>_defaults``) over the same seeds as
+    :func:`confirm_best`, so the best configuration has a paired baseline."""
+    if exp.search is None:
+        raise UserError(f"experiment '{exp.name}' has no 'search' section")
+    defaults = exp.model_copy(
+        update={
+            "rows": {f"{exp.search.row}_defaults": exp.rows[exp.search.row]},
+            "search": None,
+            "seeds": list(range(n_seeds)),
+        }
+    )
+    tags = _confirm_tags(ws, search_name, "defaults")
+    return launch_grid(
+        defaults, ws, address=address, name=f"{search_name}-defaults", parent_tags=tags
+    )
+
+
+def _confirm_tags(ws: Workspace, search_name: str, role: str) -> dict[str, str]:
+    search_run = read_record(ws, search_name)["context"]["parent_run_id"]
+    return {tracking.TAG_CONFIRMS: search_run, tracking.TAG_CONFIRM_ROLE: role}
+
+
+def launch_status(ws: Workspace, name: str) -> list[dict[str, Any]]:
+    """One line per trial of a launch, from its MLflow child runs: status, PSNR, the plan's
+    estimated wall seconds (``est_s``) and the actual ones (``actual_s``: the trial's
+    ``wall_s``, or its time so far while it runs; None when unknown), error."""
     record = read_record(ws, name)
     ctx = LaunchContext(**record["context"])
     runs = tracking.child_runs(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id)
     out = []
+    now_ms = time.time() * 1000
     for run in sorted(runs, key=lambda r: r.info.run_name or ""):
         metrics = run.data.metrics
+        status = run.data.tags.get(tracking.TAG_STATUS, run.info.status.lower())
+        actual = metrics.get("wall_s")
+        if actual is None and run.info.status == "RUNNING" and run.info.start_time:
+            actual = (now_ms - run.info.start_time) / 1000
         out.append(
             {
                 "run": run.info.run_name or run.info.run_id,
-                "status": run.data.tags.get(tracking.TAG_STATUS, run.info.status.lower()),
+                "status": status,
                 "psnr": f"{metrics['psnr']:.3f}" if "psnr" in metrics else "-",
+                "est_s": metrics.get("est_wall_s"),
+                "actual_s": actual,
                 "error": run.data.tags.get(tracking.TAG_ERROR, ""),
             }
         )

@@ -130,6 +130,16 @@ def delete(location: str) -> None:
         raise _wrap(location, "delete", exc) from None
 
 
+def list_folders(location: str) -> list[str]:
+    """Names of the folders (object prefixes) directly under ``location``; [] if none."""
+    fs, path = _fs(location)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    except OSError as exc:
+        raise _wrap(location, "list", exc) from None
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+
 def upload(local: Path, location: str) -> None:
     """Copy a local file or folder to ``location`` (a folder recursively)."""
     fs, path = _fs(location)

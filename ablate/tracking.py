@@ -11,11 +11,14 @@ trial never gets a second run.
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
@@ -33,6 +36,13 @@ TAG_TRIAL_ID = "ablate.trial_id"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_OPTUNA_STORAGE = "ablate.optuna_storage"
 TAG_OPTUNA_STUDY = "ablate.optuna_study"
+#: On a search's parent run: its objectives (``val_psnr:max,val_sd:min``) and searched keys.
+TAG_SEARCH_OBJECTIVES = "ablate.search_objectives"
+TAG_SEARCH_PARAMS = "ablate.search_params"
+#: On a ``--confirm-seeds`` grid's parent run: the search's parent run id, and the grid's
+#: role (``best``: the best trial's values; ``defaults``: the row as the YAML declares it).
+TAG_CONFIRMS = "ablate.confirms"
+TAG_CONFIRM_ROLE = "ablate.confirm_role"
 
 _MAX_PARAM_LEN = 6000
 
@@ -45,6 +55,22 @@ def default_tracking_uri(workdir: Path) -> str:
 def is_server(tracking_uri: str) -> bool:
     """An ``mlflow server`` (``http(s)://``), as opposed to an embedded store (sqlite, files)."""
     return tracking_uri.startswith(("http://", "https://"))
+
+
+def format_objectives(objectives: Iterable[tuple[str, str]]) -> str:
+    """``[("val_psnr", "max"), ("val_sd", "min")]`` -> ``"val_psnr:max,val_sd:min"``."""
+    return ",".join(f"{metric}:{mode}" for metric, mode in objectives)
+
+
+def parse_objectives(text: str | None) -> list[tuple[str, str]]:
+    """The inverse of :func:`format_objectives`; ``[]`` for a missing or malformed tag."""
+    out = []
+    for part in (text or "").split(","):
+        metric, _, mode = part.strip().rpartition(":")
+        if not metric or mode not in ("max", "min"):
+            return []
+        out.append((metric, mode))
+    return out
 
 
 def artifact_root(workdir: Path, tracking_uri: str | None = None) -> str | None:
@@ -70,7 +96,47 @@ def _retry(call: Callable[[], T], attempts: int = 6) -> T:
 
 
 def client(tracking_uri: str) -> MlflowClient:
-    return MlflowClient(tracking_uri=tracking_uri)
+    """A client whose runs and model registry are both the store at ``tracking_uri``."""
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def require_store(tracking_uri: str) -> None:
+    """Refuse a sqlite store that does not exist: reading one must not create it empty."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not db.is_file():
+            raise UserError(
+                f"no MLflow store at {db}: run `ablate demo` or `ablate run` first, "
+                "or pass --workdir / --tracking-uri"
+            )
+
+
+_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@contextmanager
+def global_store(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's *global* tracking and registry URIs at ``tracking_uri`` for a block.
+
+    ``mlflow.pyfunc.log_model``, registering a logged model and resolving ``models:/`` URIs
+    read the global URIs whatever client is used; left alone, they fall back to
+    ``./mlflow.db`` (and create it). Everything else here passes URIs explicitly. The
+    previous tracking URI and both environment variables are restored afterwards.
+    """
+    saved = {name: os.environ.get(name) for name in _URI_VARIABLES}
+    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        mlflow.set_registry_uri(None)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | None) -> str:

@@ -89,14 +89,29 @@ def tiny_experiment(name: str, rows: dict[str, Any], **extra: Any) -> dict[str, 
 
 
 def trial_runs(tracking_uri: str, experiment: str) -> Any:
-    """The trial (child) runs of an MLflow experiment, as a pandas frame."""
-    import mlflow
+    """The trial (child) runs of an MLflow experiment, as a pandas frame with
+    ``mlflow.search_runs``'s columns. Read through an explicit client: setting MLflow's global
+    tracking URI here would leak into the CLI subprocesses of later tests (as an environment
+    variable) and hide any command that resolves the wrong store."""
+    import pandas as pd
+    from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.search_runs(
-        experiment_names=[experiment],
-        output_format="pandas",
-        filter_string="tags.`ablate.kind` = 'trial'",
+    client = MlflowClient(tracking_uri)
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = client.search_runs(
+        [experiment_id], filter_string="tags.`ablate.kind` = 'trial'", max_results=5000
+    )
+    return pd.DataFrame(
+        [
+            {
+                "run_id": run.info.run_id,
+                "status": run.info.status,
+                **{f"tags.{k}": v for k, v in run.data.tags.items()},
+                **{f"params.{k}": v for k, v in run.data.params.items()},
+                **{f"metrics.{k}": v for k, v in run.data.metrics.items()},
+            }
+            for run in runs
+        ]
     )
 
 
