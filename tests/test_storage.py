@@ -115,6 +115,20 @@ def test_s3_round_trip_on_a_local_server(s3: str, tmp_path: Path) -> None:
     assert (tmp_path / "down" / "sub" / "f.bin").read_bytes() == b"\0" * 10
     with pytest.raises(UserError, match="not writable"):
         preflight.check_storage("s3://no-such-bucket/x")
+    assert storage.list_folders(root) == ["up", "x"]
+    assert storage.list_folders(f"{root}/nothing-here") == []
+
+
+def test_launch_records_are_found_by_uri(s3: str) -> None:
+    from ablate import launches
+
+    root = f"{s3}/launches"
+    storage.write_text(storage.join(root, "grid-a", launches.LAUNCH_RECORD), '{"kind": "launch"}')
+    storage.write_text(storage.join(root, "not-a-launch", "x.txt"), "x")
+    assert launches.launch_names(root) == ["grid-a"]
+    assert launches.read_launch_record(root, "grid-a") == {"kind": "launch"}
+    with pytest.raises(UserError, match="no launch named 'nope'"):
+        launches.read_launch_record(root, "nope")
 
 
 def _fake_dataset(root: Path, value: float = 1.0) -> Path:
