@@ -344,10 +344,14 @@ def _checkpoints(d: dict[str, Any], name: str) -> set[str]:
     return found
 
 
-def _children(tracking_uri: str, experiment: str) -> Any:
-    from tests.conftest import trial_runs
+def _children(tracking_uri: str, experiment: str) -> list[Any]:
+    """The trial runs of an experiment on the server, sorted by run name."""
+    from mlflow import MlflowClient
 
-    return trial_runs(tracking_uri, experiment)
+    client = MlflowClient(tracking_uri)
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = client.search_runs([experiment_id], filter_string="tags.`ablate.kind` = 'trial'")
+    return sorted(runs, key=lambda run: run.info.run_name)
 
 
 def _space(d: dict[str, Any], name: str, steps: int, seeds: list[int]) -> Path:
@@ -422,11 +426,18 @@ def test_cluster_recipe_survives_a_lost_node_and_a_lost_driver(deployment) -> No
     assert "token" in out + err and "Traceback" not in out + err, out + err
     assert not _checkpoints(d, "intruder")
     runs = _children(d["tracking_uri"], "lost-node")
-    assert sorted(runs["tags.mlflow.runName"]) == ["cpm-s0", "cpm-s1"]
-    assert (runs["status"] == "FINISHED").all()
-    assert runs["metrics.psnr"].notna().all()
+    assert [run.info.run_name for run in runs] == ["cpm-s0", "cpm-s1"]
+    assert all(run.info.status == "FINISHED" for run in runs)
+    assert all("psnr" in run.data.metrics for run in runs)
+    # the trial of the lost node went on from its checkpoint: no step was trained twice from 0
+    from mlflow import MlflowClient
+
+    client = MlflowClient(d["tracking_uri"])
+    for run in runs:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+        assert steps.count(10) == 1 and max(steps) == 60, (run.info.run_name, steps)
     # artifacts went through the server's proxy, not to a path of the driver
-    assert all(uri.startswith("mlflow-artifacts:") for uri in runs["artifact_uri"])
+    assert all(uri.startswith("mlflow-artifacts:") for uri in (r.info.artifact_uri for r in runs))
     assert list(d["artifacts"].rglob("checkpoint")), "no artifact reached the server"
     # the launch record is in the bucket, nothing named 's3:' on the driver's disk
     d["s3"].head_object(Bucket=BUCKET, Key="runs/lost-node/ablate_launch.json")
@@ -483,7 +494,7 @@ def test_cluster_recipe_survives_a_lost_node_and_a_lost_driver(deployment) -> No
     )
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     runs = _children(d["tracking_uri"], "lost-driver")
-    assert list(runs["tags.mlflow.runName"]) == ["cpm-s0"]
-    assert (runs["status"] == "FINISHED").all()
+    assert [run.info.run_name for run in runs] == ["cpm-s0"]
+    assert runs[0].info.status == "FINISHED"
     launches_s = time.perf_counter() - started
     print(f"cluster test: setup {d['setup_s']:.0f} s, launches {launches_s:.0f} s")
