@@ -89,7 +89,7 @@ def read_bytes(location: str) -> bytes:
     except FileNotFoundError:
         raise
     except OSError as exc:
-        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        if not exists(location):
             raise FileNotFoundError(location) from None
         raise _wrap(location, "read", exc) from None
 
