@@ -68,16 +68,17 @@ def check_storage(location: str) -> None:
     storage.check_writable(location)
 
 
-def check_nodes(timeout_s: float = 60.0) -> None:
-    """Run a task on every alive node that imports the project; name the nodes that fail."""
+def check_nodes(timeout_s: float = 60.0, module: str = "trainables.ablation") -> None:
+    """Run a task on every alive node that imports ``module`` (the trainable, and with it
+    the project); name the nodes that fail."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     def probe() -> str:  # nested: pickled by value, so a node without ablate can run it
+        import importlib
         import socket
 
-        import trainables.ablation  # noqa: F401
-
+        importlib.import_module(module)
         return socket.gethostname()
 
     remote = ray.remote(num_cpus=0, max_retries=0)(probe)
