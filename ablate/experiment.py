@@ -25,8 +25,17 @@ from ablate import tracking
 from ablate.callbacks import CheckpointGuard, MlflowTrialStates, TrialProgress
 from ablate.config import ExperimentConfig, ResourcesConfig, parse_experiment
 from ablate.errors import UserError
+from ablate.preflight import check_networks
 from ablate.search import PruningAwareOptunaSearch, optuna_distribution
-from ablate.trials import ROW, SEED, check_search, expand, grid_axes, search_base
+from ablate.trials import (
+    ROW,
+    SEED,
+    check_search,
+    expand,
+    grid_axes,
+    search_base,
+    search_trials,
+)
 from trainables.ablation import LaunchContext, train_trial
 
 LAUNCH_RECORD = "ablate_launch.json"
@@ -212,6 +221,7 @@ def launch_grid(
     name = name or exp.name
     overrides = overrides or {}
     trials = expand(exp)  # every trial checked before anything starts
+    check_networks(trials)  # and its networks built on the meta device
     start_ray(address)
     ctx = _prepare(exp, ws, "launch", name, overrides)
     _write_record(
@@ -272,6 +282,7 @@ def launch_search(
     from ray.tune.schedulers import ASHAScheduler
 
     base = check_search(exp)  # every searched key checked before anything starts
+    check_networks(search_trials(exp))  # the networks at the ends of every searched range
     assert exp.search is not None
     search = exp.search
     name = name or exp.name
