@@ -536,16 +536,18 @@ def ui(
     """Start the MLflow UI on the study store (bound to 127.0.0.1 unless told otherwise).
 
     Ctrl-C or SIGTERM stops the server and every process it started."""
-    from ablate.mlflow_ui import runs_page_url, serve
-    from dashboards.results import mlflow_ui_command
+    from ablate.mlflow_ui import runs_page_url, serve, study_links
+    from dashboards.results import mlflow_ui_command, resolve_tracking_uri
 
     cmd = mlflow_ui_command(workdir, host, port, tracking_uri)
     if host not in ("127.0.0.1", "localhost", "::1"):
         console.print(
             f"[yellow]warning:[/] the MLflow UI is reachable by anyone who can reach {host}"
         )
-    url = runs_page_url(f"http://{host}:{port}")
-    console.print(f"MLflow UI on {url} (Ctrl-C stops it)", highlight=False, soft_wrap=True)
+    base = f"http://{host}:{port}"
+    console.print(f"MLflow UI on {runs_page_url(base)} (Ctrl-C stops it)", highlight=False)
+    for name, url in study_links(resolve_tracking_uri(workdir, tracking_uri), base):
+        console.print(f"  study '{name}': {url}", highlight=False, soft_wrap=True)
     raise typer.Exit(serve(cmd))
 
 

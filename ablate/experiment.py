@@ -180,6 +180,7 @@ def _prepare(
     experiment_id = tracking.ensure_experiment(
         ws.tracking_uri, exp.name, tracking.artifact_root(ws.workdir)
     )
+    mlflow_ui.publish_study_view(ws.tracking_uri, experiment_id)
     parent = tracking.start_parent(
         ws.tracking_uri,
         experiment_id,

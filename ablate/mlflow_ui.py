@@ -212,13 +212,65 @@ def attach_report(tracking_uri: str, experiment: str, parent_run_id: str) -> lis
     return attached
 
 
+# --- the runs page ---------------------------------------------------------------------------
+
+#: The MLflow UI's shared views: an experiment tag ``mlflow.sharedViewState.<key>`` holding a
+#: runs-table state, opened by ``...?viewStateShareKey=<key>`` (its "Share" button makes them).
+SHARED_VIEW_TAG = "mlflow.sharedViewState."
+VIEW_KEY = "ablate-study"
+#: What the study view shows: trials best first (which also lists them beside their parent
+#: run rather than folded under it), with the row, seed and the table's metrics as columns.
+STUDY_METRICS = ("psnr", "ssim", "nmse", "ams_psnr", "sd", "params_m", "gmacs", "train_s")
+STUDY_PARAMS = ("row", "seed")
+
+
+def study_view_state() -> dict[str, Any]:
+    columns = ["attributes.`Source`", "attributes.`Dataset`"]
+    columns += [f"params.`{key}`" for key in STUDY_PARAMS]
+    columns += [f"metrics.`{key}`" for key in STUDY_METRICS]
+    return {
+        "orderByKey": "metrics.`psnr`",
+        "orderByAsc": False,
+        "selectedColumns": columns,
+        "columnOrder": ["attributes.`Run Name`", *columns],
+    }
+
+
+def publish_study_view(tracking_uri: str, experiment_id: str) -> None:
+    """Store the study view (:func:`study_view_state`) as a shared view of the experiment."""
+    value = json.dumps(study_view_state())
+    mlf = tracking.client(tracking_uri)
+    exp = tracking.retry(lambda: mlf.get_experiment(experiment_id))
+    if exp.tags.get(SHARED_VIEW_TAG + VIEW_KEY) != value:
+        tracking.retry(
+            lambda: mlf.set_experiment_tag(experiment_id, SHARED_VIEW_TAG + VIEW_KEY, value)
+        )
+
+
 def runs_page_url(base_url: str, experiment_id: str | None = None) -> str:
-    """The UI page that lists an experiment's runs (or the experiments), in the UI's
-    machine-learning view: MLflow 3's UI otherwise opens experiments as GenAI ones."""
+    """The UI page of an experiment's runs in the study view (or of the experiments), in the
+    UI's machine-learning view: MLflow 3's UI otherwise opens experiments as GenAI ones."""
     base = base_url.rstrip("/")
     if experiment_id is None:
         return f"{base}/#/experiments?{ML_VIEW}"
-    return f"{base}/#/experiments/{experiment_id}/runs?{ML_VIEW}"
+    return f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}&{ML_VIEW}"
+
+
+def study_links(tracking_uri: str, base_url: str) -> list[tuple[str, str]]:
+    """(experiment name, study-view URL) of each study in a store; none when the store does
+    not exist yet or cannot be read (the UI server creates or reports it)."""
+    if tracking_uri.startswith("sqlite:///"):
+        if not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+            return []
+    try:
+        experiments = tracking.client(tracking_uri).search_experiments(max_results=50)
+    except Exception:  # noqa: BLE001 - links are a convenience; the server reports problems
+        return []
+    return [
+        (exp.name, runs_page_url(base_url, exp.experiment_id))
+        for exp in experiments
+        if SHARED_VIEW_TAG + VIEW_KEY in exp.tags
+    ]
 
 
 # --- the UI server ---------------------------------------------------------------------------
