@@ -146,6 +146,7 @@ def _print_launch(result: Any, workdir: Path) -> None:
             f"{result.n_completed} of {result.n_trials} trials: the parent run and the running "
             f"trials are KILLED. Continue with: {result.resume_hint}",
             highlight=False,
+            soft_wrap=True,
         )
     elif result.status == "failed":
         console.print(
@@ -153,6 +154,7 @@ def _print_launch(result: Any, workdir: Path) -> None:
             f"ablate status {result.name} --workdir {workdir}; rerun them with: "
             f"{result.resume_hint}",
             highlight=False,
+            soft_wrap=True,
         )
 
 

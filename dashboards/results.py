@@ -39,7 +39,7 @@ BASE_COLUMNS = [
 ]
 
 _PARENT_KINDS = {"launch", "search"}
-_TRIAL_STATUSES = {"completed", "failed", "pruned"}
+_TRIAL_STATUSES = {"completed", "failed", "pruned", "interrupted"}
 
 
 @dataclass(frozen=True)
