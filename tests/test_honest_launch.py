@@ -148,7 +148,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """``ablate run`` interrupted by SIGINT once its first trial checkpointed, what that left,
     then ``ablate status`` and ``ablate resume``."""
     folder = tmp_path_factory.mktemp("honest")
-    space = _space(folder, NAME, seeds=[0, 1, 2], steps=20)
+    space = _space(folder, NAME, seeds=[0, 1, 2], steps=40)
     trial_dirs = folder / "runs" / "ray_results" / NAME
     driver = _start(["run", str(space)], folder, "run.log")
     try:
@@ -193,12 +193,15 @@ def test_sigint_ends_the_launch_killed_with_the_resume_hint(study: SimpleNamespa
     runs = study.interrupted
     parent = runs[runs["tags.ablate.kind"] == "launch"].iloc[0]
     assert parent["status"] == "KILLED" and parent["tags.ablate.status"] == "interrupted"
-    assert parent["tags.ablate.error"].startswith("interrupted by SIGINT: 0 of 3 trials finished")
+    assert re.match(
+        r"interrupted by SIGINT: [0-2] of 3 trials finished", parent["tags.ablate.error"]
+    )
     children = runs[runs["tags.ablate.kind"] == "trial"]
-    assert len(children) >= 1  # the trials that had started
-    assert (children["status"] == "KILLED").all()
-    assert (children["tags.ablate.status"] == "interrupted").all()
-    assert children["tags.ablate.error"].str.contains(f"ablate resume {NAME}").all()
+    stopped = children[children["tags.ablate.status"] != "completed"]
+    assert len(stopped) >= 1  # the trial running when Ctrl-C came (40 steps: it was)
+    assert (stopped["status"] == "KILLED").all()
+    assert (stopped["tags.ablate.status"] == "interrupted").all()
+    assert stopped["tags.ablate.error"].str.contains(f"ablate resume {NAME}").all()
 
     # the embedded Ray listened on 127.0.0.1 only, and nothing of it outlives the driver
     assert study.listening and set(study.listening) <= LOOPBACK, study.listening
@@ -213,8 +216,9 @@ def test_status_lists_every_trial_started_or_not(study: SimpleNamespace) -> None
     out = study.status.stdout
     for trial in ("cpm-s0", "cpm-s1", "cpm-s2"):
         assert trial in out
-    started = len(study.interrupted[study.interrupted["tags.ablate.kind"] == "trial"])
-    assert out.count("interrupted") >= started and out.count("not started") == 3 - started
+    trials = study.interrupted[study.interrupted["tags.ablate.kind"] == "trial"]
+    assert out.count("interrupted") >= (trials["tags.ablate.status"] == "interrupted").sum()
+    assert out.count("not started") == 3 - len(trials)
 
 
 def test_resume_completes_each_trial_once_without_duplicated_steps(
@@ -239,7 +243,7 @@ def test_resume_completes_each_trial_once_without_duplicated_steps(
             steps = [m.step for m in client.get_metric_history(run_id, key)]
             twice = [s for s, n in collections.Counter(steps).items() if n > 1]
             assert not twice, f"run {run_id}: '{key}' logged twice at steps {twice}"
-        assert [m.step for m in client.get_metric_history(run_id, "loss")] in ([], [10, 20])
+        assert [m.step for m in client.get_metric_history(run_id, "loss")] in ([], [10, 20, 30, 40])
 
 
 def test_the_mlflow_ui_is_given_the_study(study: SimpleNamespace) -> None:
