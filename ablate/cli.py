@@ -8,6 +8,7 @@ never as a traceback.
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import typer
 from rich.console import Console
 
 from ablate.errors import UserError
+from ablate.interrupts import Interrupted
 
 app = typer.Typer(
     help="Ablation studies and hyperparameter searches of diffusion-based PET reconstruction.",
@@ -29,7 +31,9 @@ console = Console()
 
 
 def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a :class:`UserError` into one line on stderr and exit code 2."""
+    """Turn a :class:`UserError` into one line on stderr and exit code 2, a launch stopped
+    by SIGINT/SIGTERM into a line naming ``ablate resume`` and exit code 130/143; shut down
+    the embedded Ray a command started, however it ends."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -40,8 +44,25 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                 f"[bold red]error:[/] {err}", highlight=False
             )
             raise typer.Exit(code=2) from None
+        except Interrupted as stop:
+            then = f": continue with: {stop.hint}" if stop.hint else ""
+            Console(stderr=True, soft_wrap=True).print(
+                f"[bold yellow]interrupted[/] by {stop.signal_name}{then}", highlight=False
+            )
+            raise typer.Exit(code=stop.exit_code) from None
+        finally:
+            if "ablate.experiment" in sys.modules:
+                sys.modules["ablate.experiment"].stop_ray()
 
     return wrapper
+
+
+def _ray_driver(address: str | None) -> None:
+    """Before anything imports Ray (see :mod:`ablate.local_ray`): SIGTERM reaches ablate's
+    handler; without ``--address`` the embedded Ray binds 127.0.0.1."""
+    from ablate.local_ray import prepare_driver
+
+    prepare_driver(embedded=address is None)
 
 
 # --- commands ------------------------------------------------------------------------------
@@ -171,6 +192,28 @@ def _print_launch(result: Any, workdir: Path) -> None:
         f"{result.wall_s:.0f} s. MLflow store: {result.tracking_uri} "
         f"(parent run {result.parent_run_id}). Open it with: ablate ui --workdir {workdir}"
     )
+    if result.status == "interrupted":
+        console.print(
+            f"[bold yellow]interrupted[/] by {Interrupted(result.signum).signal_name} after "
+            f"{result.n_completed} of {result.n_trials} trials: the parent run and the running "
+            f"trials are KILLED. Continue with: {result.resume_hint}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    elif result.status == "failed":
+        console.print(
+            f"[bold red]{result.n_errors} of {result.n_trials} trials failed[/]: see "
+            f"ablate status {result.name} --workdir {workdir}; rerun them with: "
+            f"{result.resume_hint}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _exit_for(result: Any) -> None:
+    """Exit 1 when some trials failed, 130/143 when a signal stopped the launch."""
+    if result.exit_code:
+        raise typer.Exit(code=result.exit_code)
 
 
 def _dry_run(
@@ -235,7 +278,10 @@ def run(
     dry_run: bool = DRY_RUN_OPT,
     gpu: str | None = GPU_OPT,
 ) -> None:
-    """Run an ablation grid: rows x seeds (x grid axes) as Ray Tune trials."""
+    """Run an ablation grid: rows x seeds (x grid axes) as Ray Tune trials.
+
+    Exit code 0 when every trial finished, 1 when some failed, 130/143 on Ctrl-C/SIGTERM."""
+    _ray_driver(address)
     from ablate.experiment import launch_grid
 
     exp, settings = _experiment(space, overrides, rows=rows, seeds=seeds, resources=resources)
@@ -244,6 +290,7 @@ def run(
     ws = _workspace(workdir, tracking_uri, storage)
     result = launch_grid(exp, ws, address=address, name=name, overrides=settings, gpu=gpu)
     _print_launch(result, workdir)
+    _exit_for(result)
 
 
 @app.command()
@@ -262,6 +309,7 @@ def search(
     gpu: str | None = GPU_OPT,
 ) -> None:
     """Optuna (TPE) search with ASHA pruning over the knobs declared in 'search'."""
+    _ray_driver(address)
     from ablate.experiment import best_search_config, confirm_best, confirm_defaults, launch_search
 
     if confirm_seeds < 0:
@@ -272,6 +320,8 @@ def search(
     ws = _workspace(workdir, tracking_uri, storage)
     result = launch_search(exp, ws, address=address, name=name, overrides=settings, gpu=gpu)
     _print_launch(result, workdir)
+    if result.status == "interrupted" or not result.n_completed:
+        _exit_for(result)
     best = best_search_config(ws, result.name)
     objectives = exp.search.objectives if exp.search else [("", "max")]
     ranked = objectives[0][0] + (
@@ -280,11 +330,14 @@ def search(
         else ""
     )
     console.print(f"best by validation {ranked}: {best}")
-    if confirm_seeds:
-        _print_launch(confirm_best(exp, ws, result.name, confirm_seeds, address=address), workdir)
-        _print_launch(
-            confirm_defaults(exp, ws, result.name, confirm_seeds, address=address), workdir
-        )
+    if confirm_seeds and result.status == "completed":
+        confirmed = confirm_best(exp, ws, result.name, confirm_seeds, address=address)
+        _print_launch(confirmed, workdir)
+        _exit_for(confirmed)
+        defaults = confirm_defaults(exp, ws, result.name, confirm_seeds, address=address)
+        _print_launch(defaults, workdir)
+        _exit_for(defaults)
+    _exit_for(result)
 
 
 @app.command()
@@ -296,12 +349,15 @@ def resume(
     workdir: Path = WORKDIR_OPT,
 ) -> None:
     """Resume an interrupted grid or search; no MLflow run is duplicated."""
+    _ray_driver(address)
     from ablate.experiment import resume as resume_launch
     from ablate.launches import resolve_launch
 
     ws = _launch_workspace(workdir, storage)
     launch = resolve_launch(name, ws.storage, ws.tracking_uri)
-    _print_launch(resume_launch(ws, launch, address=address), workdir)
+    result = resume_launch(ws, launch, address=address)
+    _print_launch(result, workdir)
+    _exit_for(result)
 
 
 @app.command()
@@ -447,6 +503,7 @@ def demo(
     seeds: int | None = typer.Option(None, "--seeds", help="Seeds per row (default 2)."),
 ) -> None:
     """Simulate a tiny PET dataset, run every Table-2 row x 2 seeds, print the table."""
+    _ray_driver(None)
     from ablate.experiment import launch_grid, search_space_path
     from dashboards.tables import print_table, table_for
 
@@ -459,8 +516,11 @@ def demo(
         f"Ray, MLflow store {ws.tracking_uri}"
     )
     result = launch_grid(exp, ws, overrides=settings)
-    print_table(table_for(exp.name, ws.tracking_uri, parent_run_id=result.parent_run_id), console)
+    if result.n_completed:
+        table = table_for(exp.name, ws.tracking_uri, parent_run_id=result.parent_run_id)
+        print_table(table, console)
     _print_launch(result, workdir)
+    _exit_for(result)
 
 
 @app.command()
@@ -676,21 +736,22 @@ def ui(
     workdir: str = typer.Option("runs", "--workdir", help=_WORKDIR_HELP),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help=_URI_HELP),
 ) -> None:
-    """Start the MLflow UI on the study store (bound to 127.0.0.1 unless told otherwise)."""
-    import subprocess
+    """Start the MLflow UI on the study store (bound to 127.0.0.1 unless told otherwise).
 
-    from dashboards.results import mlflow_ui_command
+    Ctrl-C or SIGTERM stops the server and every process it started."""
+    from ablate.mlflow_ui import runs_page_url, serve, study_links
+    from dashboards.results import mlflow_ui_command, resolve_tracking_uri
 
     cmd = mlflow_ui_command(workdir, host, port, tracking_uri)
     if host not in ("127.0.0.1", "localhost", "::1"):
         console.print(
             f"[yellow]warning:[/] the MLflow UI is reachable by anyone who can reach {host}"
         )
-    console.print(f"MLflow UI on http://{host}:{port} (Ctrl-C stops it)")
-    try:
-        raise typer.Exit(subprocess.call(cmd))
-    except KeyboardInterrupt:
-        raise typer.Exit(0) from None
+    base = f"http://{host}:{port}"
+    console.print(f"MLflow UI on {runs_page_url(base)} (Ctrl-C stops it)", highlight=False)
+    for name, url in study_links(resolve_tracking_uri(workdir, tracking_uri), base):
+        console.print(f"  study '{name}': {url}", highlight=False, soft_wrap=True)
+    raise typer.Exit(serve(cmd))
 
 
 @data_app.command("simulate")

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -22,15 +23,26 @@ from typing import Any
 
 import yaml
 
+from ablate import mlflow_ui, tracking
 from ablate import storage as storage_mod
-from ablate import tracking
 from ablate.callbacks import CheckpointGuard, MlflowTrialStates, PlanVsActual, TrialProgress
 from ablate.config import ExperimentConfig, ResourcesConfig, parse_experiment
 from ablate.errors import UserError
+from ablate.interrupts import Interrupted, active_stop_signals, stoppable
+from ablate.interrupts import reinstall as reinstall_stop_signals
 from ablate.launches import LAUNCH_RECORD, read_launch_record
+from ablate.preflight import check_networks
 from ablate.search import PruningAwareOptunaSearch, optuna_distribution
-from ablate.trials import ROW, SEED, check_search, expand, grid_axes, search_base
-from trainables.ablation import LaunchContext, train_trial
+from ablate.trials import (
+    ROW,
+    SEED,
+    check_search,
+    expand,
+    grid_axes,
+    search_base,
+    search_trials,
+)
+from trainables.ablation import LaunchContext, train_trial, trial_params
 
 #: Run the next trial in the worker process of a finished one (Tune's ``reuse_actors``):
 #: a short trial then skips importing torch, MLflow and ablate again
@@ -76,6 +88,10 @@ class Workspace:
 
 @dataclass
 class LaunchResult:
+    """How a launch ended. ``status``: ``completed`` (every trial finished), ``failed``
+    (some failed) or ``interrupted`` (stopped by signal ``signum``; ``resume_hint`` says how
+    to continue it)."""
+
     name: str
     tracking_uri: str
     parent_run_id: str
@@ -83,14 +99,32 @@ class LaunchResult:
     n_trials: int
     n_errors: int
     wall_s: float
+    status: str = "completed"
+    n_completed: int = 0
+    signum: int | None = None
+    resume_hint: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every trial finished, 1 when some failed, 128 + signal when interrupted."""
+        if self.signum is not None:
+            return 128 + self.signum
+        return 0 if self.status == "completed" else 1
+
+
+_EMBEDDED: list[bool] = []  # set while this process runs an embedded Ray it started
 
 
 def start_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Connect to a cluster (``auto``, ``HOST:PORT``, ``ray://...``) or start an embedded one."""
+    """Connect to a cluster (``auto``, ``HOST:PORT``, ``ray://...``) or start an embedded one
+    (see :mod:`ablate.local_ray`: bound to 127.0.0.1, its token file private)."""
     import ray
+
+    from ablate import local_ray
 
     if ray.is_initialized():
         return
+    local_ray.driver_env_read()
     if address and address != "auto":
         _check_reachable(address)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
@@ -99,11 +133,30 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> None:
         if address:
             ray.init(address=address, **kwargs)
         else:  # "local": a new embedded instance, never some other local cluster found running
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
+            local_ray.private_token()
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                **local_ray.localhost_only(),
+                **kwargs,
+            )
+            _EMBEDDED.append(True)
+            local_ray.check_bound(ray.util.get_node_ip_address())
     except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
         from ablate.preflight import ray_connect_error
 
         raise ray_connect_error(address, exc) from None
+    reinstall_stop_signals()  # ray.init replaced the SIGINT/SIGTERM handlers
+
+
+def stop_ray() -> None:
+    """Shut down the embedded Ray this process started, if any (a cluster is left alone)."""
+    import ray
+
+    if _EMBEDDED and ray.is_initialized():
+        ray.shutdown()
+    _EMBEDDED.clear()
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -160,6 +213,7 @@ def _prepare(
     experiment_id = tracking.ensure_experiment(
         ws.tracking_uri, exp.name, tracking.artifact_root(ws.workdir, ws.tracking_uri)
     )
+    mlflow_ui.publish_study_view(ws.tracking_uri, experiment_id)
     parent = tracking.start_parent(
         ws.tracking_uri,
         experiment_id,
@@ -170,12 +224,9 @@ def _prepare(
             "dataset": str(dataset_root),
             **{f"override.{key}": value for key, value in overrides.items()},
         },
-        tags=tags,
+        tags={tracking.TAG_STATUS: "running", **mlflow_ui.source_tags(), **(tags or {})},
     )
-    config_file = ws.workdir / f"{name}.experiment.yaml"
-    config_file.write_text(yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False))
-    tracking.log_artifacts(ws.tracking_uri, parent, config_file)
-    return LaunchContext(
+    ctx = LaunchContext(
         tracking_uri=ws.tracking_uri,
         experiment_id=experiment_id,
         parent_run_id=parent,
@@ -186,6 +237,16 @@ def _prepare(
         dataset_sha256=sha,
         dataset_staged=staged,
     )
+    try:
+        mlflow_ui.log_dataset(ws.tracking_uri, parent, exp.data, dataset_root)
+        config_file = ws.workdir / f"{name}.experiment.yaml"
+        config_file.write_text(yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False))
+        tracking.log_artifacts(ws.tracking_uri, parent, config_file)
+    except BaseException as exc:  # the parent exists: never leave it RUNNING
+        signum = exc.signum if isinstance(exc, Interrupted) else None
+        _end_launch(ctx, 0, signum=signum, crash=None if signum else type(exc).__name__)
+        raise
+    return ctx
 
 
 def _plan(exp: ExperimentConfig, ws: Workspace, search: bool, gpu: str | None) -> Any:
@@ -265,6 +326,13 @@ def _trainable(exp: ExperimentConfig, ctx: LaunchContext) -> Any:
     )
 
 
+def resume_hint(ws: Workspace, name: str) -> str:
+    """The command that continues launch ``name``."""
+    storage = "" if ws.storage == str(ws.workdir / "ray_results") else f" --storage {ws.storage}"
+    return f"ablate resume {name} --workdir {ws.workdir}{storage}"
+
+
+@stoppable
 def launch_grid(
     exp: ExperimentConfig,
     ws: Workspace,
@@ -275,18 +343,21 @@ def launch_grid(
     parent_tags: dict[str, str] | None = None,
     gpu: str | None = None,
 ) -> LaunchResult:
-    """Run every row x seed (x grid axes) as one Ray Tune experiment; return a summary.
+    """Run every row x seed (x grid axes) as one Ray Tune experiment; return how it ended.
 
     ``overrides`` are the command line's ``key=value`` settings, already applied to ``exp``:
     they are recorded in the launch record and as the parent run's ``override.*`` params.
     ``parent_tags`` go on the parent run (a confirm grid names its search there).
     ``gpu``: the device the plan's estimates are for (default:
-    :func:`ablate.plan.launch_device`)."""
+    :func:`ablate.plan.launch_device`).
+    SIGINT/SIGTERM stop it cleanly (:mod:`ablate.interrupts`): the result then says
+    ``interrupted``; a signal before the trials start raises :class:`Interrupted`."""
     from ray import tune
 
     name = name or exp.name
     overrides = overrides or {}
     trials = expand(exp)  # every trial checked before anything starts
+    check_networks(trials)  # and its networks built on the meta device
     plan = _plan(exp, ws, search=False, gpu=gpu)
     _preflight(ws.tracking_uri, ws.storage, address)
     ctx = _with_plan(_prepare(exp, ws, "launch", name, overrides, parent_tags), ws, name, plan)
@@ -312,27 +383,88 @@ def launch_grid(
         ),
         run_config=_run_config(exp, ws, name, ctx, len(trials)),
     )
-    return _fit(tuner, ctx, name, len(trials))
+    return _fit(tuner, ctx, exp.name, name, len(trials), resume_hint(ws, name))
 
 
-def _fit(tuner: Any, ctx: LaunchContext, name: str, total: int) -> LaunchResult:
+def _fit(
+    tuner: Any, ctx: LaunchContext, experiment: str, name: str, total: int, hint: str
+) -> LaunchResult:
+    """Run a launch's Tuner and end its MLflow runs truthfully: the parent FINISHED only when
+    every trial finished, FAILED with the count when some failed, KILLED when a signal
+    stopped it (with every child still running); nothing is left RUNNING. ``hint``: the
+    command that resumes the launch."""
+    stop = active_stop_signals()
     started = time.perf_counter()
     try:
-        grid = tuner.fit()
-    finally:
-        tracking.finish_run(ctx.tracking_uri, ctx.parent_run_id, "completed")
-    errors = sum(1 for r in grid if r.error is not None)
+        with stop.graceful():
+            grid = tuner.fit()
+        errors = sum(1 for r in grid if r.error is not None)
+        n_trials = max(len(grid), total)
+        if stop.signum is None:
+            mlflow_ui.attach_report(ctx.tracking_uri, experiment, ctx.parent_run_id)
+    except BaseException as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else stop.signum
+        if signum is None and isinstance(exc, KeyboardInterrupt):
+            signum = signal.SIGINT
+        if signum is not None:
+            _end_launch(ctx, total, signum=signum, hint=hint)
+            raise Interrupted(signum, hint) from None
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        _end_launch(ctx, total, crash=f"{type(exc).__name__}: {reason}")
+        raise
+    status, completed = _end_launch(ctx, n_trials, signum=stop.signum, errors=errors, hint=hint)
     return LaunchResult(
         name=name,
         tracking_uri=ctx.tracking_uri,
         parent_run_id=ctx.parent_run_id,
         experiment_id=ctx.experiment_id,
-        n_trials=len(grid) or total,
+        n_trials=n_trials,
         n_errors=errors,
         wall_s=time.perf_counter() - started,
+        status=status,
+        n_completed=completed,
+        signum=stop.signum,
+        resume_hint=hint if status != "completed" else "",
     )
 
 
+def _end_launch(
+    ctx: LaunchContext,
+    n_trials: int,
+    *,
+    signum: int | None = None,
+    errors: int = 0,
+    hint: str = "",
+    crash: str | None = None,
+) -> tuple[str, int]:
+    """End the parent run and every child still running; return (status, trials finished).
+
+    A signal makes them ``interrupted`` (MLflow KILLED) and names the resume command; a
+    crash of the driver makes them ``failed`` with its reason."""
+    children = tracking.child_runs(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id)
+    done = sum(r.data.tags.get(tracking.TAG_STATUS) in ("completed", "pruned") for r in children)
+    if signum is not None:
+        status = "interrupted"
+        why = f"interrupted by {signal.Signals(signum).name}"
+        then = f"; continue with: {hint}" if hint else ""
+        child_reason = f"{why}{then}"
+        reason = f"{why}: {done} of {n_trials} trials finished{then}"
+    elif crash is not None:
+        status, child_reason = "failed", f"the launch's driver failed: {crash}"
+        reason = child_reason
+    else:
+        status = "failed" if errors else "completed"
+        child_reason = "the trial ended without reporting its end (its worker was lost)"
+        reason = f"{errors} of {n_trials} trials failed: see ablate status" if errors else None
+    child_status = "interrupted" if status == "interrupted" else "failed"
+    for run in children:
+        if run.info.status == "RUNNING":
+            tracking.finish_run(ctx.tracking_uri, run.info.run_id, child_status, child_reason)
+    tracking.finish_run(ctx.tracking_uri, ctx.parent_run_id, status, reason)
+    return status, done
+
+
+@stoppable
 def launch_search(
     exp: ExperimentConfig,
     ws: Workspace,
@@ -347,13 +479,14 @@ def launch_search(
     With several objectives (``search.metric: [psnr, sd]``) the study is multi-objective
     (TPE handles it) and every trial runs to the end: ASHA stops trials by one metric, and
     Optuna records no intermediate values for several objectives.
-    ``overrides``, ``gpu``: as for :func:`launch_grid`. ASHA counts validation rounds
-    (``val_round``), not Tune results: trials also send progress reports between them."""
+    ``overrides``, ``gpu`` and signals: as for :func:`launch_grid`. ASHA counts validation
+    rounds (``val_round``), not Tune results: trials also send progress reports between them."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     base = check_search(exp)  # every searched key checked before anything starts
+    check_networks(search_trials(exp))  # the networks at the ends of every searched range
     assert exp.search is not None
     search = exp.search
     name = name or exp.name
@@ -425,7 +558,7 @@ def launch_search(
         ),
         run_config=_run_config(exp, ws, name, ctx, search.num_samples),
     )
-    return _fit(tuner, ctx, name, search.num_samples)
+    return _fit(tuner, ctx, exp.name, name, search.num_samples, resume_hint(ws, name))
 
 
 def best_search_config(ws: Workspace, name: str) -> dict[str, Any]:
@@ -454,6 +587,16 @@ def read_record(ws: Workspace, name: str) -> dict[str, Any]:
     return read_launch_record(ws.storage, name)
 
 
+def _launch_trials(record: dict[str, Any]) -> tuple[ExperimentConfig, int]:
+    """A launch record's experiment (as its trials see it) and its number of trials."""
+    exp = parse_experiment(record["experiment"], source="launch record")
+    if record["kind"] == "search" and exp.search is not None:
+        total = exp.search.num_samples
+        return exp.model_copy(update={"rows": {exp.search.row: exp.rows[exp.search.row]}}), total
+    return exp, len(expand(exp))
+
+
+@stoppable
 def resume(ws: Workspace, name: str, *, address: str | None = None) -> LaunchResult:
     """Restore an interrupted grid or search: errored and unfinished trials run again,
     each into its own MLflow child run (found by trial id), under the same parent run."""
@@ -461,20 +604,18 @@ def resume(ws: Workspace, name: str, *, address: str | None = None) -> LaunchRes
 
     record = read_record(ws, name)
     ctx = LaunchContext(**record["context"])
-    exp = parse_experiment(record["experiment"], source=f"launch record of '{name}'")
+    exp, total = _launch_trials(record)
     path = storage_mod.join(ws.storage, name)
     if not storage_mod.is_uri(path):
         storage_mod.check_private(path)  # Tuner.restore unpickles what is there
     if not tune.Tuner.can_restore(path):
         raise UserError(f"Ray has no restorable state at {path}: the launch never started")
     _preflight(ctx.tracking_uri, ws.storage, address)
-    if record["kind"] == "search" and exp.search is not None:
-        exp = exp.model_copy(update={"rows": {exp.search.row: exp.rows[exp.search.row]}})
-    tracking.client(ctx.tracking_uri).update_run(ctx.parent_run_id, status="RUNNING")
+    tracking.reopen_run(ctx.tracking_uri, ctx.parent_run_id)
     tuner = tune.Tuner.restore(
         path, trainable=_trainable(exp, ctx), resume_unfinished=True, resume_errored=True
     )
-    return _fit(tuner, ctx, name, 0)
+    return _fit(tuner, ctx, exp.name, name, total, resume_hint(ws, name))
 
 
 def confirm_best(
@@ -525,32 +666,63 @@ def _confirm_tags(ws: Workspace, search_name: str, role: str) -> dict[str, str]:
     return {tracking.TAG_CONFIRMS: search_run, tracking.TAG_CONFIRM_ROLE: role}
 
 
+def _status_line(run: Any) -> dict[str, Any]:
+    """A started trial's line: state, PSNR, the plan's estimated wall seconds (``est_s``),
+    the actual ones (``actual_s``: its ``wall_s``, or its time so far while it runs; None
+    when unknown) and error."""
+    metrics = run.data.metrics
+    actual = metrics.get("wall_s")
+    if actual is None and run.info.status == "RUNNING" and run.info.start_time:
+        actual = time.time() - run.info.start_time / 1000
+    return {
+        "run": run.info.run_name or run.info.run_id,
+        "status": run.data.tags.get(tracking.TAG_STATUS, run.info.status.lower()),
+        "psnr": f"{metrics['psnr']:.3f}" if "psnr" in metrics else "-",
+        "est_s": metrics.get("est_wall_s"),
+        "actual_s": actual,
+        "error": run.data.tags.get(tracking.TAG_ERROR, ""),
+    }
+
+
 def launch_status(ws: Workspace, name: str) -> list[dict[str, Any]]:
-    """One line per trial of a launch, from its MLflow child runs: status, PSNR, the plan's
-    estimated wall seconds (``est_s``) and the actual ones (``actual_s``: the trial's
-    ``wall_s``, or its time so far while it runs; None when unknown), error."""
+    """One line per trial of a launch, started or not: a started trial's state, PSNR and
+    error come from its MLflow child run; a grid trial without one is ``not started``, as is
+    each search sample not drawn yet."""
     record = read_record(ws, name)
     ctx = LaunchContext(**record["context"])
-    runs = tracking.child_runs(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id)
-    out = []
-    now_ms = time.time() * 1000
-    for run in sorted(runs, key=lambda r: r.info.run_name or ""):
-        metrics = run.data.metrics
-        status = run.data.tags.get(tracking.TAG_STATUS, run.info.status.lower())
-        actual = metrics.get("wall_s")
-        if actual is None and run.info.status == "RUNNING" and run.info.start_time:
-            actual = (now_ms - run.info.start_time) / 1000
-        out.append(
-            {
-                "run": run.info.run_name or run.info.run_id,
-                "status": status,
-                "psnr": f"{metrics['psnr']:.3f}" if "psnr" in metrics else "-",
-                "est_s": metrics.get("est_wall_s"),
-                "actual_s": actual,
-                "error": run.data.tags.get(tracking.TAG_ERROR, ""),
-            }
+    exp, total = _launch_trials(record)
+    runs = sorted(
+        tracking.child_runs(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id),
+        key=lambda r: r.info.run_name or "",
+    )
+    if record["kind"] == "search":
+        lines = [_status_line(run) for run in runs]
+        missing = range(len(runs) + 1, total + 1)
+        return lines + [_not_started(f"sample {i} of {total}") for i in missing]
+    lines, unmatched = [], list(runs)
+    for trial in expand(exp):
+        expected = {k: str(v) for k, v in trial_params(trial).items()}
+        run = next(
+            (r for r in unmatched if all(r.data.params.get(k) == v for k, v in expected.items())),
+            None,
         )
-    return out
+        if run is None:
+            lines.append(_not_started(f"{trial.row_name}-s{trial.seed}"))
+        else:
+            unmatched.remove(run)
+            lines.append(_status_line(run))
+    return lines + [_status_line(run) for run in unmatched]
+
+
+def _not_started(name: str) -> dict[str, Any]:
+    return {
+        "run": name,
+        "status": "not started",
+        "psnr": "-",
+        "est_s": None,
+        "actual_s": None,
+        "error": "",
+    }
 
 
 def search_space_path(filename: str) -> Path:

@@ -97,6 +97,17 @@ def check_search(exp: ExperimentConfig) -> TrialConfig:
     return trial
 
 
+def search_trials(exp: ExperimentConfig) -> list[TrialConfig]:
+    """The base trial of a search and, per searched setting, the trial at each end of its
+    range (at each choice): the trials whose networks a launch checks before it starts."""
+    base = search_base(exp)
+    assert exp.search is not None
+    trials = [trial_config(exp, base)]
+    for key, param in exp.search.params.items():
+        trials += [trial_config(exp, {**base, key: value}) for value in _representatives(param)]
+    return trials
+
+
 def _representatives(param: SearchParam) -> list[Any]:
     if param.type == "choice":
         return list(param.values or [])

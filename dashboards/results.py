@@ -42,7 +42,7 @@ BASE_COLUMNS = [
 _PARENT_KINDS = {"launch", "search"}
 #: Where ``ablate ui`` serves a local store unless told otherwise (``--host`` / ``--port``).
 UI_URL = "http://127.0.0.1:5000"
-_TRIAL_STATUSES = {"completed", "failed", "pruned"}
+_TRIAL_STATUSES = {"completed", "failed", "pruned", "interrupted"}
 
 
 @dataclass(frozen=True)

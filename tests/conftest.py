@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,7 +63,7 @@ TINY_MODEL = {
         "irm_mults": [1, 2],
         "res_blocks": 1,
         "guide_channels": 8,
-        "guide_levels": 2,
+        "guide_levels": 1,  # one downsampling: mults [1, 2]
     },
 }
 
@@ -74,7 +75,7 @@ def tiny_experiment(name: str, rows: dict[str, Any], **extra: Any) -> dict[str, 
         "rows": rows,
         "seeds": [0, 1],
         "data": {"preset": "tiny"},
-        "model": TINY_MODEL,
+        "model": copy.deepcopy(TINY_MODEL),
         "diffusion": {
             "train_steps": 100,
             "sr3": {"sample_steps": 4},

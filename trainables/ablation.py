@@ -19,7 +19,7 @@ import torch
 import yaml
 from ray import tune
 
-from ablate import tracking
+from ablate import mlflow_ui, tracking
 from ablate.config import TrialConfig, flatten, parse_experiment
 from ablate.errors import UserError
 from ablate.evaluation import evaluate_method, write_evaluation_artifacts
@@ -72,6 +72,13 @@ def _run_name(trial: TrialConfig, trial_id: str, searched: bool) -> str:
     return f"{name}-{trial_id}" if searched else name
 
 
+def trial_params(trial: TrialConfig) -> dict[str, Any]:
+    """A trial's MLflow params: ``row``, ``seed`` and every setting as a dotted key."""
+    params: dict[str, Any] = {"row": trial.row_name, "seed": trial.seed}
+    params.update(flatten(trial.model_dump(mode="json", exclude={"row_name", "seed"})))
+    return params
+
+
 def _load_checkpoint() -> dict[str, Any] | None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
@@ -104,17 +111,23 @@ def train_trial(
         ctx.parent_run_id,
         trial_id,
         run_name=_run_name(trial, trial_id, searched=ctx.kind == "search"),
-        tags={tracking.TAG_ROW: trial.row_name, tracking.TAG_SEED: str(trial.seed)},
+        tags={
+            tracking.TAG_ROW: trial.row_name,
+            tracking.TAG_SEED: str(trial.seed),
+            **mlflow_ui.inherited_tags(ctx.tracking_uri, ctx.parent_run_id),
+        },
     )
     if created:
-        params = {"row": trial.row_name, "seed": trial.seed}
-        params.update(flatten(trial.model_dump(mode="json", exclude={"row_name", "seed"})))
-        tracking.log_params(ctx.tracking_uri, run_id, params)
+        tracking.log_params(ctx.tracking_uri, run_id, trial_params(trial))
+        mlflow_ui.log_dataset(ctx.tracking_uri, run_id, trial.data, Path(ctx.dataset_root))
         estimate = ctx.estimate(config)
         if estimate is not None:
             tracking.log_metrics(ctx.tracking_uri, run_id, {"est_wall_s": estimate})
+    # a restarted trial replays the steps after its last checkpoint: log each (metric, step)
+    # once, skipping what its run already holds
+    logged = {} if created else tracking.logged_steps(ctx.tracking_uri, run_id)
     try:
-        _run(trial, ctx, run_id, saved, started)
+        _run(trial, ctx, run_id, saved, started, logged)
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if not isinstance(exc, UserError):
@@ -143,8 +156,18 @@ class _Progress:
         self.step, self.train_s, self.sent_at = step, 0.0, now
 
 
+def _unlogged(metrics: dict[str, float], step: int, logged: dict[str, int]) -> dict[str, float]:
+    """``metrics`` at ``step`` less those the run already holds at or after ``step``."""
+    return {k: v for k, v in metrics.items() if step > logged.get(k, -1)}
+
+
 def _run(
-    trial: TrialConfig, ctx: LaunchContext, run_id: str, saved: dict | None, started: float
+    trial: TrialConfig,
+    ctx: LaunchContext,
+    run_id: str,
+    saved: dict | None,
+    started: float,
+    logged: dict[str, int],
 ) -> None:
     seed_everything(trial.seed)
     torch.set_num_threads(trial.train.num_threads)
@@ -182,7 +205,8 @@ def _run(
         while run.step < target:  # one log window at a time, then maybe a progress report
             window_end = min(target, (run.step // train.log_every + 1) * train.log_every)
             t0, first = time.perf_counter(), run.step
-            history += run.train_until(window_end)
+            window = run.train_until(window_end)
+            history += [(step, _unlogged(values, step, logged)) for step, values in window]
             elapsed = time.perf_counter() - t0
             train_s, session_s, session_steps = (
                 train_s + elapsed,
@@ -199,7 +223,8 @@ def _run(
         if run.step < train.steps:
             val = evaluate_method(run.eval_method, run.data("val"), trial, ctx.val_samples)
             val_metrics = {f"val_{k}": v for k, v in val.summary.items()}
-            tracking.log_metrics(ctx.tracking_uri, run_id, val_metrics, step=run.step)
+            fresh = _unlogged(val_metrics, run.step, logged)
+            tracking.log_metrics(ctx.tracking_uri, run_id, fresh, step=run.step)
             rounds = {"val_round": evals.index(run.step) + 1, "steps": train.steps}
             metrics = {**val_metrics, **rounds, "step": run.step, "final": 0}
             _report(metrics, checkpoint_state(), trial)
@@ -215,13 +240,14 @@ def _run(
     if session_steps:
         final["train_it_per_s"] = session_steps / max(session_s, 1e-9)
     final = {k: v for k, v in final.items() if math.isfinite(v)}
-    tracking.log_metrics(ctx.tracking_uri, run_id, final, step=run.step)
+    tracking.log_metrics(ctx.tracking_uri, run_id, _unlogged(final, run.step, logged), run.step)
     with tempfile.TemporaryDirectory() as folder:
         write_evaluation_artifacts(test, Path(folder))
         run.export_weights(Path(folder) / "checkpoint")
         tracking.log_artifacts(ctx.tracking_uri, run_id, Path(folder))
     wall = {"wall_s": wall_s + time.perf_counter() - started}
     tracking.log_metrics(ctx.tracking_uri, run_id, wall, step=run.step)
+    mlflow_ui.log_sample_images(ctx.tracking_uri, run_id, test.images, step=run.step)
     tracking.finish_run(ctx.tracking_uri, run_id, "completed")
     rounds = {"val_round": len(evals) + 1, "steps": train.steps}
     _report({**final, **wall, **rounds, "step": run.step, "final": 1}, checkpoint_state(), trial)
