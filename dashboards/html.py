@@ -83,6 +83,19 @@ def _metric_sections(page: _Page, table: AblationTable, df: pd.DataFrame) -> Non
         page.note("No row logged both its cost (gmacs, params_m) and quality.")
 
 
+def _noise_level_section(page: _Page, table: AblationTable, df: pd.DataFrame) -> None:
+    fig = plots.noise_level_quality(table, df)
+    if fig is None:
+        return  # no diffusion row in this study
+    page.section("Quality vs noise level")
+    page.note(
+        "Diffusion rows: PSNR of the network's one-step x0 estimate of the test slices "
+        "noised to 8 levels of its training schedule. A sample PSNR far below the curve's "
+        "clean end, or a curve collapsing at the noisy end, shows where sampling goes wrong."
+    )
+    page.figures([fig])
+
+
 def _curve_section(page: _Page, table: AblationTable, tracking_uri: str, df: pd.DataFrame) -> None:
     page.section("Training curves")
     run_ids = [r for ln in table.lines for r in ln.run_ids]
@@ -155,6 +168,7 @@ def build_dashboard(
     page = _Page()
     _table_section(page, table)
     _metric_sections(page, table, df)
+    _noise_level_section(page, table, df)
     _curve_section(page, table, tracking_uri, df)
     _optuna_section(page, tracking_uri, experiment)
     _samples_section(page, table, df, tracking_uri)
