@@ -109,7 +109,7 @@ def run(variant: str, args: argparse.Namespace, data: Path) -> dict:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if ema is not None:
             with torch.no_grad():
                 for pe, p in zip(ema.parameters(), method.parameters(), strict=True):
