@@ -1,4 +1,5 @@
-"""Driver-side Ray Tune callbacks: a live progress display, MLflow end states, and a guard
+"""Driver-side Ray Tune callbacks: a live progress display (per trial step, it/s and ETA,
+and the launch's ETA), the plan against the actual time, MLflow end states, and a guard
 that keeps a restored trial off a deleted checkpoint.
 
 The trainable ends its own MLflow run when it completes or raises. Two ends it never sees
@@ -9,6 +10,9 @@ are handled here, on the driver: a trial stopped early by ASHA (its run is marke
 from __future__ import annotations
 
 import logging
+import math
+import statistics
+import time
 from typing import Any
 
 from pyarrow.fs import FileType
@@ -16,78 +20,228 @@ from ray.train import Checkpoint
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn
 
 from ablate import tracking
 from ablate.ray_internals import keep_checkpoints
+from ablate.trials import ANY_TRIAL, lookup_estimate
 
 log = logging.getLogger(__name__)
 
 
-class TrialProgress(Callback):
-    """Shows trials done / running / failed and the latest reported metrics."""
+def _clock(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "-:--"
+    seconds = int(max(seconds, 0))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
-    def __init__(self, total: int) -> None:
+
+def _trial_label(trial: Any) -> str:
+    config = trial.config or {}
+    if "row" in config:
+        return f"{config['row']}-s{config.get('seed', '')}"
+    return str(trial.trial_id)
+
+
+class TrialProgress(Callback):
+    """The launch's live view on the driver: trials done / running / failed and the launch's
+    ETA, and one line per running trial with its row, seed, step / steps, it/s and ETA.
+
+    Trials send step, steps and it/s in their Tune results (``trainables.ablation``:
+    a progress report every few seconds, plus each validation). The launch ETA schedules
+    the remaining work on as many slots as trials run at once: each running trial's
+    remaining steps at its it/s, then each pending trial at the plan's estimate
+    (``estimates``, by :func:`ablate.trials.trial_key`) scaled by how the finished and
+    running trials compare with theirs.
+    """
+
+    def __init__(self, total: int, estimates: dict[str, float] | None = None) -> None:
         self.total = total
+        self.estimates = dict(estimates or {})
         self._progress: Progress | None = None
         self._task: Any = None
+        self._rows: dict[str, Any] = {}  # trial id -> its progress task
+        self._state: dict[str, dict[str, float]] = {}  # trial id -> step, steps, it/s, start
+        self._ratios: list[float] = []  # actual / estimated seconds of finished trials
+        self._finished: set[str] = set()  # (Tune marks them so only after the callbacks)
+        self._slots = 1
         self._done = 0
         self._errors = 0
 
     def __getstate__(self) -> dict[str, Any]:  # the live display does not survive pickling
-        return {**self.__dict__, "_progress": None, "_task": None}
+        return {**self.__dict__, "_progress": None, "_task": None, "_rows": {}}
 
     def _ensure(self) -> Progress:
         if self._progress is None:
             self._progress = Progress(
-                TextColumn("[bold]trials"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
                 TextColumn("{task.description}"),
+                BarColumn(bar_width=24),
+                TextColumn("{task.fields[detail]}"),
                 console=Console(stderr=True),
                 transient=False,
             )
             self._progress.start()
-            self._task = self._progress.add_task("starting", total=self.total or None)
+            self._task = self._progress.add_task(
+                "[bold]trials", total=self.total or None, detail="starting"
+            )
+            self._rows = {}
         return self._progress
 
+    def _estimate(self, trial: Any) -> float | None:
+        return lookup_estimate(self.estimates, trial.config or {})
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._describe(trials, f"started {trial.trial_id}")
+        state = self._state.setdefault(trial.trial_id, {})
+        state.setdefault("start", time.monotonic())
+        self._finished.discard(trial.trial_id)  # a retried trial runs again
+        self._describe(trials)
 
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
-        name = (trial.config.get("trial") or {}).get("row_name", trial.trial_id)
-        shown = ", ".join(
-            f"{k}={result[k]:.3f}" for k in ("step", "val_psnr", "psnr") if k in result
-        )
-        self._describe(trials, f"{name}: {shown}")
+        state = self._state.setdefault(trial.trial_id, {"start": time.monotonic()})
+        for key in ("step", "steps", "it_per_s"):
+            if key in result:
+                state[key] = float(result[key])
+        progress = self._ensure()
+        if "step" in state and "steps" in state:
+            if trial.trial_id not in self._rows:
+                self._rows[trial.trial_id] = progress.add_task(
+                    f"  {_trial_label(trial)}", total=state["steps"], detail=""
+                )
+            rate = state.get("it_per_s") or 0.0
+            eta = (state["steps"] - state["step"]) / rate if rate > 0 else None
+            detail = (
+                f"step {int(state['step'])}/{int(state['steps'])}  "
+                f"{rate:.3g} it/s  ETA {_clock(eta)}"
+            )
+            progress.update(
+                self._rows[trial.trial_id],
+                completed=state["step"],
+                total=state["steps"],
+                detail=detail,
+            )
+        self._describe(trials)
+
+    def _running(self, trials: list) -> list:
+        return [t for t in trials if t.status == "RUNNING" and t.trial_id not in self._finished]
+
+    def _finish(self, trial: Any) -> None:
+        self._finished.add(trial.trial_id)
+        state = self._state.pop(trial.trial_id, {})
+        estimate = self._estimate(trial)
+        if "start" in state and estimate:
+            self._ratios.append((time.monotonic() - state["start"]) / estimate)
+        task = self._rows.pop(trial.trial_id, None)
+        if task is not None and self._progress is not None:
+            self._progress.remove_task(task)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._done += 1
-        self._describe(trials, f"finished {trial.trial_id}")
+        self._finish(trial)
+        self._describe(trials)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._done += 1
         self._errors += 1
-        self._describe(trials, f"[red]failed {trial.trial_id}")
+        self._finish(trial)
+        self._describe(trials)
 
-    def _describe(self, trials: list, text: str) -> None:
+    def launch_eta(self, trials: list) -> float | None:
+        """Seconds until every trial has finished, or None while nothing is known."""
+        running = self._running(trials)
+        self._slots = max(self._slots, len(running), 1)
+        now = time.monotonic()
+        ratios = list(self._ratios)
+        loads = []
+        for t in running:
+            state = self._state.get(t.trial_id, {})
+            rate, estimate = state.get("it_per_s"), self._estimate(t)
+            if rate and "steps" in state:
+                left = (state["steps"] - state["step"]) / rate
+                if estimate and not self._ratios:
+                    ratios.append((now - state.get("start", now) + left) / estimate)
+            elif estimate:
+                left = max(estimate - (now - state.get("start", now)), 0.0)
+            else:
+                return None
+            loads.append(left)
+        scale = statistics.median(ratios) if ratios else 1.0
+        pending = [t for t in trials if t.status == "PENDING" and t.trial_id not in self._finished]
+        pending += [None] * max(0, self.total - len(trials))  # not created yet (searches)
+        durations = []
+        for t in pending:
+            estimate = self._estimate(t) if t is not None else self.estimates.get(ANY_TRIAL)
+            if estimate is None:
+                return None if pending else max(loads, default=0.0)
+            durations.append(estimate * scale)
+        loads += [0.0] * (self._slots - len(loads))
+        for d in sorted(durations, reverse=True):
+            i = loads.index(min(loads))
+            loads[i] += d
+        return max(loads, default=0.0)
+
+    def _describe(self, trials: list) -> None:
         progress = self._ensure()
-        running = sum(1 for t in trials if t.status == "RUNNING")
+        running = len(self._running(trials))
         failed = f", [red]{self._errors} failed[/]" if self._errors else ""
         progress.update(
             self._task,
             completed=self._done,
             total=max(self.total, len(trials)) or None,
-            description=f"{running} running{failed} | {text}",
+            detail=f"{self._done}/{max(self.total, len(trials))} done, {running} running"
+            f"{failed}  launch ETA {_clock(self.launch_eta(trials))}",
         )
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+class PlanVsActual(Callback):
+    """Logs to the launch's parent run how long its trials took beside the plan's estimate:
+    ``actual.trial_s`` (sum over finished trials, as the driver saw them), ``plan.done_s``
+    (their estimates), ``plan.error`` (actual / estimated - 1) and ``actual.wall_s``."""
+
+    def __init__(self, tracking_uri: str, parent_run_id: str, estimates: dict[str, float]):
+        self.tracking_uri = tracking_uri
+        self.parent_run_id = parent_run_id
+        self.estimates = dict(estimates)
+        self._start: dict[str, float] = {}
+        self._actual = 0.0
+        self._planned = 0.0
+        self._began: float | None = None
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self._began is None:
+            self._began = time.time()
+        self._start.setdefault(trial.trial_id, time.time())
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        started = self._start.pop(trial.trial_id, None)
+        estimate = lookup_estimate(self.estimates, trial.config or {})
+        if started is not None and estimate:
+            self._actual += time.time() - started
+            self._planned += estimate
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        metrics = {}
+        if self._began is not None:
+            metrics["actual.wall_s"] = time.time() - self._began
+        if self._planned:
+            metrics.update(
+                {
+                    "actual.trial_s": self._actual,
+                    "plan.done_s": self._planned,
+                    "plan.error": self._actual / self._planned - 1,
+                }
+            )
+        try:
+            tracking.log_metrics(self.tracking_uri, self.parent_run_id, metrics)
+        except Exception as exc:  # noqa: BLE001 - bookkeeping must not fail a finished launch
+            log.warning("could not log plan vs actual to the parent run: %s", exc)
 
 
 class MlflowTrialStates(Callback):

@@ -8,6 +8,7 @@ never as a traceback.
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import typer
 from rich.console import Console
 
 from ablate.errors import UserError
+from ablate.interrupts import Interrupted
 
 app = typer.Typer(
     help="Ablation studies and hyperparameter searches of diffusion-based PET reconstruction.",
@@ -29,7 +31,9 @@ console = Console()
 
 
 def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a :class:`UserError` into one line on stderr and exit code 2."""
+    """Turn a :class:`UserError` into one line on stderr and exit code 2, a launch stopped
+    by SIGINT/SIGTERM into a line naming ``ablate resume`` and exit code 130/143; shut down
+    the embedded Ray a command started, however it ends."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -40,8 +44,25 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                 f"[bold red]error:[/] {err}", highlight=False
             )
             raise typer.Exit(code=2) from None
+        except Interrupted as stop:
+            then = f": continue with: {stop.hint}" if stop.hint else ""
+            Console(stderr=True, soft_wrap=True).print(
+                f"[bold yellow]interrupted[/] by {stop.signal_name}{then}", highlight=False
+            )
+            raise typer.Exit(code=stop.exit_code) from None
+        finally:
+            if "ablate.experiment" in sys.modules:
+                sys.modules["ablate.experiment"].stop_ray()
 
     return wrapper
+
+
+def _ray_driver(address: str | None) -> None:
+    """Before anything imports Ray (see :mod:`ablate.local_ray`): SIGTERM reaches ablate's
+    handler; without ``--address`` the embedded Ray binds 127.0.0.1."""
+    from ablate.local_ray import prepare_driver
+
+    prepare_driver(embedded=address is None)
 
 
 # --- commands ------------------------------------------------------------------------------
@@ -59,12 +80,55 @@ ROWS_OPT = typer.Option(None, "--rows", help="Only these rows, e.g. --rows cpm,f
 ADDRESS_OPT = typer.Option(
     None, "--address", help="Ray cluster: auto, HOST:PORT or ray://... (default: embedded)."
 )
+DRY_RUN_OPT = typer.Option(
+    False, "--dry-run", help="Print the plan, resources and MLflow target; start nothing."
+)
+GPU_OPT = typer.Option(
+    None, "--gpu", help="Plan for this device: H100, H200, A100 or cpu (default: by resources)."
+)
 
 
 def _workspace(workdir: Path, tracking_uri: str | None, storage: str | None = None) -> Any:
     from ablate.experiment import Workspace
 
     return Workspace.create(workdir, tracking_uri, storage)
+
+
+def _existing_workspace(workdir: Path, tracking_uri: str | None) -> Any:
+    """The workspace of earlier launches, read as it is: a mistyped --workdir creates nothing."""
+    from ablate import tracking
+    from ablate.experiment import Workspace
+
+    workdir = workdir.resolve()
+    uri = tracking_uri or tracking.default_tracking_uri(workdir)
+    tracking.require_store(uri)
+    return Workspace(workdir, uri, str(workdir / "ray_results"))
+
+
+def _launch_workspace(workdir: Path, storage: str | None) -> Any:
+    """The workspace of ``status``/``resume``: its launch records must exist (each names its
+    own MLflow store), and nothing is created when they do not."""
+    from ablate import tracking
+    from ablate.experiment import Workspace
+
+    workdir = workdir.resolve()
+    ws = Workspace(
+        workdir, tracking.default_tracking_uri(workdir), storage or str(workdir / "ray_results")
+    )
+    if not Path(ws.storage).is_dir():
+        raise UserError(
+            f"no launches under {ws.storage}: run `ablate run` first, or fix --workdir/--storage"
+        )
+    return ws
+
+
+def _quiet_mlflow() -> None:
+    """No download bars or MLflow notices between our lines (the CLI owns the process)."""
+    import logging
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
 
 
 def _parse_resources(text: str | None) -> dict[str, float]:
@@ -119,6 +183,74 @@ def _print_launch(result: Any, workdir: Path) -> None:
         f"{result.wall_s:.0f} s. MLflow store: {result.tracking_uri} "
         f"(parent run {result.parent_run_id}). Open it with: ablate ui --workdir {workdir}"
     )
+    if result.status == "interrupted":
+        console.print(
+            f"[bold yellow]interrupted[/] by {Interrupted(result.signum).signal_name} after "
+            f"{result.n_completed} of {result.n_trials} trials: the parent run and the running "
+            f"trials are KILLED. Continue with: {result.resume_hint}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    elif result.status == "failed":
+        console.print(
+            f"[bold red]{result.n_errors} of {result.n_trials} trials failed[/]: see "
+            f"ablate status {result.name} --workdir {workdir}; rerun them with: "
+            f"{result.resume_hint}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _exit_for(result: Any) -> None:
+    """Exit 1 when some trials failed, 130/143 when a signal stopped the launch."""
+    if result.exit_code:
+        raise typer.Exit(code=result.exit_code)
+
+
+def _dry_run(
+    exp: Any, kind: str, name: str | None, workdir: Path, tracking_uri: str | None, gpu: str | None
+) -> None:
+    """What ``run``/``search`` would do, without doing it: the plan, the Ray resources
+    of each trial and the MLflow experiment it would write to (nothing is created)."""
+    from ablate.plan import dry_run_summary, plan_launch, print_plan
+
+    plan = plan_launch(exp, gpu=gpu, search=kind == "search", workdir=workdir)
+    print_plan(plan, console)
+    for line in dry_run_summary(exp, plan, kind, name, workdir, tracking_uri):
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+@app.command()
+@friendly_errors
+def plan(
+    space: Path = typer.Argument(..., help="Search-space YAML (e.g. search_spaces/demo.yaml)."),
+    overrides: list[str] | None = OVERRIDES_ARG,
+    rows: str | None = ROWS_OPT,
+    seeds: int | None = typer.Option(None, "--seeds", help="Seeds per row: 0..N-1."),
+    resources: str | None = RESOURCES_OPT,
+    gpu: str | None = GPU_OPT,
+    gpus: int | None = typer.Option(
+        None, "--gpus", help="Devices the wall time is planned on (default 1 GPU / all cores)."
+    ),
+    search: bool = typer.Option(False, "--search", help="Plan the 'search' section instead."),
+    mfu: float | None = typer.Option(
+        None, "--mfu", help="Assume this MFU (0-1) for every trial instead of the records."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    workdir: Path = WORKDIR_OPT,
+) -> None:
+    """What a launch will cost before it runs: per trial FLOPs, memory, it/s and time (measured
+    where benchmarks/results has the row, else estimated at a stated MFU); GPU-hours in all."""
+    import json
+
+    from ablate.plan import plan_launch, print_plan
+
+    exp, _ = _experiment(space, overrides, rows=rows, seeds=seeds, resources=resources)
+    result = plan_launch(exp, gpu=gpu, devices=gpus, search=search, mfu=mfu, workdir=workdir)
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+        return
+    print_plan(result, console)
 
 
 @app.command()
@@ -134,14 +266,22 @@ def run(
     tracking_uri: str | None = TRACKING_OPT,
     name: str | None = NAME_OPT,
     workdir: Path = WORKDIR_OPT,
+    dry_run: bool = DRY_RUN_OPT,
+    gpu: str | None = GPU_OPT,
 ) -> None:
-    """Run an ablation grid: rows x seeds (x grid axes) as Ray Tune trials."""
+    """Run an ablation grid: rows x seeds (x grid axes) as Ray Tune trials.
+
+    Exit code 0 when every trial finished, 1 when some failed, 130/143 on Ctrl-C/SIGTERM."""
+    _ray_driver(address)
     from ablate.experiment import launch_grid
 
     exp, settings = _experiment(space, overrides, rows=rows, seeds=seeds, resources=resources)
+    if dry_run:
+        return _dry_run(exp, "grid", name, workdir, tracking_uri, gpu)
     ws = _workspace(workdir, tracking_uri, storage)
-    result = launch_grid(exp, ws, address=address, name=name, overrides=settings)
+    result = launch_grid(exp, ws, address=address, name=name, overrides=settings, gpu=gpu)
     _print_launch(result, workdir)
+    _exit_for(result)
 
 
 @app.command()
@@ -156,89 +296,158 @@ def search(
     tracking_uri: str | None = TRACKING_OPT,
     name: str | None = NAME_OPT,
     workdir: Path = WORKDIR_OPT,
+    dry_run: bool = DRY_RUN_OPT,
+    gpu: str | None = GPU_OPT,
 ) -> None:
     """Optuna (TPE) search with ASHA pruning over the knobs declared in 'search'."""
-    from ablate.experiment import best_search_config, confirm_best, launch_search
+    _ray_driver(address)
+    from ablate.experiment import best_search_config, confirm_best, confirm_defaults, launch_search
 
     if confirm_seeds < 0:
         raise UserError("--confirm-seeds must be 0 (no confirm grid) or more")
     exp, settings = _experiment(space, overrides, resources=resources)
+    if dry_run:
+        return _dry_run(exp, "search", name, workdir, tracking_uri, gpu)
     ws = _workspace(workdir, tracking_uri, storage)
-    result = launch_search(exp, ws, address=address, name=name, overrides=settings)
+    result = launch_search(exp, ws, address=address, name=name, overrides=settings, gpu=gpu)
     _print_launch(result, workdir)
+    if result.status == "interrupted" or not result.n_completed:
+        _exit_for(result)
     best = best_search_config(ws, result.name)
-    metric = exp.search.metric if exp.search else ""
-    console.print(f"best by validation {metric}: {best}")
-    if confirm_seeds:
-        _print_launch(confirm_best(exp, ws, result.name, confirm_seeds, address=address), workdir)
+    objectives = exp.search.objectives if exp.search else [("", "max")]
+    ranked = objectives[0][0] + (
+        f" (the first of {len(objectives)} objectives, on the Pareto front)"
+        if len(objectives) > 1
+        else ""
+    )
+    console.print(f"best by validation {ranked}: {best}")
+    if confirm_seeds and result.status == "completed":
+        confirmed = confirm_best(exp, ws, result.name, confirm_seeds, address=address)
+        _print_launch(confirmed, workdir)
+        _exit_for(confirmed)
+        defaults = confirm_defaults(exp, ws, result.name, confirm_seeds, address=address)
+        _print_launch(defaults, workdir)
+        _exit_for(defaults)
+    _exit_for(result)
 
 
 @app.command()
 @friendly_errors
 def resume(
-    name: str = typer.Argument(..., help="Launch name (as given to run/search)."),
+    name: str = typer.Argument(..., help="Launch name (run/search --name) or experiment name."),
     address: str | None = ADDRESS_OPT,
     storage: str | None = typer.Option(None, "--storage", help="Ray storage path."),
     workdir: Path = WORKDIR_OPT,
 ) -> None:
     """Resume an interrupted grid or search; no MLflow run is duplicated."""
+    _ray_driver(address)
     from ablate.experiment import resume as resume_launch
+    from ablate.launches import resolve_launch
 
-    ws = _workspace(workdir, None, storage)
-    _print_launch(resume_launch(ws, name, address=address), workdir)
+    ws = _launch_workspace(workdir, storage)
+    launch = resolve_launch(name, ws.storage, ws.tracking_uri)
+    result = resume_launch(ws, launch, address=address)
+    _print_launch(result, workdir)
+    _exit_for(result)
 
 
 @app.command()
 @friendly_errors
 def status(
-    name: str = typer.Argument(..., help="Launch name."),
+    name: str = typer.Argument(..., help="Launch name (run/search --name) or experiment name."),
     storage: str | None = typer.Option(None, "--storage", help="Ray storage path."),
     workdir: Path = WORKDIR_OPT,
 ) -> None:
-    """Trials of a launch, their states and failures (from its MLflow runs)."""
+    """Trials of a launch (an experiment's latest): states, PSNR, estimated and actual wall
+    time, failures (MLflow)."""
     from rich.table import Table
 
     from ablate.experiment import launch_status
+    from ablate.launches import resolve_launch
 
-    rows = launch_status(_workspace(workdir, None, storage), name)
-    table = Table(title=f"launch {name}")
-    for col in ("run", "status", "psnr", "error"):
-        table.add_column(col)
+    def secs(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0f} s"
+
+    ws = _launch_workspace(workdir, storage)
+    launch = resolve_launch(name, ws.storage, ws.tracking_uri)
+    rows = launch_status(ws, launch)
+    table = Table(title=f"launch {launch}")
+    for col in ("run", "status", "psnr", "estimated", "actual", "error"):
+        right = col in ("estimated", "actual")
+        table.add_column(col, justify="right" if right else "left", no_wrap=col != "error")
     for r in rows:
-        table.add_row(r["run"], r["status"], r["psnr"], r["error"])
+        table.add_row(
+            r["run"], r["status"], r["psnr"], secs(r["est_s"]), secs(r["actual_s"]), r["error"]
+        )
+    both = [r for r in rows if r["est_s"] is not None and r["actual_s"] is not None]
     console.print(table)
+    if both:
+        est, actual = sum(r["est_s"] for r in both), sum(r["actual_s"] for r in both)
+        console.print(
+            f"{len(both)} trials with both: estimated {secs(est)}, actual {secs(actual)} "
+            f"(actual / estimated = {actual / est:.2f})"
+        )
 
 
 @app.command()
 @friendly_errors
 def export(
-    experiment: str = typer.Argument(..., help="MLflow experiment (study) name."),
-    metric: str = typer.Option("psnr", "--metric", help="Metric that ranks the trials."),
-    mode: str = typer.Option("max", "--mode", help="max or min."),
-    model_name: str | None = typer.Option(None, "--model-name", help="Registered model name."),
-    out: Path | None = typer.Option(None, "--out", help="Standalone folder to write."),
+    name: str = typer.Argument(..., help="Experiment name, or launch name (run --name)."),
+    metric: str | None = typer.Option(
+        None,
+        "--metric",
+        help="Metric that ranks the trials (default psnr; a multi-objective "
+        "search asks which objective).",
+    ),
+    mode: str | None = typer.Option(None, "--mode", help="max or min (default: the metric's)."),
+    row: str | None = typer.Option(None, "--row", help="Only trials of this row."),
+    model_name: str | None = typer.Option(
+        None, "--model-name", help="Registered model name (default NAME-best)."
+    ),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Standalone folder: new, empty or a previous export of the model "
+        "(default <workdir>/exports/NAME); its parent folder must exist.",
+    ),
     tracking_uri: str | None = TRACKING_OPT,
     workdir: Path = WORKDIR_OPT,
 ) -> None:
-    """Register the best trial as 'champion' (2nd: 'challenger') and write a standalone copy."""
-    from ablate.export import export_best
+    """Register the best trial as an MLflow pyfunc model ('champion'; 2nd: 'challenger') and
+    write a standalone copy. Exporting the same best trial again changes nothing."""
+    import shlex
 
-    if mode not in ("max", "min"):
+    from ablate.export import export_best, ranking
+    from ablate.launches import resolve_study
+
+    if mode not in (None, "max", "min"):
         raise UserError(f"--mode '{mode}': use max or min")
-    ws = _workspace(workdir, tracking_uri)
-    result = export_best(
-        ws.tracking_uri,
-        experiment,
-        metric,
-        mode,
-        model_name,
-        out or ws.workdir / "exports" / experiment,
-    )
+    _quiet_mlflow()
+    ws = _existing_workspace(workdir, tracking_uri)
+    study = resolve_study(name, ws.storage, ws.tracking_uri)
+    metric, mode = ranking(study.tracking_uri, study.experiment, metric, mode)
+    if out is None:
+        out = ws.workdir / "exports" / name
+        out.parent.mkdir(parents=True, exist_ok=True)
+    result = export_best(study, metric, mode, model_name or f"{name}-best", out, row)
+    for alias, version in result.versions.items():
+        state = "new" if result.changed[alias] else "unchanged"
+        console.print(
+            f"{result.model_name}@{alias} = version {version} ({state}; "
+            f"run {result.run_ids[alias]})",
+            soft_wrap=True,
+        )
     console.print(
-        f"{result.model_name}: champion = version {result.versions['champion']} "
-        f"({metric} {result.value:.4f}, run {result.run_ids['champion']}); "
-        f"standalone copy in {result.folder}. Use it with: "
-        f"ablate predict --model models:/{result.model_name}@champion INPUT OUTPUT"
+        f"best {metric} {result.value:.4f}; standalone copy (MLflow model + model.pt, "
+        f"config.yaml) in {result.folder}",
+        soft_wrap=True,
+    )
+    where = f" --tracking-uri {shlex.quote(tracking_uri)}" if tracking_uri else ""
+    if not where and workdir != Path("runs"):
+        where = f" --workdir {shlex.quote(str(workdir))}"
+    print(
+        f"Use it with: ablate predict --model models:/{result.model_name}@champion{where} "
+        "INPUT OUTPUT"
     )
 
 
@@ -246,19 +455,33 @@ def export(
 @friendly_errors
 def predict(
     input_path: Path = typer.Argument(..., help="Low-dose volume (.nii, .nii.gz, .npy)."),
-    output_path: Path = typer.Argument(..., help="Where to write the reconstruction."),
+    output_path: Path = typer.Argument(
+        ..., help="Output file (.nii/.nii.gz for NIfTI input, .npy for .npy); folder must exist."
+    ),
     model: str = typer.Option(..., "--model", help="models:/NAME@champion or an export folder."),
-    samples: int = typer.Option(1, "--samples", help="K samples averaged (AMS)."),
-    scale: float | None = typer.Option(None, "--scale", help="Intensity scale (default p99.9)."),
+    samples: int | None = typer.Option(
+        None, "--samples", help="K samples averaged (AMS; default: the row's)."
+    ),
+    scale: float | None = typer.Option(
+        None, "--scale", help="Known full-dose intensity scale (default: estimated)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Sampler seed of stochastic rows."),
     tracking_uri: str | None = TRACKING_OPT,
     workdir: Path = WORKDIR_OPT,
 ) -> None:
-    """Run an exported model on a volume, slice by slice."""
-    from ablate.export import predict_volume
+    """Run an exported model on a volume; the output keeps the input's grid and header."""
+    from ablate import tracking
+    from ablate.predict import predict_volume
 
-    ws = _workspace(workdir, tracking_uri)
-    info = predict_volume(model, input_path, output_path, ws.tracking_uri, samples, scale)
-    console.print(f"wrote {output_path}: {int(info['slices'])} slices, K={int(info['samples'])}")
+    _quiet_mlflow()
+    uri = tracking_uri or tracking.default_tracking_uri(workdir)
+    info = predict_volume(model, input_path, output_path, uri, samples, scale, seed)
+    how = "estimated" if info.estimated else "given"
+    console.print(
+        f"wrote {output_path}: {info.slices} slices, K={info.samples}, "
+        f"full-dose scale {info.scale:.4g} ({how})",
+        soft_wrap=True,
+    )
 
 
 @app.command()
@@ -271,6 +494,7 @@ def demo(
     seeds: int | None = typer.Option(None, "--seeds", help="Seeds per row (default 2)."),
 ) -> None:
     """Simulate a tiny PET dataset, run every Table-2 row x 2 seeds, print the table."""
+    _ray_driver(None)
     from ablate.experiment import launch_grid, search_space_path
     from dashboards.tables import print_table, table_for
 
@@ -283,8 +507,11 @@ def demo(
         f"Ray, MLflow store {ws.tracking_uri}"
     )
     result = launch_grid(exp, ws, overrides=settings)
-    print_table(table_for(exp.name, ws.tracking_uri, parent_run_id=result.parent_run_id), console)
+    if result.n_completed:
+        table = table_for(exp.name, ws.tracking_uri, parent_run_id=result.parent_run_id)
+        print_table(table, console)
     _print_launch(result, workdir)
+    _exit_for(result)
 
 
 @app.command()
@@ -332,6 +559,13 @@ _WORKDIR_HELP = "Work directory whose MLflow store (mlflow.db) to read."
 _URI_HELP = "MLflow tracking URI (overrides --workdir), e.g. http://127.0.0.1:5000."
 
 
+def _study(name: str, workdir: str, tracking_uri: str) -> Any:
+    """The experiment or launch ``name`` refers to (launch records: <workdir>/ray_results)."""
+    from ablate.launches import resolve_study
+
+    return resolve_study(name, Path(workdir) / "ray_results", tracking_uri)
+
+
 @app.command()
 @friendly_errors
 def results(
@@ -351,22 +585,28 @@ def results(
 @app.command()
 @friendly_errors
 def table(
-    experiment: str = typer.Argument(..., help="Experiment name, or a results .parquet file."),
+    experiment: str = typer.Argument(
+        ..., help="Experiment name, launch name (run --name) or a results .parquet file."
+    ),
     fmt: str = typer.Option("", "--format", help="md, latex, csv or html (default: terminal)."),
     convention: str = typer.Option("standard", "--convention", help="standard or paper."),
     reference: str | None = typer.Option(None, "--reference", help="Row tested against."),
     paper: bool = typer.Option(False, "--paper", help="Show the papers' numbers beside ours."),
     metric: str = typer.Option("psnr", "--metric", help="Metric of the paired test."),
     test: str = typer.Option("t", "--test", help="Paired test: t or wilcoxon."),
+    part: str | None = typer.Option(
+        None, "--part", help="Only the grids' table, a search's trials or its confirm grid."
+    ),
     out: str | None = typer.Option(None, "--out", help="Write to this file instead."),
     workdir: str = typer.Option("runs", "--workdir", help=_WORKDIR_HELP),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help=_URI_HELP),
 ) -> None:
-    """The ablation table: mean +- std over seeds, best marked, paired test vs a reference."""
+    """The ablation table: mean +- std over seeds, best marked, paired test vs a reference.
+    For an Optuna search: its trials sorted by the objective, then its confirm grid."""
     from pathlib import Path
 
     from dashboards.results import resolve_tracking_uri
-    from dashboards.tables import print_table, render, table_for
+    from dashboards.study import print_tables, render_tables, tables_for
 
     if convention not in ("standard", "paper"):
         raise UserError(f"--convention '{convention}' is not one of: standard, paper")
@@ -374,19 +614,25 @@ def table(
         raise UserError(f"--test '{test}' is not one of: t, wilcoxon")
     if out and not fmt:
         fmt = {".tex": "latex", ".csv": "csv", ".html": "html"}.get(Path(out).suffix, "md")
-    result = table_for(
+    uri, parent = resolve_tracking_uri(workdir, tracking_uri), None
+    if not experiment.endswith(".parquet"):
+        study = _study(experiment, workdir, uri)
+        experiment, uri, parent = study.experiment, study.tracking_uri, study.parent_run_id
+    result = tables_for(
         experiment,
-        resolve_tracking_uri(workdir, tracking_uri),
-        convention=convention,
+        uri,
+        part=part,
+        parent_run_id=parent,
+        convention=convention,  # type: ignore[arg-type]
         reference=reference,
         paper=paper,
         metric=metric,
-        paired_test=test,
+        paired_test=test,  # type: ignore[arg-type]
     )
     if not fmt:
-        print_table(result, console)
+        print_tables(result, console)
         return
-    text = render(result, fmt)  # type: ignore[arg-type]
+    text = render_tables(result, fmt)  # type: ignore[arg-type]
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text)
@@ -445,9 +691,9 @@ def count(
 @app.command()
 @friendly_errors
 def dashboard(
-    experiment: str = typer.Argument(..., help="Experiment (study) name in MLflow."),
+    experiment: str = typer.Argument(..., help="Experiment name or launch name (run --name)."),
     out: str | None = typer.Option(
-        None, "--out", help="Folder (default <workdir>/dashboards/EXPERIMENT)."
+        None, "--out", help="Folder (default <workdir>/dashboards/NAME)."
     ),
     convention: str = typer.Option("standard", "--convention", help="standard or paper."),
     workdir: str = typer.Option("runs", "--workdir", help=_WORKDIR_HELP),
@@ -462,8 +708,14 @@ def dashboard(
     if convention not in ("standard", "paper"):
         raise UserError(f"--convention '{convention}' is not one of: standard, paper")
     folder = out or str(Path(workdir) / "dashboards" / experiment)
-    uri = resolve_tracking_uri(workdir, tracking_uri)
-    index = build_dashboard(experiment, uri, folder, convention=convention)  # type: ignore[arg-type]
+    study = _study(experiment, workdir, resolve_tracking_uri(workdir, tracking_uri))
+    index = build_dashboard(
+        study.experiment,
+        study.tracking_uri,
+        folder,
+        convention=convention,  # type: ignore[arg-type]
+        parent_run_id=study.parent_run_id,
+    )
     console.print(f"dashboard -> {index} (open it in a browser; no network needed)")
 
 
@@ -475,21 +727,22 @@ def ui(
     workdir: str = typer.Option("runs", "--workdir", help=_WORKDIR_HELP),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help=_URI_HELP),
 ) -> None:
-    """Start the MLflow UI on the study store (bound to 127.0.0.1 unless told otherwise)."""
-    import subprocess
+    """Start the MLflow UI on the study store (bound to 127.0.0.1 unless told otherwise).
 
-    from dashboards.results import mlflow_ui_command
+    Ctrl-C or SIGTERM stops the server and every process it started."""
+    from ablate.mlflow_ui import runs_page_url, serve, study_links
+    from dashboards.results import mlflow_ui_command, resolve_tracking_uri
 
     cmd = mlflow_ui_command(workdir, host, port, tracking_uri)
     if host not in ("127.0.0.1", "localhost", "::1"):
         console.print(
             f"[yellow]warning:[/] the MLflow UI is reachable by anyone who can reach {host}"
         )
-    console.print(f"MLflow UI on http://{host}:{port} (Ctrl-C stops it)")
-    try:
-        raise typer.Exit(subprocess.call(cmd))
-    except KeyboardInterrupt:
-        raise typer.Exit(0) from None
+    base = f"http://{host}:{port}"
+    console.print(f"MLflow UI on {runs_page_url(base)} (Ctrl-C stops it)", highlight=False)
+    for name, url in study_links(resolve_tracking_uri(workdir, tracking_uri), base):
+        console.print(f"  study '{name}': {url}", highlight=False, soft_wrap=True)
+    raise typer.Exit(serve(cmd))
 
 
 @data_app.command("simulate")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -234,3 +235,89 @@ def count_rows(rows: list[str] | None = None) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def training_batch(
+    method: nn.Module, trial: Any, batch_size: int, image_size: int, device: str = "meta"
+) -> dict[str, torch.Tensor]:
+    """Zero tensors (``meta`` by default) for every key one training step of ``method`` reads,
+    at ``batch_size`` images of ``image_size`` x ``image_size`` (see ``ablate.methods.base``;
+    a sinogram is resampled to the image grid first, so its own size adds no MACs)."""
+    channels = {
+        "lpet": 1,
+        "spet": 1,
+        "sinogram": 1,
+        "negatives": trial.loss.negatives,
+        **{key: shape[1] for key, shape in method.input_shapes(image_size).items()},
+    }
+    if "lpet_nas" in channels:
+        channels["spet_nas"] = channels["lpet_nas"]
+    keys = set(method.required_keys) | set(method.input_shapes(image_size))
+    missing = keys - channels.keys()
+    if missing:
+        raise ValueError(f"no stand-in shape for batch keys {sorted(missing)}")
+    return {
+        key: torch.zeros(batch_size, channels[key], image_size, image_size, device=device)
+        for key in sorted(keys)
+    }
+
+
+@dataclass(frozen=True)
+class TrainingCounts:
+    """What one forward pass of a training step does (all networks, all loss terms).
+
+    ``trainable_macs``: MACs of layers with trainable weights (their backward costs about
+    twice the forward again); ``frozen_macs``: MACs of frozen layers (PMDM's stage-1
+    estimator: forward only). ``activations`` / ``matmul_activations``: elements output by
+    leaf modules / by convolution and linear layers, what autograd keeps for the backward
+    (an upper bound: some outputs are freed or computed in place). ``calls``: leaf-module
+    calls, a proxy for kernel launches."""
+
+    trainable_macs: int
+    frozen_macs: int
+    activations: int
+    matmul_activations: int
+    calls: int
+
+    @property
+    def macs(self) -> int:
+        return self.trainable_macs + self.frozen_macs
+
+    def step_flops(self) -> int:
+        """FLOPs of one training step: 2 FLOPs per MAC, forward + backward (2x the forward)
+        for trainable layers, forward only for frozen ones."""
+        return 2 * (3 * self.trainable_macs + self.frozen_macs)
+
+
+def count_training(method: nn.Module, batch: dict[str, torch.Tensor]) -> TrainingCounts:
+    """:class:`TrainingCounts` of ``method.training_losses(batch)``; on the ``meta`` device
+    (model and batch) nothing is computed or allocated."""
+    totals = {"trainable": 0, "frozen": 0, "activations": 0, "matmul": 0, "calls": 0}
+
+    def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        totals["calls"] += 1
+        if isinstance(output, torch.Tensor):
+            totals["activations"] += output.numel()
+        if isinstance(module, _COUNTED):
+            trainable = any(p.requires_grad for p in module.parameters(recurse=False))
+            totals["trainable" if trainable else "frozen"] += _macs(module, inputs, output)
+            totals["matmul"] += output.numel()
+
+    leaves = [m for m in method.modules() if not any(True for _ in m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    was_training = method.training
+    method.train()
+    try:
+        with torch.no_grad():
+            method.training_losses(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+        method.train(was_training)
+    return TrainingCounts(
+        totals["trainable"],
+        totals["frozen"],
+        totals["activations"],
+        totals["matmul"],
+        totals["calls"],
+    )

@@ -352,14 +352,51 @@ class SearchParam(_Strict):
         return self
 
 
+Mode = Literal["max", "min"]
+
+
 class SearchConfig(_Strict):
+    """An Optuna search over dotted settings of one row, on validation metrics.
+
+    ``metric: psnr, mode: max`` is one objective (TPE with ASHA pruning); lists
+    (``metric: [psnr, sd], mode: [max, min]``) make a multi-objective study, whose trials all
+    run to the end: ASHA ranks by one metric and would stop trials on the others' front."""
+
     row: str = Field(description="The row whose knobs are searched.")
-    metric: str = "psnr"
-    mode: Literal["max", "min"] = "max"
+    metric: str | list[str] = Field(
+        default="psnr", description="Validation metric(s) optimised (val_<metric>)."
+    )
+    mode: Mode | list[Mode] = Field(default="max", description="One direction per metric.")
     num_samples: int = Field(default=8, ge=1)
     params: dict[str, SearchParam]
     grace_period: int = Field(default=1, ge=1, description="ASHA: evaluations before pruning.")
     reduction_factor: int = Field(default=2, ge=2)
+
+    @model_validator(mode="after")
+    def _check_objectives(self) -> SearchConfig:
+        metrics = [self.metric] if isinstance(self.metric, str) else self.metric
+        modes = [self.mode] if isinstance(self.mode, str) else self.mode
+        if not metrics:
+            raise ValueError("search.metric is empty: name a metric, e.g. psnr")
+        if len(modes) != len(metrics):
+            raise ValueError(
+                f"search.mode needs one direction per metric: {len(metrics)} metric(s) "
+                f"{metrics} but mode {self.mode}; e.g. metric: [psnr, sd], mode: [max, min]"
+            )
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f"search.metric lists a metric twice: {metrics}")
+        return self
+
+    @property
+    def objectives(self) -> list[tuple[str, Mode]]:
+        """``[(metric, mode), ...]``: one pair per objective, in the declared order."""
+        metrics = [self.metric] if isinstance(self.metric, str) else self.metric
+        modes = [self.mode] if isinstance(self.mode, str) else self.mode
+        return list(zip(metrics, modes, strict=True))
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
 
 
 class ExperimentConfig(_Strict):

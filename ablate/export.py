@@ -1,186 +1,361 @@
-"""Export the best trial of a study, and run an exported model on a volume.
+"""Export the best trial of a study: a registered MLflow pyfunc model and a standalone folder.
 
-``export``: ranks completed trials by a metric, registers the best (alias ``champion``)
-and the runner-up (``challenger``) in the MLflow model registry, and writes a standalone
-folder: ``model.pt`` (``torch.load(weights_only=True)``), ``config.yaml`` (the trial's
-full config), ``metrics.json`` and ``provenance.json`` (how its dataset was made).
+1. **Rank** the completed trials of an experiment (or of one launch, or one row) by a metric.
+2. **Log** each of the best two trials' checkpoints as an MLflow pyfunc model
+   (:mod:`ablate.serving`) linked to its run, once: a run that already holds one reuses it.
+3. **Register** them as versions of ``model_name`` with aliases ``champion`` (best) and
+   ``challenger`` (runner-up). A version is created only for a logged model not yet
+   registered under that name, and an alias moves only when the ranking changed: exporting
+   the same best run again adds no version and moves no alias.
+4. **Write** the standalone folder: the champion's MLflow model (``MLmodel``,
+   ``python_model.pkl``, ``artifacts/``; ``mlflow.pyfunc.load_model(folder)`` works on it)
+   plus ``model.pt`` (``torch.load(weights_only=True)``), ``config.yaml``, ``serving.json``,
+   ``metrics.json``, ``provenance.json`` (how its dataset was made) and :data:`EXPORT_FILE`,
+   which says what the folder is and lists every file in it.
 
-``predict``: rebuilds the row's method from ``config.yaml`` and runs it slice by slice on
-a NIfTI/.npy low-dose volume, so an exported model needs none of the training code paths.
+Nothing the user made is ever removed. The folder must be new, empty, or a previous export
+of the same model holding only the files it listed; it is replaced atomically (written next
+to it, then renamed into place), and the old copy is removed only after the new one is in
+place. Every check runs before anything is registered or written.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
-from dataclasses import dataclass
+import tempfile
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-import torch
+import mlflow.pyfunc
 import yaml
 from mlflow.artifacts import download_artifacts
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+from mlflow.exceptions import MlflowException
 
 from ablate import tracking
 from ablate.config import TrialConfig
-from ablate.data.guidance import nas_stack
+from ablate.data.dataset import SliceDataset
 from ablate.errors import UserError
+from ablate.launches import Study
 from ablate.methods.registry import build_method
-from ablate.volumes import as_slices, read_array
+from ablate.serving import SPEC_FILE, ServingSpec, pyfunc_arguments, write_spec
 
 CHECKPOINT_ARTIFACT = "checkpoint"
+EXPORT_FILE = "ablate-export.json"
+#: Name of the logged model in each exported run, and its model type.
+LOGGED_MODEL = "reconstruction"
+MODEL_TYPE = "pet-reconstruction"
+ALIASES = ("champion", "challenger")
+#: Files of the checkpoint also placed at the top of the standalone folder.
+_TOP_FILES = ("model.pt", "config.yaml", SPEC_FILE)
 
 
 @dataclass
 class ExportResult:
     model_name: str
-    versions: dict[str, str]
-    run_ids: dict[str, str]
-    folder: Path
+    metric: str
     value: float
+    folder: Path
+    versions: dict[str, str] = field(default_factory=dict)
+    run_ids: dict[str, str] = field(default_factory=dict)
+    #: alias -> True when this export created its version or moved it
+    changed: dict[str, bool] = field(default_factory=dict)
 
 
-def _ranked_runs(tracking_uri: str, experiment: str, metric: str, mode: str) -> list:
-    mlf = tracking.client(tracking_uri)
-    exp = mlf.get_experiment_by_name(experiment)
+def _ranked_runs(study: Study, metric: str, mode: str, row: str | None) -> list[Any]:
+    mlf = tracking.client(study.tracking_uri)
+    exp = mlf.get_experiment_by_name(study.experiment)
     if exp is None:
-        raise UserError(f"no MLflow experiment '{experiment}' in {tracking_uri}: check the name")
-    order = "DESC" if mode == "max" else "ASC"
+        raise UserError(f"no MLflow experiment '{study.experiment}' in {study.tracking_uri}")
+    clauses = [f"tags.`{tracking.TAG_STATUS}` = 'completed'", f"metrics.`{metric}` > -1e300"]
+    if study.parent_run_id:
+        clauses.append(f"tags.`{tracking.TAG_PARENT}` = '{study.parent_run_id}'")
+    if row:
+        clauses.append(f"tags.`{tracking.TAG_ROW}` = '{row}'")
     runs = mlf.search_runs(
         [exp.experiment_id],
-        filter_string=f"tags.`{tracking.TAG_STATUS}` = 'completed' and metrics.`{metric}` > -1e300",
-        order_by=[f"metrics.`{metric}` {order}"],
-        max_results=2,
+        filter_string=" and ".join(clauses),
+        order_by=[f"metrics.`{metric}` {'DESC' if mode == 'max' else 'ASC'}"],
+        max_results=len(ALIASES),
     )
     if not runs:
+        which = f" of row '{row}'" if row else ""
         raise UserError(
-            f"experiment '{experiment}' has no completed trial with metric '{metric}': "
-            "run it first or pick another --metric"
+            f"'{study.name}' has no completed trial{which} with metric '{metric}': "
+            "run it first, or pick another --metric/--row"
         )
     return list(runs)
 
 
+def _search_objectives(tracking_uri: str, experiment: str) -> list[list[tuple[str, str]]]:
+    """The objectives of each search launch of a study (``[[("val_psnr", "max")], ...]``)."""
+    mlf = tracking.client(tracking_uri)
+    exp = mlf.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    parents = mlf.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`{tracking.TAG_KIND}` = 'search'",
+        order_by=["start_time ASC"],
+        max_results=1000,
+    )
+    found = [
+        tracking.parse_objectives(r.data.tags.get(tracking.TAG_SEARCH_OBJECTIVES)) for r in parents
+    ]
+    return [objectives for objectives in found if objectives]
+
+
+def ranking(
+    tracking_uri: str, experiment: str, metric: str | None, mode: str | None
+) -> tuple[str, str]:
+    """The metric and direction that rank a study's trials for export.
+
+    Without ``metric``: PSNR, unless the study holds a multi-objective search, which has no
+    single best trial: then the user must say which objective ranks. Without ``mode``: the
+    metric's direction in the study's search, else max (min for NMSE/NRMSE/SD)."""
+    searches = _search_objectives(tracking_uri, experiment)
+    if metric is None:
+        multi = [objectives for objectives in searches if len(objectives) > 1]
+        if multi:
+            names = [m.removeprefix("val_") for m, _ in multi[-1]]
+            listed = ", ".join(f"{n} ({d})" for n, (_, d) in zip(names, multi[-1], strict=True))
+            raise UserError(
+                f"experiment '{experiment}' holds a multi-objective search ({listed}): "
+                f"pass --metric to say which objective ranks the trials, "
+                f"e.g. --metric {names[0]} or --metric {names[1]}"
+            )
+        metric = "psnr"
+    if mode is None:
+        directions = {m.removeprefix("val_"): d for objs in searches for m, d in objs}
+        lower = metric == "sd" or metric.endswith(("nmse", "nrmse")) or metric.startswith("train_s")
+        mode = directions.get(metric, "min" if lower else "max")
+    return metric, mode
+
+
+def check_out(out: Path, model_name: str) -> None:
+    """Refuse an ``out`` this export may not replace; see the module docstring."""
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: folder {out.parent} does not exist; create it first")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder; choose another --out")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    try:
+        previous = json.loads((out / EXPORT_FILE).read_text())
+    except (OSError, ValueError):
+        raise UserError(
+            f"--out {out} is not empty and is no ablate export; nothing was written or "
+            "deleted: choose a new or empty folder"
+        ) from None
+    if previous.get("model_name") != model_name:
+        raise UserError(
+            f"--out {out} holds the export of model '{previous.get('model_name')}', not "
+            f"'{model_name}'; nothing was written or deleted: choose another --out"
+        )
+    extra = sorted(set(_files(out)) - set(previous.get("files", [])) - {EXPORT_FILE})
+    if extra:
+        raise UserError(
+            f"--out {out} holds files the export did not write ({', '.join(extra[:3])}); "
+            "nothing was written or deleted: move them out or choose another --out"
+        )
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(
+        str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink()
+    )
+
+
 def export_best(
-    tracking_uri: str,
-    experiment: str,
+    study: Study,
     metric: str,
     mode: str,
-    model_name: str | None,
+    model_name: str,
     out: Path,
+    row: str | None = None,
 ) -> ExportResult:
-    """Register the best (and second-best) trial's checkpoint and write a standalone folder."""
-    runs = _ranked_runs(tracking_uri, experiment, metric, mode)
-    model_name = model_name or f"{experiment}-best"
-    mlf = tracking.client(tracking_uri)
-    if mlf.search_registered_models(filter_string=f"name = '{model_name}'") == []:
-        mlf.create_registered_model(model_name)
-    versions, run_ids = {}, {}
-    for alias, run in zip(("champion", "challenger"), runs, strict=False):
-        source = f"{run.info.artifact_uri}/{CHECKPOINT_ARTIFACT}"
-        version = mlf.create_model_version(
-            model_name, source, run_id=run.info.run_id, tags={metric: str(run.data.metrics[metric])}
-        )
-        mlf.set_registered_model_alias(model_name, alias, version.version)
-        versions[alias] = version.version
-        run_ids[alias] = run.info.run_id
+    """Register the best (and second-best) trial and write the standalone folder ``out``."""
+    runs = _ranked_runs(study, metric, mode, row)
+    check_out(out, model_name)
     best = runs[0]
-    if out.exists():
-        shutil.rmtree(out)
+    result = ExportResult(model_name, metric, float(best.data.metrics[metric]), out)
+    mlf = tracking.client(study.tracking_uri)
+    with tracking.global_store(study.tracking_uri):
+        if not mlf.search_registered_models(filter_string=f"name = '{model_name}'"):
+            mlf.create_registered_model(model_name, description=_description(study, metric))
+        model_ids = {}
+        for alias, run in zip(ALIASES, runs, strict=False):
+            model_ids[alias] = _logged_model(study, run)
+            version, created = _version(mlf, model_name, model_ids[alias], run, metric)
+            moved = _point_alias(mlf, model_name, alias, version)
+            result.versions[alias] = version
+            result.run_ids[alias] = run.info.run_id
+            result.changed[alias] = created or moved
+        _write_folder(study, best, model_ids["champion"], result)
+    return result
+
+
+def _description(study: Study, metric: str) -> str:
+    return (
+        f"Best trial of '{study.name}' (MLflow experiment '{study.experiment}') by {metric}, "
+        "exported by `ablate export`: a low-dose (or sinogram) slice stack in, a "
+        "reconstruction out (pyfunc; see the model's serving.json)."
+    )
+
+
+def _logged_model(study: Study, run: Any) -> str:
+    """The id of ``run``'s pyfunc model: the one it holds, else a new one logged to it."""
+    mlf = tracking.client(study.tracking_uri)
+    run_id = run.info.run_id
+    held = mlf.search_logged_models(
+        [run.info.experiment_id],
+        filter_string=f"source_run_id = '{run_id}' AND name = '{LOGGED_MODEL}'",
+    )
+    ready = [m for m in held if m.status == LoggedModelStatus.READY]
+    if ready:
+        return ready[0].model_id
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = _checkpoint(study, run, Path(tmp))
+        spec = ServingSpec.read(checkpoint)
+        model = mlf.create_logged_model(
+            run.info.experiment_id,
+            name=LOGGED_MODEL,
+            source_run_id=run_id,
+            params={"row": spec.row, "input": spec.input, "ams_samples": str(spec.samples)},
+            tags={tracking.TAG_ROW: spec.row},
+            model_type=MODEL_TYPE,
+        )
+        mlflow.pyfunc.log_model(
+            name=LOGGED_MODEL, model_id=model.model_id, **pyfunc_arguments(checkpoint)
+        )
+    mlf.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+    return model.model_id
+
+
+def _checkpoint(study: Study, run: Any, into: Path) -> Path:
+    """The run's checkpoint folder, with ``serving.json`` made from its dataset when the
+    trial ran before trials recorded it."""
     local = Path(
         download_artifacts(
-            run_id=best.info.run_id, artifact_path=CHECKPOINT_ARTIFACT, tracking_uri=tracking_uri
+            run_id=run.info.run_id,
+            artifact_path=CHECKPOINT_ARTIFACT,
+            dst_path=str(into),
+            tracking_uri=study.tracking_uri,
         )
     )
-    shutil.copytree(local, out)
-    (out / "metrics.json").write_text(json.dumps(best.data.metrics, indent=2, sort_keys=True))
-    dataset = _parent_dataset(tracking_uri, best)
-    provenance = Path(dataset) / "provenance.json" if dataset else None
-    if provenance is not None and provenance.is_file():
-        shutil.copy(provenance, out / "provenance.json")
-    return ExportResult(model_name, versions, run_ids, out, float(best.data.metrics[metric]))
+    if not (local / SPEC_FILE).is_file():
+        _write_missing_spec(study, run, local)
+    return local
 
 
-def _parent_dataset(tracking_uri: str, run) -> str | None:
+def _write_missing_spec(study: Study, run: Any, checkpoint: Path) -> None:
+    dataset = _dataset(study, run)
+    if dataset is None or not Path(dataset).is_dir():
+        raise UserError(
+            f"run {run.info.run_id} predates serving.json and its dataset ({dataset}) is gone: "
+            "run the trial again to export it"
+        )
+    trial = TrialConfig.model_validate(yaml.safe_load((checkpoint / "config.yaml").read_text()))
+    size = SliceDataset(Path(dataset), "test", keys=["spet"]).image_size
+    write_spec(checkpoint, trial, build_method(trial, size), Path(dataset))
+
+
+def _version(mlf: Any, model_name: str, model_id: str, run: Any, metric: str) -> tuple[str, bool]:
+    """The version of ``model_name`` registering ``model_id``: existing, else new."""
+    source = f"models:/{model_id}"
+    for version in mlf.search_model_versions(f"name = '{model_name}'"):
+        if version.source == source:
+            return str(version.version), False
+    version = mlf.create_model_version(
+        model_name,
+        source,
+        run_id=run.info.run_id,
+        model_id=model_id,
+        tags={
+            metric: str(run.data.metrics[metric]),
+            "row": run.data.tags.get(tracking.TAG_ROW, ""),
+        },
+    )
+    return str(version.version), True
+
+
+def _point_alias(mlf: Any, model_name: str, alias: str, version: str) -> bool:
+    """Point ``alias`` at ``version``; True when it moved (or was new)."""
+    try:
+        if str(mlf.get_model_version_by_alias(model_name, alias).version) == version:
+            return False
+    except MlflowException:
+        pass  # no such alias yet
+    mlf.set_registered_model_alias(model_name, alias, version)
+    return True
+
+
+def _write_folder(study: Study, best: Any, model_id: str, result: ExportResult) -> None:
+    """Write the standalone folder next to ``out`` and rename it into place."""
+    out = result.folder
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        download_artifacts(artifact_uri=f"models:/{model_id}", dst_path=str(tmp))
+        checkpoint = tmp / "artifacts" / CHECKPOINT_ARTIFACT
+        for name in _TOP_FILES:
+            _link_or_copy(checkpoint / name, tmp / name)
+        (tmp / "metrics.json").write_text(json.dumps(best.data.metrics, indent=2, sort_keys=True))
+        dataset = _dataset(study, best)
+        provenance = Path(dataset) / "provenance.json" if dataset else None
+        if provenance is not None and provenance.is_file():
+            shutil.copy(provenance, tmp / "provenance.json")
+        record = {
+            "model_name": result.model_name,
+            "version": result.versions["champion"],
+            "model_uri": f"models:/{result.model_name}@champion",
+            "logged_model": f"models:/{model_id}",
+            "run_id": best.info.run_id,
+            "study": study.name,
+            "experiment": study.experiment,
+            "tracking_uri": study.tracking_uri,
+            "metric": result.metric,
+            "value": result.value,
+        }
+        record["files"] = _files(tmp) + [EXPORT_FILE]
+        (tmp / EXPORT_FILE).write_text(json.dumps(record, indent=2))
+        _replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link where the filesystem allows (no second copy of the weights), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _replace(new: Path, out: Path) -> None:
+    """Move ``new`` to ``out``; a previous export there (checked by :func:`check_out`) is
+    renamed aside first and removed once ``out`` is the new one."""
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    if not out.exists():
+        os.rename(new, out)
+        return
+    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+    os.rename(out, old)
+    try:
+        os.rename(new, out)
+    except OSError:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old)
+
+
+def _dataset(study: Study, run: Any) -> str | None:
     parent = run.data.tags.get(tracking.TAG_PARENT)
     if not parent:
         return None
-    return tracking.client(tracking_uri).get_run(parent).data.params.get("dataset")
-
-
-def resolve_model(model: str, tracking_uri: str) -> Path:
-    """A local folder for ``model``: a folder path, or a ``models:/NAME@alias`` / ``runs:/`` URI."""
-    path = Path(model)
-    if path.is_dir():
-        folder = path
-    elif "://" in model or model.startswith(("models:/", "runs:/")):
-        try:
-            folder = Path(download_artifacts(artifact_uri=model, tracking_uri=tracking_uri))
-        except Exception as err:  # noqa: BLE001 - any registry failure means "not found"
-            raise UserError(f"cannot load model '{model}': {str(err).splitlines()[0]}") from None
-    else:
-        raise UserError(f"model '{model}' is neither a folder nor a models:/ or runs:/ URI")
-    if not (folder / "model.pt").is_file() or not (folder / "config.yaml").is_file():
-        raise UserError(f"{folder} has no model.pt + config.yaml: export the model again")
-    return folder
-
-
-def load_exported(folder: Path, image_size: int) -> tuple[torch.nn.Module, TrialConfig]:
-    trial = TrialConfig.model_validate(yaml.safe_load((folder / "config.yaml").read_text()))
-    method = build_method(trial, image_size)
-    state = torch.load(folder / "model.pt", weights_only=True, map_location="cpu")
-    method.load_state_dict(state["model"])
-    return method.eval(), trial
-
-
-@torch.no_grad()
-def predict_volume(
-    model: str,
-    input_path: Path,
-    output_path: Path,
-    tracking_uri: str,
-    samples: int = 1,
-    scale: float | None = None,
-    batch_size: int = 8,
-) -> dict[str, float]:
-    """Reconstruct every slice of a low-dose volume; ``samples`` > 1 averages K samples (AMS).
-
-    Intensities are divided by ``scale`` before the model and multiplied back after it;
-    by default the 99.9th percentile of the input, the simulator's normalisation rule
-    applied to the only volume available at inference.
-    """
-    array, kind = read_array(input_path)
-    slices = as_slices(array, kind).float()
-    if slices.shape[-1] != slices.shape[-2]:
-        raise UserError(f"{input_path}: slices are {tuple(slices.shape[-2:])}, expected square")
-    scale = scale or float(np.percentile(array, 99.9)) or 1.0
-    method, _ = load_exported(resolve_model(model, tracking_uri), slices.shape[-1])
-    volume = slices[:, 0] / scale
-    keys = set(method.required_keys)
-    k = samples if method.stochastic else 1
-    generator = torch.Generator().manual_seed(0)
-    out = []
-    for start in range(0, volume.shape[0], batch_size):
-        idx = range(start, min(start + batch_size, volume.shape[0]))
-        batch = {"lpet": volume[list(idx)].unsqueeze(1)}
-        if "lpet_nas" in keys:
-            batch["lpet_nas"] = torch.stack([nas_stack(volume, i) for i in idx])
-        batch = {key: v.repeat(k, *[1] * (v.dim() - 1)) for key, v in batch.items()}
-        pred = method.reconstruct(batch, generator=generator)
-        out.append(pred.reshape(k, len(idx), *pred.shape[1:]).mean(dim=0)[:, 0])
-    result = (torch.cat(out) * scale).numpy()
-    _write_like(result, kind, input_path, output_path)
-    return {"slices": float(result.shape[0]), "scale": scale, "samples": float(k)}
-
-
-def _write_like(volume: np.ndarray, kind: str, input_path: Path, output_path: Path) -> None:
-    """Write in the input's layout: .npy slices-first, NIfTI slices-last with its affine."""
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    if output_path.name.endswith((".nii", ".nii.gz")):
-        import nibabel as nib
-
-        affine = nib.load(input_path).affine if kind == "nifti" else np.eye(4)
-        nib.save(
-            nib.Nifti1Image(np.moveaxis(volume, 0, -1).astype(np.float32), affine), output_path
-        )
-    else:
-        np.save(output_path, volume.astype(np.float32))
+    return tracking.client(study.tracking_uri).get_run(parent).data.params.get("dataset")

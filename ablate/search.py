@@ -9,6 +9,10 @@ Only the searcher's public interface is used: ``OptunaSearch.on_trial_complete``
 study PRUNED for a trial that ended without a result and without an error, so an early-stopped
 trial is passed on without its result (its intermediate values are already in the study).
 ``tests/test_search_pruning.py`` fails if a Ray upgrade changes that rule.
+
+Trials also send progress reports (step, steps, it/s; no metric) between validations. The
+study sees validation results only, each as the intermediate value of its validation round
+(``val_round``), and ASHA counts rounds, not reports (``time_attr="val_round"``).
 """
 
 from __future__ import annotations
@@ -16,13 +20,21 @@ from __future__ import annotations
 from typing import Any
 
 from ray import tune
+from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
 from ablate.config import SearchParam
 
 
 class PruningAwareOptunaSearch(OptunaSearch):
-    """``OptunaSearch`` that records scheduler-stopped trials as PRUNED, not COMPLETE."""
+    """``OptunaSearch`` that records scheduler-stopped trials as PRUNED, not COMPLETE, and
+    takes validation results only (at their round), never progress reports."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if self.metric not in result:
+            return  # a progress report: no validation metric to tell the study
+        round_ = result.get("val_round", result.get(TRAINING_ITERATION))
+        super().on_trial_result(trial_id, {**result, TRAINING_ITERATION: round_})
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False

@@ -11,11 +11,15 @@ trial never gets a second run.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
@@ -33,13 +37,42 @@ TAG_TRIAL_ID = "ablate.trial_id"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_OPTUNA_STORAGE = "ablate.optuna_storage"
 TAG_OPTUNA_STUDY = "ablate.optuna_study"
+#: On a search's parent run: its objectives (``val_psnr:max,val_sd:min``) and searched keys.
+TAG_SEARCH_OBJECTIVES = "ablate.search_objectives"
+TAG_SEARCH_PARAMS = "ablate.search_params"
+#: On a ``--confirm-seeds`` grid's parent run: the search's parent run id, and the grid's
+#: role (``best``: the best trial's values; ``defaults``: the row as the YAML declares it).
+TAG_CONFIRMS = "ablate.confirms"
+TAG_CONFIRM_ROLE = "ablate.confirm_role"
+
+#: Experiment tags: the MLflow UI opens a model-training experiment on its runs table
+#: (an untagged one may open as a GenAI experiment, on traces).
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 _MAX_PARAM_LEN = 6000
+#: ``finish_run`` status -> MLflow run status.
+_MLFLOW_STATUS = {"completed": "FINISHED", "pruned": "KILLED", "interrupted": "KILLED"}
 
 
 def default_tracking_uri(workdir: Path) -> str:
     """The embedded store: a sqlite file in the work directory."""
     return f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
+
+
+def format_objectives(objectives: Iterable[tuple[str, str]]) -> str:
+    """``[("val_psnr", "max"), ("val_sd", "min")]`` -> ``"val_psnr:max,val_sd:min"``."""
+    return ",".join(f"{metric}:{mode}" for metric, mode in objectives)
+
+
+def parse_objectives(text: str | None) -> list[tuple[str, str]]:
+    """The inverse of :func:`format_objectives`; ``[]`` for a missing or malformed tag."""
+    out = []
+    for part in (text or "").split(","):
+        metric, _, mode = part.strip().rpartition(":")
+        if not metric or mode not in ("max", "min"):
+            return []
+        out.append((metric, mode))
+    return out
 
 
 def artifact_root(workdir: Path) -> str:
@@ -58,21 +91,92 @@ def _retry(call: Callable[[], T], attempts: int = 6) -> T:
     raise AssertionError("unreachable")
 
 
+retry = _retry  #: for other modules' store calls
+
+
 def client(tracking_uri: str) -> MlflowClient:
-    return MlflowClient(tracking_uri=tracking_uri)
+    """A client whose runs and model registry are both the store at ``tracking_uri``."""
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def require_store(tracking_uri: str) -> None:
+    """Refuse a sqlite store that does not exist: reading one must not create it empty."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not db.is_file():
+            raise UserError(
+                f"no MLflow store at {db}: run `ablate demo` or `ablate run` first, "
+                "or pass --workdir / --tracking-uri"
+            )
+
+
+_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@contextmanager
+def global_store(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's *global* tracking and registry URIs at ``tracking_uri`` for a block.
+
+    ``mlflow.pyfunc.log_model``, registering a logged model and resolving ``models:/`` URIs
+    read the global URIs whatever client is used; left alone, they fall back to
+    ``./mlflow.db`` (and create it). Everything else here passes URIs explicitly. The
+    previous tracking URI and both environment variables are restored afterwards.
+    """
+    saved = {name: os.environ.get(name) for name in _URI_VARIABLES}
+    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        mlflow.set_registry_uri(None)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextmanager
+def store_lock(tracking_uri: str) -> Iterator[None]:
+    """Hold an exclusive lock on a sqlite store (a no-op for other stores): the first
+    launches on a new work directory then create its tables and experiment exactly once,
+    however many start at the same time."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / f".{db.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | None) -> str:
-    """Return the id of experiment ``name``, creating it (with its artifact root) if new."""
-    mlf = client(tracking_uri)
-    exp = mlf.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            raise UserError(
-                f"MLflow experiment '{name}' is deleted: restore it in the UI or pick --name"
+    """Return the id of experiment ``name``, creating it (with its artifact root and
+    :data:`EXPERIMENT_TAGS`) if new; the store itself is created on first use, under
+    :func:`store_lock`."""
+    with store_lock(tracking_uri):
+        mlf = client(tracking_uri)
+        exp = _retry(lambda: mlf.get_experiment_by_name(name))
+        if exp is None:
+            return _retry(
+                lambda: mlf.create_experiment(
+                    name, artifact_location=artifact_location, tags=EXPERIMENT_TAGS
+                )
             )
-        return exp.experiment_id
-    return _retry(lambda: mlf.create_experiment(name, artifact_location=artifact_location))
+    if exp.lifecycle_stage == "deleted":
+        raise UserError(
+            f"MLflow experiment '{name}' is deleted: restore it in the UI or pick --name"
+        )
+    missing = {key: value for key, value in EXPERIMENT_TAGS.items() if key not in exp.tags}
+    for key, value in missing.items():  # an experiment made before these tags existed
+        _retry(lambda k=key, v=value: mlf.set_experiment_tag(exp.experiment_id, k, v))
+    return exp.experiment_id
 
 
 def start_parent(
@@ -116,9 +220,8 @@ def find_or_start_child(
         )
     )
     if found:
-        run_id = found[0].info.run_id
-        _retry(lambda: mlf.update_run(run_id, status="RUNNING"))
-        return run_id, False
+        reopen_run(tracking_uri, found[0].info.run_id)
+        return found[0].info.run_id, False
     all_tags = {
         TAG_PARENT: parent_run_id,
         TAG_TRIAL_ID: trial_id,
@@ -128,6 +231,17 @@ def find_or_start_child(
     }
     run = _retry(lambda: mlf.create_run(experiment_id, run_name=run_name, tags=all_tags))
     return run.info.run_id, True
+
+
+def reopen_run(tracking_uri: str, run_id: str) -> None:
+    """Mark an ended run RUNNING again (a resumed launch or trial), dropping the reason of its
+    earlier end."""
+    mlf = client(tracking_uri)
+    run = _retry(lambda: mlf.get_run(run_id))
+    _retry(lambda: mlf.update_run(run_id, status="RUNNING"))
+    set_tags(tracking_uri, run_id, {TAG_STATUS: "running"})
+    if TAG_ERROR in run.data.tags:
+        _retry(lambda: mlf.delete_tag(run_id, TAG_ERROR))
 
 
 def log_params(tracking_uri: str, run_id: str, params: Mapping[str, Any]) -> None:
@@ -179,13 +293,25 @@ def log_artifacts(
 
 
 def finish_run(tracking_uri: str, run_id: str, status: str, error: str | None = None) -> None:
-    """End a run: ``status`` is completed / failed / pruned (also mirrored as a tag)."""
+    """End a run: ``status`` is completed / failed / pruned / interrupted (also mirrored as
+    a tag; MLflow's status is FINISHED, FAILED, KILLED or KILLED)."""
     tags = {TAG_STATUS: status}
     if error is not None:
         tags[TAG_ERROR] = error[:_MAX_PARAM_LEN]
     set_tags(tracking_uri, run_id, tags)
-    mlflow_status = {"completed": "FINISHED", "pruned": "KILLED"}.get(status, "FAILED")
+    mlflow_status = _MLFLOW_STATUS.get(status, "FAILED")
     _retry(lambda: client(tracking_uri).set_terminated(run_id, status=mlflow_status))
+
+
+def logged_steps(tracking_uri: str, run_id: str) -> dict[str, int]:
+    """The last step logged of each metric of a run: what a restarted trial must not log
+    again (it replays the steps after its last checkpoint)."""
+    mlf = client(tracking_uri)
+    run = _retry(lambda: mlf.get_run(run_id))
+    return {
+        key: max(m.step for m in _retry(lambda key=key: mlf.get_metric_history(run_id, key)))
+        for key in run.data.metrics
+    }
 
 
 def child_runs(tracking_uri: str, experiment_id: str, parent_run_id: str) -> list[Any]:

@@ -32,6 +32,7 @@ from ablate.errors import UserError
 from ablate.loop import TrainingLoop, to_device
 from ablate.methods.base import Batch, Method
 from ablate.methods.registry import build_method, check_dataset
+from ablate.serving import write_spec
 
 Split = str
 
@@ -224,10 +225,11 @@ class TrainingRun(TrainingLoop):
 
     def export_weights(self, folder: Path) -> None:
         """A standalone checkpoint: weights (``weights_only`` loadable; the EMA ones when
-        kept) and the trial config."""
+        kept), the trial config and the serving contract (:mod:`ablate.serving`)."""
         folder.mkdir(parents=True, exist_ok=True)
         torch.save(
             {"model": self.eval_method.state_dict(), "step": self.step},
             folder / "model.pt",
         )
         (folder / "config.yaml").write_text(yaml.safe_dump(self.trial.model_dump(mode="json")))
+        write_spec(folder, self.trial, self.eval_method, self.datasets["train"].root)

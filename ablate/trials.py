@@ -10,6 +10,7 @@ worker (to run it), through :func:`ablate.overrides.apply_overrides`.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,6 +30,21 @@ ROW, SEED = "row", "seed"
 def grid_axes(exp: ExperimentConfig) -> dict[str, list[Any]]:
     """The values each axis of a grid launch takes: rows, seeds, then ``exp.grid``."""
     return {ROW: list(exp.rows), SEED: list(exp.seeds), **exp.grid}
+
+
+#: The key of an estimate that every sample of a search shares (their points differ).
+ANY_TRIAL = "*"
+
+
+def trial_key(point: Mapping[str, Any]) -> str:
+    """A stable text key of a point of a launch's param space (``row``, ``seed``, grid
+    axes): how the plan's per-trial estimates are found by the trials and ``ablate status``."""
+    return json.dumps({k: point[k] for k in sorted(point)}, sort_keys=True, default=str)
+
+
+def lookup_estimate(estimates: Mapping[str, float], point: Mapping[str, Any]) -> float | None:
+    """The estimated seconds of the trial at ``point``, if the plan has one."""
+    return estimates.get(trial_key(point), estimates.get(ANY_TRIAL))
 
 
 def trial_config(exp: ExperimentConfig, point: Mapping[str, Any]) -> TrialConfig:
@@ -66,8 +82,9 @@ def search_base(exp: ExperimentConfig) -> dict[str, Any]:
 
 
 def check_search(exp: ExperimentConfig) -> TrialConfig:
-    """Check every searched key and the ends of its range on the searched row before a search
-    starts (not inside its trials); return the search's base trial."""
+    """Check every searched key and the ends of its range on the searched row, and that the
+    trials validate (ASHA prunes at validations), before a search starts (not inside its
+    trials); return the search's base trial."""
     base = search_base(exp)
     trial = trial_config(exp, base)
     assert exp.search is not None
@@ -75,7 +92,20 @@ def check_search(exp: ExperimentConfig) -> TrialConfig:
         check_key(trial, key, f"search parameter '{key}'")
         for value in _representatives(param):
             trial_config(exp, {**base, key: value})
+    if trial.train.eval_every == 0:
+        raise ConfigError("a search needs train.eval_every > 0 so that ASHA can prune early")
     return trial
+
+
+def search_trials(exp: ExperimentConfig) -> list[TrialConfig]:
+    """The base trial of a search and, per searched setting, the trial at each end of its
+    range (at each choice): the trials whose networks a launch checks before it starts."""
+    base = search_base(exp)
+    assert exp.search is not None
+    trials = [trial_config(exp, base)]
+    for key, param in exp.search.params.items():
+        trials += [trial_config(exp, {**base, key: value}) for value in _representatives(param)]
+    return trials
 
 
 def _representatives(param: SearchParam) -> list[Any]:

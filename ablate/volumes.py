@@ -1,19 +1,26 @@
-"""Read images/volumes from disk and score a prediction against a reference (``ablate evaluate``).
+"""The one reader of the user's images: ``ablate data import``, ``evaluate`` and ``predict``.
 
-Formats: ``.npy`` (numpy, no pickles) and NIfTI ``.nii`` / ``.nii.gz`` (nibabel). A 2D array is
-one slice; a 3D array is a stack of 2D slices, taken along
+A model only works on slices cut the way its training slices were cut, so every command that
+takes a user's file goes through here and gets the same layout:
 
-- the **last** axis for NIfTI, whose axis order is (x, y, z): axial slices are ``[..., z]``;
-- the **first** axis for ``.npy``, the numpy/torch convention ``[slice, H, W]``.
+- **NIfTI** (``.nii``, ``.nii.gz``) and **DICOM series** (a folder of one series) are
+  reoriented to RAS (nibabel's closest canonical, from the affine) and cut into axial slices
+  ``[z, y, x]`` whose rows run anterior -> posterior and columns along +x, as the simulator's.
+- **.npy** (numpy, no pickles) has no affine: it is taken as already in that layout, a 2D
+  image ``[H, W]`` or a stack ``[slice, H, W]``.
 
 Trailing singleton axes beyond the third (a one-frame 4D NIfTI) are dropped. Every problem
-with a file (missing, unreadable, corrupt, NaN/inf, wrong dimensionality, shape mismatch) is a
-one-line :class:`UserError` naming the file.
+with a file (missing, unreadable, corrupt, NaN/inf, wrong dimensionality) is a one-line
+:class:`UserError` naming the file.
+
+A result is written back onto its input's grid by :func:`write_like`: same shape, affine and
+header (qform/sform codes, units), float32, to exactly the path asked for.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,35 +31,96 @@ from ablate import metrics
 from ablate.errors import UserError
 
 Convention = Literal["standard", "paper"]
+Kind = Literal["npy", "nifti", "dicom"]
 
-_NIFTI = (".nii", ".nii.gz")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: Slices scored per batch: bounds memory on large volumes (five float64 maps per slice).
 _CHUNK = 64
+#: Affines closer than this (mm, per entry) are the same voxel grid.
+_AFFINE_TOLERANCE = 1e-3
 
 
-def _kind(path: Path) -> str:
+def file_kind(path: Path) -> Kind:
+    """``npy`` / ``nifti`` by suffix, ``dicom`` for a folder; anything else is refused."""
     name = path.name.lower()
-    if name.endswith(_NIFTI):
+    if name.endswith(NIFTI_SUFFIXES):
         return "nifti"
     if name.endswith(".npy"):
         return "npy"
-    raise UserError(f"{path}: unsupported file type (use .npy, .nii or .nii.gz)")
+    if path.is_dir():
+        return "dicom"
+    raise UserError(f"{path}: unsupported file type (use .npy, .nii, .nii.gz or a DICOM folder)")
 
 
-def read_array(path: str | Path) -> tuple[np.ndarray, str]:
-    """The file's array as float64 and its kind (``"npy"`` or ``"nifti"``), checked finite."""
+@dataclass(frozen=True)
+class Volume:
+    """A file as read: its array in the file's own axis order and, for NIfTI and DICOM, the
+    image whose affine and header a result written back onto it keeps."""
+
+    path: Path
+    kind: Kind
+    array: np.ndarray
+    image: Any = None  # nibabel.Nifti1Image for NIfTI/DICOM, None for .npy
+
+    @property
+    def affine(self) -> np.ndarray | None:
+        return None if self.image is None else np.asarray(self.image.affine)
+
+    def ras(self) -> tuple[np.ndarray, tuple[float, float, float]]:
+        """The volume reoriented to RAS (x, y, z) and its voxel sizes in mm, in that order."""
+        import nibabel as nib
+
+        if self.image is None:
+            raise UserError(f"{self.path}: an .npy array has no orientation; use NIfTI")
+        ornt = nib.orientations.io_orientation(self.image.affine)
+        zooms = [float(z) for z in self.image.header.get_zooms()[:3]]
+        zooms += [1.0] * (3 - len(zooms))  # a 2D image: one slice
+        ras_zooms = [0.0, 0.0, 0.0]
+        for axis, (target, _) in enumerate(ornt):
+            ras_zooms[int(target)] = zooms[axis]
+        data = nib.orientations.apply_orientation(_as_3d(self.array), ornt)
+        return np.ascontiguousarray(data), (ras_zooms[0], ras_zooms[1], ras_zooms[2])
+
+    def from_ras(self, data: np.ndarray) -> np.ndarray:
+        """A RAS ``(x, y, z)`` array on this volume's grid back in the file's axis order."""
+        import nibabel as nib
+
+        ornt = nib.orientations.io_orientation(self.image.affine)
+        back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), ornt)
+        return nib.orientations.apply_orientation(data, back).reshape(self.array.shape)
+
+    def slices(self) -> np.ndarray:
+        """``[slice, H, W]`` in the training layout, at the file's own resolution."""
+        if self.image is None:
+            return self.array[None] if self.array.ndim == 2 else self.array
+        data, _ = self.ras()
+        return ras_to_slices(data)
+
+
+def _as_3d(array: np.ndarray) -> np.ndarray:
+    return array[..., None] if array.ndim == 2 else array
+
+
+def read_volume(path: str | Path, kinds: tuple[Kind, ...] = ("npy", "nifti", "dicom")) -> Volume:
+    """Read ``path`` (one of ``kinds``) as float64, checked finite and 2D/3D."""
     path = Path(path)
-    kind = _kind(path)
-    if not path.is_file():
+    kind = file_kind(path)
+    if kind not in kinds:
+        raise UserError(f"{path}: a {kind} input is not accepted here (use {', '.join(kinds)})")
+    if not path.exists():
         raise UserError(f"{path}: file not found")
+    image = None
     try:
         if kind == "npy":
             array = np.load(path, allow_pickle=False)
         else:
             import nibabel as nib
 
-            array = np.asarray(nib.load(path).get_fdata(dtype=np.float64))
+            image = _dicom_series(path) if kind == "dicom" else nib.load(path)
+            array = image.get_fdata(dtype=np.float64)
         array = np.asarray(array, dtype=np.float64)
+    except UserError:
+        raise
     except Exception as err:  # any reader failure (format, zlib, header) means unreadable
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(f"{path}: cannot read it as {kind} ({reason})") from None
@@ -62,17 +130,182 @@ def read_array(path: str | Path) -> tuple[np.ndarray, str]:
         raise UserError(f"{path}: expected a 2D image or 3D volume, got shape {array.shape}")
     if not np.isfinite(array).all():
         bad = int((~np.isfinite(array)).sum())
-        raise UserError(f"{path}: {bad} NaN/inf values; fix or mask them before evaluating")
-    return array, kind
+        raise UserError(f"{path}: {bad} NaN/inf values; fix or mask them first")
+    return Volume(path, kind, array, image)
 
 
-def as_slices(array: np.ndarray, kind: str) -> torch.Tensor:
-    """[S, 1, H, W] slices of a 2D/3D array (slice axis: last for NIfTI, first for .npy)."""
-    if array.ndim == 2:
-        array = array[None]
-    elif kind == "nifti":
-        array = np.moveaxis(array, -1, 0)
-    return torch.from_numpy(np.ascontiguousarray(array)).unsqueeze(1)
+def load_volume(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A 3D NIfTI file or DICOM series folder reoriented to RAS (float32), and its voxel sizes."""
+    volume = read_volume(path, kinds=("nifti", "dicom"))
+    if volume.array.ndim != 3:
+        raise UserError(f"{path}: expected a 3D volume, got shape {volume.array.shape}")
+    data, zooms = volume.ras()
+    return data.astype(np.float32), zooms
+
+
+def _dicom_series(folder: Path) -> Any:
+    """One DICOM series (a folder of slices) as a nibabel image with a RAS affine."""
+    import nibabel as nib
+    import pydicom
+
+    slices = []
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(file)
+        except Exception as exc:  # InvalidDicomError, OSError, EOFError...
+            name = exc.__class__.__name__
+            raise UserError(f"{file}: not a readable DICOM file ({name})") from None
+        if "PixelData" not in ds:
+            continue  # DICOMDIR and other non-image objects
+        slices.append((file, ds))
+    if not slices:
+        raise UserError(f"{folder}: no DICOM image files in this folder")
+    series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}
+    if len(series) > 1:
+        raise UserError(f"{folder}: holds {len(series)} DICOM series: put one series per folder")
+    try:
+        orientation = np.array(slices[0][1].ImageOrientationPatient, float)
+        row_cos, col_cos = orientation[:3], orientation[3:]
+        normal = np.cross(row_cos, col_cos)
+        positions = [np.array(ds.ImagePositionPatient, float) for _, ds in slices]
+        spacing_r, spacing_c = (float(v) for v in slices[0][1].PixelSpacing)
+    except (AttributeError, ValueError, TypeError):
+        raise UserError(
+            f"{folder}: DICOM files lack the geometry tags (ImageOrientationPatient, "
+            "ImagePositionPatient, PixelSpacing)"
+        ) from None
+    order = np.argsort([float(np.dot(p, normal)) for p in positions])
+    slices = [slices[i] for i in order]
+    positions = [positions[i] for i in order]
+    planes = []
+    for file, ds in slices:
+        try:
+            pixels = ds.pixel_array.astype(np.float32)
+        except Exception as exc:
+            name = exc.__class__.__name__
+            raise UserError(f"{file}: cannot decode DICOM pixel data ({name})") from None
+        slope = float(ds.get("RescaleSlope", 1.0))
+        intercept = float(ds.get("RescaleIntercept", 0.0))
+        if planes and pixels.shape != planes[0].shape:
+            raise UserError(f"{file}: slice shape {pixels.shape} differs from {planes[0].shape}")
+        planes.append(pixels * slope + intercept)
+    dz = (
+        float(np.linalg.norm(positions[1] - positions[0]))
+        if len(positions) > 1
+        else float(slices[0][1].get("SliceThickness", 1.0))
+    )
+    # voxel (column j, row i, slice k) -> LPS mm, then LPS -> RAS
+    lps = np.eye(4)
+    lps[:3, 0] = row_cos * spacing_c
+    lps[:3, 1] = col_cos * spacing_r
+    lps[:3, 2] = normal * dz
+    lps[:3, 3] = positions[0]
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    data = np.stack([p.T for p in planes], axis=2)
+    image = nib.Nifti1Image(data, affine)
+    image.set_qform(affine, code=1)  # scanner coordinates, as the DICOM geometry says
+    image.set_sform(affine, code=1)
+    return image
+
+
+def ras_to_slices(data: np.ndarray) -> np.ndarray:
+    """RAS ``(x, y, z)`` -> axial slices ``[z, y, x]``, rows anterior -> posterior."""
+    return np.ascontiguousarray(data[:, ::-1, :].transpose(2, 1, 0))
+
+
+def slices_to_ras(slices: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`ras_to_slices`."""
+    return np.ascontiguousarray(slices.transpose(2, 1, 0)[:, ::-1, :])
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """Where a slice of ``ny x nx`` voxels lands in a square of ``size`` pixels."""
+
+    h: int
+    w: int
+    top: int
+    left: int
+
+    @classmethod
+    def of(cls, ny: int, nx: int, zooms: tuple[float, float, float], size: int) -> _Fit:
+        fov = max(nx * zooms[0], ny * zooms[1])
+        pixel = fov / size
+        h = max(1, min(size, round(ny * zooms[1] / pixel)))
+        w = max(1, min(size, round(nx * zooms[0] / pixel)))
+        return cls(h, w, (size - h) // 2, (size - w) // 2)
+
+
+def _resize(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Antialiased bilinear resize of ``[N, 1, H, W]``; a no-op at the same size."""
+    if tuple(t.shape[-2:]) == size:
+        return t
+    import torch.nn.functional as F
+
+    return F.interpolate(t, size=size, mode="bilinear", antialias=True, align_corners=False)
+
+
+def volume_to_slices(
+    data: np.ndarray, zooms: tuple[float, float, float], image_size: int
+) -> np.ndarray:
+    """RAS volume -> ``[slices, image_size, image_size]`` axial slices, isotropic in-plane.
+
+    The in-plane field of view (the larger of the two extents) is kept whole: the slice is
+    resampled (antialiased bilinear) to square pixels of ``fov / image_size`` and zero-padded
+    to a square. Rows run anterior to posterior and columns along +x, as the simulator's.
+    """
+    slices = ras_to_slices(np.asarray(data, dtype=np.float32))
+    fit = _Fit.of(slices.shape[1], slices.shape[2], zooms, image_size)
+    t = _resize(torch.from_numpy(slices)[:, None], (fit.h, fit.w))
+    out = torch.zeros((t.shape[0], image_size, image_size))
+    out[:, fit.top : fit.top + fit.h, fit.left : fit.left + fit.w] = t[:, 0]
+    return out.numpy()
+
+
+def slices_to_volume(
+    slices: np.ndarray, shape: tuple[int, int, int], zooms: tuple[float, float, float]
+) -> np.ndarray:
+    """The inverse of :func:`volume_to_slices`: square slices back onto the RAS grid ``shape``."""
+    nx, ny, _ = shape
+    fit = _Fit.of(ny, nx, zooms, slices.shape[-1])
+    crop = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))[:, None]
+    crop = crop[..., fit.top : fit.top + fit.h, fit.left : fit.left + fit.w]
+    return slices_to_ras(_resize(crop, (ny, nx))[:, 0].numpy())
+
+
+def write_like(result: np.ndarray, source: Volume, path: Path) -> None:
+    """Write ``result`` (the source's shape) float32 to ``path``, keeping the source's header.
+
+    NIfTI: the source's affine, qform/sform and their codes, units and the rest of its
+    header (scaling reset: the data are float32); a DICOM source's image carries scanner
+    codes (1/1) from :func:`_dicom_series`.
+    """
+    result = np.asarray(result, dtype=np.float32)
+    if source.image is None:
+        np.save(path, result)
+        return
+    import nibabel as nib
+
+    old = source.image.header
+    image = source.image.__class__(result, source.image.affine, header=old.copy())
+    image.set_data_dtype(np.float32)
+    image.header.set_slope_inter(1.0, 0.0)
+    image.header["cal_min"] = image.header["cal_max"] = 0
+    image.set_qform(*old.get_qform(coded=True))
+    image.set_sform(*old.get_sform(coded=True))
+    nib.save(image, path)
+
+
+def same_grid_or_fail(pred: Volume, ref: Volume) -> None:
+    """Refuse two NIfTI/DICOM volumes on different voxel grids, naming both."""
+    if pred.affine is None or ref.affine is None:
+        return
+    worst = float(np.abs(pred.affine - ref.affine).max())
+    if worst > _AFFINE_TOLERANCE:
+        raise UserError(
+            f"{pred.path} and {ref.path} have different affines (largest difference "
+            f"{worst:.4g}): they are not on the same voxel grid; resample one onto the other"
+        )
 
 
 def evaluate_files(
@@ -83,29 +316,31 @@ def evaluate_files(
     Returns ``{"pred", "ref", "convention", "shape", "slices": [{"slice", metric...}],
     "mean": {metric: value}, "undefined": {metric: count}}``. Standard metrics are
     psnr/ssim/nmse/nrmse; paper-003 metrics psnr/ssim/nmse (see :mod:`ablate.metrics`).
-    Means skip slices where a metric is undefined (nan, e.g. an empty or constant reference
-    slice); ``undefined`` says how many were skipped.
+    Slices are the training layout's (:class:`Volume`). Means skip slices where a metric is
+    undefined (nan, e.g. an empty or constant reference slice); ``undefined`` says how many
+    were skipped.
     """
     if convention not in ("standard", "paper"):
         raise UserError(f"unknown convention '{convention}' (use 'standard' or 'paper')")
-    pred, pred_kind = read_array(pred_path)
-    ref, ref_kind = read_array(ref_path)
-    if pred.shape != ref.shape:
+    pred, ref = read_volume(pred_path), read_volume(ref_path)
+    if pred.array.shape != ref.array.shape:
         raise UserError(
-            f"{pred_path}: shape {pred.shape} differs from {ref_path} {ref.shape}; "
+            f"{pred_path}: shape {pred.array.shape} differs from {ref_path} {ref.array.shape}; "
             "resample one onto the other's grid"
         )
-    if pred_kind != ref_kind and pred.ndim == 3:
+    if (pred.image is None) != (ref.image is None) and pred.array.ndim == 3:
         raise UserError(
-            f"{pred_path}: a {pred_kind} and a {ref_kind} volume slice along different axes; "
+            f"{pred_path}: a {pred.kind} and a {ref.kind} volume slice along different axes; "
             "save both in the same format"
         )
-    if convention == "paper" and ref.max() > 1.01:
+    same_grid_or_fail(pred, ref)
+    if convention == "paper" and ref.array.max() > 1.01:
         raise UserError(
             f"{ref_path}: the paper convention thresholds at 0.05 on the [0, 1] scale but the "
-            f"maximum is {ref.max():.4g}; rescale both images or use --convention standard"
+            f"maximum is {ref.array.max():.4g}; rescale both images or use --convention standard"
         )
-    x, y = as_slices(pred, pred_kind), as_slices(ref, ref_kind)
+    x = torch.from_numpy(np.ascontiguousarray(pred.slices())).unsqueeze(1)
+    y = torch.from_numpy(np.ascontiguousarray(ref.slices())).unsqueeze(1)
     if min(y.shape[-2:]) < 11:
         raise UserError(
             f"{ref_path}: slices of {tuple(y.shape[-2:])} pixels are too small for SSIM (>= 11x11)"
@@ -123,7 +358,7 @@ def evaluate_files(
         "pred": str(pred_path),
         "ref": str(ref_path),
         "convention": convention,
-        "shape": list(ref.shape),
+        "shape": list(ref.array.shape),
         "slices": slices,
         "mean": {key: torch.nanmean(values).item() for key, values in per.items()},
         "undefined": {key: int(torch.isnan(values).sum()) for key, values in per.items()},

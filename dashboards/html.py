@@ -9,9 +9,11 @@ every plot has rendered, and script errors written into ``#js-errors``
 from __future__ import annotations
 
 import html
+import math
 from datetime import UTC, datetime
 from pathlib import Path
 from string import Template
+from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -19,12 +21,20 @@ from plotly.offline import get_plotlyjs
 
 from dashboards import plots
 from dashboards.results import (
+    UI_URL,
     fetch_artifact,
     load_histories,
-    load_launches,
     load_results,
     load_slice_metrics,
     save_results,
+)
+from dashboards.study import (
+    Search,
+    TrialsTable,
+    confirm_table,
+    find_searches,
+    render_trials,
+    trials_table,
 )
 from dashboards.tables import AblationTable, Convention, ablation_table, render
 
@@ -38,8 +48,8 @@ class _Page:
         self.parts: list[str] = []
         self.n_figures = 0
 
-    def section(self, title: str) -> None:
-        self.parts.append(f"<h2>{html.escape(title)}</h2>")
+    def section(self, title: str, level: int = 2) -> None:
+        self.parts.append(f"<h{level}>{html.escape(title)}</h{level}>")
 
     def note(self, text: str) -> None:
         self.parts.append(f'<p class="note">{html.escape(text)}</p>')
@@ -74,12 +84,25 @@ def _metric_sections(page: _Page, table: AblationTable, df: pd.DataFrame) -> Non
         page.figures([plots.metric_per_row(table, df, stochastic)])
 
     page.section("Quality vs cost")
-    figs = [plots.quality_vs_cost(table, cost, table.metric) for cost in ("gmacs", "params_m")]
-    shown = [f for f in figs if f is not None]
+    columns = {c.key: c for c in table.columns}
+    shown, constant = [], []
+    for cost in ("gmacs", "params_m"):
+        costs = {ln.values[cost][0] for ln in table.lines if ln.n and cost in ln.values}
+        if len(costs) == 1 and sum(1 for ln in table.lines if ln.n) > 1:
+            constant.append(f"{columns[cost].title} ({columns[cost].format(costs.pop())})")
+            continue
+        fig = plots.quality_vs_cost(table, cost, table.metric)
+        if fig is not None:
+            shown.append(fig)
+    if constant:
+        page.note(
+            f"Left out: quality against {' and '.join(constant)}, the same for every row, so "
+            "the x-axis would be constant and the plot would say nothing."
+        )
     if shown:
         page.note("Dashed: the Pareto front (no other row is both cheaper and better).")
         page.figures(shown, columns=2)
-    else:
+    elif not constant:
         page.note("No row logged both its cost (gmacs, params_m) and quality.")
 
 
@@ -110,26 +133,187 @@ def _curve_section(page: _Page, table: AblationTable, tracking_uri: str, df: pd.
         page.figures([fig])
 
 
-def _optuna_section(page: _Page, tracking_uri: str, experiment: str) -> None:
-    searches = [la for la in load_launches(tracking_uri, experiment) if la.kind == "search"]
-    page.section("Optuna search")
-    if not searches:
-        page.note("No Optuna search in this study (its launches are grids).")
+def _trials_section(page: _Page, search: Search, table: TrialsTable) -> None:
+    page.section("Trials", 3)
+    page.parts.append(f'<div class="scroll">{render_trials(table, "html")}</div>')
+    if any(ln.url for ln in table.lines):
+        uri = search.tracking_uri
+        where = (
+            "on the tracking server"
+            if uri.startswith(("http://", "https://"))
+            else f"in the MLflow UI: run `ablate ui` on this store first ({UI_URL})"
+        )
+        page.note(f"Click a header to sort. 'run' opens the trial's MLflow run {where}.")
+
+
+def _varying(study: Any, params: list[str]) -> tuple[list[str], list[str]]:
+    """Searched keys with several values among the completed trials, and the others."""
+    import optuna
+
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    varying = [p for p in params if len({repr(t.params.get(p)) for t in done}) > 1]
+    return varying, [p for p in params if p not in varying]
+
+
+def _study_plots(page: _Page, search: Search, table: TrialsTable) -> None:
+    import optuna
+
+    multi = search.multi_objective
+    curves = [
+        plots.intermediate_values(table, search.histories.get(o.key, pd.DataFrame()), o)
+        for o in search.objectives
+    ]
+    page.section("Intermediate values and optimisation history", 3)
+    shown = [f for f in curves if f is not None]
+    if shown:
+        page.note(
+            "Intermediate values: the objective on the validation split at each evaluation, as "
+            "logged to MLflow (x: training iteration); dashed: pruned trials, ✕: where ASHA "
+            "stopped them."
+        )
+    else:
+        page.note("No trial logged a validation history of the objective.")
+    study = search.study
+    if study is None:
+        page.figures(shown, columns=2 if len(shown) > 1 else 1)
+        page.note("No Optuna study: no history, parallel coordinates, importance or slices.")
         return
-    for launch in searches:
-        if not (launch.optuna_storage and launch.optuna_study):
-            page.note(f"Search run {launch.run_id} recorded no Optuna storage/study tags.")
-            continue
-        figs, notes = plots.optuna_figures(launch.optuna_storage, launch.optuna_study)
-        for text in notes:
-            page.note(text)
-        page.figures(figs)
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    pruned = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,))
+    page.note(
+        f"Optuna study '{study.study_name}': {len(done)} complete, {len(pruned)} pruned "
+        f"of {len(study.trials)} trials."
+    )
+    if multi:
+        page.figures(shown, columns=2)
+        page.note(
+            "No optimisation history: with several objectives there is no single best so far; "
+            "the Pareto front below shows the trade-off."
+        )
+    elif done:
+        page.figures([*shown, plots.optimisation_history(study, search.objectives[0])], 2)
+    else:
+        page.figures(shown)
+        page.note("No optimisation history: no trial completed.")
+    if not done:
+        page.note("No parallel coordinates, importance or slices: no trial completed.")
+        return
+
+    varying, fixed = _varying(study, search.params)
+    if fixed:
+        page.note(
+            f"Left out of the plots below: {', '.join(fixed)}, the same value in every "
+            "completed trial (a constant axis)."
+        )
+    if multi:
+        page.section("Pareto front", 3)
+        pareto = plots.pareto_plot(table)
+        if pareto is not None:
+            page.note(
+                "Coloured: the Pareto-optimal trials (no other completed trial is at least as "
+                "good on every objective and better on one); grey: dominated trials."
+            )
+            page.figures([pareto])
+        else:
+            page.note(f"{len(search.objectives)} objectives: a Pareto plot needs 2 or 3.")
+
+    page.section("Parallel coordinates", 3)
+    if varying:
+        figs = [
+            plots.parallel_coordinates(study, o, i, multi, varying)
+            for i, o in enumerate(search.objectives)
+        ]
+        page.figures(figs, columns=2 if multi else 1)
+    else:
+        page.note("Every completed trial sampled the same values: nothing to compare.")
+
+    page.section("Parameter importance", 3)
+    if len(done) < 2 or not varying:
+        page.note(f"No importance: needs 2 differing completed trials, the study has {len(done)}.")
+    else:
+        fig, name = plots.param_importances(study, search.objectives, varying)
+        text = (
+            f"Computed by {name} (Optuna's default evaluator in "
+            f"optuna.importance.get_param_importances): how differently each parameter is "
+            f"distributed in the top 10% of completed trials than in all of them."
+        )
+        if multi:
+            text += " 'Pareto front': the importance of reaching the front, over every objective."
+        if len(done) < 50:
+            text += (
+                f" With {len(done)} completed trials the top 10% is "
+                f"{max(1, math.ceil(0.1 * len(done)))} trial(s): read it as a hint (Optuna "
+                "advises at least 5 trials in the top quantile)."
+            )
+        page.note(text)
+        page.figures([fig])
+
+    page.section("Slice plots", 3)
+    if varying:
+        page.figures(
+            [plots.slice_plot(study, o, i, multi, varying) for i, o in enumerate(search.objectives)]
+        )
+    else:
+        page.note("Every completed trial sampled the same values: no slices.")
+
+
+def _cost_note(page: _Page, search: Search, table: TrialsTable) -> None:
+    """A search varies loss weights, not the model: say so instead of a constant-x plot."""
+    costs = {"gmacs": "GMACs", "params_m": "MParam"}
+    same = []
+    for key, title in costs.items():
+        col = f"metrics.{key}"
+        values = search.trials[col].dropna() if col in search.trials else pd.Series(dtype=float)
+        if len(values) and values.nunique() == 1:
+            same.append(f"{title} {values.iloc[0]:.3g}")
+    if same:
+        page.note(
+            f"No quality-vs-cost plot: every trial has the same cost ({', '.join(same)}), so "
+            "its x-axis would be constant."
+        )
+
+
+def _confirm_section(
+    page: _Page, search: Search, df: pd.DataFrame, tracking_uri: str, convention: Convention
+) -> None:
+    page.section("Confirm grid: the best configuration over seeds", 3)
+    slices = _slices(tracking_uri, df)
+    table = confirm_table(search, df, slices, convention=convention)
+    if table is None:
+        page.note(
+            "No confirm grid: rerun with `ablate search SPACE --confirm-seeds N` to train the "
+            "best configuration and the row's defaults over N seeds, with a paired test."
+        )
+        return
+    page.parts.append(f'<div class="scroll">{render(table, "html")}</div>')
+    trials = df[df["parent_run_id"].isin({la.run_id for la in search.confirms})]
+    keys = [c.key for c in table.columns]
+    page.figures([plots.metric_per_row(table, trials, [k for k in keys if k in keys[:3]])])
+    _samples_section(page, table, trials, tracking_uri, level=4)
+
+
+def _study_view(
+    page: _Page, search: Search, df: pd.DataFrame, tracking_uri: str, convention: Convention
+) -> None:
+    page.section(f"Optuna search '{search.name}'")
+    table = trials_table(search, convention)
+    _trials_section(page, search, table)
+    _cost_note(page, search, table)
+    _study_plots(page, search, table)
+    _confirm_section(page, search, df, tracking_uri, convention)
+
+
+def _slices(tracking_uri: str, df: pd.DataFrame) -> Any:
+    def load(ids: list[str]) -> pd.DataFrame:
+        return load_slice_metrics(tracking_uri, df[df["run_id"].isin(ids)])
+
+    return load
 
 
 def _samples_section(
-    page: _Page, table: AblationTable, df: pd.DataFrame, tracking_uri: str
+    page: _Page, table: AblationTable, df: pd.DataFrame, tracking_uri: str, level: int = 2
 ) -> None:
-    page.section("Samples")
+    page.section("Samples", level)
     uris = df.set_index("run_id")["artifact_uri"]
     rows = []
     for ln in table.lines:
@@ -157,28 +341,34 @@ def build_dashboard(
     tracking_uri: str,
     out_dir: str | Path,
     convention: Convention = "standard",
+    parent_run_id: str | None = None,
 ) -> Path:
-    """Write ``<out_dir>/index.html`` (and the results as ``results.parquet``) for a study."""
+    """Write ``<out_dir>/index.html`` (and the results as ``results.parquet``) for a study;
+    with ``parent_run_id``, of that one launch only."""
     df = load_results(tracking_uri, experiment)
-    table = ablation_table(
-        df,
-        convention=convention,
-        slices=lambda ids: load_slice_metrics(tracking_uri, df[df["run_id"].isin(ids)]),
-    )
+    if parent_run_id is not None:
+        df = df[df["parent_run_id"] == parent_run_id].reset_index(drop=True)
+    searches = find_searches(tracking_uri, experiment, df)
+    taken = {s.launch.run_id for s in searches} | {c.run_id for s in searches for c in s.confirms}
+    grid = df[~df["parent_run_id"].isin(taken)]
     page = _Page()
-    _table_section(page, table)
-    _metric_sections(page, table, df)
-    _noise_level_section(page, table, df)
-    _curve_section(page, table, tracking_uri, df)
-    _optuna_section(page, tracking_uri, experiment)
-    _samples_section(page, table, df, tracking_uri)
+    if len(grid):  # the ablation view, for the study's grids
+        table = ablation_table(grid, convention=convention, slices=_slices(tracking_uri, grid))
+        _table_section(page, table)
+        _metric_sections(page, table, grid)
+        _noise_level_section(page, table, grid)
+        _curve_section(page, table, tracking_uri, grid)
+        _samples_section(page, table, grid, tracking_uri)
+    for search in searches:  # the study view, for each Optuna search
+        _study_view(page, search, df, tracking_uri, convention)
 
     counts = df["status"].value_counts().to_dict()
     status = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    kind = "search" if not len(grid) else "ablation and search" if searches else "ablation"
     meta = f"{len(df)} trials ({status}) · tracking store {tracking_uri} · generated {when}"
     text = Template(_TEMPLATE.read_text()).substitute(
-        title=html.escape(f"{experiment}: ablation dashboard"),
+        title=html.escape(f"{experiment}: {kind} dashboard"),
         meta=html.escape(meta),
         n_plots=page.n_figures,
         body="\n".join(page.parts),

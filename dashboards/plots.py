@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import io
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -19,6 +21,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from dashboards.tables import AblationTable, Column, Line
+
+if TYPE_CHECKING:
+    from dashboards.study import Objective, TrialsTable
 
 _PALETTE = plotly.colors.qualitative.Plotly
 
@@ -301,50 +306,219 @@ def sample_panels(path: Path, max_samples: int = 2) -> list[list[tuple[str, str]
     return out
 
 
-# --- Optuna ----------------------------------------------------------------------------------
+# --- Optuna searches --------------------------------------------------------------------------
+
+#: How the dashboard names Optuna's importance evaluators (by class name).
+EVALUATOR_NAMES = {
+    "PedAnovaImportanceEvaluator": "PED-ANOVA",
+    "FanovaImportanceEvaluator": "fANOVA",
+    "MeanDecreaseImpurityImportanceEvaluator": "mean decrease impurity",
+}
 
 
-def _optuna_storage(url: str) -> object:
-    """An Optuna storage from the URL a search parent run records (``journal:<path>`` or RDB)."""
-    import optuna
+def importance_evaluator() -> Any:
+    """The evaluator the importance plot uses: PED-ANOVA, the one Optuna 5's
+    ``get_param_importances`` uses by default (``tests`` check that it still is)."""
+    from optuna.importance import PedAnovaImportanceEvaluator
 
-    if url.startswith("journal:"):
-        path = Path(url.removeprefix("journal:"))
-        if not path.exists():
-            raise FileNotFoundError(f"journal file {path} not found")
-        backend = optuna.storages.journal.JournalFileBackend(str(path))
-        return optuna.storages.JournalStorage(backend)
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-        raise FileNotFoundError(f"{url.removeprefix('sqlite:///')} not found")
-    return url
+    return PedAnovaImportanceEvaluator()
 
 
-def optuna_figures(storage: str, study_name: str) -> tuple[list[go.Figure], list[str]]:
-    """Importance, parallel coordinates and history of a study; notes for what could not be
-    drawn (a missing storage, too few completed trials)."""
-    import optuna
+def evaluator_name(evaluator: Any) -> str:
+    name = type(evaluator).__name__
+    return EVALUATOR_NAMES.get(name, name)
+
+
+def intermediate_values(
+    table: TrialsTable, history: pd.DataFrame, objective: Objective
+) -> go.Figure | None:
+    """The validation objective of every trial at each evaluation, pruned trials dashed with
+    a cross where ASHA stopped them; ``None`` without any history."""
+    if history.empty:
+        return None
+    fig = go.Figure()
+    cut_x, cut_y, cut_text = [], [], []
+    lines = sorted(table.lines, key=lambda ln: (ln.number is None, ln.number or 0))
+    for i, line in enumerate(lines):
+        curve = history[history["run_id"] == line.run_id].sort_values("step")
+        if curve.empty:
+            continue
+        name = f"#{line.number}" if line.number is not None else line.run_id[:8]
+        dash = {"pruned": "dash", "failed": "dot", "running": "dot"}.get(line.state, "solid")
+        fig.add_scatter(
+            x=curve["step"],
+            y=curve["value"],
+            mode="lines+markers",
+            line=dict(color=_colour(i), dash=dash, width=4 if line.best else 2),
+            marker=dict(size=5),
+            name=f"{name} ({line.state_text})" + (" best" if line.best else ""),
+            hovertemplate=f"trial {name}<br>step %{{x}}<br>{objective.title} %{{y:.4g}}"
+            "<extra></extra>",
+        )
+        if line.state == "pruned":
+            cut_x.append(int(curve["step"].iloc[-1]))
+            cut_y.append(float(curve["value"].iloc[-1]))
+            cut_text.append(f"trial {name} pruned at step {cut_x[-1]}")
+    if cut_x:
+        fig.add_scatter(
+            x=cut_x,
+            y=cut_y,
+            mode="markers",
+            marker=dict(symbol="x", size=13, color="#b00020", line=dict(width=1)),
+            name="pruned here (ASHA)",
+            hovertext=cut_text,
+            hoverinfo="text",
+        )
+    fig.update_xaxes(title="training iteration")
+    fig.update_yaxes(title=f"{objective.title} {objective.arrow}")
+    return _layout(fig, f"Intermediate values: {objective.title} per validation", height=460)
+
+
+def _target(objective: Objective, index: int, multi: bool) -> dict[str, Any]:
+    """Arguments of Optuna's plots for one objective of a (multi-objective) study."""
+    if not multi:
+        return {"target_name": objective.title}
+    return {"target": lambda t: t.values[index], "target_name": objective.title}
+
+
+def optimisation_history(study: Any, objective: Objective) -> go.Figure:
+    """Objective per completed trial and the best so far (one-objective studies)."""
     import optuna.visualization as vis
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.load_study(study_name=study_name, storage=_optuna_storage(storage))
-    except (FileNotFoundError, KeyError, ValueError) as err:
-        return [], [f"Optuna study '{study_name}' could not be loaded from {storage}: {err}"]
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
-    notes = [f"Optuna study '{study_name}': {len(done)} complete, {pruned} pruned trials"]
-    figs = []
-    plots = [
-        ("parameter importances (fANOVA)", vis.plot_param_importances, 2),
-        ("parallel coordinates", vis.plot_parallel_coordinate, 1),
-        ("optimisation history", vis.plot_optimization_history, 1),
-    ]
-    for title, plot, needed in plots:
-        if len(done) < needed:
-            notes.append(f"no {title}: needs {needed} complete trials, the study has {len(done)}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fig = vis.plot_optimization_history(study, target_name=objective.title)
+    return _layout(fig, f"Optimisation history: {objective.title}, best so far")
+
+
+def parallel_coordinates(
+    study: Any, objective: Objective, index: int, multi: bool, params: list[str]
+) -> go.Figure:
+    import optuna.visualization as vis
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fig = vis.plot_parallel_coordinate(study, params=params, **_target(objective, index, multi))
+    return _layout(fig, f"Parallel coordinates: {objective.title} (completed trials)")
+
+
+def slice_plot(
+    study: Any, objective: Objective, index: int, multi: bool, params: list[str]
+) -> go.Figure:
+    """The objective against each searched parameter, one panel per parameter."""
+    import optuna.visualization as vis
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fig = vis.plot_slice(study, params=params, **_target(objective, index, multi))
+    return _layout(fig, f"Slice plots: {objective.title} against each parameter", height=440)
+
+
+def param_importances(
+    study: Any, objectives: list[Objective], params: list[str]
+) -> tuple[go.Figure, str]:
+    """Importance of each parameter, computed by :func:`importance_evaluator`; with several
+    objectives, for reaching the Pareto front and for each objective. Returns the figure and
+    the evaluator's name (the figure is titled with it)."""
+    import optuna
+
+    evaluator = importance_evaluator()
+    name = evaluator_name(evaluator)
+    targets: list[tuple[str, Any]] = []
+    if len(objectives) == 1:
+        targets.append((objectives[0].title, None))  # Optuna follows the study's direction
+    else:
+        targets.append(("Pareto front", None))  # non-domination rank over every objective
+        for i, obj in enumerate(objectives):
+            # PED-ANOVA reads an explicit target as lower-is-better
+            sign = -1.0 if obj.mode == "max" else 1.0
+            targets.append((obj.title, lambda t, i=i, sign=sign: sign * t.values[i]))
+    fig = go.Figure()
+    for k, (label, target) in enumerate(targets):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scores = optuna.importance.get_param_importances(
+                study, evaluator=evaluator, params=params, target=target, normalize=True
+            )
+        shown = list(reversed(params))
+        fig.add_bar(
+            x=[scores.get(p, 0.0) for p in shown],
+            y=shown,
+            orientation="h",
+            name=label,
+            marker_color=_colour(k),
+            hovertemplate="%{y}: %{x:.3f}<extra>" + label + "</extra>",
+        )
+    fig.update_xaxes(title=f"importance ({name}, normalised to sum 1)")
+    fig.update_layout(barmode="group", showlegend=len(targets) > 1)
+    height = max(300, 90 + 40 * len(params) * len(targets))
+    return _layout(fig, f"Parameter importance ({name})", height=height), name
+
+
+def pareto_plot(table: TrialsTable) -> go.Figure | None:
+    """Completed trials in objective space (2 or 3 objectives), the Pareto-optimal ones
+    coloured and labelled by trial number, the dominated ones grey; ``None`` otherwise."""
+    objectives = table.objectives
+    done = [ln for ln in table.lines if ln.state == "complete" and None not in ln.objectives]
+    if len(objectives) not in (2, 3) or not done:
+        return None
+    fig = go.Figure()
+    for on_front in (False, True):
+        group = [ln for ln in done if ln.pareto == on_front]
+        if not group:
             continue
-        try:
-            figs.append(_layout(plot(study), f"{study_name}: {title}"))
-        except (RuntimeError, ValueError) as err:
-            notes.append(f"no {title}: {err}")
-    return figs, notes
+        coords = {
+            axis: [ln.objectives[i] for ln in group]
+            for i, axis in enumerate("xyz"[: len(objectives)])
+        }
+        hover = [
+            f"trial #{ln.number}<br>"
+            + "<br>".join(f"{k}={v}" for k, v in ln.params.items())
+            + "".join(
+                f"<br>{o.title} {v:.4g}" for o, v in zip(objectives, ln.objectives, strict=True)
+            )
+            for ln in group
+        ]
+        style = dict(
+            mode="markers+text" if on_front else "markers",
+            text=[f"#{ln.number}" for ln in group] if on_front else None,
+            textposition="top center",
+            marker=dict(
+                size=12 if on_front else 9,
+                color=_colour(1) if on_front else "#aaaaaa",
+                line=dict(width=1, color="#333"),
+            ),
+            name="Pareto front" if on_front else "dominated",
+            hovertext=hover,
+            hoverinfo="text",
+        )
+        if len(objectives) == 2:
+            fig.add_scatter(**coords, **style)
+        else:
+            fig.add_scatter3d(**coords, **style)
+    if len(objectives) == 2:
+        front = sorted((ln for ln in done if ln.pareto), key=lambda ln: ln.objectives[0])
+        maximise_x = objectives[0].mode == "max"
+        if len(front) > 1:
+            fig.add_scatter(
+                x=[ln.objectives[0] for ln in front],
+                y=[ln.objectives[1] for ln in front],
+                mode="lines",
+                # through the corners the front attains (worse on both of two neighbours)
+                line=dict(dash="dash", color="grey", shape="vh" if maximise_x else "hv"),
+                name="front",
+                hoverinfo="skip",
+            )
+        fig.update_xaxes(title=f"{objectives[0].title} {objectives[0].arrow}")
+        fig.update_yaxes(title=f"{objectives[1].title} {objectives[1].arrow}")
+    else:
+        fig.update_layout(
+            scene=dict(
+                **{
+                    f"{axis}axis_title": f"{o.title} {o.arrow}"
+                    for axis, o in zip("xyz", objectives, strict=True)
+                }
+            )
+        )
+    goals = ", ".join(f"{o.title} {o.arrow}" for o in objectives)
+    return _layout(fig, f"Pareto front of the completed trials ({goals})", height=480)

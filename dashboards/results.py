@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -20,6 +20,7 @@ import pandas as pd
 
 from ablate import tracking
 from ablate.errors import UserError
+from ablate.tracking import require_store
 
 #: Columns every results frame has, in this order, before the ``params.*``/``metrics.*`` ones.
 BASE_COLUMNS = [
@@ -39,12 +40,18 @@ BASE_COLUMNS = [
 ]
 
 _PARENT_KINDS = {"launch", "search"}
-_TRIAL_STATUSES = {"completed", "failed", "pruned"}
+#: Where ``ablate ui`` serves a local store unless told otherwise (``--host`` / ``--port``).
+UI_URL = "http://127.0.0.1:5000"
+_TRIAL_STATUSES = {"completed", "failed", "pruned", "interrupted"}
 
 
 @dataclass(frozen=True)
 class Launch:
-    """A parent run: one ``ablate run`` / ``ablate search`` / ``ablate demo`` launch."""
+    """A parent run: one ``ablate run`` / ``ablate search`` / ``ablate demo`` launch.
+
+    A search records its objectives (``[("val_psnr", "max")]``) and searched keys; a
+    ``--confirm-seeds`` grid the parent run id of the search it confirms and its role
+    (``best`` or ``defaults``). Launches made before these tags existed leave them empty."""
 
     run_id: str
     kind: str
@@ -52,6 +59,12 @@ class Launch:
     start_time: pd.Timestamp
     optuna_storage: str | None
     optuna_study: str | None
+    run_name: str = ""
+    experiment_id: str = ""
+    objectives: list[tuple[str, str]] = field(default_factory=list)
+    search_params: list[str] = field(default_factory=list)
+    confirms: str | None = None
+    confirm_role: str | None = None
 
 
 def tracking_uri_for(workdir: str | Path) -> str:
@@ -69,13 +82,7 @@ def _client(tracking_uri: str) -> Any:
     from mlflow.tracking import MlflowClient
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in tables
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri.removeprefix("sqlite:///"))
-        if not db.is_file():
-            raise UserError(
-                f"no MLflow store at {db}: run `ablate demo` or `ablate run` first, "
-                "or pass --workdir / --tracking-uri"
-            )
+    require_store(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri)
 
 
@@ -114,6 +121,7 @@ def _timestamp(ms: int | None) -> pd.Timestamp:
 def _launch(run: Any) -> Launch:
     tags, params = run.data.tags, run.data.params
     rows = [r.strip() for r in params.get("rows", "").split(",") if r.strip()]
+    searched = tags.get(tracking.TAG_SEARCH_PARAMS, "")
     return Launch(
         run_id=run.info.run_id,
         kind=tags.get(tracking.TAG_KIND, "launch"),
@@ -121,6 +129,12 @@ def _launch(run: Any) -> Launch:
         start_time=_timestamp(run.info.start_time),
         optuna_storage=tags.get(tracking.TAG_OPTUNA_STORAGE),
         optuna_study=tags.get(tracking.TAG_OPTUNA_STUDY),
+        run_name=run.info.run_name or "",
+        experiment_id=run.info.experiment_id,
+        objectives=tracking.parse_objectives(tags.get(tracking.TAG_SEARCH_OBJECTIVES)),
+        search_params=[k.strip() for k in searched.split(",") if k.strip()],
+        confirms=tags.get(tracking.TAG_CONFIRMS),
+        confirm_role=tags.get(tracking.TAG_CONFIRM_ROLE),
     )
 
 
@@ -146,6 +160,11 @@ def _row_order(launches: list[Launch], trial_rows: list[str]) -> list[str]:
     return order + [r for r in dict.fromkeys(trial_rows) if r not in order]
 
 
+def _label(value: str | None) -> str | None:
+    """A row's label param; a row without one logged ``None`` (as a string): no label."""
+    return None if value in (None, "", "None", "null") else value
+
+
 def _trial_line(run: Any, experiment: str) -> dict[str, Any]:
     tags, params = run.data.tags, run.data.params
     status, error = _status(run)
@@ -158,7 +177,7 @@ def _trial_line(run: Any, experiment: str) -> dict[str, Any]:
         "parent_run_id": tags.get(tracking.TAG_PARENT),
         "run_name": run.info.run_name,
         "row": row,
-        "label": params.get("row.label") or None,
+        "label": _label(params.get("row.label")),
         "seed": int(seed) if seed not in (None, "") else None,
         "status": status,
         "error": error,
@@ -203,6 +222,13 @@ def load_results(tracking_uri: str, experiment: str) -> pd.DataFrame:
     extra = sorted(c for c in df.columns if c.startswith("params."))
     extra += sorted(c for c in df.columns if c.startswith("metrics."))
     return df[BASE_COLUMNS + extra]
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI page of a run: on the tracking server itself for an ``http(s)`` store,
+    else where ``ablate ui`` serves a local store by default (http://127.0.0.1:5000)."""
+    base = tracking_uri if tracking_uri.startswith(("http://", "https://")) else UI_URL
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def save_results(df: pd.DataFrame, out: str | Path) -> Path:

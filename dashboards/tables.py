@@ -38,7 +38,7 @@ SliceLoader = Callable[[list[str]], pd.DataFrame]
 
 #: Quality metrics whose names differ between conventions; the rest are convention-free.
 _QUALITY = ["psnr", "ssim", "nmse"]
-_TITLES = {"psnr": "PSNR", "ssim": "SSIM", "nmse": "NMSE", "nrmse": "NRMSE"}
+_TITLES = {"psnr": "PSNR", "ssim": "SSIM", "nmse": "NMSE", "nrmse": "NRMSE", "sd": "SD"}
 _TEST_NAMES = {"t": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test"}
 _PARAM_NAMES_NOT_VARIANTS = ("seed", "path", "dir", "uri", "run_id", "row.label")
 
@@ -91,6 +91,7 @@ class AblationTable:
     columns: list[Column]
     lines: list[Line]
     notes: list[str]
+    title: str = ""  # the caption's subject; default "Ablation study '<experiment>'"
 
     def __rich__(self) -> RichTable:
         """So ``console.print(table)`` prints the terminal table."""
@@ -103,14 +104,15 @@ class AblationTable:
             if self.convention == "paper"
             else "standard metric convention"
         )
+        subject = self.title or f"Ablation study '{self.experiment}'"
         text = (
-            f"Ablation study '{self.experiment}', {conv}. Mean ± std over seeds (n: completed "
+            f"{subject}, {conv}. Mean ± std over seeds (n: completed "
             "trials / all); best measured value per column in bold."
         )
         bases = sorted({line.test.split()[-1] for line in self.lines if line.test[:1].isdigit()})
         if self.reference is None:
             return text + " No significance test: no line has completed trials."
-        title = _metric_title(self.metric)
+        title = metric_title(self.metric)
         over = " and ".join({"seeds": "seeds", "slices": "test slices"}[b] for b in bases)
         if not over:
             return (
@@ -123,7 +125,7 @@ class AblationTable:
         )
 
 
-def _metric_title(key: str) -> str:
+def metric_title(key: str) -> str:
     ams = key.startswith("ams_")
     base = key.removeprefix("ams_").removeprefix("paper_")
     return ("AMS " if ams else "") + _TITLES.get(base, base)
@@ -325,6 +327,7 @@ def ablation_table(
     metric: str = "psnr",
     paired_test: PairedTest = "t",
     slices: SliceLoader | None = None,
+    title: str = "",
 ) -> AblationTable:
     """Build the ablation table of a results frame (see ``dashboards.results.load_results``).
 
@@ -333,7 +336,8 @@ def ablation_table(
     (or line) name; by default the first line with completed trials. ``slices`` loads the
     per-slice metrics of a list of run ids, for lines with fewer than two seeds matching the
     reference's; by default the ``test_metrics.parquet`` of runs whose artifacts are on this
-    machine are read in place.
+    machine are read in place. ``title`` replaces "Ablation study '<experiment>'" in the
+    caption.
     """
     if slices is None:
         from dashboards.results import load_slice_metrics
@@ -390,6 +394,7 @@ def ablation_table(
         columns=keep,
         lines=lines,
         notes=notes,
+        title=title,
     )
 
 

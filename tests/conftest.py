@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,7 +63,7 @@ TINY_MODEL = {
         "irm_mults": [1, 2],
         "res_blocks": 1,
         "guide_channels": 8,
-        "guide_levels": 2,
+        "guide_levels": 1,  # one downsampling: mults [1, 2]
     },
 }
 
@@ -74,7 +75,7 @@ def tiny_experiment(name: str, rows: dict[str, Any], **extra: Any) -> dict[str, 
         "rows": rows,
         "seeds": [0, 1],
         "data": {"preset": "tiny"},
-        "model": TINY_MODEL,
+        "model": copy.deepcopy(TINY_MODEL),
         "diffusion": {
             "train_steps": 100,
             "sr3": {"sample_steps": 4},
@@ -89,14 +90,29 @@ def tiny_experiment(name: str, rows: dict[str, Any], **extra: Any) -> dict[str, 
 
 
 def trial_runs(tracking_uri: str, experiment: str) -> Any:
-    """The trial (child) runs of an MLflow experiment, as a pandas frame."""
-    import mlflow
+    """The trial (child) runs of an MLflow experiment, as a pandas frame with
+    ``mlflow.search_runs``'s columns. Read through an explicit client: setting MLflow's global
+    tracking URI here would leak into the CLI subprocesses of later tests (as an environment
+    variable) and hide any command that resolves the wrong store."""
+    import pandas as pd
+    from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.search_runs(
-        experiment_names=[experiment],
-        output_format="pandas",
-        filter_string="tags.`ablate.kind` = 'trial'",
+    client = MlflowClient(tracking_uri)
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = client.search_runs(
+        [experiment_id], filter_string="tags.`ablate.kind` = 'trial'", max_results=5000
+    )
+    return pd.DataFrame(
+        [
+            {
+                "run_id": run.info.run_id,
+                "status": run.info.status,
+                **{f"tags.{k}": v for k, v in run.data.tags.items()},
+                **{f"params.{k}": v for k, v in run.data.params.items()},
+                **{f"metrics.{k}": v for k, v in run.data.metrics.items()},
+            }
+            for run in runs
+        ]
     )
 
 

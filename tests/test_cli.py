@@ -28,6 +28,7 @@ def test_help_lists_the_commands() -> None:
         "export",
         "predict",
         "count",
+        "plan",
         "evaluate",
         "ui",
         "data",
@@ -62,10 +63,11 @@ def test_invalid_row_combination_fails_before_any_launch(tmp_path: Path) -> None
     assert not (tmp_path / "runs" / "ray_results").exists()
 
 
-def test_unknown_launch_for_status_and_resume(tmp_path: Path) -> None:
+def test_status_and_resume_in_a_workdir_without_a_store_create_nothing(tmp_path: Path) -> None:
     for command in ("status", "resume"):
         result = runner.invoke(app, [command, "nope", "--workdir", str(tmp_path)])
-        assert result.exit_code == 2 and "no launch named 'nope'" in result.output
+        assert result.exit_code == 2 and "no launches under" in result.output
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unreachable_cluster_fails_fast_without_recording(tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from ablate import tracking
+
 REPO = Path(__file__).resolve().parents[1]
 LOSS_WEIGHTS = REPO / "search_spaces" / "loss_weights.yaml"
 DEMO = REPO / "search_spaces" / "demo.yaml"
@@ -90,3 +92,12 @@ def test_search_with_overrides_then_confirm_seeds(tmp_path: Path) -> None:
     best = completed.sort_values("metrics.val_psnr", ascending=False).iloc[0]
     for key in ("loss.k", "loss.m", "loss.n", "row.contrastive_form"):
         assert set(confirm[f"params.{key}"]) == {best[f"params.{key}"]}, key
+
+    # the row's defaults over the same seeds, so the best has a paired baseline
+    assert "loss-weights-defaults: 2 trials, 0 failed" in " ".join(result.stdout.split())
+    defaults = trials[trials["params.row"] == "full_defaults"]
+    assert sorted(defaults["params.seed"]) == ["0", "1"]
+    assert set(defaults["params.loss.m"]) == {"1.0"} and set(defaults["params.loss.k"]) == {"5e-05"}
+    parents = runs[runs["tags.ablate.kind"] == "launch"]
+    assert set(parents[f"tags.{tracking.TAG_CONFIRMS}"]) == {search_parent["run_id"]}
+    assert sorted(parents[f"tags.{tracking.TAG_CONFIRM_ROLE}"]) == ["best", "defaults"]

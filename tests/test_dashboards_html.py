@@ -85,7 +85,7 @@ def test_dashboard_renders_in_headless_chromium(study_uri: str, tmp_path: Path) 
     assert count == n_plots and svgs >= n_plots
     assert f"{n_plots} plots rendered" in dom
     assert "failed: NaN loss" in dom and "Pareto front" in dom
-    assert "No Optuna search in this study" in dom
+    assert "Optuna search" not in dom  # a grid: the ablation view only
     # quality vs noise level: one x0 curve and one sample-PSNR level per diffusion line
     assert "Quality vs noise level" in dom and "signal fraction gamma" in dom
     for label in ("sr3", "cpm_irm", "cpm_irm_nas"):
@@ -119,15 +119,78 @@ def test_script_errors_are_caught_by_the_check(study_uri: str, tmp_path: Path) -
 
 
 @needs_chromium
-def test_search_dashboard_has_optuna_plots(study_uri: str, tmp_path: Path) -> None:
+def test_legacy_search_dashboard_has_optuna_plots(study_uri: str, tmp_path: Path) -> None:
+    """A search logged before the objective tags and without validation histories."""
     index = build_dashboard("search", study_uri, tmp_path / "dash")
     dom = chromium(index, tmp_path, "--dump-dom")
     count, svgs, errors = rendered(dom)
-    assert errors == "" and count == 9 and svgs >= 9  # 6 as above + 3 Optuna plots
-    for title in ("parameter importances", "parallel coordinates", "optimisation history"):
-        assert f"search: {title}" in dom
-    assert "Optuna study 'search': 8 complete, 0 pruned trials" in dom
-    assert "No trial logged samples.npz." in dom
+    assert errors == "" and count == 4 and svgs >= 4  # history, parallel, importance, slices
+    for title in (
+        "Optimisation history: val PSNR",
+        "Parallel coordinates: val PSNR",
+        "Parameter importance (PED-ANOVA)",
+        "Slice plots: val PSNR",
+    ):
+        assert title in dom
+    assert "Optuna study 'search': 8 complete, 0 pruned of 8 trials." in dom
+    assert "No trial logged a validation history of the objective." in dom
+    assert "search dashboard" in dom and "Ablation table" not in dom
+
+
+def _text(dom: str) -> str:
+    """The page's visible text: the DOM without scripts (plotly.js, figure specs) and tags."""
+    return re.sub(r"<[^>]+>", " ", re.sub(r"<script\b.*?</script>", " ", dom, flags=re.S))
+
+
+def _row2_blocks(dom: str) -> list[str]:
+    """The two-column rows of plots (``<div class="row2">``), as rendered."""
+    starts = [m.start() for m in re.finditer(r'<div class="row2">', dom)]
+    return [dom[a:b] for a, b in zip(starts, starts[1:] + [len(dom)], strict=True)]
+
+
+@needs_chromium
+def test_search_dashboard_renders_the_study_view(tmp_path_factory, tmp_path: Path) -> None:
+    from tests.test_dashboards_study import SEARCHED, tuned_store
+
+    uri = tuned_store(tmp_path_factory)
+    index = build_dashboard("tuned", uri, tmp_path / "dash")
+    dom = chromium(index, tmp_path, "--dump-dom")
+    count, svgs, errors = rendered(dom)
+    assert errors == "" and 'data-js-errors="yes"' not in dom
+    n_plots = int(re.search(r'data-plots="(\d+)"', index.read_text()).group(1))
+    # intermediate values, history, parallel coordinates, importance, slices, confirm metrics
+    assert n_plots == 6 and count == n_plots and svgs >= n_plots
+
+    # the intermediate values render beside the history, the parallel coordinates below
+    beside = [b for b in _row2_blocks(dom) if "Intermediate values: val PSNR" in b]
+    assert len(beside) == 1 and "Optimisation history: val PSNR, best so far" in beside[0]
+    assert beside[0].count('class="main-svg"') >= 2
+    assert "Parallel coordinates: val PSNR" in dom and "pruned here (ASHA)" in dom
+
+    # the trials table: one column per searched parameter, states, run links
+    table = re.search(r'<table class="ablation trials sortable">.*?</table>', dom, re.S).group(0)
+    heads = re.findall(r"<th [^>]*>([^<]*)</th>", table)
+    assert heads[: len(SEARCHED) + 3] == ["#", *SEARCHED, "state", "val PSNR ↑"]
+    assert table.count(">pruned at step") == 3 and table.count('href="http://127.0.0.1:5000/') == 8
+
+    # no label anywhere on the page (table cells, plot text) is "None"
+    assert not re.search(r"\bNone\b", _text(dom))
+    assert "Confirm grid of search" in dom and "full_defaults" in dom
+
+    # a header click sorts the table by that column
+    clicking = tmp_path / "click.html"
+    clicking.write_text(
+        index.read_text().replace(
+            "</body>",
+            "<script>document.querySelector('table.trials th:nth-child(2)').click();"
+            "document.documentElement.setAttribute('data-order', Array.prototype.map.call("
+            "document.querySelectorAll('table.trials tbody tr'), function (r) {"
+            "return r.cells[1].getAttribute('data-value'); }).join(' '));</script></body>",
+        )
+    )
+    order = re.search(r'data-order="([^"]*)"', chromium(clicking, tmp_path, "--dump-dom"))
+    values = [float(v) for v in order.group(1).split()]
+    assert len(values) == 8 and values == sorted(values)
 
 
 def test_pareto_front() -> None:
@@ -142,7 +205,7 @@ def test_cli_dashboard_writes_a_page(study_uri: str, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert (out / "index.html").stat().st_size > 1_000_000  # plotly.js is inlined
     result = CliRunner().invoke(app, ["dashboard", "nope", "--tracking-uri", study_uri])
-    assert result.exit_code == 2 and "unknown experiment 'nope'" in result.output
+    assert result.exit_code == 2 and "no launch or experiment named 'nope'" in result.output
 
 
 def _free_port() -> int:

@@ -183,7 +183,9 @@ def test_bad_reference_and_bad_experiment(study_uri: str) -> None:
         table_for("study", study_uri, reference="nope")
     result = CliRunner().invoke(app, ["table", "nope", "--tracking-uri", study_uri])
     assert result.exit_code == 2
-    assert "unknown experiment 'nope'" in result.output
+    assert "no launch or experiment named 'nope'" in result.output
+    listed = result.output.split("experiments: ", 1)[1].split(")")[0].split(", ")
+    assert {"search", "study"} <= set(listed)
 
 
 def test_cli_writes_each_format(study_uri: str, tmp_path: Path) -> None:

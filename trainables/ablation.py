@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +19,20 @@ import torch
 import yaml
 from ray import tune
 
-from ablate import tracking
+from ablate import mlflow_ui, tracking
 from ablate.config import TrialConfig, flatten, parse_experiment
 from ablate.errors import UserError
 from ablate.evaluation import evaluate_method, write_evaluation_artifacts
 from ablate.seeding import capture_rng, restore_rng, seed_everything
 from ablate.training import TrainingRun
-from ablate.trials import trial_config
+from ablate.trials import lookup_estimate, trial_config
 
 CHECKPOINT_FILE = "state.pt"
+#: Seconds between a trial's progress reports to the driver (step, steps, it/s), sent at
+#: ``train.log_every`` boundaries; they carry no metric and no checkpoint.
+PROGRESS_EVERY_S = 2.0
+#: Seconds between flushes of the buffered loss history to MLflow between validations.
+HISTORY_EVERY_S = 30.0
 
 
 class TrialFailed(UserError):
@@ -44,15 +49,28 @@ class LaunchContext:
     dataset_root: str
     cache_dir: str
     kind: str  # "launch" (a grid) or "search"
+    val_samples: int = 1  # K per validation slice: > 1 when a search optimises sd / ams_*
+    #: The plan's estimated wall seconds per trial, by :func:`ablate.trials.trial_key`.
+    estimates: dict[str, float] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    def estimate(self, point: dict[str, Any]) -> float | None:
+        return lookup_estimate(self.estimates, point)
 
 
 def _run_name(trial: TrialConfig, trial_id: str, searched: bool) -> str:
     """``<row>-s<seed>``; search samples share row and seed, so they add the trial id."""
     name = f"{trial.row_name}-s{trial.seed}"
     return f"{name}-{trial_id}" if searched else name
+
+
+def trial_params(trial: TrialConfig) -> dict[str, Any]:
+    """A trial's MLflow params: ``row``, ``seed`` and every setting as a dotted key."""
+    params: dict[str, Any] = {"row": trial.row_name, "seed": trial.seed}
+    params.update(flatten(trial.model_dump(mode="json", exclude={"row_name", "seed"})))
+    return params
 
 
 def _load_checkpoint() -> dict[str, Any] | None:
@@ -71,11 +89,12 @@ def _report(metrics: dict[str, float], state: dict[str, Any], trial: TrialConfig
 
 
 def train_trial(
-    config: dict[str, Any], context: dict[str, str], experiment: dict[str, Any]
+    config: dict[str, Any], context: dict[str, Any], experiment: dict[str, Any]
 ) -> None:
     """Ray Tune entry point. ``config`` is the trial's point of the launch's param space
     (``row``, ``seed`` and dotted settings), ``context`` a :class:`LaunchContext` as a dict,
     ``experiment`` the launch's experiment config."""
+    started = time.perf_counter()
     ctx = LaunchContext(**context)
     trial = trial_config(parse_experiment(experiment, "launch record"), config)
     saved = _load_checkpoint()
@@ -86,14 +105,23 @@ def train_trial(
         ctx.parent_run_id,
         trial_id,
         run_name=_run_name(trial, trial_id, searched=ctx.kind == "search"),
-        tags={tracking.TAG_ROW: trial.row_name, tracking.TAG_SEED: str(trial.seed)},
+        tags={
+            tracking.TAG_ROW: trial.row_name,
+            tracking.TAG_SEED: str(trial.seed),
+            **mlflow_ui.inherited_tags(ctx.tracking_uri, ctx.parent_run_id),
+        },
     )
     if created:
-        params = {"row": trial.row_name, "seed": trial.seed}
-        params.update(flatten(trial.model_dump(mode="json", exclude={"row_name", "seed"})))
-        tracking.log_params(ctx.tracking_uri, run_id, params)
+        tracking.log_params(ctx.tracking_uri, run_id, trial_params(trial))
+        mlflow_ui.log_dataset(ctx.tracking_uri, run_id, trial.data, Path(ctx.dataset_root))
+        estimate = ctx.estimate(config)
+        if estimate is not None:
+            tracking.log_metrics(ctx.tracking_uri, run_id, {"est_wall_s": estimate})
+    # a restarted trial replays the steps after its last checkpoint: log each (metric, step)
+    # once, skipping what its run already holds
+    logged = {} if created else tracking.logged_steps(ctx.tracking_uri, run_id)
     try:
-        _run(trial, ctx, run_id, saved)
+        _run(trial, ctx, run_id, saved, started, logged)
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if not isinstance(exc, UserError):
@@ -102,40 +130,95 @@ def train_trial(
         raise
 
 
-def _run(trial: TrialConfig, ctx: LaunchContext, run_id: str, saved: dict | None) -> None:
+class _Progress:
+    """When to send the driver a progress report, and the it/s since the last one."""
+
+    def __init__(self, step: int) -> None:
+        self.step, self.train_s, self.sent_at = step, 0.0, None
+
+    def trained(self, seconds: float) -> None:
+        self.train_s += seconds
+
+    def report(self, step: int, steps: int) -> None:
+        """``tune.report`` step / steps / it/s (no metric, no checkpoint: ASHA and the
+        searcher act on validation reports only) at most every ``PROGRESS_EVERY_S``."""
+        now = time.monotonic()
+        if self.sent_at is not None and now - self.sent_at < PROGRESS_EVERY_S:
+            return
+        rate = (step - self.step) / self.train_s if self.train_s > 0 else 0.0
+        tune.report({"step": step, "steps": steps, "it_per_s": rate})
+        self.step, self.train_s, self.sent_at = step, 0.0, now
+
+
+def _unlogged(metrics: dict[str, float], step: int, logged: dict[str, int]) -> dict[str, float]:
+    """``metrics`` at ``step`` less those the run already holds at or after ``step``."""
+    return {k: v for k, v in metrics.items() if step > logged.get(k, -1)}
+
+
+def _run(
+    trial: TrialConfig,
+    ctx: LaunchContext,
+    run_id: str,
+    saved: dict | None,
+    started: float,
+    logged: dict[str, int],
+) -> None:
     seed_everything(trial.seed)
     torch.set_num_threads(trial.train.num_threads)
     run = TrainingRun.build(trial, Path(ctx.dataset_root), Path(ctx.cache_dir))
     train_s = 0.0  # pure training time (no evaluation), carried across restarts
+    wall_s = 0.0  # the trial's wall time before this session, carried across restarts
     if saved is not None:
         run.load_state(saved)
         restore_rng(saved["rng"])
         train_s = float(saved["train_s"])
+        wall_s = float(saved.get("wall_s", 0.0))
 
     def checkpoint_state() -> dict[str, Any]:
-        return {**run.state(), "rng": capture_rng(), "mlflow_run_id": run_id, "train_s": train_s}
+        wall = wall_s + time.perf_counter() - started
+        return {
+            **run.state(),
+            "rng": capture_rng(),
+            "mlflow_run_id": run_id,
+            "train_s": train_s,
+            "wall_s": wall,
+        }
 
     train = trial.train
     evals = list(range(train.eval_every, train.steps, train.eval_every)) if train.eval_every else []
     session_s, session_steps = 0.0, 0
+    progress, flushed = _Progress(run.step), time.monotonic()
     while run.step < train.steps:
         target = next((s for s in evals if s > run.step), train.steps)
-        started, first = time.perf_counter(), run.step
-        history = run.train_until(target)
-        elapsed = time.perf_counter() - started
-        train_s, session_s, session_steps = (
-            train_s + elapsed,
-            session_s + elapsed,
-            session_steps + run.step - first,
-        )
+        history: list[tuple[int, dict[str, float]]] = []
+        while run.step < target:  # one log window at a time, then maybe a progress report
+            window_end = min(target, (run.step // train.log_every + 1) * train.log_every)
+            t0, first = time.perf_counter(), run.step
+            window = run.train_until(window_end)
+            history += [(step, _unlogged(values, step, logged)) for step, values in window]
+            elapsed = time.perf_counter() - t0
+            train_s, session_s, session_steps = (
+                train_s + elapsed,
+                session_s + elapsed,
+                session_steps + run.step - first,
+            )
+            progress.trained(elapsed)
+            if run.step < target:
+                progress.report(run.step, train.steps)
+                if time.monotonic() - flushed >= HISTORY_EVERY_S:
+                    tracking.log_metric_history(ctx.tracking_uri, run_id, history)
+                    history, flushed = [], time.monotonic()
         tracking.log_metric_history(ctx.tracking_uri, run_id, history)
         if run.step < train.steps:
-            val = evaluate_method(run.eval_method, run.data("val"), trial, samples=1)
+            val = evaluate_method(run.eval_method, run.data("val"), trial, ctx.val_samples)
             val_metrics = {f"val_{k}": v for k, v in val.summary.items()}
-            tracking.log_metrics(ctx.tracking_uri, run_id, val_metrics, step=run.step)
-            _report({**val_metrics, "step": run.step, "final": 0}, checkpoint_state(), trial)
+            fresh = _unlogged(val_metrics, run.step, logged)
+            tracking.log_metrics(ctx.tracking_uri, run_id, fresh, step=run.step)
+            rounds = {"val_round": evals.index(run.step) + 1, "steps": train.steps}
+            metrics = {**val_metrics, **rounds, "step": run.step, "final": 0}
+            _report(metrics, checkpoint_state(), trial)
 
-    val = evaluate_method(run.eval_method, run.data("val"), trial, samples=1)
+    val = evaluate_method(run.eval_method, run.data("val"), trial, ctx.val_samples)
     test = evaluate_method(
         run.eval_method, run.data("test"), trial, samples=trial.diffusion.ams_samples
     )
@@ -146,10 +229,14 @@ def _run(trial: TrialConfig, ctx: LaunchContext, run_id: str, saved: dict | None
     if session_steps:
         final["train_it_per_s"] = session_steps / max(session_s, 1e-9)
     final = {k: v for k, v in final.items() if math.isfinite(v)}
-    tracking.log_metrics(ctx.tracking_uri, run_id, final, step=run.step)
+    tracking.log_metrics(ctx.tracking_uri, run_id, _unlogged(final, run.step, logged), run.step)
     with tempfile.TemporaryDirectory() as folder:
         write_evaluation_artifacts(test, Path(folder))
         run.export_weights(Path(folder) / "checkpoint")
         tracking.log_artifacts(ctx.tracking_uri, run_id, Path(folder))
+    wall = {"wall_s": wall_s + time.perf_counter() - started}
+    tracking.log_metrics(ctx.tracking_uri, run_id, wall, step=run.step)
+    mlflow_ui.log_sample_images(ctx.tracking_uri, run_id, test.images, step=run.step)
     tracking.finish_run(ctx.tracking_uri, run_id, "completed")
-    _report({**final, "step": run.step, "final": 1}, checkpoint_state(), trial)
+    rounds = {"val_round": len(evals) + 1, "steps": train.steps}
+    _report({**final, **wall, **rounds, "step": run.step, "final": 1}, checkpoint_state(), trial)

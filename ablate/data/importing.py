@@ -24,6 +24,7 @@ from ablate.data.format import (
     write_dataset,
 )
 from ablate.errors import UserError
+from ablate.volumes import load_volume, volume_to_slices
 
 DOSE_TAGS = {
     "lpet": ("low", "ld", "lowdose", "lpet", "lowdosepet"),
@@ -134,126 +135,6 @@ def pairs_by_name(folder: Path, pattern: str) -> list[Pair]:
             raise UserError(f"subject {subject} in {folder} has no full-dose file")
         pairs.append(Pair(subject, files["spet"], files.get("lpet"), files.get("sinogram")))
     return pairs
-
-
-def load_volume(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """A 3D volume reoriented to RAS (closest canonical) and its voxel sizes in mm.
-
-    ``path`` is a NIfTI file (``.nii``/``.nii.gz``) or a folder holding one DICOM series.
-    Any problem is a :class:`UserError` naming the file.
-    """
-    import nibabel as nib
-
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: file not found")
-    if path.is_dir():
-        img = _dicom_series(path)
-    else:
-        try:
-            img = nib.load(path)
-            img.get_fdata(dtype=np.float32)  # decode now: a truncated file fails here
-        except Exception as exc:  # nibabel raises many types for damaged files
-            name = exc.__class__.__name__
-            raise UserError(f"{path}: not a readable NIfTI file ({name})") from None
-    img = nib.as_closest_canonical(img)
-    data = np.asarray(img.get_fdata(dtype=np.float32))
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise UserError(f"{path}: expected a 3D volume, got shape {data.shape}")
-    if not np.isfinite(data).all():
-        raise UserError(f"{path}: the volume contains NaN or infinite values: fix or mask it")
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return data, zooms
-
-
-def _dicom_series(folder: Path):
-    """One DICOM series (a folder of slices) as a nibabel image with a RAS affine."""
-    import nibabel as nib
-    import pydicom
-
-    slices = []
-    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-        try:
-            ds = pydicom.dcmread(file)
-        except Exception as exc:  # InvalidDicomError, OSError, EOFError...
-            name = exc.__class__.__name__
-            raise UserError(f"{file}: not a readable DICOM file ({name})") from None
-        if "PixelData" not in ds:
-            continue  # DICOMDIR and other non-image objects
-        slices.append((file, ds))
-    if not slices:
-        raise UserError(f"{folder}: no DICOM image files in this folder")
-    series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}
-    if len(series) > 1:
-        raise UserError(f"{folder}: holds {len(series)} DICOM series: put one series per folder")
-    try:
-        orientation = np.array(slices[0][1].ImageOrientationPatient, float)
-        row_cos, col_cos = orientation[:3], orientation[3:]
-        normal = np.cross(row_cos, col_cos)
-        positions = [np.array(ds.ImagePositionPatient, float) for _, ds in slices]
-        spacing_r, spacing_c = (float(v) for v in slices[0][1].PixelSpacing)
-    except (AttributeError, ValueError, TypeError):
-        raise UserError(
-            f"{folder}: DICOM files lack the geometry tags (ImageOrientationPatient, "
-            "ImagePositionPatient, PixelSpacing)"
-        ) from None
-    order = np.argsort([float(np.dot(p, normal)) for p in positions])
-    slices = [slices[i] for i in order]
-    positions = [positions[i] for i in order]
-    planes = []
-    for file, ds in slices:
-        try:
-            pixels = ds.pixel_array.astype(np.float32)
-        except Exception as exc:
-            name = exc.__class__.__name__
-            raise UserError(f"{file}: cannot decode DICOM pixel data ({name})") from None
-        slope = float(ds.get("RescaleSlope", 1.0))
-        intercept = float(ds.get("RescaleIntercept", 0.0))
-        if planes and pixels.shape != planes[0].shape:
-            raise UserError(f"{file}: slice shape {pixels.shape} differs from {planes[0].shape}")
-        planes.append(pixels * slope + intercept)
-    dz = (
-        float(np.linalg.norm(positions[1] - positions[0]))
-        if len(positions) > 1
-        else float(slices[0][1].get("SliceThickness", 1.0))
-    )
-    # voxel (column j, row i, slice k) -> LPS mm, then LPS -> RAS
-    lps = np.eye(4)
-    lps[:3, 0] = row_cos * spacing_c
-    lps[:3, 1] = col_cos * spacing_r
-    lps[:3, 2] = normal * dz
-    lps[:3, 3] = positions[0]
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
-    data = np.stack([p.T for p in planes], axis=2)
-    return nib.Nifti1Image(data, affine)
-
-
-def volume_to_slices(
-    data: np.ndarray, zooms: tuple[float, float, float], image_size: int
-) -> np.ndarray:
-    """RAS volume -> ``[slices, image_size, image_size]`` axial slices, isotropic in-plane.
-
-    The in-plane field of view (the larger of the two extents) is kept whole: the slice is
-    resampled (antialiased bilinear) to square pixels of ``fov / image_size`` and zero-padded
-    to a square. Rows run anterior to posterior and columns along +x, as the simulator's.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    slices = np.ascontiguousarray(data[:, ::-1, :].transpose(2, 1, 0))  # [z, y desc, x]
-    ny, nx = slices.shape[1:]
-    fov = max(nx * zooms[0], ny * zooms[1])
-    pixel = fov / image_size
-    h = max(1, min(image_size, round(ny * zooms[1] / pixel)))
-    w = max(1, min(image_size, round(nx * zooms[0] / pixel)))
-    t = torch.from_numpy(slices)[:, None]
-    t = F.interpolate(t, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
-    out = torch.zeros((t.shape[0], image_size, image_size))
-    top, left = (image_size - h) // 2, (image_size - w) // 2
-    out[:, top : top + h, left : left + w] = t[:, 0]
-    return out.numpy()
 
 
 def load_sinogram(path: Path, n_slices: int) -> np.ndarray:

@@ -1,0 +1,356 @@
+"""What makes MLflow's own UI show a study: source tags, dataset inputs, images, reports.
+
+MLflow fills the runs table's Source and Dataset columns, the image grids of a run and its
+description from conventions of its fluent API, which ablate (explicit run ids, runs made in
+Ray workers) does not use. This module follows the same conventions with public MLflow calls:
+
+- the tags MLflow sets on its own runs (``mlflow.user``, ``mlflow.source.*``, with the git
+  commit of the code that ran), set on the parent run by the driver and copied to each child;
+- the training dataset as an MLflow dataset input (name, digest, source: the simulator preset
+  and seed, or the imported folder), on the parent and on every child;
+- test images (input, reference, sample, error, SD) logged with ``log_image``;
+- at the end of a launch, the ablation table (markdown and HTML, also as the parent run's
+  description) and the study dashboard as artifacts of the parent run.
+
+The experiment itself is tagged as a model-training one (:data:`ablate.tracking.EXPERIMENT_TAGS`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mlflow.entities import Dataset, DatasetInput, InputTag
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_DATASET_CONTEXT,
+    MLFLOW_GIT_BRANCH,
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_GIT_REPO_URL,
+    MLFLOW_RUN_NOTE,
+    MLFLOW_SOURCE_NAME,
+    MLFLOW_SOURCE_TYPE,
+    MLFLOW_USER,
+)
+
+from ablate import tracking
+from ablate.config import DataConfig
+
+log = logging.getLogger(__name__)
+
+#: Run tags a child copies from its parent: who ran the launch, from which code.
+INHERITED_TAGS = (
+    MLFLOW_USER,
+    MLFLOW_SOURCE_NAME,
+    MLFLOW_SOURCE_TYPE,
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_GIT_BRANCH,
+    MLFLOW_GIT_REPO_URL,
+)
+#: The UI's switch between its GenAI and machine-learning views, as a URL parameter.
+ML_VIEW = "workflowType=machine_learning"
+_MAX_NOTE = 7000  # MLflow caps a tag value at 8000 characters
+
+
+def source_tags() -> dict[str, str]:
+    """The tags MLflow's fluent API would set on a run started here (user, source name and
+    type, git commit/branch/remote of the main script's repository); when the main script is
+    not in a git repository (the ``ablate`` console script), the commit of ablate's own."""
+    from mlflow.tracking.context.registry import resolve_tags
+    from mlflow.utils.git_utils import get_git_branch, get_git_commit, get_git_repo_url
+
+    tags = {k: str(v) for k, v in resolve_tags().items() if k in INHERITED_TAGS}
+    if MLFLOW_GIT_COMMIT not in tags:
+        code = str(Path(__file__).resolve().parent)
+        found = {
+            MLFLOW_GIT_COMMIT: get_git_commit(code),
+            MLFLOW_GIT_BRANCH: get_git_branch(code),
+            MLFLOW_GIT_REPO_URL: get_git_repo_url(code),
+        }
+        tags.update({k: str(v) for k, v in found.items() if v})
+    return tags
+
+
+def inherited_tags(tracking_uri: str, parent_run_id: str) -> dict[str, str]:
+    """The parent run's :data:`INHERITED_TAGS`, for a child run made in a Ray worker (whose
+    own main script is Ray's worker entry point)."""
+    run = tracking.retry(lambda: tracking.client(tracking_uri).get_run(parent_run_id))
+    return {k: v for k, v in run.data.tags.items() if k in INHERITED_TAGS}
+
+
+# --- datasets --------------------------------------------------------------------------------
+
+
+def _digest(*files: Path) -> str:
+    sha = hashlib.sha256()
+    for path in files:
+        sha.update(path.read_bytes())
+    return sha.hexdigest()[:16]
+
+
+def dataset_entity(data: DataConfig, root: Path) -> Dataset:
+    """The dataset a launch trains on as an MLflow dataset: a simulated one is named after
+    its preset, with the preset, seed and overrides as source; an existing folder (an
+    imported dataset) is named after the folder, with its path as source. The digest is the
+    hash of the manifest and provenance; the profile counts slices, subjects and splits."""
+    from ablate.data.format import read_manifest
+
+    root = Path(root)
+    manifest = read_manifest(root)
+    profile = {
+        "slices": len(manifest),
+        "subjects": int(manifest["subject"].nunique()),
+        "splits": {str(k): int(v) for k, v in manifest["split"].value_counts().items()},
+        "image_size": int(manifest["height"].iloc[0]) if len(manifest) else 0,
+    }
+    digest = _digest(root / "manifest.parquet", root / "provenance.json")
+    if data.path is not None:
+        name, source_type = Path(data.path).resolve().name, "local"
+        source = {"uri": Path(data.path).resolve().as_uri()}
+    else:
+        name, source_type = f"{data.preset}-seed{data.seed}", "ablate-simulator"
+        source = {"preset": data.preset, "seed": data.seed, "overrides": data.overrides}
+    return Dataset(
+        name=name,
+        digest=digest,
+        source_type=source_type,
+        source=json.dumps(source, sort_keys=True, default=str),
+        profile=json.dumps(profile),
+    )
+
+
+def log_dataset(tracking_uri: str, run_id: str, data: DataConfig, root: Path) -> None:
+    """Log the training dataset as an input of a run (context ``training``)."""
+    entity = DatasetInput(
+        dataset_entity(data, root), [InputTag(MLFLOW_DATASET_CONTEXT, "training")]
+    )
+    mlf = tracking.client(tracking_uri)
+    tracking.retry(lambda: mlf.log_inputs(run_id, datasets=[entity]))
+
+
+# --- images ----------------------------------------------------------------------------------
+
+
+def _montage(slices: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Slices ``[N, H, W]`` side by side as 8-bit grey, scaled from ``[low, high]``, a white
+    gap between them, small images enlarged (nearest) to at least 128 pixels high."""
+    scale = max(1, 128 // slices.shape[-2])
+    scaled = np.clip((slices - low) / max(high - low, 1e-12), 0, 1)
+    tiles = [np.kron(s, np.ones((scale, scale))) for s in scaled]
+    gap = np.ones((tiles[0].shape[0], 2 * scale))
+    row = np.concatenate([part for tile in tiles for part in (tile, gap)][:-1], axis=1)
+    return (row * 255).round().astype(np.uint8)
+
+
+def sample_images(images: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The evaluation's images (``ablate.evaluation.Evaluation.images``) as 8-bit montages
+    keyed ``test/input``, ``test/reference``, ``test/sample``, ``test/error`` and
+    ``test/sd``. Input (the LPET slice), reference and sample share the reference's range;
+    the error |sample - reference| and the SD map are scaled to their own maximum."""
+    ref = images["reference"]
+    high = float(ref.max()) if ref.size else 1.0
+    out = {}
+    if "input" in images:
+        out["test/input"] = _montage(images["input"], 0.0, high)
+    elif "sinogram" in images:
+        out["test/input"] = _montage(images["sinogram"], 0.0, float(images["sinogram"].max()))
+    out["test/reference"] = _montage(ref, 0.0, high)
+    out["test/sample"] = _montage(images["output"], 0.0, high)
+    error = np.abs(images["output"] - ref)
+    out["test/error"] = _montage(error, 0.0, float(error.max()))
+    if "sd_map" in images:
+        out["test/sd"] = _montage(images["sd_map"], 0.0, float(images["sd_map"].max()))
+    return out
+
+
+def log_sample_images(
+    tracking_uri: str, run_id: str, images: dict[str, np.ndarray], step: int
+) -> None:
+    """Log :func:`sample_images` with ``MlflowClient.log_image`` at ``step``."""
+    mlf = tracking.client(tracking_uri)
+    for key, image in sample_images(images).items():
+        tracking.retry(
+            lambda key=key, image=image: mlf.log_image(
+                run_id, image, key=key, step=step, synchronous=True
+            )
+        )
+
+
+# --- the launch's report -----------------------------------------------------------------------
+
+
+def attach_report(tracking_uri: str, experiment: str, parent_run_id: str) -> list[str]:
+    """Log the launch's ablation table (``report/ablation_table.md`` and ``.html``, and as the
+    parent run's description) and the study dashboard (``report/dashboard/index.html``) to
+    the parent run. Returns what was attached; a report that cannot be made (no trial
+    finished) is logged as a warning and never changes how the launch ended."""
+    from dashboards.html import build_dashboard
+    from dashboards.tables import render, table_for
+
+    attached: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "report"
+        folder.mkdir()
+        try:
+            table = table_for(experiment, tracking_uri, parent_run_id=parent_run_id)
+            markdown = render(table, "md")
+            (folder / "ablation_table.md").write_text(markdown, encoding="utf-8")
+            (folder / "ablation_table.html").write_text(render(table, "html"), encoding="utf-8")
+            note = markdown if len(markdown) <= _MAX_NOTE else markdown[:_MAX_NOTE] + "\n..."
+            tracking.set_tags(tracking_uri, parent_run_id, {MLFLOW_RUN_NOTE: note})
+            attached += ["report/ablation_table.md", "report/ablation_table.html"]
+            build_dashboard(experiment, tracking_uri, folder / "dashboard")
+            attached.append("report/dashboard/index.html")
+        except Exception as err:  # noqa: BLE001 - a report never decides the launch's status
+            log.warning("no ablation report for run %s: %s", parent_run_id, err)
+        if attached:
+            tracking.log_artifacts(tracking_uri, parent_run_id, folder, "report")
+    return attached
+
+
+# --- the runs page ---------------------------------------------------------------------------
+
+#: The MLflow UI's shared views: an experiment tag ``mlflow.sharedViewState.<key>`` holding a
+#: runs-table state, opened by ``...?viewStateShareKey=<key>`` (its "Share" button makes them).
+SHARED_VIEW_TAG = "mlflow.sharedViewState."
+VIEW_KEY = "ablate-study"
+#: What the study view shows: trials best first (which also lists them beside their parent
+#: run rather than folded under it), with the row, seed and the table's metrics as columns.
+STUDY_METRICS = ("psnr", "ssim", "nmse", "ams_psnr", "sd", "params_m", "gmacs", "train_s")
+STUDY_PARAMS = ("row", "seed")
+
+
+def study_view_state() -> dict[str, Any]:
+    columns = ["attributes.`Source`", "attributes.`Dataset`"]
+    columns += [f"params.`{key}`" for key in STUDY_PARAMS]
+    columns += [f"metrics.`{key}`" for key in STUDY_METRICS]
+    return {
+        "orderByKey": "metrics.`psnr`",
+        "orderByAsc": False,
+        "selectedColumns": columns,
+        "columnOrder": ["attributes.`Run Name`", *columns],
+    }
+
+
+def publish_study_view(tracking_uri: str, experiment_id: str) -> None:
+    """Store the study view (:func:`study_view_state`) as a shared view of the experiment."""
+    value = json.dumps(study_view_state())
+    mlf = tracking.client(tracking_uri)
+    exp = tracking.retry(lambda: mlf.get_experiment(experiment_id))
+    if exp.tags.get(SHARED_VIEW_TAG + VIEW_KEY) != value:
+        tracking.retry(
+            lambda: mlf.set_experiment_tag(experiment_id, SHARED_VIEW_TAG + VIEW_KEY, value)
+        )
+
+
+def runs_page_url(base_url: str, experiment_id: str | None = None) -> str:
+    """The UI page of an experiment's runs in the study view (or of the experiments), in the
+    UI's machine-learning view: MLflow 3's UI otherwise opens experiments as GenAI ones."""
+    base = base_url.rstrip("/")
+    if experiment_id is None:
+        return f"{base}/#/experiments?{ML_VIEW}"
+    return f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}&{ML_VIEW}"
+
+
+def study_links(tracking_uri: str, base_url: str) -> list[tuple[str, str]]:
+    """(experiment name, study-view URL) of each study in a store; none when the store does
+    not exist yet or cannot be read (the UI server creates or reports it)."""
+    if tracking_uri.startswith("sqlite:///"):
+        if not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+            return []
+    try:
+        experiments = tracking.client(tracking_uri).search_experiments(max_results=50)
+    except Exception:  # noqa: BLE001 - links are a convenience; the server reports problems
+        return []
+    return [
+        (exp.name, runs_page_url(base_url, exp.experiment_id))
+        for exp in experiments
+        if SHARED_VIEW_TAG + VIEW_KEY in exp.tags
+    ]
+
+
+# --- the UI server ---------------------------------------------------------------------------
+
+
+def serve(cmd: list[str], grace_s: float = 15.0) -> int:
+    """Run the MLflow UI server ``cmd`` until it exits or this process gets SIGINT/SIGTERM;
+    then stop the server and every process it started (uvicorn, job runners, huey workers:
+    one process group) and return. Returns the server's exit code, 0 when stopped by a signal.
+
+    The server runs in a session of its own, so a signal to this process (or Ctrl-C in its
+    terminal) reaches it only through here, and is passed on to the whole group: SIGTERM,
+    then SIGKILL for whatever is still there after ``grace_s`` seconds."""
+    import signal
+    import subprocess
+    import time
+
+    server = subprocess.Popen(cmd, start_new_session=True)
+    stop: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.append(signum)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while server.poll() is None and not stop:
+            time.sleep(0.2)
+        return server.returncode if not stop else 0
+    finally:
+        _stop_group(server, grace_s)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _stop_group(server: Any, grace_s: float) -> None:
+    """SIGTERM the server's process group, wait for all of it, SIGKILL what is left."""
+    import os
+    import signal
+    import time
+
+    def alive() -> bool:
+        return bool(group_members(server.pid))
+
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        server.poll()  # reap the leader, so that only live members keep the group alive
+        if not alive():
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(server.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    server.wait()
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid`` (from /proc; elsewhere, whether
+    the group can still be signalled)."""
+    import os
+
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+            return [pgid]
+        except ProcessLookupError:
+            return []
+    members = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members

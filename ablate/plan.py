@@ -1,0 +1,1199 @@
+"""What a launch will cost, before it runs: ``ablate plan``, ``ablate run/search --dry-run``.
+
+For every trial of a launch (row x seed x grid point, as :func:`ablate.trials.expand` makes
+them, or the samples of a search), at the launch's settings:
+
+- parameters and GMACs of one full reconstruction of one image (as ``ablate count`` counts
+  them) and the MACs of one training forward pass, counted on the ``meta`` device (no
+  arithmetic, no memory);
+- FLOPs: training ``2 x (3 x trainable-layer MACs + frozen-layer MACs) x steps`` (the forward
+  MACs x 3 x 2 of the issue, with a frozen network such as PMDM's estimator run forward
+  only), and evaluation ``2 x reconstruction MACs x images x samples`` (every validation,
+  the final validation, and the test set with K AMS samples);
+- peak memory: weights, gradients and Adam state of the trainable parameters, frozen
+  weights, an EMA copy, and the activations the training forward keeps for the backward
+  (leaf-module outputs at the batch size, an upper bound); beside it what
+  ``benchmarks/results`` measured when a record of that row exists;
+- wall time: training steps / iterations per second and evaluation images x seconds per
+  image, *measured* when a record in ``benchmarks/results`` has the same row settings,
+  image size, batch, precision / compile switches and device (it says which file), else an
+  *estimate* from FLOPs at an assumed MFU (model FLOPs utilisation) that it states. The
+  assumed MFU is the median of what the measured records on that device and precision
+  achieve, or, with no such record, a default taken from the H100 measurements of
+  DESIGN.md section 8;
+- a suggested ``--resources gpu=`` fraction: how many such trials fit in the GPU's memory
+  (at most :data:`MAX_PACK`);
+- launch totals: trials, GPU-hours (each trial alone on a whole device), the dataset's
+  build time (from ``benchmarks/results/data-*.json``) and the wall time on N devices
+  (longest-first list scheduling of the trials on the launch's slots).
+
+Nothing here starts Ray, builds a dataset or touches MLflow.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ablate.config import ExperimentConfig, TrialConfig, load_experiment
+from ablate.errors import UserError
+from ablate.trials import (
+    ANY_TRIAL,
+    ROW,
+    SEED,
+    check_search,
+    expand,
+    grid_axes,
+    search_base,
+    trial_config,
+    trial_key,
+)
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+SEARCH_SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
+
+#: At most this many trials share one GPU in a suggested ``--resources gpu=`` fraction.
+MAX_PACK = 4
+#: Memory a CUDA context takes besides the tensors (not in ``max_memory_allocated``).
+CONTEXT_GB = 0.5
+#: Per-trial fixed costs, seconds: a worker starting (imports), the dataset opened, the
+#: method built, the MLflow child run created and closed (issue 18's measurement: 3.9-4.2 s of
+#: imports per fresh worker, 1.5 s of MLflow), and ``torch.compile``'s warm-up on a GPU
+#: (DESIGN.md section 8: ~200 s).
+STARTUP_S = 6.0
+COMPILE_WARMUP_S = 200.0
+#: The simulator's fixed cost (anatomy template, projector) for a preset with no record.
+SIM_SETUP_S = 2.0
+
+
+@dataclass(frozen=True)
+class Device:
+    """A device to plan for: its memory and dense peak TFLOP/s per precision."""
+
+    name: str
+    kind: str  # "gpu" or "cpu"
+    memory_gb: float
+    peak_tflops: dict[str, float]
+    #: Substrings of ``torch.cuda.get_device_name()`` that identify this device in records.
+    aliases: tuple[str, ...] = ()
+    note: str = ""
+
+
+def _host_memory_gb() -> float:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        return 16.0
+
+
+#: Dense peaks (no sparsity), SXM parts. "fp32" is the TF32 tensor-core peak: cuDNN runs
+#: fp32 convolutions in TF32 by default (``torch.backends.cudnn.allow_tf32``). A CPU's
+#: "peak" is per thread (an assumed 50 GFLOP/s: AVX2 FMA at ~3 GHz), times the trial's
+#: ``train.num_threads``.
+DEVICES: dict[str, Device] = {
+    "H100": Device("H100", "gpu", 80.0, {"fp32": 494.7, "bf16": 989.4}, ("H100",)),
+    "H200": Device("H200", "gpu", 141.0, {"fp32": 494.7, "bf16": 989.4}, ("H200",)),
+    "A100": Device("A100", "gpu", 80.0, {"fp32": 156.0, "bf16": 312.0}, ("A100",)),
+    "cpu": Device(
+        "cpu",
+        "cpu",
+        round(_host_memory_gb(), 1),
+        {"fp32": 0.05, "bf16": 0.05},
+        ("cpu",),
+        note="peak per thread",
+    ),
+}
+
+#: MFU assumed when no record of the device and precision exists, by switches. From the
+#: H100 facts of DESIGN.md section 8 (row f, batch 4): fp32 eager 8.5 it/s = 2% of the TF32
+#: peak; bf16 autocast alone no faster than fp32 (1% of the bf16 peak); bf16 +
+#: ``torch.compile`` with CUDA graphs (``reduce-overhead``) 36.8 it/s = 4.5%; compile
+#: without CUDA graphs gave no gain. A CPU reaches about 20% of its assumed peak.
+DEFAULT_MFU = {
+    ("gpu", "fp32", False): 0.02,
+    ("gpu", "fp32", True): 0.02,
+    ("gpu", "bf16", False): 0.01,
+    ("gpu", "bf16", True): 0.045,
+    ("cpu", "fp32", False): 0.2,
+    ("cpu", "fp32", True): 0.2,
+    ("cpu", "bf16", False): 0.1,
+    ("cpu", "bf16", True): 0.1,
+}
+#: Sampling reaches about half the training MFU (small per-step batches, no backward).
+SAMPLING_MFU_FACTOR = 0.5
+
+
+def launch_device(exp: ExperimentConfig) -> str:
+    """The device a launch's trials run on, for its plan: a CPU when they ask for no GPU,
+    else the driver's GPU if it is a known one, else an H100 (the records' GPU)."""
+    if exp.resources.gpu == 0:
+        return "cpu"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            name = torch.cuda.get_device_name(0)
+            for dev in DEVICES.values():
+                if dev.kind == "gpu" and any(a.lower() in name.lower() for a in dev.aliases):
+                    return dev.name
+    except Exception:  # noqa: BLE001 - no usable CUDA on the driver: plan for the default
+        pass
+    return "H100"
+
+
+def device_spec(name: str) -> Device:
+    """The :class:`Device` called ``name`` (case-insensitive); a one-line error otherwise."""
+    for key, dev in DEVICES.items():
+        if key.lower() == name.strip().lower():
+            return dev
+    raise UserError(
+        f"--gpu '{name}': no benchmark record and no known peak for it; known: {', '.join(DEVICES)}"
+    )
+
+
+# --- what a trial's switches are called, and how records describe theirs ------------------
+
+_SWITCHES = ("precision", "channels_last", "fused_adam", "compile", "compile_mode")
+
+
+def variant(train: Any) -> dict[str, Any]:
+    """The speed-relevant training switches of a trial (``compile_mode`` only with compile)."""
+    out = {key: getattr(train, key) for key in _SWITCHES}
+    if not out["compile"]:
+        out["compile_mode"] = None
+    return out
+
+
+def variant_label(switches: dict[str, Any]) -> str:
+    parts = [switches["precision"]]
+    parts += [key for key in ("channels_last", "fused_adam") if switches[key]]
+    if switches["compile"]:
+        parts.append(f"compile({switches['compile_mode']})")
+    return "+".join(parts) if len(parts) > 1 else f"{parts[0]} eager"
+
+
+_PLAIN = {
+    "precision": "fp32",
+    "channels_last": False,
+    "fused_adam": False,
+    "compile": False,
+    "compile_mode": None,
+}
+
+
+# --- benchmark records --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RowRecord:
+    """One row of a benchmark record: what one configuration measured on one device."""
+
+    file: str
+    device: str
+    switches: tuple[tuple[str, Any], ...]
+    config: str | None  # the search-space YAML the benchmark built its rows from
+    image_size: int
+    batch: int
+    threads: int | None
+    quick: bool
+    row: str
+    params_m: float | None
+    it_per_s: float
+    single_ms: float | None
+    ams_ms: float | None
+    ams_k: int | None
+    peak_mem_mb: float | None
+
+    @property
+    def variant(self) -> dict[str, Any]:
+        return dict(self.switches)
+
+
+def _config_of(stem: str, prefix: str, device_part: bool) -> str:
+    """``throughput-cuda`` -> ``paper_table2.yaml``; ``throughput-pmdm_table1-cuda`` ->
+    ``pmdm_table1.yaml`` (the benchmarks' naming rule)."""
+    rest = stem.removeprefix(prefix)
+    if device_part:
+        rest = rest.rpartition("-")[0] if "-" in rest else ""
+    return f"{rest}.yaml" if rest else "paper_table2.yaml"
+
+
+def _throughput_rows(path: Path, data: dict[str, Any]) -> list[RowRecord]:
+    if data.get("dtype", "float32") != "float32":
+        return []
+    config = _config_of(path.stem, "throughput-", device_part=True)
+    return [
+        RowRecord(
+            file=path.name,
+            device=str(data.get("device", "")),
+            switches=tuple(_PLAIN.items()),
+            config=config,
+            image_size=int(data["image_size"]),
+            batch=int(r.get("batch", 4)),
+            threads=data.get("threads"),
+            quick=bool(data.get("quick", False)),
+            row=str(r["row"]),
+            params_m=r.get("params_m"),
+            it_per_s=float(r["train_it_per_s"]),
+            single_ms=r.get("sample_ms_per_image"),
+            ams_ms=r.get("ams_ms"),
+            ams_k=r.get("ams_k"),
+            peak_mem_mb=r.get("peak_mem_mb"),
+        )
+        for r in data.get("rows", [])
+        if r.get("train_it_per_s")
+    ]
+
+
+def _gpu_rows(path: Path, data: dict[str, Any]) -> list[RowRecord]:
+    """``benchmarks/gpu.py`` records: one entry per row and variant, at batch 4."""
+    out = []
+    for name, switches in (data.get("variants") or {}).items():
+        full = {**_PLAIN, **switches}
+        if full["compile"]:
+            full["compile_mode"] = data.get("compile_mode", "default")
+        for r in data.get("rows", []):
+            its = (r.get("it_per_s_b4") or {}).get(name)
+            if not its:
+                continue
+            sampling = (r.get("sampling") or {}).get(name) or {}
+            out.append(
+                RowRecord(
+                    file=path.name,
+                    device=str(data.get("device", "")),
+                    switches=tuple(full.items()),
+                    config=data.get("config"),
+                    image_size=int(data["image_size"]),
+                    batch=4,
+                    threads=None,
+                    quick=bool(data.get("quick", False)),
+                    row=str(r["row"]),
+                    params_m=None,
+                    it_per_s=float(its),
+                    single_ms=sampling.get("single_ms"),
+                    ams_ms=sampling.get("ams_ms"),
+                    ams_k=r.get("ams_k"),
+                    peak_mem_mb=None,  # measured at the saturating batch, not at batch 4
+                )
+            )
+    return out
+
+
+def load_records(results_dir: Path = RESULTS) -> list[RowRecord]:
+    """Every training-throughput row of ``benchmarks/results/*.json`` (``throughput-*`` and
+    ``gpu-*`` records; others are skipped)."""
+    records: list[RowRecord] = []
+    for path in sorted(Path(results_dir).glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if not isinstance(data, dict) or "rows" not in data:
+            continue
+        try:
+            if path.stem.startswith("throughput"):
+                records += _throughput_rows(path, data)
+            elif path.stem.startswith("gpu-"):
+                records += _gpu_rows(path, data)
+        except (KeyError, TypeError, ValueError):
+            continue  # a record of another shape: not ours to read
+    return records
+
+
+def _on_device(record: RowRecord, device: Device) -> bool:
+    if device.kind == "cpu":
+        return record.device == "cpu"
+    return any(alias.lower() in record.device.lower() for alias in device.aliases)
+
+
+# --- the dataset ----------------------------------------------------------------------------
+
+
+@dataclass
+class DataPlan:
+    source: str  # "preset lowdose-128" or a folder
+    image_size: int
+    slices: dict[str, int]  # per split
+    build_s: float
+    build_note: str
+
+
+def _data_records(results_dir: Path) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for path in sorted(Path(results_dir).glob("data-*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        for entry in data.get("presets", []):
+            if entry.get("slices_per_s"):
+                where = f"{data.get('device', '?')}, {data.get('cpu_threads', '?')} thread(s)"
+                out.setdefault(entry["preset"], {**entry, "file": path.name, "where": where})
+    return out
+
+
+def plan_data(exp: ExperimentConfig, results_dir: Path, workdir: Path | None) -> DataPlan:
+    """Image size and split sizes of the launch's dataset, and its build time: 0 for a
+    folder or a dataset already simulated in ``workdir``'s cache; else the simulator's
+    slices/s measured for the preset (``data-*.json``), or a measured preset's rate scaled
+    by pixels x angles x OSEM iterations x subsets."""
+    from ablate.data.format import SPLITS
+    from ablate.data.simulate import resolve_config
+
+    data = exp.data
+    if data.path is not None:
+        from ablate.data.format import read_manifest
+
+        manifest = read_manifest(Path(data.path))
+        slices = {s: int((manifest["split"] == s).sum()) for s in SPLITS}
+        size = int(manifest["height"].iloc[0])
+        return DataPlan(str(data.path), size, slices, 0.0, "an existing folder")
+    cfg = resolve_config(data.preset, data.overrides)
+    slices = {s: n * cfg.slices for s, n in zip(SPLITS, cfg.split, strict=True)}
+    source = f"preset {data.preset}" + (f" {data.overrides}" if data.overrides else "")
+    if workdir is not None:
+        from ablate.data.store import dataset_key
+
+        folder = Path(workdir) / "datasets" / dataset_key(data)
+        if (folder / "provenance.json").is_file():
+            return DataPlan(source, cfg.image_size, slices, 0.0, f"already built: {folder}")
+    total = cfg.subjects * cfg.slices
+    records = _data_records(results_dir)
+
+    def work(c: Any) -> float:  # simulator cost per slice, relative
+        return c.image_size**2 * c.angles * c.iterations
+
+    if data.preset in records and not data.overrides:
+        rec = records[data.preset]
+        seconds = rec.get("projector_build_s", 0.0) + total / rec["slices_per_s"]
+        note = f"measured ({rec['file']}: {rec['slices_per_s']} slices/s on {rec['where']})"
+        return DataPlan(source, cfg.image_size, slices, seconds, note)
+    if records:
+        name, rec = next(iter(records.items()))
+        ref = resolve_config(name, {})
+        rate = rec["slices_per_s"] * work(ref) / work(cfg)
+        setup = SIM_SETUP_S + rec.get("projector_build_s", 0.0) * work(cfg) / work(ref)
+        note = (
+            f"estimate: {rec['file']}'s {name} rate scaled by pixels x angles x iterations "
+            f"({rate:.3g} slices/s) + {SIM_SETUP_S:.0f} s set-up"
+        )
+        return DataPlan(source, cfg.image_size, slices, setup + total / rate, note)
+    return DataPlan(source, cfg.image_size, slices, float("nan"), "no data benchmark record")
+
+
+# --- per-configuration counts ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What counting one trial's method (at its image size and batch) gives."""
+
+    params_m: float
+    trainable_params: int
+    frozen_params: int
+    infer_gmacs: float  # one full reconstruction of one image
+    train_fwd_gmacs: float  # one training forward pass, whole batch
+    step_tflop: float  # one training step, forward + backward
+    activations_gb: float
+    stochastic: bool
+    stage1_tflop: float  # PMDM's estimator training (once per seed), 0 if none
+    stage1_steps: int
+
+
+@functools.lru_cache(maxsize=256)
+def _profile_cached(trial_json: str, image_size: int) -> Profile:
+    import torch
+
+    from ablate.complexity import count_params, count_training, training_batch
+    from ablate.config import TrialConfig
+    from ablate.methods.registry import build_method
+
+    trial = TrialConfig.model_validate_json(trial_json)
+    try:
+        method = build_method(trial, image_size)
+    except (RuntimeError, NotImplementedError, ValueError) as err:
+        raise UserError(f"row '{trial.row_name}' cannot be built for planning: {err}") from None
+    unique = {id(p): p for p in method.parameters()}.values()
+    trainable = sum(p.numel() for p in unique if p.requires_grad)
+    frozen = sum(p.numel() for p in unique if not p.requires_grad)
+    estimator = getattr(method, "estimator", None)
+    est_training = getattr(method, "estimator_training", None)
+    needs_stage1 = estimator is not None and getattr(method, "estimator_checkpoint", 1) is None
+    params = count_params(method)
+    infer_macs = _reconstruction_macs(trial, method, image_size)  # moves the method to meta
+    batch = trial.train.batch_size
+    counts = count_training(method, training_batch(method, trial, batch, image_size))
+    bf16 = trial.train.precision == "bf16"
+    act_bytes = (
+        counts.matmul_activations * (2 if bf16 else 4)
+        + (counts.activations - counts.matmul_activations) * 4
+    )
+    stage1_tflop, stage1_steps = 0.0, 0
+    if needs_stage1 and est_training is not None:
+        per_image = counts.frozen_macs / batch  # the estimator's forward, per image
+        stage1_steps = int(est_training.steps)
+        stage1_tflop = 6 * per_image * est_training.batch_size * stage1_steps / 1e12
+    del torch  # imported for its side effects on the meta device only
+    return Profile(
+        params_m=params / 1e6,
+        trainable_params=trainable,
+        frozen_params=frozen,
+        infer_gmacs=infer_macs / 1e9,
+        train_fwd_gmacs=counts.macs / 1e9,
+        step_tflop=counts.step_flops() / 1e12,
+        activations_gb=act_bytes / 2**30,
+        stochastic=bool(method.stochastic),
+        stage1_tflop=stage1_tflop,
+        stage1_steps=stage1_steps,
+    )
+
+
+def _with_sample_steps(trial: TrialConfig, steps: int) -> TrialConfig:
+    """``trial`` with its row's sampler cut to ``steps`` denoiser calls."""
+    if trial.row.method == "sr3":
+        diffusion = trial.diffusion.model_copy(
+            update={"sr3": trial.diffusion.sr3.model_copy(update={"sample_steps": steps})}
+        )
+        return trial.model_copy(update={"diffusion": diffusion})
+    if trial.row.method == "coarse_to_fine":
+        diffusion = trial.diffusion.model_copy(
+            update={"irm": trial.diffusion.irm.model_copy(update={"sample_steps": steps})}
+        )
+        return trial.model_copy(update={"diffusion": diffusion})
+    return trial.model_copy(update={"row": trial.row.model_copy(update={"sample_steps": steps})})
+
+
+def _reconstruction_macs(trial: TrialConfig, method: Any, image_size: int) -> int:
+    """MACs of one reconstruction of one image. A sampler's MACs are linear in its steps
+    (the same denoiser each step), so a long one is counted at 1 and 2 steps and
+    extrapolated: walking 1000 meta-device steps costs seconds, this milliseconds."""
+    from ablate.complexity import count_method
+    from ablate.methods.registry import build_method
+
+    steps = sample_steps(trial)
+    if steps <= 2:
+        return count_method(method, image_size)[2]
+    method.to("meta")  # as count_method leaves it, for the training count
+    one, two = (
+        count_method(build_method(_with_sample_steps(trial, n), image_size), image_size)[2]
+        for n in (1, 2)
+    )
+    return one + (two - one) * (steps - 1)
+
+
+def profile(trial: TrialConfig, image_size: int) -> Profile:
+    """:class:`Profile` of ``trial`` (cached by its settings, seed excluded)."""
+    key = trial.model_copy(update={"seed": 0, "experiment": ""}).model_dump_json()
+    return _profile_cached(key, image_size)
+
+
+def memory_gb(trial: TrialConfig, prof: Profile) -> float:
+    """Peak training memory: fp32 weights + gradients + Adam's two moments (16 bytes per
+    trainable parameter), frozen weights (4), an EMA copy (4 per trainable), activations."""
+    ema = 4 * prof.trainable_params if trial.train.ema_decay > 0 else 0
+    state = 16 * prof.trainable_params + 4 * prof.frozen_params + ema
+    return state / 2**30 + prof.activations_gb
+
+
+# --- matching a trial to a measurement ----------------------------------------------------
+
+
+@functools.lru_cache(maxsize=32)
+def _record_config(name: str) -> ExperimentConfig | None:
+    path = SEARCH_SPACES / name
+    if not path.is_file():
+        return None
+    try:
+        return load_experiment(path)
+    except UserError:
+        return None
+
+
+_FAMILY = {
+    "sr3": ("sr3",),
+    "coarse_to_fine": ("coarse_to_fine",),
+    "deeppet": ("deeppet",),
+    "pmdm": ("pmdm", "deeppet"),
+    "palette": ("pmdm",),
+    "cgan": ("gan",),
+    "pix2pix": ("gan",),
+    "vqvae": ("vqvae",),
+}
+_NOT_SPEED = {"label", "lr", "weight_decay", "estimator_checkpoint"}
+
+
+def _settings(trial: TrialConfig) -> dict[str, Any]:
+    """What sets a training step's cost: the row's switches and its family's networks."""
+    model = trial.model.model_dump(mode="json")
+    return {
+        "row": trial.row.model_dump(mode="json", exclude=_NOT_SPEED),
+        "model": {k: model[k] for k in _FAMILY.get(trial.row.method, ())},
+        "negatives": trial.loss.negatives if getattr(trial.row, "contrastive", False) else None,
+    }
+
+
+def sample_steps(trial: TrialConfig) -> int:
+    """Denoiser calls per reconstruction (0 for a deterministic row)."""
+    row, diff = trial.row, trial.diffusion
+    if row.method == "sr3":
+        return diff.sr3.sample_steps
+    if row.method == "coarse_to_fine":
+        return diff.irm.sample_steps if getattr(row, "irm", False) else 0
+    if row.method in ("pmdm", "palette"):
+        return getattr(row, "sample_steps", None) or diff.pmdm.train_steps
+    return 0
+
+
+@dataclass(frozen=True)
+class Match:
+    record: RowRecord
+    by: str  # "settings" or "row name"
+    sampling: bool  # the record's sampler matches (same steps)
+
+
+def find_match(
+    trial: TrialConfig, image_size: int, device: Device, records: list[RowRecord]
+) -> Match | None:
+    """The measurement of this trial's training step on ``device``: a record row with the
+    same row switches and networks (read from the benchmark's own search-space file), image
+    size, batch, precision/compile switches (and, on a CPU, threads); full runs before
+    ``--quick`` ones. Without the benchmark's config file, the row name must match."""
+    want = variant(trial.train)
+    mine = _settings(trial)
+    found: list[Match] = []
+    for rec in records:
+        if not _on_device(rec, device) or rec.variant != want:
+            continue
+        if rec.image_size != image_size or rec.batch != trial.train.batch_size:
+            continue
+        if device.kind == "cpu" and rec.threads != trial.train.num_threads:
+            continue
+        exp = _record_config(rec.config) if rec.config else None
+        if exp is not None and rec.row in exp.rows:
+            theirs = trial_config(exp, {ROW: rec.row, SEED: exp.seeds[0]})
+            if _settings(theirs) != mine:
+                continue
+            by, same_sampler = "settings", sample_steps(theirs) == sample_steps(trial)
+        elif rec.row == trial.row_name:
+            by, same_sampler = "row name", True
+        else:
+            continue
+        if rec.params_m is not None:
+            ours = profile(trial, image_size).params_m
+            if abs(ours - rec.params_m) > 1e-4 * max(rec.params_m, 1e-9):
+                continue
+        found.append(Match(rec, by, same_sampler))
+    found.sort(key=lambda m: (m.record.quick, m.by != "settings"))
+    return found[0] if found else None
+
+
+# --- speeds -----------------------------------------------------------------------------
+
+
+@dataclass
+class Speed:
+    it_per_s: float
+    train_source: str
+    single_s: float  # one reconstruction of one image, alone
+    batched_s: float  # one reconstruction of one image among a batch of them
+    ams_s: float | None  # K samples of one image (as one batch)
+    eval_source: str
+    measured_mem_gb: float | None = None
+    mem_source: str | None = None
+
+
+def _peak_tflops(device: Device, trial: TrialConfig) -> float:
+    peak = device.peak_tflops[trial.train.precision]
+    return peak * trial.train.num_threads if device.kind == "cpu" else peak
+
+
+def _cuda_graphs(switches: dict[str, Any]) -> bool:
+    return bool(switches["compile"]) and switches["compile_mode"] in (
+        "reduce-overhead",
+        "max-autotune",
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _calibration(device_name: str, switches_key: tuple, results_dir: str) -> tuple:
+    """(training MFU, sampling MFU, batching factor, where from) for estimates on a device
+    with these switches: medians over the measured rows of the records, each row counted at
+    its own settings. The batching factor is the cost per image of K images sampled as one
+    batch over the cost of one image alone (evaluation samples in batches).
+    Rows of the same device first, else of any device of the same kind (MFU carries over
+    between GPUs better than it/s does); full runs before ``--quick`` ones.
+    (None, None, 1.0, "") when no record has these switches."""
+    device = DEVICES[device_name]
+    want = dict(switches_key)
+    label = variant_label(want)
+    rows = [r for r in load_records(Path(results_dir)) if r.variant == want and r.config]
+    same = [r for r in rows if _on_device(r, device)]
+    kind = [
+        r
+        for r in rows
+        if (r.device == "cpu") == (device.kind == "cpu")
+        and any(_on_device(r, d) for d in DEVICES.values())
+    ]
+    for pool, where in ((same, device.name), (kind, None)):
+        for quick in (False, True):
+            chosen = [r for r in pool if r.quick == quick]
+            if not chosen:
+                continue
+            train_mfu, sample_mfu, batching = [], [], []
+            devices = set()
+            for rec in chosen:
+                exp = _record_config(rec.config) if rec.config else None
+                if exp is None or rec.row not in exp.rows:
+                    continue
+                trial = trial_config(exp, {ROW: rec.row, SEED: exp.seeds[0]})
+                train = trial.train.model_copy(update={"batch_size": rec.batch})
+                prof = profile(trial.model_copy(update={"train": train}), rec.image_size)
+                on = next(d for d in DEVICES.values() if _on_device(rec, d))
+                peak = on.peak_tflops[want["precision"]]
+                if on.kind == "cpu":
+                    peak *= rec.threads or 1
+                devices.add(on.name)
+                train_mfu.append(prof.step_tflop * rec.it_per_s / peak)
+                if rec.single_ms:
+                    sample_mfu.append(2 * prof.infer_gmacs / 1e3 / (rec.single_ms / 1e3) / peak)
+                    if rec.ams_ms and rec.ams_k:
+                        batching.append(rec.ams_ms / (rec.single_ms * rec.ams_k))
+            if train_mfu:
+                files = ", ".join(sorted({r.file for r in chosen}))
+                why = (
+                    f"median of {len(train_mfu)} measured {label} rows on "
+                    f"{where or '/'.join(sorted(devices))} ({files}{', --quick' if quick else ''})"
+                )
+                return (
+                    statistics.median(train_mfu),
+                    statistics.median(sample_mfu) if sample_mfu else None,
+                    statistics.median(batching) if batching else 1.0,
+                    why,
+                )
+    return None, None, 1.0, ""
+
+
+def assumed_mfu(
+    device: Device, trial: TrialConfig, results_dir: Path, override: float | None
+) -> tuple[float, float, str]:
+    """(training MFU, sampling MFU, why) for an estimate on ``device``."""
+    switches = variant(trial.train)
+    label = variant_label(switches)
+    if override is not None:
+        return override, override * SAMPLING_MFU_FACTOR, "--mfu"
+    key = tuple(sorted(switches.items(), key=lambda kv: kv[0]))
+    train, sample, _, why = _calibration(device.name, key, str(results_dir))
+    if train is not None:
+        return train, sample or train * SAMPLING_MFU_FACTOR, why
+    default = DEFAULT_MFU[(device.kind, switches["precision"], _cuda_graphs(switches))]
+    why = f"no {label} record: the default for {label}, DESIGN.md section 8"
+    return default, default * SAMPLING_MFU_FACTOR, why
+
+
+def speed_of(
+    trial: TrialConfig,
+    image_size: int,
+    device: Device,
+    records: list[RowRecord],
+    results_dir: Path,
+    mfu: float | None,
+) -> Speed:
+    """Training it/s and evaluation seconds per image of ``trial`` on ``device``: measured
+    where a record matches (``mfu`` given: never), else estimated at an assumed MFU."""
+    prof = profile(trial, image_size)
+    k = trial.diffusion.ams_samples
+    match = find_match(trial, image_size, device, records) if mfu is None else None
+    rec = match.record if match is not None else None
+    measured_eval = match is not None and match.sampling and bool(match.record.single_ms)
+    speed = Speed(0.0, "", 0.0, 0.0, None, "")
+    key = tuple(sorted(variant(trial.train).items(), key=lambda kv: kv[0]))
+    batching = _calibration(device.name, key, str(results_dir))[2] if mfu is None else 1.0
+    if match is None or not measured_eval:
+        peak = _peak_tflops(device, trial)
+        train_mfu, sample_mfu, why = assumed_mfu(device, trial, results_dir, mfu)
+        peak_note = f" of {peak:g} TFLOP/s" + (f" ({device.note})" if device.note else "")
+        speed.it_per_s = peak * train_mfu / prof.step_tflop
+        speed.train_source = f"estimate, assumed MFU {100 * train_mfu:.2g}%{peak_note} ({why})"
+        speed.single_s = 2 * prof.infer_gmacs / 1e3 / (peak * sample_mfu)
+        speed.eval_source = f"estimate, assumed sampling MFU {100 * sample_mfu:.2g}%{peak_note}"
+        if batching != 1.0:
+            speed.eval_source += f", batched images at {batching:.2g}x the cost of one alone"
+    if match is not None and rec is not None:
+        how = "" if match.by == "settings" else ", matched by row name"
+        quick = ", --quick" if rec.quick else ""
+        speed.it_per_s = rec.it_per_s
+        speed.train_source = f"measured ({rec.file}: row {rec.row}{how}{quick})"
+        if measured_eval and rec.single_ms:
+            speed.single_s = rec.single_ms / 1e3
+            if rec.ams_ms and rec.ams_k:
+                batching = rec.ams_ms / (rec.single_ms * rec.ams_k)
+            speed.eval_source = f"measured ({rec.file})"
+    speed.batched_s = speed.single_s * batching
+    speed.ams_s = speed.batched_s * k if prof.stochastic else None
+    if rec is None:
+        return speed
+    if rec.peak_mem_mb:
+        speed.measured_mem_gb = rec.peak_mem_mb / 1024
+        speed.mem_source = rec.file
+    return speed
+
+
+# --- the plan -----------------------------------------------------------------------------
+
+
+@dataclass
+class TrialPlan:
+    row: str
+    seed: int
+    point: dict[str, Any]
+    params_m: float
+    gmacs: float  # one reconstruction of one image
+    train_gmacs: float  # one training forward, whole batch
+    steps: int
+    batch: int
+    train_pflop: float
+    eval_pflop: float
+    it_per_s: float
+    train_source: str
+    eval_source: str
+    train_s: float
+    eval_s: float
+    stage1_s: float
+    overhead_s: float
+    memory_gb: float
+    measured_memory_gb: float | None
+    memory_source: str | None
+    fits: bool
+    gpu_fraction: float | None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total_s(self) -> float:
+        return self.train_s + self.eval_s + self.stage1_s + self.overhead_s
+
+    @property
+    def name(self) -> str:
+        extra = "".join(f" {k}={v}" for k, v in self.point.items())
+        return f"{self.row}-s{self.seed}{extra}"
+
+
+@dataclass
+class LaunchPlan:
+    name: str
+    kind: str  # "grid" or "search"
+    device: str
+    devices: int
+    trials: list[TrialPlan]
+    data: DataPlan
+    resources: dict[str, float]
+    max_concurrent: int
+    slots: int
+    wall_s: float
+    suggested_gpu: float | None
+    assumptions: list[str]
+    search: dict[str, Any] | None = None
+
+    @property
+    def trial_s(self) -> float:
+        return sum(t.total_s for t in self.trials)
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.trial_s / 3600
+
+    def estimates(self) -> dict[str, float]:
+        """Estimated seconds per trial by :func:`ablate.trials.trial_key` of its point (a
+        search's samples share one, under :data:`ablate.trials.ANY_TRIAL`): what trials log
+        as ``est_wall_s`` and ``ablate status`` shows beside the actual time."""
+        if self.kind == "search":
+            return {ANY_TRIAL: self.trials[0].total_s} if self.trials else {}
+        return {trial_key({ROW: t.row, SEED: t.seed, **t.point}): t.total_s for t in self.trials}
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for entry, trial in zip(out["trials"], self.trials, strict=True):
+            entry["total_s"] = trial.total_s
+        out.update(trial_s=self.trial_s, gpu_hours=self.gpu_hours)
+        return _finite(out)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN / inf floats as None (valid JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _eval_counts(trial: TrialConfig, slices: dict[str, int]) -> tuple[int, int, int]:
+    """(validations, images per validation, test images)."""
+    train = trial.train
+    evals = len(range(train.eval_every, train.steps, train.eval_every)) if train.eval_every else 0
+    n = trial.train.eval_slices
+    return evals + 1, min(n, slices.get("val", n)), min(n, slices.get("test", n))
+
+
+def plan_trial(
+    trial: TrialConfig,
+    point: dict[str, Any],
+    data: DataPlan,
+    device: Device,
+    records: list[RowRecord],
+    results_dir: Path,
+    mfu: float | None,
+    stage1_done: set[tuple[Any, ...]],
+) -> TrialPlan:
+    size = data.image_size
+    prof = profile(trial, size)
+    speed = speed_of(trial, size, device, records, results_dir, mfu)
+    train = trial.train
+    n_val, val_images, test_images = _eval_counts(trial, data.slices)
+    k = trial.diffusion.ams_samples if prof.stochastic else 1
+    eval_s = n_val * val_images * speed.batched_s + test_images * (
+        speed.ams_s if prof.stochastic and speed.ams_s else speed.batched_s
+    )
+    eval_images = n_val * val_images + test_images * k
+    notes = []
+    stage1_s = 0.0
+    if prof.stage1_tflop:
+        key = (trial.seed, prof.stage1_steps, trial.model.deeppet.width, train.batch_size)
+        if key not in stage1_done:
+            stage1_done.add(key)
+            train_mfu, _, _ = assumed_mfu(device, trial, results_dir, mfu)
+            stage1_s = prof.stage1_tflop / (_peak_tflops(device, trial) * train_mfu)
+            notes.append(
+                f"trains the stage-1 estimator ({prof.stage1_steps:,} steps, estimate), "
+                "shared by this seed's other estimator rows"
+            )
+    overhead = STARTUP_S
+    if train.compile and device.kind == "gpu":
+        overhead += COMPILE_WARMUP_S
+        notes.append(f"+{COMPILE_WARMUP_S:.0f} s torch.compile warm-up")
+    mem = memory_gb(trial, prof)
+    peak_mem = speed.measured_mem_gb or mem
+    fits = peak_mem + (CONTEXT_GB if device.kind == "gpu" else 0) <= device.memory_gb
+    fraction = None
+    if device.kind == "gpu":
+        n = max(1, min(MAX_PACK, int(0.9 * device.memory_gb // (peak_mem + CONTEXT_GB))))
+        n = 1 << (n.bit_length() - 1)  # 1, 2 or 4: fractions that tile a GPU
+        fraction = 1.0 / n
+    if not fits:
+        notes.append(f"needs ~{peak_mem:.1f} GB: does not fit a {device.name}")
+    return TrialPlan(
+        row=trial.row_name,
+        seed=trial.seed,
+        point=point,
+        params_m=prof.params_m,
+        gmacs=prof.infer_gmacs,
+        train_gmacs=prof.train_fwd_gmacs,
+        steps=train.steps,
+        batch=train.batch_size,
+        train_pflop=prof.step_tflop * train.steps / 1e3,
+        eval_pflop=2 * prof.infer_gmacs * eval_images / 1e6,
+        it_per_s=speed.it_per_s,
+        train_source=speed.train_source,
+        eval_source=speed.eval_source,
+        train_s=train.steps / speed.it_per_s,
+        eval_s=eval_s,
+        stage1_s=stage1_s,
+        overhead_s=overhead,
+        memory_gb=mem,
+        measured_memory_gb=speed.measured_mem_gb,
+        memory_source=speed.mem_source,
+        fits=fits,
+        gpu_fraction=fraction,
+        notes=notes,
+    )
+
+
+def _schedule(durations: list[float], slots: int) -> float:
+    """Makespan of longest-first list scheduling on ``slots`` identical slots."""
+    if not durations:
+        return 0.0
+    loads = [0.0] * max(1, slots)
+    for d in sorted(durations, reverse=True):
+        i = loads.index(min(loads))
+        loads[i] += d
+    return max(loads)
+
+
+def _slots(exp: ExperimentConfig, device: Device, devices: int) -> tuple[int, float, str]:
+    """(concurrent trials, slowdown of a packed trial, how)."""
+    res = exp.resources
+    if device.kind == "gpu" and res.gpu > 0:
+        per = max(1, int(1 / res.gpu)) if res.gpu <= 1 else 1
+        total = per * devices if res.gpu <= 1 else max(1, devices // math.ceil(res.gpu))
+        how = f"{devices} GPU(s) x {per} trial(s) each (resources.gpu={res.gpu:g})"
+        slowdown = float(per)  # packed trials share one GPU's throughput (no gain assumed)
+    else:
+        per_cpu = max(1, int(devices // res.cpu)) if res.cpu <= devices else 1
+        total, slowdown = per_cpu, 1.0
+        how = f"{devices} CPU(s) / resources.cpu={res.cpu:g}"
+    if res.max_concurrent:
+        total = min(total, res.max_concurrent)
+        how += f", max_concurrent={res.max_concurrent}"
+    return total, slowdown, how
+
+
+def _assumptions(device: Device, exp: ExperimentConfig, slowdown: float, how: str) -> list[str]:
+    packed = "; packed trials share a GPU's throughput (no packing gain measured)"
+    notes = [
+        f"per trial: {STARTUP_S:.0f} s of start-up (worker, data, MLflow run)"
+        + (f", {COMPILE_WARMUP_S:.0f} s compile warm-up" if exp.train.compile else ""),
+        "GPU-hours: each trial alone on a whole device" if device.kind == "gpu" else "",
+        f"wall time: {how}, longest trials first" + (packed if slowdown > 1 else ""),
+        "memory: fp32 weights + grads + Adam (16 B/param) + activations kept for the backward "
+        "(upper bound); the CUDA context (~0.5 GB) is extra",
+    ]
+    if device.kind == "gpu" and exp.resources.gpu == 0:
+        notes.append(
+            f"resources.gpu is 0: these trials get no GPU; plan with --gpu cpu or launch "
+            f"with --resources gpu=... to run on a {device.name}"
+        )
+    if device.kind == "cpu" and exp.resources.gpu > 0:
+        notes.append("resources.gpu > 0 but planned on a CPU (--gpu cpu)")
+    return [n for n in notes if n]
+
+
+def plan_launch(
+    exp: ExperimentConfig,
+    *,
+    gpu: str | None = None,
+    devices: int | None = None,
+    search: bool = False,
+    mfu: float | None = None,
+    results_dir: Path = RESULTS,
+    workdir: Path | None = None,
+) -> LaunchPlan:
+    """The plan of launching ``exp`` as a grid (default) or as its search (``search``)."""
+    if mfu is not None and not 0 < mfu <= 1:
+        raise UserError(f"--mfu {mfu}: a fraction in (0, 1], e.g. 0.05")
+    device = device_spec(gpu or ("H100" if exp.resources.gpu > 0 else "cpu"))
+    if devices is None:
+        devices = 1 if device.kind == "gpu" else (os.cpu_count() or 1)
+    if devices < 1:
+        raise UserError("--gpus must be at least 1")
+    records = load_records(results_dir)
+    data = plan_data(exp, results_dir, workdir)
+    stage1: set[tuple[Any, ...]] = set()
+    search_info = None
+    if search:
+        base = check_search(exp)
+        assert exp.search is not None
+        fixed = search_base(exp)
+        sample = plan_trial(base, {}, data, device, records, results_dir, mfu, stage1)
+        trials = [sample] + [
+            plan_trial(base, {}, data, device, records, results_dir, mfu, set())
+            for _ in range(exp.search.num_samples - 1)
+        ]
+        for t in trials[1:]:
+            t.stage1_s = 0.0  # one estimator per seed: the search has one seed
+        search_info = _asha(exp, base)
+        search_info["row"], search_info["seed"] = fixed[ROW], fixed[SEED]
+        kind = "search"
+    else:
+        points = _points(exp)
+        trials = [
+            plan_trial(trial, point, data, device, records, results_dir, mfu, stage1)
+            for trial, point in zip(expand(exp), points, strict=True)
+        ]
+        kind = "grid"
+    slots, slowdown, how = _slots(exp, device, devices)
+    durations = [t.total_s * slowdown for t in trials]
+    if search_info is not None:
+        durations = [d * search_info["expected_fraction"] for d in durations]
+    wall = data.build_s + _schedule(durations, slots) if math.isfinite(data.build_s) else math.nan
+    fractions = [t.gpu_fraction for t in trials if t.gpu_fraction is not None]
+    return LaunchPlan(
+        name=exp.name,
+        kind=kind,
+        device=device.name,
+        devices=devices,
+        trials=trials,
+        data=data,
+        resources={"cpu": exp.resources.cpu, "gpu": exp.resources.gpu},
+        max_concurrent=exp.resources.max_concurrent,
+        slots=slots,
+        wall_s=wall,
+        suggested_gpu=max(fractions) if fractions else None,
+        assumptions=_assumptions(device, exp, slowdown, how),
+        search=search_info,
+    )
+
+
+def _points(exp: ExperimentConfig) -> list[dict[str, Any]]:
+    """Each grid trial's extra axes (besides row and seed), in :func:`expand`'s order."""
+    import itertools
+
+    axes = grid_axes(exp)
+    extra = [k for k in axes if k not in (ROW, SEED)]
+    return [
+        {k: v for k, v in zip(axes, values, strict=True) if k in extra}
+        for values in itertools.product(*axes.values())
+    ]
+
+
+def _asha(exp: ExperimentConfig, base: TrialConfig) -> dict[str, Any]:
+    """ASHA's rungs for a search and the expected fraction of each trial's training that
+    runs: a trial reaches validation m with probability reduction_factor^-(rungs below m)."""
+    assert exp.search is not None
+    s, train = exp.search, base.train
+    n_reports = len(range(train.eval_every, train.steps, train.eval_every)) + 1
+    rungs, r = [], min(s.grace_period, n_reports)
+    while r < n_reports:
+        rungs.append(r)
+        r *= s.reduction_factor
+    reach = [s.reduction_factor ** -sum(1 for g in rungs if g < m) for m in range(1, n_reports + 1)]
+    return {
+        "samples": s.num_samples,
+        "validations": n_reports,
+        "rungs": rungs,
+        "expected_fraction": sum(reach) / n_reports,
+    }
+
+
+# --- printing -----------------------------------------------------------------------------
+
+
+def _hms(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def print_plan(plan: LaunchPlan, console: Any) -> None:
+    """The plan as a table (one line per trial; a search's samples, alike, as one line),
+    then the sources of its numbers, the totals and the assumptions."""
+    from rich import box
+    from rich.table import Table
+
+    on = plan.device if plan.device != "cpu" else "this CPU"
+    trials = plan.trials[:1] if plan.kind == "search" else plan.trials
+    steps = sorted({(t.steps, t.batch) for t in plan.trials})
+    if len(steps) == 1:
+        every = f", {steps[0][0]:,} steps at batch {steps[0][1]} each"
+    else:
+        every = ""
+    table = Table(
+        title=f"Plan: {plan.name} ({plan.kind}) on {on}{every}",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    measured_mem = any(t.measured_memory_gb is not None for t in plan.trials)
+    columns = ["trial", "MParam", "GMACs", "PFLOP", "GB"]
+    columns += ["meas"] if measured_mem else []
+    columns += ["it/s", "time", "src"]
+    for col in columns:
+        table.add_column(col, justify="left" if col == "trial" else "right", no_wrap=True)
+    sources: dict[str, int] = {}
+    for t in trials:
+        ref = sources.setdefault(t.train_source, len(sources) + 1)
+        mem = f"{t.memory_gb:.1f}" if t.memory_gb >= 0.1 else f"{t.memory_gb:.2f}"
+        cells = [
+            t.name if plan.kind == "grid" else f"{len(plan.trials)} x {t.row}-s{t.seed}",
+            f"{t.params_m:.2f}",
+            f"{t.gmacs:.1f}" if t.gmacs < 100 else f"{t.gmacs:.0f}",
+            f"{t.train_pflop + t.eval_pflop:.3g}",
+            mem if t.fits else f"[red]{mem}[/]",
+        ]
+        if measured_mem:
+            m = t.measured_memory_gb
+            cells.append("-" if m is None else f"{m:.1f}")
+        cells += [f"{t.it_per_s:.3g}", _hms(t.total_s), f"[{ref}]"]
+        table.add_row(*cells)
+    console.print(table)
+    for text, ref in sources.items():
+        console.print(f"  [{ref}] it/s {text}", highlight=False, soft_wrap=True)
+    evals = sorted({t.eval_source for t in plan.trials})
+    console.print(f"  evaluation: {'; '.join(evals)}", highlight=False, soft_wrap=True)
+    console.print(
+        "  GMACs: one reconstruction of one image; PFLOP: training (3 x 2 x forward MACs x "
+        "batch x steps) + evaluation; GB: estimated peak memory"
+        + ("; meas: measured by the same record" if measured_mem else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
+    d = plan.data
+    console.print(
+        f"dataset: {d.source}, {d.image_size}x{d.image_size}, "
+        f"{sum(d.slices.values())} slices, build {_hms(d.build_s)} ({d.build_note})",
+        highlight=False,
+        soft_wrap=True,
+    )
+    unit = "GPU-hours" if plan.device != "cpu" else "CPU trial-hours"
+    total = f"[bold]{len(plan.trials)} trials, {plan.gpu_hours:,.1f} {unit}[/]"
+    if plan.search is not None:
+        s = plan.search
+        total += (
+            f" if no trial is pruned; with ASHA (rungs at validations {s['rungs']} of "
+            f"{s['validations']}) ~{100 * s['expected_fraction']:.0f}% of that: "
+            f"~{plan.gpu_hours * s['expected_fraction']:,.1f} {unit}"
+        )
+    console.print(total, soft_wrap=True)
+    console.print(
+        f"wall time: {_hms(plan.wall_s)} on {plan.devices} "
+        f"{'GPU(s)' if plan.device != 'cpu' else 'CPU core(s)'} "
+        f"({plan.slots} trial(s) at a time, dataset build included)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    res = plan.resources
+    line = f"resources per trial: cpu={res['cpu']:g}, gpu={res['gpu']:g}"
+    if plan.suggested_gpu is not None and plan.suggested_gpu != res["gpu"]:
+        line += (
+            f"; suggested --resources cpu={res['cpu']:g},gpu={plan.suggested_gpu:g} "
+            f"({int(round(1 / plan.suggested_gpu))} trials per GPU fit in memory)"
+        )
+    console.print(line, highlight=False, soft_wrap=True)
+    for note in plan.assumptions:
+        console.print(f"  assuming {note}", highlight=False, soft_wrap=True)
+    for t in trials:
+        for note in t.notes:
+            console.print(f"  {t.name}: {note}", highlight=False, soft_wrap=True)
+
+
+def dry_run_summary(
+    exp: ExperimentConfig,
+    plan: LaunchPlan,
+    kind: str,
+    name: str | None,
+    workdir: Path,
+    tracking_uri: str | None,
+) -> list[str]:
+    """What ``ablate run/search --dry-run`` adds to the plan: the Ray resources each trial
+    asks for and where MLflow would write; it creates nothing (not even ``workdir``)."""
+    workdir = Path(workdir).resolve()
+    uri = tracking_uri or f"sqlite:///{workdir / 'mlflow.db'}"
+    store = workdir / "mlflow.db"
+    state = ""
+    if tracking_uri is None:
+        state = " (exists)" if store.is_file() else " (would be created)"
+    res = exp.resources
+    concurrent = f", at most {res.max_concurrent} at a time" if res.max_concurrent else ""
+    trials = plan.search["samples"] if plan.search else len(plan.trials)
+    what = "Optuna + ASHA search samples" if kind == "search" else "grid trials"
+    return [
+        f"Ray: {trials} {what}, each asking tune.with_resources("
+        f"{{'cpu': {res.cpu:g}, 'gpu': {res.gpu:g}}}){concurrent}",
+        f"MLflow: experiment '{exp.name}' in {uri}{state}; parent run "
+        f"'{name or exp.name}-<time>', one child run per trial",
+        f"Ray results: {workdir / 'ray_results' / (name or exp.name)}",
+        "dry run: nothing started, no dataset built, no MLflow run created",
+    ]
