@@ -238,8 +238,11 @@ class PlanVsActual(Callback):
                     "plan.error": self._actual / self._planned - 1,
                 }
             )
-        try:
-            tracking.log_metrics(self.tracking_uri, self.parent_run_id, metrics)
+        try:  # one step per driver session: a resumed launch adds a point, never a repeat
+            history = tracking.client(self.tracking_uri).get_metric_history(
+                self.parent_run_id, "actual.wall_s"
+            )
+            tracking.log_metrics(self.tracking_uri, self.parent_run_id, metrics, step=len(history))
         except Exception as exc:  # noqa: BLE001 - bookkeeping must not fail a finished launch
             log.warning("could not log plan vs actual to the parent run: %s", exc)
 

@@ -223,7 +223,30 @@ class LossConfig(_Strict):
     vq_beta: float = Field(default=0.25, ge=0, description="VQ-VAE commitment weight.")
 
 
-class SR3Diffusion(_Strict):
+class _DiffusionKnobs(_Strict):
+    """What a diffusion family's network predicts, its schedule's shape and its loss
+    weighting; the defaults are both papers' settings (eps, linear, unweighted)."""
+
+    prediction: Literal["eps", "x0", "v"] = Field(
+        default="eps",
+        description="The network predicts the noise (papers), the clean image, or "
+        "v = sqrt(g) eps - sqrt(1 - g) x0 (Salimans & Ho); eps errors are multiplied by "
+        "1/sqrt(gamma) in the x0 estimate at the noisy end.",
+    )
+    schedule: Literal["linear", "cosine"] = Field(
+        default="linear",
+        description="Training schedule: linear betas (papers; beta_start..beta_end) or "
+        "Nichol & Dhariwal's cosine (the betas' ends unused).",
+    )
+    min_snr: float | None = Field(
+        default=None,
+        gt=0,
+        description="Min-SNR-gamma loss weighting with this cap (Hang et al.: 5); "
+        "None = unweighted (papers).",
+    )
+
+
+class SR3Diffusion(_DiffusionKnobs):
     sample_steps: int = Field(
         default=100, ge=1, description="Respaced sampling steps (the paper's cost: 100)."
     )
@@ -242,8 +265,8 @@ class IRMDiffusion(_Strict):
     )
 
 
-class PMDMDiffusion(_Strict):
-    """PMDM/Palette's own DDPM schedule (T steps, linear betas)."""
+class PMDMDiffusion(_DiffusionKnobs):
+    """PMDM/Palette's own DDPM schedule (T steps; linear betas unless ``schedule``)."""
 
     train_steps: int = Field(default=1000, ge=2)
     beta_start: float = Field(default=1e-4, gt=0, lt=1)

@@ -31,7 +31,8 @@ class PruningAwareOptunaSearch(OptunaSearch):
     takes validation results only (at their round), never progress reports."""
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if self.metric not in result:
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        if not all(metric in result for metric in metrics):
             return  # a progress report: no validation metric to tell the study
         round_ = result.get("val_round", result.get(TRAINING_ITERATION))
         super().on_trial_result(trial_id, {**result, TRAINING_ITERATION: round_})

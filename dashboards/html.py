@@ -106,6 +106,19 @@ def _metric_sections(page: _Page, table: AblationTable, df: pd.DataFrame) -> Non
         page.note("No row logged both its cost (gmacs, params_m) and quality.")
 
 
+def _noise_level_section(page: _Page, table: AblationTable, df: pd.DataFrame) -> None:
+    fig = plots.noise_level_quality(table, df)
+    if fig is None:
+        return  # no diffusion row in this study
+    page.section("Quality vs noise level")
+    page.note(
+        "Diffusion rows: PSNR of the network's one-step x0 estimate of the test slices "
+        "noised to 8 levels of its training schedule. A sample PSNR far below the curve's "
+        "clean end, or a curve collapsing at the noisy end, shows where sampling goes wrong."
+    )
+    page.figures([fig])
+
+
 def _curve_section(page: _Page, table: AblationTable, tracking_uri: str, df: pd.DataFrame) -> None:
     page.section("Training curves")
     run_ids = [r for ln in table.lines for r in ln.run_ids]
@@ -343,6 +356,7 @@ def build_dashboard(
         table = ablation_table(grid, convention=convention, slices=_slices(tracking_uri, grid))
         _table_section(page, table)
         _metric_sections(page, table, grid)
+        _noise_level_section(page, table, grid)
         _curve_section(page, table, tracking_uri, grid)
         _samples_section(page, table, grid, tracking_uri)
     for search in searches:  # the study view, for each Optuna search

@@ -1,5 +1,5 @@
-"""Plotly figures of a study: metric per row, quality vs cost with the Pareto front, loss curves,
-Optuna search plots, and colour-mapped sample images.
+"""Plotly figures of a study: metric per row, quality vs cost with the Pareto front, quality vs
+noise level (diffusion rows), loss curves, Optuna search plots, and colour-mapped sample images.
 
 Figures are built from an :class:`~dashboards.tables.AblationTable` (means and std per line,
 the same numbers the table prints) and the results frame (one value per trial), so the
@@ -142,6 +142,63 @@ def quality_vs_cost(table: AblationTable, cost: str, quality: str) -> go.Figure 
     fig.update_xaxes(title=columns[cost].title, type="log" if log else "linear")
     fig.update_yaxes(title=columns[quality].title)
     return _layout(fig, f"{columns[quality].title} vs {columns[cost].title}")
+
+
+def noise_level_quality(table: AblationTable, df: pd.DataFrame) -> go.Figure | None:
+    """The one-step x0 PSNR of each diffusion line against the signal fraction gamma (log
+    axis; mean ± std over seeds), with the line's sample PSNR as a dotted level: where in
+    the schedule a row's denoiser fails, beside what its sampler delivers. None when no
+    line logged the diagnostic (``x0_psnr/level_<i>``, ``x0_gamma/level_<i>``)."""
+    levels = noise_level_columns(df)
+    if not levels:
+        return None
+    by_run = df.set_index("run_id")
+    fig = go.Figure()
+    for i, ln in enumerate(_measured(table)):
+        runs = by_run.loc[ln.run_ids]
+        xs, ys, sds = [], [], []
+        for psnr_col, gamma_col in levels:
+            values = runs[psnr_col].dropna()
+            if values.empty:
+                continue
+            xs.append(float(runs[gamma_col].mean()))
+            ys.append(float(values.mean()))
+            sds.append(float(values.std(ddof=1)) if len(values) > 1 else 0.0)
+        if not xs:
+            continue
+        colour = _colour(i)
+        fig.add_scatter(
+            x=xs,
+            y=ys,
+            error_y=dict(type="data", array=sds, visible=True),
+            mode="lines+markers",
+            line=dict(color=colour),
+            name=f"{ln.label}: one-step x0",
+            legendgroup=ln.name,
+        )
+        if table.metric in ln.values:
+            fig.add_scatter(
+                x=[min(xs), max(xs)],
+                y=[ln.values[table.metric][0]] * 2,
+                mode="lines",
+                line=dict(color=colour, dash="dot"),
+                name=f"{ln.label}: sample {table.metric}",
+                legendgroup=ln.name,
+            )
+    if not fig.data:
+        return None
+    fig.update_xaxes(title="signal fraction gamma (noisy ← → clean)", type="log")
+    fig.update_yaxes(title="PSNR (dB) of the one-step x0 estimate")
+    return _layout(fig, "Quality vs noise level (diffusion rows; dotted: the sample's PSNR)")
+
+
+def noise_level_columns(df: pd.DataFrame) -> list[tuple[str, str]]:
+    """``(metrics.x0_psnr/level_<i>, metrics.x0_gamma/level_<i>)`` pairs present in ``df``,
+    by level."""
+    prefix = "metrics.x0_psnr/level_"
+    found = sorted(int(c.removeprefix(prefix)) for c in df.columns if c.startswith(prefix))
+    pairs = [(f"{prefix}{i}", f"metrics.x0_gamma/level_{i}") for i in found]
+    return [(p, g) for p, g in pairs if g in df.columns and df[p].notna().any()]
 
 
 def loss_curves(table: AblationTable, histories: dict[str, pd.DataFrame]) -> go.Figure | None:

@@ -76,7 +76,8 @@ def test_dashboard_renders_in_headless_chromium(study_uri: str, tmp_path: Path) 
     source = index.read_text()
     assert not re.search(r"<(script|link|img)[^>]+(src|href)=\"https?:", source)  # offline
     n_plots = int(re.search(r'data-plots="(\d+)"', source).group(1))
-    assert n_plots == 5  # quality, AMS+SD, PSNR vs GMACs, PSNR vs MParam, loss curves
+    # quality, AMS+SD, PSNR vs GMACs, PSNR vs MParam, quality vs noise level, loss curves
+    assert n_plots == 6
 
     dom = chromium(index, tmp_path, "--dump-dom")
     count, svgs, errors = rendered(dom)
@@ -85,6 +86,11 @@ def test_dashboard_renders_in_headless_chromium(study_uri: str, tmp_path: Path) 
     assert f"{n_plots} plots rendered" in dom
     assert "failed: NaN loss" in dom and "Pareto front" in dom
     assert "Optuna search" not in dom  # a grid: the ablation view only
+    # quality vs noise level: one x0 curve and one sample-PSNR level per diffusion line
+    assert "Quality vs noise level" in dom and "signal fraction gamma" in dom
+    for label in ("sr3", "cpm_irm", "cpm_irm_nas"):
+        assert f"{label}: one-step x0" in dom and f"{label}: sample psnr" in dom
+    assert "cpm: one-step x0" not in dom  # deterministic rows have no curve
     assert "updatemenu-header" in dom  # the loss / loss/main switch
     # samples: 2 per row; 4 panels for the deterministic cpm, 5 (with SD) for the others
     assert len(re.findall(r'<img alt="[^"]*" src="data:image/png;base64,', dom)) == 8 + 3 * 10

@@ -48,7 +48,17 @@ def trial_metrics(row: str, psnr: float) -> dict[str, float]:
     if row in STOCHASTIC:
         metrics |= {"ams_psnr": psnr + 0.3, "ams_paper_psnr": psnr + 1.3, "sd": 3e-3}
         metrics |= {"ams_ssim": 0.91 + psnr / 1000, "ams_nmse": 0.095 - psnr / 1000}
+        metrics |= x0_diagnostic(psnr)
     return metrics
+
+
+def x0_diagnostic(psnr: float) -> dict[str, float]:
+    """The per-noise-level diagnostic a diffusion trial logs: 8 levels, clean to noisy."""
+    gammas = np.geomspace(0.99, 1e-4, 8)
+    return {
+        **{f"x0_gamma/level_{i}": float(g) for i, g in enumerate(gammas)},
+        **{f"x0_psnr/level_{i}": psnr + 12 + 3 * float(np.log10(g)) for i, g in enumerate(gammas)},
+    }
 
 
 def slice_psnr(row: str, seed: int) -> np.ndarray:

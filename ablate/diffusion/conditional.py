@@ -13,6 +13,13 @@ Palette and PMDM-PET are all this one model; a method says only what differs:
 - the loss on the predicted noise: L1 (SR3) or MSE (DDPM, PMDM);
 - the sampler's ``x_0`` clip window, in data units.
 
+Three knobs for small budgets, read from each family's config section (the papers' settings
+are the defaults): what the network predicts (``prediction``: the noise, as both papers, the
+clean image ``x0``, or the velocity ``v``), the schedule (built by the method: linear, as
+both papers, or cosine) and a loss weighting (``min_snr``: Hang et al.'s min-SNR-gamma, None
+= unweighted, as both papers). :meth:`ConditionalDiffusion.one_step_x0` is the per-noise-level
+diagnostic: the network's one-step ``x_0`` estimate of a known image at a given noise level.
+
 Images are diffused on the ``2 x - 1`` scale (data ``[0, 1]`` -> ``[-1, 1]``): :meth:`loss`
 takes the target and :meth:`sample` returns the image on the data scale; conditions are
 passed already on the network's scale (:func:`to_model_scale` puts an image there).
@@ -33,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablate.diffusion.losses import noise_l1
-from ablate.diffusion.samplers import Sampling, sample
+from ablate.diffusion.samplers import Prediction, Sampling, model_x0, sample
 from ablate.diffusion.schedules import NoiseSchedule
 
 NoiseLevel = Literal["continuous", "discrete"]
@@ -43,6 +50,23 @@ _OBJECTIVES: dict[Objective, Callable[[torch.Tensor, torch.Tensor], torch.Tensor
     "l1": noise_l1,
     "mse": F.mse_loss,
 }
+_PER_ELEMENT: dict[Objective, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "l1": lambda a, b: (a - b).abs(),
+    "mse": lambda a, b: (a - b).square(),
+}
+
+
+def min_snr_weight(gamma: torch.Tensor, prediction: Prediction, cap: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights [B] (Hang et al. 2023): the x0-space weight
+    ``min(snr, cap)`` expressed for the loss the network is trained on (eps: divided by
+    ``snr``, v: by ``snr + 1``), ``snr = gamma / (1 - gamma)``."""
+    snr = gamma / (1.0 - gamma).clamp_min(1e-12)
+    capped = snr.clamp(max=cap)
+    if prediction == "eps":
+        return capped / snr.clamp_min(1e-12)
+    if prediction == "v":
+        return capped / (snr + 1.0)
+    return capped
 
 
 def to_model_scale(image: torch.Tensor) -> torch.Tensor:
@@ -56,7 +80,7 @@ def to_data_scale(x: torch.Tensor) -> torch.Tensor:
 
 
 class ConditionalDiffusion:
-    """An epsilon-predicting conditional DDPM around ``net(input, sqrt_gamma [B])``.
+    """A conditional DDPM around ``net(input, sqrt_gamma [B])`` (eps, x0 or v prediction).
 
     Args:
         net: the denoiser; its input is the condition and ``x_t`` concatenated on channels.
@@ -67,6 +91,9 @@ class ConditionalDiffusion:
         objective: ``"l1"`` or ``"mse"`` between predicted and true noise.
         clip: the sampler's ``x_0`` clip window in data units.
         condition_first: the condition's channels come before ``x_t`` (SR3) or after (PMDM).
+        prediction: the network predicts ``"eps"`` (the papers'), ``"x0"`` or ``"v"``; the
+            loss compares the prediction with the matching target.
+        min_snr: min-SNR-gamma loss weighting with this cap (Hang et al.: 5); None = none.
     """
 
     def __init__(
@@ -79,6 +106,8 @@ class ConditionalDiffusion:
         objective: Objective,
         clip: tuple[float, float],
         condition_first: bool,
+        prediction: Prediction = "eps",
+        min_snr: float | None = None,
     ) -> None:
         self.net = net
         self.schedule = schedule
@@ -88,9 +117,12 @@ class ConditionalDiffusion:
         self.objective = objective
         self.clip = clip
         self.condition_first = condition_first
+        self.prediction = prediction
+        self.min_snr = min_snr
 
     def denoise(self, x_t: torch.Tensor, cond: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        """The predicted noise of ``x_t`` at ``level = sqrt(gamma)`` [B] given ``cond``."""
+        """The network's prediction (noise, ``x_0`` or ``v``) of ``x_t`` at
+        ``level = sqrt(gamma)`` [B] given ``cond``."""
         parts = [cond, x_t] if self.condition_first else [x_t, cond]
         return self.net(torch.cat(parts, dim=1), level)
 
@@ -100,8 +132,18 @@ class ConditionalDiffusion:
             return self.schedule.sample_noise_level(batch, device=device)[1]
         return self.schedule.sample_step_level(batch, device=device)
 
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        """What the network should output for ``x0`` (model scale) noised by ``noise``."""
+        if self.prediction == "eps":
+            return noise
+        if self.prediction == "x0":
+            return x0
+        g = gamma.reshape(-1, *([1] * (x0.ndim - 1)))
+        return g.sqrt() * noise - (1.0 - g).sqrt() * x0
+
     def loss(self, x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """The noise-prediction loss of target ``x0`` (data scale) given ``cond``.
+        """The denoising loss of target ``x0`` (data scale) given ``cond``: the objective
+        between the network's prediction and its target, min-SNR weighted if asked.
 
         Random draws, in order: the noise level (CPU generator), then the noise
         (``randn_like`` on the target's device).
@@ -110,7 +152,31 @@ class ConditionalDiffusion:
         gamma = self.training_level(x0.shape[0], x0.device)
         noise = torch.randn_like(x0)
         x_t = self.schedule.add_noise(x0, noise, gamma)
-        return _OBJECTIVES[self.objective](self.denoise(x_t, cond, gamma.sqrt()), noise)
+        pred = self.denoise(x_t, cond, gamma.sqrt())
+        target = self.target(x0, noise, gamma)
+        if self.min_snr is None:
+            return _OBJECTIVES[self.objective](pred, target)
+        per_sample = _PER_ELEMENT[self.objective](pred, target).flatten(1).mean(1)
+        weight = min_snr_weight(gamma.float(), self.prediction, self.min_snr)
+        return (weight * per_sample).mean()
+
+    @torch.no_grad()
+    def one_step_x0(
+        self, x0: torch.Tensor, cond: torch.Tensor, gamma: float, generator: torch.Generator
+    ) -> torch.Tensor:
+        """The network's one-step ``x_0`` estimate (data scale, unclipped) of the image
+        ``x0`` (data scale) noised to signal fraction ``gamma`` with noise from
+        ``generator`` (a CPU generator: the same noise on any device)."""
+        x0 = to_model_scale(x0)
+        noise = torch.randn(x0.shape, generator=generator).to(x0)
+        level = torch.full((x0.shape[0],), gamma, device=x0.device)
+        x_t = self.schedule.add_noise(x0, noise, level)
+        out = self.denoise(x_t, cond, level.sqrt())
+        return to_data_scale(model_x0(out.float(), x_t, level, self.prediction))
+
+    def diagnostic_levels(self) -> list[float]:
+        """The signal fractions of the per-noise-level diagnostic (the training schedule's)."""
+        return [float(g) for g in self.schedule.diagnostic_levels()]
 
     @torch.no_grad()
     def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -126,10 +192,13 @@ class ConditionalDiffusion:
             device=cond.device,
             generator=generator,
             clip=(2.0 * lo - 1.0, 2.0 * hi - 1.0),
+            prediction=self.prediction,
         )
         return to_data_scale(x)
 
     def __repr__(self) -> str:
         sampler, steps = self.sampling.sampler, self.sampling.steps
         eta = f", eta={self.sampling.eta}" if sampler == "ddim" else ""
-        return f"T={self.schedule.steps}, sampler={sampler!r}{eta}, sample_steps={steps}"
+        knobs = "" if self.prediction == "eps" else f", prediction={self.prediction!r}"
+        knobs += "" if self.min_snr is None else f", min_snr={self.min_snr}"
+        return f"T={self.schedule.steps}, sampler={sampler!r}{eta}, sample_steps={steps}{knobs}"

@@ -1,4 +1,8 @@
-"""Reverse-process samplers for epsilon-predicting denoisers conditioned on ``sqrt(gamma)``.
+"""Reverse-process samplers for denoisers conditioned on ``sqrt(gamma)``.
+
+The denoiser predicts the noise (``prediction="eps"``, the papers'), the clean image
+(``"x0"``) or the velocity ``v = sqrt(gamma) eps - sqrt(1 - gamma) x_0`` (``"v"``, Salimans &
+Ho 2022); :func:`model_x0` turns any of them into the ``x_0`` estimate both update rules use.
 
 The step count and spacing live entirely in the
 :class:`~ablate.diffusion.schedules.NoiseSchedule` passed in, so "full T-step DDPM",
@@ -19,9 +23,11 @@ import torch
 
 from ablate.diffusion.schedules import NoiseSchedule
 
-#: ``denoiser(x_t, sqrt_gamma [B]) -> predicted noise``, conditions already bound.
+#: ``denoiser(x_t, sqrt_gamma [B]) -> the network's prediction``, conditions already bound.
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Sampler = Literal["ddpm", "ddim"]
+#: What the network predicts: the noise, the clean image, or the velocity.
+Prediction = Literal["eps", "x0", "v"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,22 @@ def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, gamma: torch.Tensor) -> tor
     return (x_t - (1.0 - g).sqrt() * eps) / g.sqrt()
 
 
+def model_x0(
+    out: torch.Tensor, x_t: torch.Tensor, gamma: torch.Tensor, prediction: Prediction
+) -> torch.Tensor:
+    """The ``x_0`` estimate of a network output ``out`` at ``x_t``, ``gamma`` [B]: eq. 6 for
+    eps, the output itself for x0, ``sqrt(gamma) x_t - sqrt(1 - gamma) v`` for v. Only eps
+    divides by ``sqrt(gamma)``, multiplying its errors by up to ``1 / sqrt(gamma_T)``."""
+    if prediction == "eps":
+        return predict_x0(x_t, out, gamma)
+    if prediction == "x0":
+        return out
+    if prediction == "v":
+        g = gamma.reshape(-1, *([1] * (x_t.ndim - 1))).to(x_t)
+        return g.sqrt() * x_t - (1.0 - g).sqrt() * out
+    raise ValueError(f"unknown prediction {prediction!r}: use 'eps', 'x0' or 'v'")
+
+
 def randn(
     shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str
 ) -> torch.Tensor:
@@ -50,13 +72,17 @@ def randn(
 
 
 def _clipped_x0(
-    denoiser: Denoiser, x: torch.Tensor, gamma: float, clip: tuple[float, float] | None
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    gamma: float,
+    clip: tuple[float, float] | None,
+    prediction: Prediction = "eps",
 ) -> torch.Tensor:
     """The denoiser's ``x_0`` estimate at signal fraction ``gamma``, clipped to ``clip``
     (as SR3 does) unless None."""
     batch = x.shape[0]
-    eps = denoiser(x, torch.full((batch,), gamma**0.5, device=x.device))
-    x0 = predict_x0(x, eps, torch.full((batch,), gamma, device=x.device))
+    out = denoiser(x, torch.full((batch,), gamma**0.5, device=x.device))
+    x0 = model_x0(out, x, torch.full((batch,), gamma, device=x.device), prediction)
     return x0 if clip is None else x0.clamp(*clip)
 
 
@@ -84,6 +110,7 @@ def _reverse_process(
     device: torch.device | str,
     generator: torch.Generator | None,
     clip: tuple[float, float] | None,
+    prediction: Prediction = "eps",
 ) -> torch.Tensor:
     """``x_T ~ N(0, I)``, then for ``t = T..1``: the denoiser's clipped ``x_0`` estimate and
     ``update`` to ``x_{t-1}``. The loop both samplers share; they differ only in ``update``."""
@@ -93,7 +120,7 @@ def _reverse_process(
     x = randn(shape, generator, device)
     for i in reversed(range(schedule.steps)):
         gamma = float(gammas[i])
-        x0 = _clipped_x0(denoiser, x, gamma, clip)
+        x0 = _clipped_x0(denoiser, x, gamma, clip, prediction)
         noise = (lambda: randn(shape, generator, device)) if i > 0 else None
         x = update(x, x0, Step(gamma, float(betas[i]), float(gammas_prev[i])), noise)
     return x
@@ -108,6 +135,7 @@ def ddpm_sample(
     device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,
     clip: tuple[float, float] | None = (-1.0, 1.0),
+    prediction: Prediction = "eps",
 ) -> torch.Tensor:
     """Ancestral sampling from ``x_T ~ N(0, I)`` through every step of ``schedule``.
 
@@ -126,7 +154,9 @@ def ddpm_sample(
             x = x + var**0.5 * noise()
         return x
 
-    return _reverse_process(denoiser, shape, schedule, posterior, device, generator, clip)
+    return _reverse_process(
+        denoiser, shape, schedule, posterior, device, generator, clip, prediction
+    )
 
 
 @torch.no_grad()
@@ -139,6 +169,7 @@ def ddim_sample(
     device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,
     clip: tuple[float, float] | None = (-1.0, 1.0),
+    prediction: Prediction = "eps",
 ) -> torch.Tensor:
     """DDIM sampling (Song et al. 2021, eq. 12) from ``x_T ~ N(0, I)`` through ``schedule``.
 
@@ -165,7 +196,9 @@ def ddim_sample(
             x = x + sigma * noise()
         return x
 
-    return _reverse_process(denoiser, shape, schedule, ddim_step, device, generator, clip)
+    return _reverse_process(
+        denoiser, shape, schedule, ddim_step, device, generator, clip, prediction
+    )
 
 
 def sample(
@@ -178,12 +211,12 @@ def sample(
     device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,
     clip: tuple[float, float] | None = (-1.0, 1.0),
+    prediction: Prediction = "eps",
 ) -> torch.Tensor:
     """Run the sampler named by ``diffusion.sampler`` (``eta`` is DDIM's, unused by DDPM)."""
+    common = {"device": device, "generator": generator, "clip": clip, "prediction": prediction}
     if sampler == "ddpm":
-        return ddpm_sample(denoiser, shape, schedule, device=device, generator=generator, clip=clip)
+        return ddpm_sample(denoiser, shape, schedule, **common)
     if sampler == "ddim":
-        return ddim_sample(
-            denoiser, shape, schedule, eta=eta, device=device, generator=generator, clip=clip
-        )
+        return ddim_sample(denoiser, shape, schedule, eta=eta, **common)
     raise ValueError(f"unknown sampler {sampler!r}: use 'ddpm' or 'ddim'")

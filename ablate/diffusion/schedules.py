@@ -34,6 +34,36 @@ class NoiseSchedule:
         """``steps`` betas evenly spaced from ``beta_start`` to ``beta_end`` (DDPM, SR3)."""
         return cls(torch.linspace(beta_start, beta_end, steps, dtype=torch.float64, device="cpu"))
 
+    @classmethod
+    def cosine(cls, steps: int, offset: float = 0.008, max_beta: float = 0.999) -> NoiseSchedule:
+        """Nichol & Dhariwal's (2021) cosine schedule: ``gamma(t) = f(t) / f(0)`` with
+        ``f(t) = cos((t / T + offset) / (1 + offset) * pi / 2)^2``, betas capped at
+        ``max_beta``. Spends far fewer steps than a linear schedule at near-pure noise, and
+        ends at ``gamma_T ~ 0`` whatever ``T``."""
+        t = torch.arange(steps + 1, dtype=torch.float64, device="cpu") / steps
+        f = torch.cos((t + offset) / (1.0 + offset) * torch.pi / 2) ** 2
+        betas = (1.0 - f[1:] / f[:-1]).clamp(min=1e-8, max=max_beta)
+        return cls(betas)
+
+    @classmethod
+    def named(cls, kind: str, steps: int, beta_start: float, beta_end: float) -> NoiseSchedule:
+        """The schedule a ``schedule: linear | cosine`` setting names (the betas' ends are
+        the linear schedule's; the cosine schedule has none)."""
+        if kind == "linear":
+            return cls.linear(steps, beta_start, beta_end)
+        if kind == "cosine":
+            return cls.cosine(steps)
+        raise ValueError(f"unknown schedule {kind!r}: use 'linear' or 'cosine'")
+
+    def diagnostic_levels(self, count: int = 8) -> torch.Tensor:
+        """``count`` signal fractions ``gamma_t`` at steps spread evenly over the schedule
+        (the midpoints of ``count`` equal bins of ``t = 1..T``, noisiest last): where a
+        uniform training draw lands, so each level carries the same share of training.
+        float64 [count] on the CPU."""
+        centres = (torch.arange(count, dtype=torch.float64) + 0.5) * self.steps / count
+        index = centres.floor().long().clamp(0, self.steps - 1)
+        return self.gammas[index]
+
     @property
     def steps(self) -> int:
         return self.betas.numel()

@@ -83,6 +83,16 @@ class Method(nn.Module, ABC):
         Most methods need nothing, hence the empty default.
         """
 
+    def noise_level_diagnostics(
+        self, batch: Batch, generator: torch.Generator
+    ) -> list[tuple[float, torch.Tensor]] | None:
+        """Diffusion rows: ``(gamma, one-step x0 estimate [B, 1, H, W])`` at fixed signal
+        fractions ``gamma`` spread over the training schedule, the batch's ``spet`` noised
+        with noise from ``generator`` (a CPU generator). The evaluation scores each against
+        ``spet`` (``x0_psnr/level_<i>``): where in the schedule a row fails, not only that
+        it does. None (the default): not a diffusion row."""
+        return None
+
     def input_shapes(self, image_size: int) -> dict[str, tuple[int, ...]]:
         """Shapes of the inference inputs for one sample, for parameter/GMAC counting."""
         return {"lpet": (1, 1, image_size, image_size)}

@@ -198,6 +198,27 @@ class CoarseToFine(Method):
         )
         return x_cp + self.residual_scale * residual
 
+    @torch.no_grad()
+    def noise_level_diagnostics(
+        self, batch: Batch, generator: torch.Generator
+    ) -> list[tuple[float, torch.Tensor]] | None:
+        """IRM rows: the one-step estimate ``x_cp + residual_scale * r0~`` (eq. 6) of the true
+        residual noised to each diagnostic level of the training schedule."""
+        if self.irm is None:
+            return None
+        lpet, spet = batch["lpet"], batch["spet"]
+        maps, _ = self._guide_maps(batch, with_loss=False)
+        x_cp = self.cpm(lpet, None, maps)
+        r0 = (spet - x_cp) / self.residual_scale
+        out = []
+        for gamma in self.train_schedule.diagnostic_levels():
+            noise = torch.randn(r0.shape, generator=generator).to(r0)
+            g = torch.full((r0.shape[0],), float(gamma), device=r0.device)
+            r_t = self.train_schedule.add_noise(r0, noise, g)
+            eps = self.irm(torch.cat([lpet, r_t], dim=1), g.sqrt(), maps)
+            out.append((float(gamma), x_cp + self.residual_scale * predict_x0(r_t, eps, g)))
+        return out
+
     def input_shapes(self, image_size: int) -> dict[str, tuple[int, ...]]:
         shapes = {"lpet": (1, 1, image_size, image_size)}
         if self.nas:

@@ -43,7 +43,7 @@ from ablate.config import PMDMRow, RowConfig, TrialConfig
 from ablate.data.staging import HASH_FILE
 from ablate.device import resolve_device
 from ablate.diffusion.conditional import ConditionalDiffusion, to_model_scale
-from ablate.diffusion.samplers import Sampling
+from ablate.diffusion.samplers import Prediction, Sampling
 from ablate.diffusion.schedules import NoiseSchedule
 from ablate.errors import UserError
 from ablate.loop import TrainingLoop
@@ -229,6 +229,7 @@ class ConditionalDDPM(SinogramMethod):
         sampling: the sampler, its eta and its steps (T = the training schedule itself).
         estimator_training: stage-1 settings (part of the cache key).
         estimator_checkpoint: a stage-1 checkpoint to load instead of the cache.
+        prediction / min_snr: see :class:`ConditionalDiffusion`.
     """
 
     stochastic = True
@@ -243,6 +244,8 @@ class ConditionalDDPM(SinogramMethod):
         sampling: Sampling,
         estimator_training: EstimatorTraining | None = None,
         estimator_checkpoint: Path | None = None,
+        prediction: Prediction = "eps",
+        min_snr: float | None = None,
     ) -> None:
         super().__init__(image_size)
         if estimator == (conditioning == "sinogram"):
@@ -268,6 +271,8 @@ class ConditionalDDPM(SinogramMethod):
             objective="mse",
             clip=CLIP_DATA,
             condition_first=False,
+            prediction=prediction,
+            min_snr=min_snr,
         )
         self.estimator_training = estimator_training or EstimatorTraining()
         self.estimator_checkpoint = estimator_checkpoint
@@ -361,6 +366,16 @@ class ConditionalDDPM(SinogramMethod):
     def reconstruct(self, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.diffusion.sample(self.condition(batch), generator)
 
+    @torch.no_grad()
+    def noise_level_diagnostics(
+        self, batch: Batch, generator: torch.Generator
+    ) -> list[tuple[float, torch.Tensor]]:
+        cond = self.condition(batch)
+        return [
+            (g, self.diffusion.one_step_x0(batch["spet"], cond, g, generator))
+            for g in self.diffusion.diagnostic_levels()
+        ]
+
     def extra_repr(self) -> str:
         return f"conditioning={self.conditioning!r}, {self.diffusion!r}"
 
@@ -384,7 +399,9 @@ def build(trial: TrialConfig, image_size: int) -> ConditionalDDPM:
             model.pmdm.attn_res,
             model.dropout,
         ),
-        schedule=NoiseSchedule.linear(diff.train_steps, diff.beta_start, diff.beta_end),
+        schedule=NoiseSchedule.named(
+            diff.schedule, diff.train_steps, diff.beta_start, diff.beta_end
+        ),
         # no sample_steps: full T-step sampling, as the paper does
         sampling=Sampling(
             row.sample_steps or diff.train_steps,
@@ -405,4 +422,6 @@ def build(trial: TrialConfig, image_size: int) -> ConditionalDDPM:
         estimator_checkpoint=(
             Path(row.estimator_checkpoint) if row.estimator_checkpoint is not None else None
         ),
+        prediction=diff.prediction,
+        min_snr=diff.min_snr,
     )
