@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 import yaml
 
+from ablate.local_ray import SINGLE_NODE_ENV
 from tests.conftest import tiny_experiment
 
 pytestmark = pytest.mark.slow
@@ -163,7 +164,8 @@ def deployment() -> Iterator[dict[str, Any]]:
     dep = Deployment(root)
     started = time.perf_counter()
     env = dict(os.environ)
-    for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "AWS_PROFILE"):
+    # an in-process import of ablate.cli sets Ray's single-node switch (embedded runs only)
+    for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "AWS_PROFILE", SINGLE_NODE_ENV):
         env.pop(key, None)
     try:
         # -- PostgreSQL, as a user of its own when we are root (postgres refuses root) ------
