@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from pmdm_ordering import ci95  # this script's folder, as `python benchmarks/...` runs it
 from scipy import stats
 
 from ablate.config import parse_experiment
@@ -56,14 +57,6 @@ PMDM_MODEL = {
 #: Declared departures of Palette/PMDM from paper 000 for this budget (the paper: eps,
 #: linear, unweighted, full T-step ancestral sampling).
 PMDM_DEPARTURES = {"prediction": "v", "schedule": "cosine"}
-
-
-def ci95(values: list[float]) -> tuple[float, float]:
-    arr = np.asarray(values, dtype=float)
-    if arr.size < 2:
-        return float(arr.mean()), math.nan
-    half = stats.t.ppf(0.975, arr.size - 1) * arr.std(ddof=1) / math.sqrt(arr.size)
-    return float(arr.mean()), float(half)
 
 
 def verdict(mean: float, half: float) -> str:

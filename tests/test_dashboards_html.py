@@ -38,6 +38,11 @@ def study_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def chromium(page: Path, tmp_path: Path, *args: str) -> str:
     """Run headless Chromium on a local page (fresh profile, no network chatter); stdout."""
+    return chromium_url(page.as_uri(), tmp_path, *args)
+
+
+def chromium_url(url: str, tmp_path: Path, *args: str) -> str:
+    """Run headless Chromium on ``url`` (fresh profile, no network chatter); stdout."""
     profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
     cmd = [
         CHROMIUM,
@@ -52,7 +57,7 @@ def chromium(page: Path, tmp_path: Path, *args: str) -> str:
         f"--user-data-dir={profile}",
         "--virtual-time-budget=20000",
         *args,
-        page.as_uri(),
+        url,
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]

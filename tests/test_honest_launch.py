@@ -33,7 +33,7 @@ from mlflow.tracking import MlflowClient
 from ablate.local_ray import token_path
 from ablate.mlflow_ui import group_members
 from tests.conftest import tiny_experiment
-from tests.test_dashboards_html import CHROMIUM, needs_chromium
+from tests.test_dashboards_html import chromium_url, needs_chromium
 
 pytestmark = pytest.mark.slow
 
@@ -312,7 +312,7 @@ def test_chromium_shows_the_parent_its_children_and_metric_columns(
     assert link, printed
     url = link.group(1)
     assert url.endswith("viewStateShareKey=ablate-study&workflowType=machine_learning")
-    dom = _chromium_url(url, tmp_path, "--window-size=2200,900", "--dump-dom")
+    dom = chromium_url(url, tmp_path, "--window-size=2200,900", "--dump-dom")
     parent = _runs(ui.study.workdir, NAME).query("`tags.ablate.kind` == 'launch'")
     assert parent["tags.mlflow.runName"].iloc[0] in dom
     for trial in ("cpm-s0", "cpm-s1", "cpm-s2"):
@@ -320,35 +320,13 @@ def test_chromium_shows_the_parent_its_children_and_metric_columns(
     assert 'col-id="attributes.`Run Name`"' in dom  # the runs table, not a GenAI overview
     assert 'col-id="metrics.`psnr`"' in dom and 'col-id="params.`row`"' in dom
     shot = tmp_path / "mlflow-ui.png"
-    _chromium_url(
+    chromium_url(
         url, tmp_path, "--window-size=2200,900", "--hide-scrollbars", f"--screenshot={shot}"
     )
     from PIL import Image
 
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.shape == (900, 2200) and pixels.std() > 10
-
-
-def _chromium_url(url: str, tmp_path: Path, *args: str) -> str:
-    profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
-    cmd = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        "--virtual-time-budget=20000",
-        *args,
-        url,
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
 
 
 def test_sigterm_to_ablate_ui_leaves_no_server_and_a_free_port(ui: SimpleNamespace) -> None:
