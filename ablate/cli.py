@@ -302,6 +302,13 @@ def search(
     confirm_seeds: int = typer.Option(0, "--confirm-seeds", help="Re-run the best over N seeds."),
     resources: str | None = RESOURCES_OPT,
     storage: str | None = STORAGE_OPT,
+    study_storage: str | None = typer.Option(
+        None,
+        "--study-storage",
+        help="Optuna study database URL (default: sqlite in workdir). A database every driver "
+        "reaches, e.g. postgresql+psycopg2://USER@HOST:PORT/DB, lets another machine resume "
+        "or confirm the search; keep the password in PGPASSWORD or ~/.pgpass.",
+    ),
     tracking_uri: str | None = TRACKING_OPT,
     name: str | None = NAME_OPT,
     workdir: Path = WORKDIR_OPT,
@@ -311,14 +318,20 @@ def search(
     """Optuna (TPE) search with ASHA pruning over the knobs declared in 'search'."""
     _ray_driver(address)
     from ablate.experiment import best_search_config, confirm_best, confirm_defaults, launch_search
+    from ablate.preflight import check_study_url
 
     if confirm_seeds < 0:
         raise UserError("--confirm-seeds must be 0 (no confirm grid) or more")
     exp, settings = _experiment(space, overrides, resources=resources)
+    if study_storage:
+        check_study_url(study_storage)  # before the workspace: a bad URL creates nothing
     if dry_run:
         return _dry_run(exp, "search", name, workdir, tracking_uri, gpu)
     ws = _workspace(workdir, tracking_uri, storage)
-    result = launch_search(exp, ws, address=address, name=name, overrides=settings, gpu=gpu)
+    result = launch_search(
+        exp, ws, address=address, name=name, overrides=settings, gpu=gpu,
+        study_storage=study_storage,
+    )  # fmt: skip
     _print_launch(result, workdir)
     if result.status == "interrupted" or not result.n_completed:
         _exit_for(result)

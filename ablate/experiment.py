@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from ablate import mlflow_ui, tracking
+from ablate import mlflow_ui, preflight, tracking
 from ablate import storage as storage_mod
 from ablate.callbacks import CheckpointGuard, MlflowTrialStates, PlanVsActual, TrialProgress
 from ablate.config import ExperimentConfig, ResourcesConfig, parse_experiment
@@ -31,7 +31,6 @@ from ablate.errors import UserError
 from ablate.interrupts import Interrupted, active_stop_signals, stoppable
 from ablate.interrupts import reinstall as reinstall_stop_signals
 from ablate.launches import LAUNCH_RECORD, read_launch_record
-from ablate.preflight import check_networks
 from ablate.search import PruningAwareOptunaSearch, optuna_distribution
 from ablate.trials import (
     ROW,
@@ -176,8 +175,6 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
 
 def _preflight(tracking_uri: str, storage: str, address: str | None) -> None:
     """Fail in seconds, before any run or record exists (:mod:`ablate.preflight`)."""
-    from ablate import preflight
-
     preflight.check_tracking(tracking_uri)
     preflight.check_storage(storage)
     start_ray(address)
@@ -357,7 +354,7 @@ def launch_grid(
     name = name or exp.name
     overrides = overrides or {}
     trials = expand(exp)  # every trial checked before anything starts
-    check_networks(trials)  # and its networks built on the meta device
+    preflight.check_networks(trials)  # and its networks built on the meta device
     plan = _plan(exp, ws, search=False, gpu=gpu)
     _preflight(ws.tracking_uri, ws.storage, address)
     ctx = _with_plan(_prepare(exp, ws, "launch", name, overrides, parent_tags), ws, name, plan)
@@ -473,8 +470,13 @@ def launch_search(
     name: str | None = None,
     overrides: dict[str, Any] | None = None,
     gpu: str | None = None,
+    study_storage: str | None = None,
 ) -> LaunchResult:
     """Optuna TPE (multivariate) over ``exp.search.params`` of one row, with ASHA pruning.
+
+    The study lives in ``study_storage`` (a database URL; default: sqlite in the workdir).
+    Only the driver opens it, so the default serves any cluster; a database every driver
+    reaches (PostgreSQL) is what lets a search be resumed or confirmed from another machine.
 
     With several objectives (``search.metric: [psnr, sd]``) the study is multi-objective
     (TPE handles it) and every trial runs to the end: ASHA stops trials by one metric, and
@@ -486,7 +488,7 @@ def launch_search(
     from ray.tune.schedulers import ASHAScheduler
 
     base = check_search(exp)  # every searched key checked before anything starts
-    check_networks(search_trials(exp))  # the networks at the ends of every searched range
+    preflight.check_networks(search_trials(exp))  # the networks at the ends of every searched range
     assert exp.search is not None
     search = exp.search
     name = name or exp.name
@@ -494,12 +496,14 @@ def launch_search(
     row_exp = exp.model_copy(update={"rows": {search.row: exp.rows[search.row]}})
     objectives = [(f"val_{metric}", mode) for metric, mode in search.objectives]
     plan = _plan(exp, ws, search=True, gpu=gpu)
+    storage_url = study_storage or f"sqlite:///{(ws.workdir / 'optuna.db').resolve()}"
+    preflight.check_study_url(storage_url)
     _preflight(ws.tracking_uri, ws.storage, address)
+    preflight.check_study_storage(storage_url)
     ctx = _with_plan(_prepare(row_exp, ws, "search", name, overrides), ws, name, plan)
     if any(m == "sd" or m.startswith("ams_") for m, _ in search.objectives):
         # the objective needs K samples per validation slice, as the test metrics have
         ctx = replace(ctx, val_samples=base.diffusion.ams_samples)
-    storage_url = f"sqlite:///{(ws.workdir / 'optuna.db').resolve()}"
     study_name = f"{name}-{ctx.parent_run_id[:8]}"
     tracking.set_tags(
         ws.tracking_uri,
@@ -610,6 +614,8 @@ def resume(ws: Workspace, name: str, *, address: str | None = None) -> LaunchRes
         storage_mod.check_private(path)  # Tuner.restore unpickles what is there
     if not tune.Tuner.can_restore(path):
         raise UserError(f"Ray has no restorable state at {path}: the launch never started")
+    if record["kind"] == "search":  # the restored searcher reopens its study database
+        preflight.check_study_storage(record["optuna_storage"], record["optuna_study"])
     _preflight(ctx.tracking_uri, ws.storage, address)
     tracking.reopen_run(ctx.tracking_uri, ctx.parent_run_id)
     tuner = tune.Tuner.restore(

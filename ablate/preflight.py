@@ -14,7 +14,8 @@ each failure one line naming the fix, in seconds:
 - the tracking server answers (``--tracking-uri http://...``);
 - the storage is writable (and, when local, not writable by other users);
 - every alive Ray node can import the project (a tiny task pinned to each node);
-- the Ray token: a failed connection is turned into one line (:func:`ray_connect_error`).
+- the Ray token: a failed connection is turned into one line (:func:`ray_connect_error`);
+- a search's Optuna study storage is a database URL without a password, and it answers.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -134,6 +136,57 @@ def check_tracking(tracking_uri: str, timeout_s: float = 5.0) -> None:
 
 def check_storage(location: str) -> None:
     storage.check_writable(location)
+
+
+STUDY_STORAGE_FIX = (
+    "pass --study-storage as a database URL every driver reaches, e.g. "
+    "postgresql+psycopg2://USER@HOST:PORT/DB (password in PGPASSWORD or ~/.pgpass), or "
+    "sqlite:////abs/path/optuna.db"
+)
+
+
+def check_study_url(url: str) -> None:
+    """Syntax only (nothing is created): an SQLAlchemy URL, and no password in it, because
+    the URL is kept in the launch record and as a tag of the MLflow parent run."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise UserError(
+            f"--study-storage {url!r} is not a database URL: {STUDY_STORAGE_FIX}"
+        ) from None
+    if parsed.password:
+        shown = parsed.render_as_string(hide_password=True)
+        raise UserError(
+            f"--study-storage {shown} holds a password, which would be recorded in the launch "
+            "record and MLflow: drop it from the URL and set PGPASSWORD (or ~/.pgpass) instead"
+        )
+
+
+def check_study_storage(url: str, study: str | None = None) -> None:
+    """The study database answers (and, with ``study``, holds that study): one line, not
+    Optuna's traceback, when a server is down or a sqlite file is on another machine."""
+    import optuna
+
+    if study is not None and url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        if not Path(path).is_file():  # opening it would create an empty study database
+            raise UserError(
+                f"the Optuna study '{study}' is kept in {path}, which is not on this machine: "
+                f"resume the search where it was launched, or launch it with {STUDY_STORAGE_FIX}"
+            )
+    try:
+        storage_ = optuna.storages.RDBStorage(url)
+        if study is not None:
+            optuna.load_study(study_name=study, storage=storage_)
+    except KeyError:
+        raise UserError(f"no Optuna study '{study}' in {url}: {STUDY_STORAGE_FIX}") from None
+    except Exception as exc:  # noqa: BLE001 - drivers and SQLAlchemy raise many kinds
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"cannot open the Optuna study storage {url} ({reason}): "
+                        f"{STUDY_STORAGE_FIX}") from None  # fmt: skip
 
 
 def check_nodes(timeout_s: float = 60.0, module: str = "trainables.ablation") -> None:

@@ -60,10 +60,30 @@ def test_a_search_parameter_on_a_missing_key_fails_before_the_search(tmp_path: P
     assert not (tmp_path / "runs" / "mlflow.db").exists()
 
 
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("postgresql+psycopg2://me:s3cret@db:5432/optuna", "holds a password"),
+        ("not a url", "is not a database URL"),
+    ],
+)
+def test_a_bad_study_storage_is_one_line_and_records_nothing(
+    url: str, needle: str, tmp_path: Path
+) -> None:
+    line = one_error_line(
+        ablate("search", str(LOSS_WEIGHTS), "--study-storage", url, cwd=tmp_path, timeout=120)
+    )
+    assert needle in line and "s3cret" not in line
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.slow
 def test_search_with_overrides_then_confirm_seeds(tmp_path: Path) -> None:
     """The README's search with ``--confirm-seeds``: the best sample is re-run over 2 seeds
-    as a grid whose trials carry the best values as params, typed as the config says."""
+    as a grid whose trials carry the best values as params, typed as the config says. The
+    study lives where ``--study-storage`` says, and the confirm grid reads it there."""
+    study_db = tmp_path / "studies" / "loss.db"
+    study_db.parent.mkdir()
     result = ablate(
         "search",
         str(LOSS_WEIGHTS),
@@ -72,9 +92,12 @@ def test_search_with_overrides_then_confirm_seeds(tmp_path: Path) -> None:
         "train.eval_every=10",
         "--confirm-seeds",
         "2",
+        "--study-storage",
+        f"sqlite:///{study_db}",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert study_db.is_file() and not (tmp_path / "runs" / "optuna.db").exists()
     assert "loss-weights-confirm: 2 trials, 0 failed" in " ".join(result.stdout.split())
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
@@ -101,3 +124,9 @@ def test_search_with_overrides_then_confirm_seeds(tmp_path: Path) -> None:
     parents = runs[runs["tags.ablate.kind"] == "launch"]
     assert set(parents[f"tags.{tracking.TAG_CONFIRMS}"]) == {search_parent["run_id"]}
     assert sorted(parents[f"tags.{tracking.TAG_CONFIRM_ROLE}"]) == ["best", "defaults"]
+
+    # a machine without the study database: resume says so in one line, and creates none
+    study_db.rename(study_db.with_suffix(".moved"))
+    line = one_error_line(ablate("resume", "loss-weights", cwd=tmp_path, timeout=120))
+    assert "not on this machine" in line and "--study-storage" in line
+    assert not study_db.exists()
