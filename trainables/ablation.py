@@ -20,6 +20,7 @@ import yaml
 from ray import tune
 
 from ablate import mlflow_ui, tracking
+from ablate import storage as storage_mod
 from ablate.config import TrialConfig, flatten, parse_experiment
 from ablate.errors import UserError
 from ablate.evaluation import evaluate_method, write_evaluation_artifacts
@@ -33,6 +34,10 @@ CHECKPOINT_FILE = "state.pt"
 PROGRESS_EVERY_S = 2.0
 #: Seconds between flushes of the buffered loss history to MLflow between validations.
 HISTORY_EVERY_S = 30.0
+#: Seconds a trial waits for its storage (a checkpoint it cannot upload or restore) before
+#: it fails: a shorter outage of the object store pauses the trial instead of costing one
+#: of its ``max_failures`` retries (each of which would wait as long again).
+STORAGE_WAIT_S = 300.0
 
 
 class TrialFailed(UserError):
@@ -79,19 +84,38 @@ def trial_params(trial: TrialConfig) -> dict[str, Any]:
     return params
 
 
-def _load_checkpoint() -> dict[str, Any] | None:
+def _load_checkpoint(storage: str) -> dict[str, Any] | None:
+    """The state of the trial's last checkpoint (None on a first start), downloaded from
+    ``storage``, waiting out an outage (:data:`STORAGE_WAIT_S`)."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
-    with checkpoint.as_directory() as folder:
-        return torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True, map_location="cpu")
+
+    def load() -> dict[str, Any]:
+        with checkpoint.as_directory() as folder:
+            path = Path(folder) / CHECKPOINT_FILE
+            return torch.load(path, weights_only=True, map_location="cpu")
+
+    return storage_mod.retrying(load, storage, "restore the trial's checkpoint", STORAGE_WAIT_S)
 
 
-def _report(metrics: dict[str, float], state: dict[str, Any], trial: TrialConfig) -> None:
+def _report(
+    metrics: dict[str, float], state: dict[str, Any], trial: TrialConfig, storage: str
+) -> None:
+    """``tune.report`` with a checkpoint, uploaded to ``storage`` by Ray; an upload that
+    fails is tried again until :data:`STORAGE_WAIT_S` has passed (an upload cut midway
+    leaves its partial ``checkpoint_*`` folder behind, unreferenced: the retry writes the
+    next one)."""
     with tempfile.TemporaryDirectory() as folder:
         torch.save(state, Path(folder) / CHECKPOINT_FILE)
         (Path(folder) / "config.yaml").write_text(yaml.safe_dump(trial.model_dump(mode="json")))
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        checkpoint = tune.Checkpoint.from_directory(folder)
+        storage_mod.retrying(
+            lambda: tune.report(dict(metrics), checkpoint=checkpoint),
+            storage,
+            "upload the trial's checkpoint",
+            STORAGE_WAIT_S,
+        )
 
 
 def train_trial(
@@ -103,7 +127,7 @@ def train_trial(
     started = time.perf_counter()
     ctx = LaunchContext(**context)
     trial = trial_config(parse_experiment(experiment, "launch record"), config)
-    saved = _load_checkpoint()
+    saved = _load_checkpoint(ctx.storage)
     trial_id = tune.get_context().get_trial_id()
     run_id, created = tracking.find_or_start_child(
         ctx.tracking_uri,
@@ -227,7 +251,7 @@ def _run(
             tracking.log_metrics(ctx.tracking_uri, run_id, fresh, step=run.step)
             rounds = {"val_round": evals.index(run.step) + 1, "steps": train.steps}
             metrics = {**val_metrics, **rounds, "step": run.step, "final": 0}
-            _report(metrics, checkpoint_state(), trial)
+            _report(metrics, checkpoint_state(), trial, ctx.storage)
 
     val = evaluate_method(run.eval_method, run.data("val"), trial, ctx.val_samples)
     test = evaluate_method(
@@ -250,4 +274,9 @@ def _run(
     mlflow_ui.log_sample_images(ctx.tracking_uri, run_id, test.images, step=run.step)
     tracking.finish_run(ctx.tracking_uri, run_id, "completed")
     rounds = {"val_round": len(evals) + 1, "steps": train.steps}
-    _report({**final, **wall, **rounds, "step": run.step, "final": 1}, checkpoint_state(), trial)
+    _report(
+        {**final, **wall, **rounds, "step": run.step, "final": 1},
+        checkpoint_state(),
+        trial,
+        ctx.storage,
+    )
