@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import yaml
@@ -34,10 +35,20 @@ CHECKPOINT_FILE = "state.pt"
 PROGRESS_EVERY_S = 2.0
 #: Seconds between flushes of the buffered loss history to MLflow between validations.
 HISTORY_EVERY_S = 30.0
-#: Seconds a trial waits for its storage (a checkpoint it cannot upload or restore) before
-#: it fails: a shorter outage of the object store pauses the trial instead of costing one
-#: of its ``max_failures`` retries (each of which would wait as long again).
+#: Seconds a trial waits for its object store (a checkpoint it cannot upload or restore)
+#: before it fails: a shorter outage pauses the trial instead of costing one of its
+#: ``max_failures`` retries (each of which would wait as long again). A local or shared
+#: path is not waited for: its errors (a full disk) do not pass.
 STORAGE_WAIT_S = 300.0
+T = TypeVar("T")
+
+
+def _on_storage(call: Callable[[], T], storage: str, action: str) -> T:
+    """``call()``, which reads or writes ``storage``: on an object store, retried through
+    an outage of up to :data:`STORAGE_WAIT_S` (:func:`ablate.storage.retrying`)."""
+    if not storage_mod.is_uri(storage):
+        return call()
+    return storage_mod.retrying(call, storage, action, STORAGE_WAIT_S)
 
 
 class TrialFailed(UserError):
@@ -86,7 +97,7 @@ def trial_params(trial: TrialConfig) -> dict[str, Any]:
 
 def _load_checkpoint(storage: str) -> dict[str, Any] | None:
     """The state of the trial's last checkpoint (None on a first start), downloaded from
-    ``storage``, waiting out an outage (:data:`STORAGE_WAIT_S`)."""
+    ``storage``, waiting out an object store's outage (:data:`STORAGE_WAIT_S`)."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
@@ -96,25 +107,24 @@ def _load_checkpoint(storage: str) -> dict[str, Any] | None:
             path = Path(folder) / CHECKPOINT_FILE
             return torch.load(path, weights_only=True, map_location="cpu")
 
-    return storage_mod.retrying(load, storage, "restore the trial's checkpoint", STORAGE_WAIT_S)
+    return _on_storage(load, storage, "restore the trial's checkpoint")
 
 
 def _report(
     metrics: dict[str, float], state: dict[str, Any], trial: TrialConfig, storage: str
 ) -> None:
-    """``tune.report`` with a checkpoint, uploaded to ``storage`` by Ray; an upload that
-    fails is tried again until :data:`STORAGE_WAIT_S` has passed (an upload cut midway
-    leaves its partial ``checkpoint_*`` folder behind, unreferenced: the retry writes the
-    next one)."""
+    """``tune.report`` with a checkpoint, uploaded to ``storage`` by Ray; a failed upload
+    to an object store is tried again until :data:`STORAGE_WAIT_S` has passed (an upload
+    cut midway leaves its partial ``checkpoint_*`` folder behind, unreferenced: the retry
+    writes the next one)."""
     with tempfile.TemporaryDirectory() as folder:
         torch.save(state, Path(folder) / CHECKPOINT_FILE)
         (Path(folder) / "config.yaml").write_text(yaml.safe_dump(trial.model_dump(mode="json")))
         checkpoint = tune.Checkpoint.from_directory(folder)
-        storage_mod.retrying(
+        _on_storage(
             lambda: tune.report(dict(metrics), checkpoint=checkpoint),
             storage,
             "upload the trial's checkpoint",
-            STORAGE_WAIT_S,
         )
 
 
