@@ -183,16 +183,18 @@ def download(location: str, local: Path) -> None:
 
 
 def retrying(call: Callable[[], T], location: str, action: str, wait_s: float) -> T:
-    """``call()``, retried with backoff while it fails with an ``OSError`` (the object store
-    is unreachable: pyarrow's S3 client gives up within a second on a refused connection),
-    for at most ``wait_s`` seconds; then a one-line :class:`StorageError` naming
-    ``location`` and ``action``. An outage shorter than ``wait_s`` then costs a pause, not
-    a failed trial."""
+    """``call()``, retried with backoff while it fails with an ``OSError`` other than
+    ``FileNotFoundError`` (the object store is unreachable: pyarrow's S3 client gives up
+    within a second on a refused connection), for at most ``wait_s`` seconds; then a
+    one-line :class:`StorageError` naming ``location`` and ``action``. An outage shorter
+    than ``wait_s`` then costs a pause, not a failed trial."""
     deadline = time.monotonic() + wait_s
     delay = 1.0
     while True:
         try:
             return call()
+        except FileNotFoundError:  # an answer, not an outage
+            raise
         except OSError as exc:
             if time.monotonic() + delay > deadline:
                 raise StorageError(
