@@ -296,6 +296,9 @@ class CheckpointGuard(Callback):
     a trial starts, this drops the missing checkpoints from its bookkeeping, so it resumes
     from the newest surviving one, or from step 0 (into the same MLflow run) if none is
     left. Ray has no public way to drop them: :mod:`ablate.ray_internals` does it.
+
+    While the storage is unreachable nothing is decided (the trial itself waits for the
+    storage when it restores, see ``trainables.ablation``); the driver must not die of it.
     """
 
     def __init__(self) -> None:
@@ -309,13 +312,20 @@ class CheckpointGuard(Callback):
             key = (trial.trial_id, None if latest is None else latest.path)
             if key in self._checked:
                 continue
-            self._checked.add(key)
-            if latest is not None and not _exists(latest):
+            try:
+                if latest is None or _exists(latest):
+                    self._checked.add(key)
+                    continue
                 survivor = keep_checkpoints(trial, _exists)
-                log.warning(
-                    "trial %s: its last checkpoint %s was deleted after the driver's last "
-                    "saved state; resuming from %s",
-                    trial,
-                    latest.path,
-                    "step 0" if survivor is None else survivor.path,
-                )
+            except OSError as exc:
+                why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                log.warning("trial %s: storage unreachable, checkpoint unchecked: %s", trial, why)
+                continue
+            self._checked.add(key)
+            log.warning(
+                "trial %s: its last checkpoint %s was deleted after the driver's last "
+                "saved state; resuming from %s",
+                trial,
+                latest.path,
+                "step 0" if survivor is None else survivor.path,
+            )

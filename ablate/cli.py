@@ -581,11 +581,16 @@ _WORKDIR_HELP = "Work directory whose MLflow store (mlflow.db) to read."
 _URI_HELP = "MLflow tracking URI (overrides --workdir), e.g. http://127.0.0.1:5000."
 
 
-def _study(name: str, workdir: str, tracking_uri: str) -> Any:
-    """The experiment or launch ``name`` refers to (launch records: <workdir>/ray_results)."""
+def _study(name: str, workdir: str, tracking_uri: str, storage: str | None = None) -> Any:
+    """The experiment or launch ``name`` refers to; launch records are read from
+    ``--storage`` (default <workdir>/ray_results), so a machine that shares nothing with the
+    launch's driver finds a cluster launch through the bucket and its tracking server."""
+    from ablate import storage as storage_mod
     from ablate.launches import resolve_study
 
-    return resolve_study(name, Path(workdir) / "ray_results", tracking_uri)
+    return resolve_study(
+        name, storage_mod.normalize(storage or Path(workdir) / "ray_results"), tracking_uri
+    )
 
 
 @app.command()
@@ -620,6 +625,7 @@ def table(
         None, "--part", help="Only the grids' table, a search's trials or its confirm grid."
     ),
     out: str | None = typer.Option(None, "--out", help="Write to this file instead."),
+    storage: str | None = STORAGE_OPT,
     workdir: str = typer.Option("runs", "--workdir", help=_WORKDIR_HELP),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help=_URI_HELP),
 ) -> None:
@@ -638,7 +644,7 @@ def table(
         fmt = {".tex": "latex", ".csv": "csv", ".html": "html"}.get(Path(out).suffix, "md")
     uri, parent = resolve_tracking_uri(workdir, tracking_uri), None
     if not experiment.endswith(".parquet"):
-        study = _study(experiment, workdir, uri)
+        study = _study(experiment, workdir, uri, storage)
         experiment, uri, parent = study.experiment, study.tracking_uri, study.parent_run_id
     result = tables_for(
         experiment,
@@ -718,6 +724,7 @@ def dashboard(
         None, "--out", help="Folder (default <workdir>/dashboards/NAME)."
     ),
     convention: str = typer.Option("standard", "--convention", help="standard or paper."),
+    storage: str | None = STORAGE_OPT,
     workdir: str = typer.Option("runs", "--workdir", help=_WORKDIR_HELP),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help=_URI_HELP),
 ) -> None:
@@ -730,7 +737,7 @@ def dashboard(
     if convention not in ("standard", "paper"):
         raise UserError(f"--convention '{convention}' is not one of: standard, paper")
     folder = out or str(Path(workdir) / "dashboards" / experiment)
-    study = _study(experiment, workdir, resolve_tracking_uri(workdir, tracking_uri))
+    study = _study(experiment, workdir, resolve_tracking_uri(workdir, tracking_uri), storage)
     index = build_dashboard(
         study.experiment,
         study.tracking_uri,

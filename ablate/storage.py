@@ -14,16 +14,23 @@ local path is made absolute.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import stat
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
 from ablate.errors import UserError
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class StorageError(UserError):
@@ -173,6 +180,30 @@ def download(location: str, local: Path) -> None:
         raise
     except OSError as exc:
         raise _wrap(location, "read", exc) from None
+
+
+def retrying(call: Callable[[], T], location: str, action: str, wait_s: float) -> T:
+    """``call()``, retried with backoff while it fails with an ``OSError`` other than
+    ``FileNotFoundError`` (the object store is unreachable: pyarrow's S3 client gives up
+    within a second on a refused connection), for at most ``wait_s`` seconds; then a
+    one-line :class:`StorageError` naming ``location`` and ``action``. An outage shorter
+    than ``wait_s`` then costs a pause, not a failed trial."""
+    deadline = time.monotonic() + wait_s
+    delay = 1.0
+    while True:
+        try:
+            return call()
+        except FileNotFoundError:  # an answer, not an outage
+            raise
+        except OSError as exc:
+            if time.monotonic() + delay > deadline:
+                raise StorageError(
+                    f"storage {location} unreachable for {wait_s:.0f} s, could not {action}: "
+                    f"{_first_line(exc)}"
+                ) from None
+            log.warning("storage %s unreachable (%s); retrying", location, _first_line(exc))
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
 
 
 def node_dir() -> Path:

@@ -21,12 +21,14 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -42,6 +44,8 @@ from tests.conftest import tiny_experiment
 pytestmark = pytest.mark.slow
 
 BUCKET = "ablate-test"
+#: Seconds the object store is unreachable in the storage-outage launch.
+OUTAGE_S = 15
 ROWS = {"cpm": {"method": "coarse_to_fine"}}
 
 
@@ -153,6 +157,79 @@ class Deployment:
             self.stop(name)
 
 
+class TcpProxy:
+    """A TCP relay on 127.0.0.1 to ``target_port`` that can be cut and restored: ``pause``
+    closes the listening socket and drops every live connection (clients see refused and
+    reset connections, as when an object store goes away); ``resume`` listens again on the
+    same port."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = _free_port()
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self._conns: set[socket.socket] = set()
+
+    def resume(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def pause(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            conns, self._conns = self._conns, set()
+        for sock in [listener, *conns]:
+            if sock is None:
+                continue
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:  # paused
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self._listener is not listener:  # paused meanwhile
+                    client.close()
+                    upstream.close()
+                    return
+                self._conns |= {client, upstream}
+            threading.Thread(target=self._relay, args=(client, upstream), daemon=True).start()
+
+    def _relay(self, a: socket.socket, b: socket.socket) -> None:
+        peer = {a: b, b: a}
+        try:
+            while True:
+                readable, _, _ = select.select([a, b], [], [])
+                for src in readable:
+                    data = src.recv(1 << 16)
+                    if not data:
+                        return
+                    peer[src].sendall(data)
+        except (OSError, ValueError):  # dropped by pause (ValueError: a closed socket)
+            pass
+        finally:
+            with self._lock:
+                self._conns -= {a, b}
+            for sock in (a, b):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+
 @pytest.fixture(scope="module")
 def deployment() -> Iterator[dict[str, Any]]:
     missing = _missing_tools()
@@ -161,6 +238,7 @@ def deployment() -> Iterator[dict[str, Any]]:
     import boto3
 
     root = Path(tempfile.mkdtemp(prefix="ablate-cluster-"))
+    s3_proxy: TcpProxy | None = None
     dep = Deployment(root)
     started = time.perf_counter()
     env = dict(os.environ)
@@ -205,8 +283,12 @@ def deployment() -> Iterator[dict[str, Any]]:
 
         # -- object storage (moto) ----------------------------------------------------------
         s3_port = _free_port()
+        # nodes and drivers reach moto through a proxy the test can cut (a storage outage:
+        # moto keeps the bucket in memory, so it must not be restarted); the test's own
+        # client talks to moto directly
+        s3_proxy = TcpProxy(s3_port)
         aws = {
-            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_proxy.port}",
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_REGION": "us-east-1",
@@ -214,9 +296,10 @@ def deployment() -> Iterator[dict[str, Any]]:
         env.update(aws)
         dep.start("moto_server", ["moto_server", "-H", "127.0.0.1", "-p", str(s3_port)], env=env)
         _wait(lambda: _listening(s3_port), "moto_server", 60, [dep.procs["moto_server"]])
+        s3_proxy.resume()
         s3 = boto3.client(
             "s3",
-            endpoint_url=aws["AWS_ENDPOINT_URL"],
+            endpoint_url=f"http://127.0.0.1:{s3_port}",
             region_name=aws["AWS_REGION"],
             aws_access_key_id=aws["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=aws["AWS_SECRET_ACCESS_KEY"],
@@ -226,9 +309,8 @@ def deployment() -> Iterator[dict[str, Any]]:
         # -- MLflow server on PostgreSQL, artifacts proxied ---------------------------------
         mlflow_port = _free_port()
         artifacts = root / "mlflow-artifacts"
-        dep.start(
-            "mlflow_server",
-            [
+        mlflow_server = dict(
+            args=[
                 "mlflow",
                 "server",
                 "--backend-store-uri",
@@ -242,9 +324,10 @@ def deployment() -> Iterator[dict[str, Any]]:
                 "--workers",
                 "1",
             ],
-            env=env,
+            env=dict(env),
             cwd=root,
         )
+        dep.start("mlflow_server", **mlflow_server)
         tracking_uri = f"http://127.0.0.1:{mlflow_port}"
         _wait(
             lambda: _http_ok(f"{tracking_uri}/health"),
@@ -303,11 +386,15 @@ def deployment() -> Iterator[dict[str, Any]]:
             "tracking_uri": tracking_uri,
             "storage": f"s3://{BUCKET}/runs",
             "s3": s3,
+            "s3_proxy": s3_proxy,
+            "mlflow_server": mlflow_server,
             "artifacts": artifacts,
             "setup_s": time.perf_counter() - started,
         }
     finally:
         dep.stop_all()
+        if s3_proxy is not None:
+            s3_proxy.pause()
         print("\n".join(dep.log))
         print(f"cluster deployment: {time.perf_counter() - started:.0f} s in all")
         shutil.rmtree(root, ignore_errors=True)
@@ -500,3 +587,120 @@ def test_cluster_recipe_survives_a_lost_node_and_a_lost_driver(deployment) -> No
     assert runs[0].info.status == "FINISHED"
     launches_s = time.perf_counter() - started
     print(f"cluster test: setup {d['setup_s']:.0f} s, launches {launches_s:.0f} s")
+
+
+def _launch_wait(d: dict[str, Any], name: str, seeds: list[int], timeout_s: float = 300) -> None:
+    """Start launch ``name`` (60 steps, a checkpoint every 10) as process ``driver_<name>``
+    and return once every trial has a checkpoint in the bucket: the trials are mid-run."""
+    common = ["--address", "auto", "--storage", d["storage"], "--workdir", str(d["driver_dir"])]
+    driver = d["dep"].start(
+        f"driver_{name}",
+        _ablate(
+            d, "run", str(_space(d, name, 60, seeds)), *common, "--tracking-uri", d["tracking_uri"]
+        ),
+        env={**d["env"], "TUNE_GLOBAL_CHECKPOINT_S": "1"},
+        cwd=d["driver_dir"],
+    )
+    _wait(
+        lambda: len(_checkpoints(d, name)) == len(seeds),
+        f"checkpoints of {name}",
+        timeout_s,
+        [driver],
+    )
+
+
+def _driver_end(d: dict[str, Any], name: str, timeout_s: float = 400) -> tuple[int, str]:
+    """Wait for the driver of launch ``name``; its exit code and output."""
+    proc = d["dep"].procs.pop(f"driver_{name}")
+    code = proc.wait(timeout=timeout_s)
+    return code, (d["root"] / f"driver_{name}.log").read_text(errors="replace")
+
+
+def _assert_complete(d: dict[str, Any], name: str, seeds: list[int]) -> None:
+    """One FINISHED child per seed, with its test PSNR, and no (metric, step) logged twice."""
+    from mlflow import MlflowClient
+
+    runs = _children(d["tracking_uri"], name)
+    assert [run.info.run_name for run in runs] == [f"cpm-s{seed}" for seed in seeds]
+    client = MlflowClient(d["tracking_uri"])
+    for run in runs:
+        assert run.info.status == "FINISHED", (run.info.run_name, run.data.tags)
+        assert "psnr" in run.data.metrics, run.info.run_name
+        for key in run.data.metrics:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert len(steps) == len(set(steps)), (run.info.run_name, key, steps)
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+        assert max(steps) == 60, (run.info.run_name, steps)
+
+
+def test_cluster_survives_a_storage_outage_and_a_tracking_server_restart(deployment) -> None:
+    """Faults a launch must survive without losing anything: the object store unreachable
+    for 15 s mid-trial (the trials wait for it and go on), the tracking server restarted
+    mid-trial (MLflow's client retries). And a machine holding only the storage URI
+    renders a cluster launch's table and dashboard."""
+    d = deployment
+    dep: Deployment = d["dep"]
+    started = time.perf_counter()
+
+    # -- the object store goes away mid-trial, then comes back --------------------------------
+    _launch_wait(d, "outage", [0, 1])
+    d["s3_proxy"].pause()
+    time.sleep(OUTAGE_S)
+    d["s3_proxy"].resume()
+    code, out = _driver_end(d, "outage")
+    assert code == 0, out[-3000:]
+    _assert_complete(d, "outage", [0, 1])
+
+    # -- another machine: the table and dashboard of that launch from the bucket ----------
+    elsewhere = ["--storage", d["storage"], "--workdir", str(d["root"] / "elsewhere")]
+    table = subprocess.run(
+        _ablate(d, "table", "outage", "--format", "csv", *elsewhere),
+        env=d["env"],
+        cwd=d["root"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert table.returncode == 0 and "cpm" in table.stdout, table.stdout + table.stderr
+    board = subprocess.run(
+        _ablate(d, "dashboard", "outage", *elsewhere, "--tracking-uri", d["tracking_uri"]),
+        env=d["env"],
+        cwd=d["root"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert board.returncode == 0, board.stdout + board.stderr
+    assert (d["root"] / "elsewhere" / "dashboards" / "outage" / "index.html").is_file()
+
+    # -- the tracking server restarts mid-trial ---------------------------------------------
+    _launch_wait(d, "tracking-restart", [0])
+    down = time.time()
+    dep.stop("mlflow_server")
+    time.sleep(10)
+    dep.start("mlflow_server", **d["mlflow_server"])
+    _wait(
+        lambda: _http_ok(f"{d['tracking_uri']}/health"),
+        "mlflow server again",
+        120,
+        [dep.procs["mlflow_server"]],
+    )
+    up = time.time()
+    code, out = _driver_end(d, "tracking-restart")
+    assert code == 0, out[-3000:]
+    _assert_complete(d, "tracking-restart", [0])
+    # a metric stamped while the server was down reached it: a call was retried, not lost
+    from mlflow import MlflowClient
+
+    client = MlflowClient(d["tracking_uri"])
+    run = _children(d["tracking_uri"], "tracking-restart")[0]
+    stamps = [
+        m.timestamp / 1000
+        for key in run.data.metrics
+        for m in client.get_metric_history(run.info.run_id, key)
+    ]
+    assert any(down <= t <= up for t in stamps), (down, up, sorted(stamps))
+    print(
+        f"faults test: tracking server down {up - down:.0f} s; "
+        f"{time.perf_counter() - started:.0f} s in all"
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from ablate import preflight, storage, tracking
 from ablate.errors import UserError
+from ablate.storage import StorageError
 
 
 def _free_port() -> int:
@@ -64,6 +66,34 @@ def test_unreachable_object_store_fails_in_seconds(monkeypatch: pytest.MonkeyPat
     with pytest.raises(UserError, match="cannot reach the object store"):
         preflight.check_storage("s3://bucket/prefix")
     assert time.perf_counter() - started < 10
+
+
+def test_an_object_store_outage_is_waited_out_then_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``storage.retrying`` (trials' checkpoint uploads and restores) waits for an object
+    store that comes up meanwhile, and gives up with one line when it does not."""
+    server_mod = pytest.importorskip("moto.server", reason="moto[server] not installed")
+    import pyarrow.fs as pafs
+
+    port = _free_port()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    for key, value in (("AWS_ACCESS_KEY_ID", "t"), ("AWS_SECRET_ACCESS_KEY", "t")):
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    fs, _ = pafs.FileSystem.from_uri("s3://ablate/x")
+    with pytest.raises(StorageError, match="unreachable for 1 s, could not read") as err:
+        storage.retrying(lambda: fs.get_file_info("ablate/x"), "s3://ablate", "read", 1)
+    assert "\n" not in str(err.value)
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    later = threading.Timer(2.0, server.start)
+    later.start()
+    try:
+        info = storage.retrying(lambda: fs.get_file_info("ablate/x"), "s3://ablate", "read", 60)
+        assert info.type == pafs.FileType.NotFound
+    finally:
+        later.join()
+        server.stop()
 
 
 @pytest.fixture(scope="module")

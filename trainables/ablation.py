@@ -11,15 +11,17 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import yaml
 from ray import tune
 
 from ablate import mlflow_ui, tracking
+from ablate import storage as storage_mod
 from ablate.config import TrialConfig, flatten, parse_experiment
 from ablate.errors import UserError
 from ablate.evaluation import evaluate_method, write_evaluation_artifacts
@@ -33,6 +35,20 @@ CHECKPOINT_FILE = "state.pt"
 PROGRESS_EVERY_S = 2.0
 #: Seconds between flushes of the buffered loss history to MLflow between validations.
 HISTORY_EVERY_S = 30.0
+#: Seconds a trial waits for its object store (a checkpoint it cannot upload or restore)
+#: before it fails: a shorter outage pauses the trial instead of costing one of its
+#: ``max_failures`` retries (each of which would wait as long again). A local or shared
+#: path is not waited for: its errors (a full disk) do not pass.
+STORAGE_WAIT_S = 300.0
+T = TypeVar("T")
+
+
+def _on_storage(call: Callable[[], T], storage: str, action: str) -> T:
+    """``call()``, which reads or writes ``storage``: on an object store, retried through
+    an outage of up to :data:`STORAGE_WAIT_S` (:func:`ablate.storage.retrying`)."""
+    if not storage_mod.is_uri(storage):
+        return call()
+    return storage_mod.retrying(call, storage, action, STORAGE_WAIT_S)
 
 
 class TrialFailed(UserError):
@@ -79,19 +95,37 @@ def trial_params(trial: TrialConfig) -> dict[str, Any]:
     return params
 
 
-def _load_checkpoint() -> dict[str, Any] | None:
+def _load_checkpoint(storage: str) -> dict[str, Any] | None:
+    """The state of the trial's last checkpoint (None on a first start), downloaded from
+    ``storage``, waiting out an object store's outage (:data:`STORAGE_WAIT_S`)."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
-    with checkpoint.as_directory() as folder:
-        return torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True, map_location="cpu")
+
+    def load() -> dict[str, Any]:
+        with checkpoint.as_directory() as folder:
+            path = Path(folder) / CHECKPOINT_FILE
+            return torch.load(path, weights_only=True, map_location="cpu")
+
+    return _on_storage(load, storage, "restore the trial's checkpoint")
 
 
-def _report(metrics: dict[str, float], state: dict[str, Any], trial: TrialConfig) -> None:
+def _report(
+    metrics: dict[str, float], state: dict[str, Any], trial: TrialConfig, storage: str
+) -> None:
+    """``tune.report`` with a checkpoint, uploaded to ``storage`` by Ray; a failed upload
+    to an object store is tried again until :data:`STORAGE_WAIT_S` has passed (an upload
+    cut midway leaves its partial ``checkpoint_*`` folder behind, unreferenced: the retry
+    writes the next one)."""
     with tempfile.TemporaryDirectory() as folder:
         torch.save(state, Path(folder) / CHECKPOINT_FILE)
         (Path(folder) / "config.yaml").write_text(yaml.safe_dump(trial.model_dump(mode="json")))
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        checkpoint = tune.Checkpoint.from_directory(folder)
+        _on_storage(
+            lambda: tune.report(dict(metrics), checkpoint=checkpoint),
+            storage,
+            "upload the trial's checkpoint",
+        )
 
 
 def train_trial(
@@ -103,7 +137,7 @@ def train_trial(
     started = time.perf_counter()
     ctx = LaunchContext(**context)
     trial = trial_config(parse_experiment(experiment, "launch record"), config)
-    saved = _load_checkpoint()
+    saved = _load_checkpoint(ctx.storage)
     trial_id = tune.get_context().get_trial_id()
     run_id, created = tracking.find_or_start_child(
         ctx.tracking_uri,
@@ -227,7 +261,7 @@ def _run(
             tracking.log_metrics(ctx.tracking_uri, run_id, fresh, step=run.step)
             rounds = {"val_round": evals.index(run.step) + 1, "steps": train.steps}
             metrics = {**val_metrics, **rounds, "step": run.step, "final": 0}
-            _report(metrics, checkpoint_state(), trial)
+            _report(metrics, checkpoint_state(), trial, ctx.storage)
 
     val = evaluate_method(run.eval_method, run.data("val"), trial, ctx.val_samples)
     test = evaluate_method(
@@ -250,4 +284,9 @@ def _run(
     mlflow_ui.log_sample_images(ctx.tracking_uri, run_id, test.images, step=run.step)
     tracking.finish_run(ctx.tracking_uri, run_id, "completed")
     rounds = {"val_round": len(evals) + 1, "steps": train.steps}
-    _report({**final, **wall, **rounds, "step": run.step, "final": 1}, checkpoint_state(), trial)
+    _report(
+        {**final, **wall, **rounds, "step": run.step, "final": 1},
+        checkpoint_state(),
+        trial,
+        ctx.storage,
+    )
