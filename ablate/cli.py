@@ -99,15 +99,16 @@ def _workspace(workdir: Path, tracking_uri: str | None, storage: str | None = No
     return Workspace.create(workdir, tracking_uri, storage)
 
 
-def _existing_workspace(workdir: Path, tracking_uri: str | None) -> Any:
+def _existing_workspace(workdir: Path, tracking_uri: str | None, storage: str | None = None) -> Any:
     """The workspace of earlier launches, read as it is: a mistyped --workdir creates nothing."""
+    from ablate import storage as storage_mod
     from ablate import tracking
     from ablate.experiment import Workspace
 
     workdir = workdir.resolve()
     uri = tracking_uri or tracking.default_tracking_uri(workdir)
     tracking.require_store(uri)
-    return Workspace(workdir, uri, str(workdir / "ray_results"))
+    return Workspace(workdir, uri, storage_mod.normalize(storage or workdir / "ray_results"))
 
 
 def _launch_workspace(workdir: Path, storage: str | None) -> Any:
@@ -432,6 +433,7 @@ def export(
         help="Standalone folder: new, empty or a previous export of the model "
         "(default <workdir>/exports/NAME); its parent folder must exist.",
     ),
+    storage: str | None = STORAGE_OPT,
     tracking_uri: str | None = TRACKING_OPT,
     workdir: Path = WORKDIR_OPT,
 ) -> None:
@@ -445,7 +447,7 @@ def export(
     if mode not in (None, "max", "min"):
         raise UserError(f"--mode '{mode}': use max or min")
     _quiet_mlflow()
-    ws = _existing_workspace(workdir, tracking_uri)
+    ws = _existing_workspace(workdir, tracking_uri, storage)
     study = resolve_study(name, ws.storage, ws.tracking_uri)
     metric, mode = ranking(study.tracking_uri, study.experiment, metric, mode)
     if out is None:
