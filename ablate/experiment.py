@@ -31,7 +31,7 @@ from ablate.errors import UserError
 from ablate.interrupts import Interrupted, active_stop_signals, stoppable
 from ablate.interrupts import reinstall as reinstall_stop_signals
 from ablate.launches import LAUNCH_RECORD, read_launch_record
-from ablate.preflight import check_networks
+from ablate.preflight import check_networks, check_ray_token
 from ablate.search import PruningAwareOptunaSearch, optuna_distribution
 from ablate.trials import (
     ROW,
@@ -127,6 +127,8 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> None:
     local_ray.driver_env_read()
     if address and address != "auto":
         _check_reachable(address)
+    if address:
+        check_ray_token(address)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
     try:
