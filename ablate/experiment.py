@@ -126,6 +126,8 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> None:
     local_ray.driver_env_read()
     if address and address != "auto":
         _check_reachable(address)
+    if address:
+        preflight.check_ray_token(address)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
     try:

@@ -14,7 +14,9 @@ each failure one line naming the fix, in seconds:
 - the tracking server answers (``--tracking-uri http://...``);
 - the storage is writable (and, when local, not writable by other users);
 - every alive Ray node can import the project (a tiny task pinned to each node);
-- the Ray token: a failed connection is turned into one line (:func:`ray_connect_error`);
+- the Ray token: a driver joining a cluster with a wrong or missing token is told so in
+  one line within seconds (:func:`check_ray_token`), before Ray's own ~20 s of retries; any
+  other failed connection is turned into one line too (:func:`ray_connect_error`).
 - a search's Optuna study storage is a database URL without a password, and it answers.
 """
 
@@ -89,9 +91,29 @@ def check_networks(trials: Iterable[TrialConfig]) -> int:
 
 
 TOKEN_FIX = (
-    "give this machine the cluster's token: RAY_AUTH_TOKEN_PATH=<token file> (mode 0600) "
-    "or RAY_AUTH_TOKEN, the same on every node and driver"
+    "give this machine the cluster's token: RAY_AUTH_MODE=token and "
+    "RAY_AUTH_TOKEN_PATH=<token file> (mode 0600) or RAY_AUTH_TOKEN, the same on every node "
+    "and driver"
 )
+
+
+def check_ray_token(address: str, timeout_s: float = 5.0) -> None:
+    """Before ``ray.init`` joins the cluster at ``address``: one GCS call with this
+    process's token, so that a wrong or missing token is one line in seconds.
+
+    ``ray.init`` retries a rejected connection 20 times a second apart and then reports only
+    "Failed to connect". Ray 2.60's switches that shorten those retries
+    (``RAY_gcs_server_port_wait_time_s``, ``RAY_NUM_REDIS_GET_RETRIES``) shorten them for
+    every failure, a head that is still starting or recovering included; this call stops
+    early only when the GCS answers that the token is wrong. Ray Client (``ray://``)
+    addresses are left to ``ray.init``."""
+    if address.startswith("ray://"):
+        return
+    from ablate.ray_internals import gcs_token_error
+
+    error = gcs_token_error(address, timeout_s)
+    if error is not None:
+        raise ray_connect_error(address, error)
 
 
 def ray_connect_error(address: str | None, exc: BaseException) -> UserError:

@@ -13,7 +13,10 @@
 Then ``ablate run --address auto`` in a driver process: the worker node is killed mid-trial
 and the trial resumes from its checkpoint in the bucket (one FINISHED child run per
 (row, seed)); a second launch's driver is killed mid-launch and ``ablate resume NAME
---storage s3://...`` finishes it. Every process the test starts it stops, by process group.
+--storage s3://...`` finishes it. A launch submitted with ``ray job submit --working-dir``
+to the head's job server (the dashboard, on 127.0.0.1, same token) runs there. Drivers with a
+wrong token and with none fail in one line, in about the time a driver failing at its first
+preflight check takes. Every process the test starts it stops, by process group.
 """
 
 from __future__ import annotations
@@ -341,7 +344,7 @@ def deployment() -> Iterator[dict[str, Any]]:
         token.write_text(secrets.token_hex(32))
         token.chmod(0o600)
         env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)})
-        gcs_port = _free_port()
+        gcs_port, dashboard_port = _free_port(), _free_port()
         nodes = {}
         for name in ("head", "worker"):
             home = root / name
@@ -361,7 +364,10 @@ def deployment() -> Iterator[dict[str, Any]]:
                 args += [
                     "--head",
                     f"--port={gcs_port}",
-                    "--include-dashboard=false",
+                    # the job server of `ray job submit` (token-authenticated HTTP)
+                    "--include-dashboard=true",
+                    "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={dashboard_port}",
                 ]
             else:
                 args += [f"--address=127.0.0.1:{gcs_port}"]
@@ -384,6 +390,7 @@ def deployment() -> Iterator[dict[str, Any]]:
             "driver_dir": driver_dir,
             "nodes": nodes,
             "tracking_uri": tracking_uri,
+            "dashboard": f"http://127.0.0.1:{dashboard_port}",
             "storage": f"s3://{BUCKET}/runs",
             "s3": s3,
             "s3_proxy": s3_proxy,
@@ -441,6 +448,19 @@ def _children(tracking_uri: str, experiment: str) -> list[Any]:
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
     runs = client.search_runs([experiment_id], filter_string="tags.`ablate.kind` = 'trial'")
     return sorted(runs, key=lambda run: run.info.run_name)
+
+
+#: A wrong or missing token costs a driver at most this much more than failing at its first
+#: preflight check does (one GCS call; Ray's own retries sleep 20 s). Relative, because the
+#: imports alone take 4 to 20 s depending on the machine's load.
+TOKEN_EXTRA_S = 8
+
+
+def _assert_token_line(output: str) -> None:
+    """The driver's whole output is one line that names the token fix."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "RAY_AUTH_TOKEN_PATH=" in lines[0], output
+    assert lines[0].startswith("error: Ray token rejected or missing"), output
 
 
 def _space(d: dict[str, Any], name: str, steps: int, seeds: list[int]) -> Path:
@@ -512,7 +532,7 @@ def test_cluster_recipe_survives_a_lost_node_and_a_lost_driver(deployment) -> No
     dep.procs.pop("driver_1", None)
     out, err = intruder.communicate(timeout=120)
     assert intruder.returncode != 0
-    assert "token" in out + err and "Traceback" not in out + err, out + err
+    _assert_token_line(out + err)
     assert not _checkpoints(d, "intruder")
     runs = _children(d["tracking_uri"], "lost-node")
     assert [run.info.run_name for run in runs] == ["cpm-s0", "cpm-s1"]
@@ -672,6 +692,16 @@ def test_cluster_survives_a_storage_outage_and_a_tracking_server_restart(deploym
     )
     assert board.returncode == 0, board.stdout + board.stderr
     assert (d["root"] / "elsewhere" / "dashboards" / "outage" / "index.html").is_file()
+    exported = subprocess.run(
+        _ablate(d, "export", "outage", *elsewhere, "--tracking-uri", d["tracking_uri"]),
+        env=d["env"],
+        cwd=d["root"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    assert (d["root"] / "elsewhere" / "exports" / "outage" / "MLmodel").is_file()
 
     # -- the tracking server restarts mid-trial ---------------------------------------------
     _launch_wait(d, "tracking-restart", [0])
@@ -704,3 +734,105 @@ def test_cluster_survives_a_storage_outage_and_a_tracking_server_restart(deploym
         f"faults test: tracking server down {up - down:.0f} s; "
         f"{time.perf_counter() - started:.0f} s in all"
     )
+
+
+def test_a_wrong_or_missing_token_is_one_line_in_seconds(deployment) -> None:
+    """A driver with the wrong token, and one on a fresh machine (no RAY_AUTH_MODE, no
+    RAY_AUTH_TOKEN_PATH, no ~/.ray/auth_token), each fail in one line naming the fix, about
+    as fast as a driver failing at its first preflight check (a wrong tracking URI): Ray's
+    own 20 connection attempts a second apart would add 20 s or more."""
+    d = deployment
+    wrong = d["root"] / "wrong_token_2"
+    wrong.write_text(secrets.token_hex(32))
+    wrong.chmod(0o600)
+    home = d["root"] / "tokenless-home"
+    home.mkdir()
+    tokenless = {k: v for k, v in d["env"].items() if not k.startswith("RAY_AUTH_")}
+    cases = {
+        "reference": (d["env"], f"http://127.0.0.1:{_free_port()}"),
+        "wrong token": ({**d["env"], "RAY_AUTH_TOKEN_PATH": str(wrong)}, d["tracking_uri"]),
+        "no token": ({**tokenless, "HOME": str(home)}, d["tracking_uri"]),
+    }
+    space = str(_space(d, "tokens", 4, [0]))
+    took = {}
+    for case, (env, tracking_uri) in cases.items():
+        started = time.perf_counter()
+        out = subprocess.run(
+            _ablate(
+                d,
+                "run",
+                space,
+                *("--address", env["RAY_ADDRESS"], "--storage", d["storage"]),
+                *("--tracking-uri", tracking_uri, "--workdir", str(d["driver_dir"])),
+            ),
+            env=env,
+            cwd=d["driver_dir"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        took[case] = time.perf_counter() - started
+        assert out.returncode != 0, case
+        if case != "reference":
+            _assert_token_line(out.stdout + out.stderr)
+    print("token errors: " + ", ".join(f"{case} {s:.1f} s" for case, s in took.items()))
+    for case in ("wrong token", "no token"):
+        assert took[case] < took["reference"] + TOKEN_EXTRA_S, took
+    assert not _checkpoints(d, "tokens")
+
+
+def test_ray_job_submit_runs_a_launch_on_the_head(deployment) -> None:
+    """The laptop form of the recipe: `ray job submit` to the head's job server, the search
+    space uploaded as the job's working directory, the driver run on the head."""
+    d = deployment
+    port = int(d["dashboard"].rpartition(":")[2])
+    _wait(lambda: _listening(port), "the Ray job server", 120)
+    submit_dir = d["root"] / "submit"
+    submit_dir.mkdir()
+    shutil.move(_space(d, "submitted", 10, [0]), submit_dir / "submitted.yaml")
+    job = ["ray", "job", "submit", "--address", d["dashboard"], "--submission-id", "ablate-1"]
+    driver = [sys.executable, "-m", "ablate.cli", "run", "submitted.yaml", "--address", "auto"]
+    started = time.perf_counter()
+    submitted = subprocess.run(
+        [
+            *job,
+            "--working-dir",
+            str(submit_dir),
+            "--",
+            *driver,
+            "--storage",
+            d["storage"],
+            "--tracking-uri",
+            d["tracking_uri"],
+        ],
+        env=d["env"],
+        cwd=d["root"],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    status = subprocess.run(
+        ["ray", "job", "status", "--address", d["dashboard"], "ablate-1"],
+        env=d["env"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "Job 'ablate-1' succeeded" in status.stdout, status.stdout + status.stderr
+    runs = _children(d["tracking_uri"], "submitted")
+    assert [(run.info.run_name, run.info.status) for run in runs] == [("cpm-s0", "FINISHED")]
+    d["s3"].head_object(Bucket=BUCKET, Key="runs/submitted/ablate_launch.json")
+    # the job server takes the same token: another one is refused
+    wrong = d["root"] / "wrong_job_token"
+    wrong.write_text(secrets.token_hex(32))
+    wrong.chmod(0o600)
+    refused = subprocess.run(
+        ["ray", "job", "list", "--address", d["dashboard"]],
+        env={**d["env"], "RAY_AUTH_TOKEN_PATH": str(wrong)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode != 0 and "ablate-1" not in refused.stdout, refused.stdout
+    print(f"ray job submit: {time.perf_counter() - started:.0f} s")

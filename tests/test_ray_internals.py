@@ -7,7 +7,10 @@ not that the test needs loosening.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import ray
@@ -94,3 +97,21 @@ def test_guard_repoints_a_pending_trial_whose_checkpoint_is_gone(tmp_path: Path)
     CheckpointGuard().on_step_begin(0, [intact, damaged])
     assert Path(intact.checkpoint.path).name == "checkpoint_000002"
     assert Path(damaged.checkpoint.path).name == "checkpoint_000001"
+
+
+def test_gcs_token_error_reaches_rays_token_loader(tmp_path: Path) -> None:
+    """The token probe's private imports exist and a missing token file is Ray's
+    AuthenticationError before any network call (in a fresh process: Ray caches the token)."""
+    probe = (
+        "from ablate.ray_internals import gcs_token_error\n"
+        "error = gcs_token_error('127.0.0.1:1', 1.0)\n"
+        "print(type(error).__name__, error)"
+    )
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(tmp_path / "none")}
+    env.pop("RAY_AUTH_TOKEN", None)
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("AuthenticationError"), out.stdout + out.stderr[-2000:]
+    assert str(tmp_path / "none") in out.stdout
