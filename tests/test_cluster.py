@@ -629,6 +629,14 @@ def _launch_wait(d: dict[str, Any], name: str, seeds: list[int], timeout_s: floa
     )
 
 
+def _elsewhere(d: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
+    """``ablate ARGS`` run from a folder of its own, as on a machine that shares no disk."""
+    return subprocess.run(
+        _ablate(d, *args), env=d["env"], cwd=d["root"], capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+
+
 def _driver_end(d: dict[str, Any], name: str, timeout_s: float = 400) -> tuple[int, str]:
     """Wait for the driver of launch ``name``; its exit code and output."""
     proc = d["dep"].procs.pop(f"driver_{name}")
@@ -671,35 +679,15 @@ def test_cluster_survives_a_storage_outage_and_a_tracking_server_restart(deploym
     assert code == 0, out[-3000:]
     _assert_complete(d, "outage", [0, 1])
 
-    # -- another machine: the table and dashboard of that launch from the bucket ----------
+    # -- another machine: table, dashboard and export of that launch, from the bucket ------
     elsewhere = ["--storage", d["storage"], "--workdir", str(d["root"] / "elsewhere")]
-    table = subprocess.run(
-        _ablate(d, "table", "outage", "--format", "csv", *elsewhere),
-        env=d["env"],
-        cwd=d["root"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    table = _elsewhere(d, "table", "outage", "--format", "csv", *elsewhere)
     assert table.returncode == 0 and "cpm" in table.stdout, table.stdout + table.stderr
-    board = subprocess.run(
-        _ablate(d, "dashboard", "outage", *elsewhere, "--tracking-uri", d["tracking_uri"]),
-        env=d["env"],
-        cwd=d["root"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    uri = ["--tracking-uri", d["tracking_uri"]]
+    board = _elsewhere(d, "dashboard", "outage", *elsewhere, *uri)
     assert board.returncode == 0, board.stdout + board.stderr
     assert (d["root"] / "elsewhere" / "dashboards" / "outage" / "index.html").is_file()
-    exported = subprocess.run(
-        _ablate(d, "export", "outage", *elsewhere, "--tracking-uri", d["tracking_uri"]),
-        env=d["env"],
-        cwd=d["root"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    exported = _elsewhere(d, "export", "outage", *elsewhere, *uri)
     assert exported.returncode == 0, exported.stdout + exported.stderr
     assert (d["root"] / "elsewhere" / "exports" / "outage" / "MLmodel").is_file()
 
