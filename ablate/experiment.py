@@ -122,7 +122,9 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> None:
     from ablate import local_ray
 
     if ray.is_initialized():
-        return
+        if not (address and _EMBEDDED):
+            return  # connected already: this process's own cluster, or the caller's ray.init
+        stop_ray()  # an earlier launch's embedded Ray; this launch asks for a cluster
     local_ray.driver_env_read()
     if address and address != "auto":
         _check_reachable(address)

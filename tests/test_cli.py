@@ -78,8 +78,14 @@ def test_unreachable_cluster_fails_fast_without_recording(tmp_path: Path) -> Non
         port = sock.getsockname()[1]
     space = Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
     runs = tmp_path / "runs"
-    result = runner.invoke(
-        app, ["run", str(space), "--address", f"127.0.0.1:{port}", "--workdir", str(runs)]
+    result = subprocess.run(  # its own process: no Ray an earlier test left connected here
+        ["ablate", "run", str(space), "--address", f"127.0.0.1:{port}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    assert result.exit_code == 2 and "cannot reach a Ray cluster" in result.output
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "cannot reach a Ray cluster" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
     assert not (runs / "mlflow.db").exists()
