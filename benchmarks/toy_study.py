@@ -17,9 +17,9 @@ paired t-test; per (seed, slice): paired t-test):
 
 A claim *holds* if the 95% CI lies above 0, is *reversed* if below, else *not resolved*.
 
-Usage (about 40 minutes on 2 unloaded CPU cores)::
+Usage (60 minutes on 2 CPU cores, 2 trials at a time; the cores were partly shared)::
 
-    python benchmarks/toy_study.py --steps 3000 --pmdm-steps 600 --seeds 0 1 2
+    python benchmarks/toy_study.py --steps 3000 --pmdm-steps 600 --seeds 0 1 2 --jobs 2
 
 Writes ``benchmarks/results/toy_study.json`` and ``benchmarks/results/toy_study.md``.
 """
