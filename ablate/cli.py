@@ -441,12 +441,17 @@ def export(
     write a standalone copy. Exporting the same best trial again changes nothing."""
     import shlex
 
+    from ablate import storage as storage_mod
     from ablate.export import export_best, ranking
-    from ablate.launches import resolve_study
+    from ablate.launches import is_launch, read_launch_record, resolve_study
 
     if mode not in (None, "max", "min"):
         raise UserError(f"--mode '{mode}': use max or min")
     _quiet_mlflow()
+    records = storage_mod.normalize(storage) if storage else None
+    if tracking_uri is None and records and is_launch(records, name):
+        # another machine: the launch record in the storage names the tracking server
+        tracking_uri = read_launch_record(records, name)["context"]["tracking_uri"]
     ws = _existing_workspace(workdir, tracking_uri, storage)
     study = resolve_study(name, ws.storage, ws.tracking_uri)
     metric, mode = ranking(study.tracking_uri, study.experiment, metric, mode)

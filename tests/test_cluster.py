@@ -687,8 +687,9 @@ def test_cluster_survives_a_storage_outage_and_a_tracking_server_restart(deploym
     board = _elsewhere(d, "dashboard", "outage", *elsewhere, *uri)
     assert board.returncode == 0, board.stdout + board.stderr
     assert (d["root"] / "elsewhere" / "dashboards" / "outage" / "index.html").is_file()
-    exported = _elsewhere(d, "export", "outage", *elsewhere, *uri)
+    exported = _elsewhere(d, "export", "outage", *elsewhere)  # the record names the server
     assert exported.returncode == 0, exported.stdout + exported.stderr
+    assert f"--tracking-uri {d['tracking_uri']}" in exported.stdout, exported.stdout
     assert (d["root"] / "elsewhere" / "exports" / "outage" / "MLmodel").is_file()
 
     # -- the tracking server restarts mid-trial ---------------------------------------------
