@@ -90,18 +90,22 @@ def tiny_experiment(name: str, rows: dict[str, Any], **extra: Any) -> dict[str, 
 
 
 def trial_runs(tracking_uri: str, experiment: str) -> Any:
-    """The trial (child) runs of an MLflow experiment, as a pandas frame with
-    ``mlflow.search_runs``'s columns. Read through an explicit client: setting MLflow's global
-    tracking URI here would leak into the CLI subprocesses of later tests (as an environment
-    variable) and hide any command that resolves the wrong store."""
+    """The trial (child) runs of an MLflow experiment: :func:`mlflow_runs` of kind 'trial'."""
+    return mlflow_runs(tracking_uri, experiment, kind="trial")
+
+
+def mlflow_runs(tracking_uri: str, experiment: str, kind: str | None = None) -> Any:
+    """The runs of an MLflow experiment (those tagged ``ablate.kind = kind``, if given), as a
+    pandas frame with ``mlflow.search_runs``'s columns. Read through an explicit client:
+    setting MLflow's global tracking URI here would leak into the CLI subprocesses of later
+    tests (as an environment variable) and hide any command that resolves the wrong store."""
     import pandas as pd
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri)
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    runs = client.search_runs(
-        [experiment_id], filter_string="tags.`ablate.kind` = 'trial'", max_results=5000
-    )
+    where = f"tags.`ablate.kind` = '{kind}'" if kind else ""
+    runs = client.search_runs([experiment_id], filter_string=where, max_results=5000)
     return pd.DataFrame(
         [
             {

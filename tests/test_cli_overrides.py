@@ -6,10 +6,10 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import mlflow
 import pytest
 
 from ablate import tracking
+from tests.conftest import mlflow_runs
 
 REPO = Path(__file__).resolve().parents[1]
 LOSS_WEIGHTS = REPO / "search_spaces" / "loss_weights.yaml"
@@ -100,8 +100,7 @@ def test_search_with_overrides_then_confirm_seeds(tmp_path: Path) -> None:
     assert study_db.is_file() and not (tmp_path / "runs" / "optuna.db").exists()
     assert "loss-weights-confirm: 2 trials, 0 failed" in " ".join(result.stdout.split())
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["loss-weights"], output_format="pandas")
+    runs = mlflow_runs(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", "loss-weights")
     search_parent = runs[runs["tags.ablate.kind"] == "search"].iloc[0]
     assert search_parent["params.override.train.steps"] == "20"  # recorded, as typed
     assert search_parent["params.override.search.num_samples"] == "2"

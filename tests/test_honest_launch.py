@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
-import mlflow
 import numpy as np
 import pytest
 import yaml
@@ -32,7 +31,7 @@ from mlflow.tracking import MlflowClient
 
 from ablate.local_ray import token_path
 from ablate.mlflow_ui import group_members
-from tests.conftest import tiny_experiment
+from tests.conftest import mlflow_runs, tiny_experiment
 from tests.test_dashboards_html import chromium_url, needs_chromium
 
 pytestmark = pytest.mark.slow
@@ -139,8 +138,7 @@ def _kill_session(proc: subprocess.Popen) -> None:
 
 
 def _runs(workdir: Path, name: str):
-    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
-    return mlflow.search_runs(experiment_names=[name], output_format="pandas")
+    return mlflow_runs(f"sqlite:///{workdir / 'mlflow.db'}", name)
 
 
 @pytest.fixture(scope="module")
