@@ -108,7 +108,7 @@ def _existing_workspace(workdir: Path, tracking_uri: str | None, storage: str | 
     workdir = workdir.resolve()
     uri = tracking_uri or tracking.default_tracking_uri(workdir)
     tracking.require_store(uri)
-    return Workspace(workdir, uri, storage_mod.normalize(storage or workdir / "ray_results"))
+    return Workspace(workdir, uri, storage_mod.location(storage, workdir))
 
 
 def _launch_workspace(workdir: Path, storage: str | None) -> Any:
@@ -123,7 +123,7 @@ def _launch_workspace(workdir: Path, storage: str | None) -> Any:
     ws = Workspace(
         workdir,
         tracking.default_tracking_uri(workdir),
-        storage_mod.normalize(storage or workdir / "ray_results"),
+        storage_mod.location(storage, workdir),
     )
     if not storage_mod.exists(ws.storage):
         raise UserError(
@@ -595,9 +595,7 @@ def _study(name: str, workdir: str, tracking_uri: str, storage: str | None = Non
     from ablate import storage as storage_mod
     from ablate.launches import resolve_study
 
-    return resolve_study(
-        name, storage_mod.normalize(storage or Path(workdir) / "ray_results"), tracking_uri
-    )
+    return resolve_study(name, storage_mod.location(storage, workdir), tracking_uri)
 
 
 @app.command()

@@ -67,7 +67,7 @@ class Workspace:
         return cls(
             workdir,
             tracking_uri or tracking.default_tracking_uri(workdir),
-            storage_mod.normalize(storage or workdir / "ray_results"),
+            storage_mod.location(storage, workdir),
         )
 
     @property
@@ -329,7 +329,8 @@ def _trainable(exp: ExperimentConfig, ctx: LaunchContext) -> Any:
 
 def resume_hint(ws: Workspace, name: str) -> str:
     """The command that continues launch ``name``."""
-    storage = "" if ws.storage == str(ws.workdir / "ray_results") else f" --storage {ws.storage}"
+    default = ws.storage == storage_mod.location(None, ws.workdir)
+    storage = "" if default else f" --storage {ws.storage}"
     return f"ablate resume {name} --workdir {ws.workdir}{storage}"
 
 
@@ -503,7 +504,7 @@ def launch_search(
     storage_url = study_storage or f"sqlite:///{(ws.workdir / 'optuna.db').resolve()}"
     preflight.check_study_url(storage_url)
     _preflight(ws.tracking_uri, ws.storage, address)
-    preflight.check_study_storage(storage_url)
+    study_db = preflight.open_study_storage(storage_url)
     ctx = _with_plan(_prepare(row_exp, ws, "search", name, overrides), ws, name, plan)
     if any(m == "sd" or m.startswith("ams_") for m, _ in search.objectives):
         # the objective needs K samples per validation slice, as the test metrics have
@@ -538,7 +539,7 @@ def launch_search(
         mode=modes if search.multi_objective else modes[0],
         sampler=optuna.samplers.TPESampler(multivariate=True, seed=exp.seeds[0]),
         study_name=study_name,
-        storage=optuna.storages.RDBStorage(storage_url),
+        storage=study_db,
     )
     n_reports = len(range(base.train.eval_every, base.train.steps, base.train.eval_every)) + 1
     scheduler = None  # FIFO: several objectives, every trial runs to the end
@@ -619,7 +620,7 @@ def resume(ws: Workspace, name: str, *, address: str | None = None) -> LaunchRes
     if not tune.Tuner.can_restore(path):
         raise UserError(f"Ray has no restorable state at {path}: the launch never started")
     if record["kind"] == "search":  # the restored searcher reopens its study database
-        preflight.check_study_storage(record["optuna_storage"], record["optuna_study"])
+        preflight.open_study_storage(record["optuna_storage"], record["optuna_study"])
     _preflight(ctx.tracking_uri, ws.storage, address)
     tracking.reopen_run(ctx.tracking_uri, ctx.parent_run_id)
     tuner = tune.Tuner.restore(

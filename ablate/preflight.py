@@ -187,9 +187,10 @@ def check_study_url(url: str) -> None:
         )
 
 
-def check_study_storage(url: str, study: str | None = None) -> None:
-    """The study database answers (and, with ``study``, holds that study): one line, not
-    Optuna's traceback, when a server is down or a sqlite file is on another machine."""
+def open_study_storage(url: str, study: str | None = None) -> Any:
+    """The study database, opened (an ``optuna.storages.RDBStorage``), once it answers and,
+    with ``study``, holds that study: one line, not Optuna's traceback, when a server is
+    down or a sqlite file is on another machine."""
     import optuna
 
     if study is not None and url.startswith("sqlite:///"):
@@ -200,15 +201,16 @@ def check_study_storage(url: str, study: str | None = None) -> None:
                 f"resume the search where it was launched, or launch it with {STUDY_STORAGE_FIX}"
             )
     try:
-        storage_ = optuna.storages.RDBStorage(url)
+        opened = optuna.storages.RDBStorage(url)
         if study is not None:
-            optuna.load_study(study_name=study, storage=storage_)
+            optuna.load_study(study_name=study, storage=opened)
     except KeyError:
         raise UserError(f"no Optuna study '{study}' in {url}: {STUDY_STORAGE_FIX}") from None
     except Exception as exc:  # noqa: BLE001 - drivers and SQLAlchemy raise many kinds
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"cannot open the Optuna study storage {url} ({reason}): "
                         f"{STUDY_STORAGE_FIX}") from None  # fmt: skip
+    return opened
 
 
 def check_nodes(timeout_s: float = 60.0, module: str = "trainables.ablation") -> None:

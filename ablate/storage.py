@@ -51,6 +51,11 @@ def normalize(location: str | os.PathLike) -> str:
     return str(Path(text.removeprefix("file://")).expanduser().resolve())
 
 
+def location(storage: str | os.PathLike | None, workdir: str | os.PathLike) -> str:
+    """``--storage`` normalised, or the workspace's default: ``WORKDIR/ray_results``."""
+    return normalize(storage or Path(workdir) / "ray_results")
+
+
 def join(base: str, *parts: str) -> str:
     """``base/part/...`` for a URI or a local path (a URI keeps its query string last)."""
     if is_uri(base):
@@ -183,11 +188,14 @@ def download(location: str, local: Path) -> None:
 
 
 def retrying(call: Callable[[], T], location: str, action: str, wait_s: float) -> T:
-    """``call()``, retried with backoff while it fails with an ``OSError`` other than
-    ``FileNotFoundError`` (the object store is unreachable: pyarrow's S3 client gives up
-    within a second on a refused connection), for at most ``wait_s`` seconds; then a
-    one-line :class:`StorageError` naming ``location`` and ``action``. An outage shorter
-    than ``wait_s`` then costs a pause, not a failed trial."""
+    """``call()``, which reads or writes ``location``. On an object store it is retried with
+    backoff while it fails with an ``OSError`` other than ``FileNotFoundError`` (the store is
+    unreachable: pyarrow's S3 client gives up within a second on a refused connection), for
+    at most ``wait_s`` seconds; then a one-line :class:`StorageError` naming ``location``
+    and ``action``. An outage shorter than ``wait_s`` then costs a pause, not a failed
+    trial. A local or shared path is not waited for: its errors (a full disk) do not pass."""
+    if not is_uri(location):
+        return call()
     deadline = time.monotonic() + wait_s
     delay = 1.0
     while True:

@@ -11,10 +11,9 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import yaml
@@ -37,18 +36,9 @@ PROGRESS_EVERY_S = 2.0
 HISTORY_EVERY_S = 30.0
 #: Seconds a trial waits for its object store (a checkpoint it cannot upload or restore)
 #: before it fails: a shorter outage pauses the trial instead of costing one of its
-#: ``max_failures`` retries (each of which would wait as long again). A local or shared
-#: path is not waited for: its errors (a full disk) do not pass.
+#: ``max_failures`` retries (each of which would wait as long again); see
+#: :func:`ablate.storage.retrying`.
 STORAGE_WAIT_S = 300.0
-T = TypeVar("T")
-
-
-def _on_storage(call: Callable[[], T], storage: str, action: str) -> T:
-    """``call()``, which reads or writes ``storage``: on an object store, retried through
-    an outage of up to :data:`STORAGE_WAIT_S` (:func:`ablate.storage.retrying`)."""
-    if not storage_mod.is_uri(storage):
-        return call()
-    return storage_mod.retrying(call, storage, action, STORAGE_WAIT_S)
 
 
 class TrialFailed(UserError):
@@ -107,7 +97,7 @@ def _load_checkpoint(storage: str) -> dict[str, Any] | None:
             path = Path(folder) / CHECKPOINT_FILE
             return torch.load(path, weights_only=True, map_location="cpu")
 
-    return _on_storage(load, storage, "restore the trial's checkpoint")
+    return storage_mod.retrying(load, storage, "restore the trial's checkpoint", STORAGE_WAIT_S)
 
 
 def _report(
@@ -121,10 +111,11 @@ def _report(
         torch.save(state, Path(folder) / CHECKPOINT_FILE)
         (Path(folder) / "config.yaml").write_text(yaml.safe_dump(trial.model_dump(mode="json")))
         checkpoint = tune.Checkpoint.from_directory(folder)
-        _on_storage(
+        storage_mod.retrying(
             lambda: tune.report(dict(metrics), checkpoint=checkpoint),
             storage,
             "upload the trial's checkpoint",
+            STORAGE_WAIT_S,
         )
 
 
