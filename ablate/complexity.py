@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -145,18 +144,15 @@ def _signature(value: Any) -> Any:
 _TABLE_FILES = (("paper_table2.yaml", 128), ("pmdm_table1.yaml", 256))
 
 
-def _search_spaces() -> Path:
-    return Path(__file__).resolve().parent.parent / "search_spaces"
-
-
 def _known_rows() -> dict[str, tuple[Any, int, bool]]:
     """Row name -> (its TrialConfig, image size, counted by default), over the files present."""
     from ablate.config import load_experiment
+    from ablate.shipped import search_spaces_dir
     from ablate.trials import row_trials
 
     known: dict[str, tuple[Any, int, bool]] = {}
     for index, (name, size) in enumerate(_TABLE_FILES):
-        path = _search_spaces() / name
+        path = search_spaces_dir() / name
         if not path.is_file():
             continue
         exp = load_experiment(path)

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from ablate.errors import UserError
+from ablate.shipped import shipped_space, shipped_space_names
 
 
 class ConfigError(UserError):
@@ -486,8 +487,11 @@ def format_validation_error(err: ValidationError, source: str) -> str:
 def load_experiment(path: str | Path) -> ExperimentConfig:
     """Load and validate an experiment YAML; any problem is a one-line :class:`ConfigError`."""
     path = Path(path)
+    if not path.is_file() and path.parent == Path("."):
+        path = shipped_space(path.name) or path  # a shipped space by name: `paper_table2`
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path} (pass a YAML from search_spaces/)")
+        shipped = ", ".join(shipped_space_names())
+        raise ConfigError(f"config file not found: {path} (pass a YAML path, or one of: {shipped})")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -32,6 +32,7 @@ from ablate.interrupts import Interrupted, active_stop_signals, stoppable
 from ablate.interrupts import reinstall as reinstall_stop_signals
 from ablate.launches import LAUNCH_RECORD, read_launch_record
 from ablate.search import PruningAwareOptunaSearch, optuna_distribution
+from ablate.shipped import shipped_space
 from ablate.trials import (
     ROW,
     SEED,
@@ -737,11 +738,8 @@ def _not_started(name: str) -> dict[str, Any]:
 
 
 def search_space_path(filename: str) -> Path:
-    """A YAML shipped in the repository's ``search_spaces/`` (installed editable)."""
-    path = Path(__file__).resolve().parents[1] / "search_spaces" / filename
-    if not path.is_file():
-        raise UserError(
-            f"{path} not found: install the project editable from its repository "
-            "(pip install -e .) or pass a YAML path"
-        )
+    """A YAML shipped with the package (:mod:`ablate.shipped`)."""
+    path = shipped_space(filename)
+    if path is None:
+        raise UserError(f"{filename} is not shipped with this installation: pass a YAML path")
     return path

@@ -43,6 +43,7 @@ from typing import Any
 
 from ablate.config import ExperimentConfig, TrialConfig, load_experiment
 from ablate.errors import UserError
+from ablate.shipped import benchmark_records_dir, search_spaces_dir
 from ablate.trials import (
     ANY_TRIAL,
     ROW,
@@ -55,8 +56,8 @@ from ablate.trials import (
     trial_key,
 )
 
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
-SEARCH_SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
+RESULTS = benchmark_records_dir()
+SEARCH_SPACES = search_spaces_dir()
 
 #: At most this many trials share one GPU in a suggested ``--resources gpu=`` fraction.
 MAX_PACK = 4

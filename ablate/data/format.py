@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from ablate.errors import UserError
+from ablate.shipped import DISTRIBUTION
 
 FORMAT_VERSION = 1
 #: Arrays a dataset may hold per subject. ``activity`` is the simulator's ground truth.
@@ -71,7 +72,7 @@ def full_dose_scale(volume: np.ndarray) -> float:
 def package_version() -> str:
     """The installed ablate version, stamped into every dataset's provenance."""
     try:
-        return version("ablate")
+        return version(DISTRIBUTION)
     except PackageNotFoundError:
         return "unknown"
 
