@@ -152,13 +152,11 @@ def evaluate_method(
     out = torch.cat(outputs, dim=1)  # [K, B, 1, H, W]
     ref = torch.cat(references)
     _check_finite(out, subjects, dataset.split, trial.row_name)
-    single = image_metrics(out[0], ref)
+    summary, per_subject, single = score(out[0], ref, subjects)
     per_slice = pd.DataFrame({name: values.numpy() for name, values in single.items()})
     per_slice.insert(0, "index", indices)
     per_slice.insert(1, "subject", subjects)
     per_slice.insert(2, "slice", [dataset.locate(i)[1] for i in indices])
-    per_subject = _per_subject(out[0], ref, subjects)
-    summary = _summary(per_subject, single)
     input_name = "input" if "lpet" in batch else "sinogram"
     images = {
         input_name: torch.cat(inputs)[:N_SAMPLE_IMAGES, 0].numpy(),
@@ -167,11 +165,10 @@ def evaluate_method(
     }
     per_sample = None
     if k > 1:
-        ams = image_metrics(out.mean(dim=0), ref)
+        ams_summary, ams_subject, ams = score(out.mean(dim=0), ref, subjects)
         for name, values in ams.items():
             per_slice[f"ams_{name}"] = values.numpy()
-        ams_subject = _per_subject(out.mean(dim=0), ref, subjects)
-        summary.update({f"ams_{n}": v for n, v in _summary(ams_subject, ams).items()})
+        summary.update({f"ams_{n}": v for n, v in ams_summary.items()})
         per_subject = per_subject.join(ams_subject[list(STANDARD)].add_prefix("ams_"))
         per_sample = pd.concat(
             [_per_subject(out[s], ref, subjects).assign(sample=s) for s in range(k)]
@@ -181,13 +178,23 @@ def evaluate_method(
         images["sd_map"] = out[:, :N_SAMPLE_IMAGES, 0].std(dim=0).numpy()
     _check_defined(summary, per_subject, dataset.split, k)
     if lows:  # the low-dose input itself, scored the same way: the table's baseline line
-        low = torch.cat(lows)
-        low_subject = _per_subject(low, ref, subjects)
-        low_summary = _summary(low_subject, image_metrics(low, ref))
+        low_summary, low_subject, _ = score(torch.cat(lows), ref, subjects)
         summary.update({INPUT + n: v for n, v in low_summary.items()})
         per_subject = per_subject.join(low_subject[list(STANDARD)].add_prefix(INPUT))
     summary.update(summary_diag)
     return Evaluation(summary, per_slice, per_subject, images, per_sample)
+
+
+def score(
+    pred: torch.Tensor, ref: torch.Tensor, subjects: list[str]
+) -> tuple[dict[str, float], pd.DataFrame, dict[str, torch.Tensor]]:
+    """The metrics of a split: (summary, per subject, per image). ``pred`` and ``ref`` are
+    [B, 1, H, W] slices, ``subjects[i]`` the subject of slice i. The summary's standard
+    metrics are the mean over subjects of their volume metrics; its paper metrics the mean
+    over slices where defined (module docstring)."""
+    per_image = image_metrics(pred, ref)
+    per_subject = _per_subject(pred, ref, subjects)
+    return _summary(per_subject, per_image), per_subject, per_image
 
 
 def _per_subject(pred: torch.Tensor, ref: torch.Tensor, subjects: list[str]) -> pd.DataFrame:
