@@ -41,8 +41,6 @@ _QUALITY = ["psnr", "ssim", "nmse"]
 _TITLES = {"psnr": "PSNR", "ssim": "SSIM", "nmse": "NMSE", "nrmse": "NRMSE", "sd": "SD"}
 _TEST_NAMES = {"t": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test"}
 _PARAM_NAMES_NOT_VARIANTS = ("seed", "path", "dir", "uri", "run_id", "row.label")
-#: The label of the line that scores the low-dose input itself (trials' ``input_*`` metrics).
-INPUT_LABEL = "low-dose input"
 
 
 @dataclass(frozen=True)
@@ -310,6 +308,10 @@ def _significance(
         if len(joined) >= 2:
             line.p_value = _paired_p(joined["a"].to_numpy(), joined["b"].to_numpy(), test)
             line.test = f"{len(joined)} slices"
+
+
+#: The label of the line that scores the low-dose input itself (trials' ``input_*`` metrics).
+INPUT_LABEL = "low-dose input"
 
 
 def _input_line(df: pd.DataFrame, columns: list[Column]) -> Line | None:
