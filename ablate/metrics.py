@@ -44,8 +44,6 @@ sees. Both conventions give ``nan`` where they are undefined, so callers average
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -54,27 +52,6 @@ from torch import Tensor
 PAPER_THRESHOLD = 0.05
 
 _K1, _K2 = 0.01, 0.03
-
-#: The quality metrics a trial logs per test set (and per test subject), standard convention.
-QUALITY = ("psnr", "ssim", "nmse", "nrmse")
-#: Every test metric a trial logs: single sample and AMS, both conventions, and the sampling SD.
-TEST_METRICS = (
-    *QUALITY,
-    *(f"paper_{q}" for q in QUALITY[:3]),
-    *(f"ams_{q}" for q in QUALITY),
-    *(f"ams_paper_{q}" for q in QUALITY[:3]),
-    "sd",
-)
-
-
-def better(metric: str) -> Literal["max", "min"]:
-    """Which way a metric improves: errors (NMSE, NRMSE), the sampling SD and costs (params,
-    MACs, training seconds) go down, everything else (PSNR, SSIM, throughput) goes up.
-
-    The one owner of a metric's direction: tables, exports and claims all ask here."""
-    base = metric.removeprefix("val_").removeprefix("ams_").removeprefix("paper_")
-    lower = base in ("nmse", "nrmse", "sd", "params_m", "gmacs") or base.startswith("train_s")
-    return "min" if lower else "max"
 
 
 def _check_pair(pred: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]:
