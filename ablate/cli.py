@@ -620,7 +620,9 @@ def table(
     experiment: str = typer.Argument(
         ..., help="Experiment name, launch name (run --name) or a results .parquet file."
     ),
-    fmt: str = typer.Option("", "--format", help="md, latex, csv or html (default: terminal)."),
+    fmt: str = typer.Option(
+        "", "--format", help="md, latex, csv, html or parquet (the tidy frame; default: terminal)."
+    ),
     convention: str = typer.Option("standard", "--convention", help="standard or paper."),
     reference: str | None = typer.Option(None, "--reference", help="Row tested against."),
     paper: bool = typer.Option(False, "--paper", help="Show the papers' numbers beside ours."),
@@ -646,11 +648,15 @@ def table(
     if test not in ("t", "wilcoxon"):
         raise UserError(f"--test '{test}' is not one of: t, wilcoxon")
     if out and not fmt:
-        fmt = {".tex": "latex", ".csv": "csv", ".html": "html"}.get(Path(out).suffix, "md")
+        suffixes = {".tex": "latex", ".csv": "csv", ".html": "html", ".parquet": "parquet"}
+        fmt = suffixes.get(Path(out).suffix, "md")
     uri, parent = resolve_tracking_uri(workdir, tracking_uri), None
     if not experiment.endswith(".parquet"):
         study = _study(experiment, workdir, uri, storage)
         experiment, uri, parent = study.experiment, study.tracking_uri, study.parent_run_id
+    if fmt == "parquet":
+        _write_tidy(experiment, uri, parent, out)
+        return
     result = tables_for(
         experiment,
         uri,
@@ -672,6 +678,23 @@ def table(
         console.print(f"table ({fmt}) -> {out}")
     else:
         print(text, end="")
+
+
+def _write_tidy(source: str, tracking_uri: str, parent: str | None, out: str | None) -> None:
+    """``ablate table NAME --format parquet``: the tidy frame (README "The tidy results")."""
+    from pathlib import Path
+
+    from dashboards.study import tidy_for
+
+    frame = tidy_for(source, tracking_uri, parent)
+    path = Path(out or f"{Path(source).stem}.parquet")
+    if source.endswith(".parquet") and path.resolve() == Path(source).resolve():
+        raise UserError(f"--out {path} is the file being read: choose another --out")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path, index=False)
+    levels = frame["level"].value_counts()
+    counts = ", ".join(f"{levels.get(k, 0)} {k}" for k in ("trial", "subject", "sample"))
+    console.print(f"tidy results ({counts} lines) -> {path}")
 
 
 @app.command()

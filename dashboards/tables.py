@@ -19,7 +19,7 @@ import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -93,6 +93,9 @@ class AblationTable:
     lines: list[Line]
     notes: list[str]
     title: str = ""  # the caption's subject; default "Ablation study '<experiment>'"
+    # the contrasts, claims and variance shares of the same trials (dashboards.contrasts),
+    # shown under the table in every format but CSV (one table per CSV: ``--part``)
+    analysis_tables: list[Any] = field(default_factory=list)
 
     def __rich__(self) -> RichTable:
         """So ``console.print(table)`` prints the terminal table."""

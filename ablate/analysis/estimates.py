@@ -153,6 +153,32 @@ def mde(se: float, df: float, alpha: float, power: float = POWER) -> float:
     return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * se)
 
 
+def projected_mde(
+    n_seeds: np.ndarray,
+    var_seed: float,
+    var_subject: float,
+    var_error: float,
+    n_subjects: int,
+    alpha: float,
+    power: float = POWER,
+) -> np.ndarray:
+    """The MDE :func:`crossed` would have at ``n_seeds`` seeds on ``n_subjects`` subjects, if
+    the variance components were the measured ones: the expected mean squares put into the
+    same union of three intervals (the widest wins)."""
+    n, nj = np.asarray(n_seeds, dtype=float), float(n_subjects)
+    ms_seed = nj * var_seed + var_error
+    factor = lambda df: stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)  # noqa: E731
+    out = factor(n - 1) * np.sqrt(ms_seed / (n * nj))
+    if n_subjects > 1:
+        ms_subj = n * var_subject + var_error
+        df_e = (n - 1) * (nj - 1)
+        full = ms_seed + ms_subj - var_error
+        satt = full**2 / (ms_seed**2 / (n - 1) + ms_subj**2 / (nj - 1) + var_error**2 / df_e)
+        out = np.maximum(out, factor(nj - 1) * np.sqrt(ms_subj / (n * nj)))
+        out = np.maximum(out, factor(np.maximum(satt, 1.0)) * np.sqrt(full / (n * nj)))
+    return out
+
+
 def seeds_needed(
     effect: float,
     var_seed: float,
@@ -163,12 +189,12 @@ def seeds_needed(
     power: float = POWER,
     most: int = 10_000,
 ) -> int | None:
-    """Seeds that detect ``effect`` with ``power`` at ``alpha`` on ``n_subjects`` test subjects,
-    from the measured variance components; ``None`` if even ``most`` seeds do not (the
-    subject component alone is then too large: more test subjects are needed)."""
+    """Seeds that detect ``effect`` with ``power`` at ``alpha`` on ``n_subjects`` test subjects
+    (:func:`projected_mde`); ``None`` if even ``most`` seeds do not (the subject component
+    alone is then too large: more test subjects are needed)."""
     if not np.isfinite(effect) or effect == 0:
         return None
     n = np.arange(2, most + 1)
-    se = np.sqrt(var_seed / n + var_subject / n_subjects + var_error / (n * n_subjects))
-    detect = (stats.t.ppf(1 - alpha / 2, n - 1) + stats.t.ppf(power, n - 1)) * se <= abs(effect)
+    detect = projected_mde(n, var_seed, var_subject, var_error, n_subjects, alpha, power)
+    detect = detect <= abs(effect)
     return int(n[detect.argmax()]) if detect.any() else None
