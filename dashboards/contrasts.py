@@ -259,7 +259,8 @@ def _effect_cells(e: Effect) -> list[str]:
 
 
 def _n(e: Effect) -> str:
-    return f"{e.n_seeds} seeds" + (f" × {e.n_subjects} subj." if e.over == "subjects" else "")
+    seeds = f"{e.n_seeds} seed" + ("" if e.n_seeds == 1 else "s")
+    return seeds + (f" × {e.n_subjects} subj." if e.over == "subjects" else "")
 
 
 def _share(value: float | None) -> str:

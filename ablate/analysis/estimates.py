@@ -11,18 +11,22 @@ changes with the test subject (subject x row interaction); ``e``: what is left. 
 samples are nested inside ``d[s, j]`` (it is a subject mean), never replicates of their own.
 
 The estimate is the grand mean of ``d``. Its 95% CI is the union of three t-intervals, each
-exact in one regime: the seed-level paired t-test on subject means (``MS_seed``, S - 1 df; exact
-when the contrast does not vary with the subject), the subject-level paired t-test on seed means
-(``MS_subject``, J - 1 df; exact when it does not vary with the seed), and the two-way crossed
-random-effects interval (method-of-moments variance ``(MS_seed + MS_subject - MS_error)/(S J)``,
-Satterthwaite df), which covers the mixed case. The p-value is the largest of the three (an
-intersection-union test), so "CI excludes 0" and "p < 0.05" always agree. Why the union: the
-Satterthwaite interval alone undercovers at 3 seeds (its df jumps up exactly when a 2-df seed
-mean square is small by chance: 94% coverage, 10% Holm FWER at 3 seeds x 20 subjects), and the
-seed-level t-test alone misses the subject variance (48-86% coverage when subjects dominate).
-The union holds 94.5-96.5% in the calibration (``benchmarks/calibration.py``) and is
-conservative (about 98.5%) only when per-subject noise dominates both. With one subject (or
-trial-level metrics only) it *is* the seed-level paired t-test.
+right in one regime: the seed-level paired t-test on subject means (``MS_seed / (S J)``, S - 1
+df; exact when the contrast does not vary with the subject), the subject-level paired t-test on
+seed means (``MS_subject / (S J)``, J - 1 df; exact when it does not vary with the seed), and
+the crossed interval ``(MS_seed + MS_subject) / (S J)`` with Satterthwaite's df, which covers
+the mixed case (it over-counts the residual once: a conservative stand-in for the
+method-of-moments ``MS_seed + MS_subject - MS_error``, whose Satterthwaite df fall to 1 when
+the residual dominates). The p-value is the largest of the three (an intersection-union
+test), so "CI excludes 0" and "p < 0.05" always agree.
+
+Why the union: a Satterthwaite interval alone undercovers at 3 seeds (its df jump up exactly
+when a 2-df seed mean square is small by chance: 94% coverage, 10% Holm FWER at 3 seeds x 20
+subjects, measured), and the seed-level t-test alone misses the subject variance (48-86%
+coverage when subjects dominate). The union holds 94.5-96.5% in the calibration
+(``benchmarks/calibration.py``) and is conservative (about 99%) only when per-subject noise
+dominates both seed and subject effects. With one subject (or trial-level metrics only) it
+*is* the seed-level paired t-test.
 
 Why this and not a bootstrap or a mixed model: with 2-5 seeds a bootstrap over seeds has 3-125
 distinct resamples and undercovers badly; statsmodels' MixedLM fits crossed effects only through
@@ -103,11 +107,11 @@ def crossed(d: np.ndarray) -> Estimates:
         resid = d - seed_means[..., :, None] - subj_means[..., None, :] + grand[..., None, None]
         df_e = (ns - 1) * (nj - 1)
         ms_e = (resid**2).sum((-2, -1)) / df_e
-        full = ms_seed + ms_subj - ms_e
+        both = ms_seed + ms_subj
         with np.errstate(invalid="ignore", divide="ignore"):
-            satt = full**2 / (ms_seed**2 / (ns - 1) + ms_subj**2 / (nj - 1) + ms_e**2 / df_e)
+            satt = both**2 / (ms_seed**2 / (ns - 1) + ms_subj**2 / (nj - 1))
         candidates.append(_t(grand, ms_subj / n, np.full(grand.shape, nj - 1.0)))
-        candidates.append(_t(grand, full / n, np.nan_to_num(satt, nan=1.0)))
+        candidates.append(_t(grand, both / n, np.nan_to_num(satt, nan=1.0)))
         comps = (
             np.maximum(ms_seed - ms_e, 0) / nj,
             np.maximum(ms_subj - ms_e, 0) / ns,
@@ -171,11 +175,10 @@ def projected_mde(
     out = factor(n - 1) * np.sqrt(ms_seed / (n * nj))
     if n_subjects > 1:
         ms_subj = n * var_subject + var_error
-        df_e = (n - 1) * (nj - 1)
-        full = ms_seed + ms_subj - var_error
-        satt = full**2 / (ms_seed**2 / (n - 1) + ms_subj**2 / (nj - 1) + var_error**2 / df_e)
+        both = ms_seed + ms_subj
+        satt = both**2 / (ms_seed**2 / (n - 1) + ms_subj**2 / (nj - 1))
         out = np.maximum(out, factor(nj - 1) * np.sqrt(ms_subj / (n * nj)))
-        out = np.maximum(out, factor(np.maximum(satt, 1.0)) * np.sqrt(full / (n * nj)))
+        out = np.maximum(out, factor(satt) * np.sqrt(both / (n * nj)))
     return out
 
 
