@@ -858,6 +858,14 @@ def data_import(
     found = pairs_from_csv(pairs) if pairs is not None else pairs_by_name(source, pair_by)
     root = import_dataset(out, found, size, fractions, seed, dose_reduction, str(source))
     console.print(f"imported {len(found)} subjects -> {root}")
+    _print_constant_slices(root)
+
+
+def _print_constant_slices(root: Path) -> None:
+    from ablate.data.inspection import constant_slices_report
+
+    for line in constant_slices_report(root):
+        console.print(f"[yellow]note[/]: {line}", highlight=False, soft_wrap=True)
 
 
 @data_app.command("info")
@@ -879,6 +887,7 @@ def data_info(path: Path = typer.Argument(..., help="A dataset folder.")) -> Non
         values = (f"{s[k]:.4g}" for k in ("min", "mean", "p99", "max"))
         table.add_row(kind, "x".join(map(str, s["shape"])), *values)
     console.print(table)
+    _print_constant_slices(path)
     prov = {k: v for k, v in info["provenance"].items() if k not in ("lesions", "subjects")}
     console.print_json(json.dumps(prov, default=str))
 

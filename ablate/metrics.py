@@ -6,14 +6,23 @@ The work is a handful of batched convolutions and reductions: no Python loop ove
 so the training loop can call it on every evaluation batch, on CPU or GPU.
 
 **Standard convention** (DESIGN.md sec. 7), what tables report as ``psnr/ssim/nmse/nrmse``:
+per test subject *volume* (:func:`volume_metrics`: the subject's evaluated slices taken
+together), then the mean over subjects. Per-image values (:func:`image_metrics`) are kept for
+analysis, but a slice is a poor unit: an empty or constant slice (any brain volume cut to the
+skull has some at its ends) has no data range, and a near-empty one makes NMSE's denominator
+vanish (one dim slice read NMSE 612 and decided a table's NMSE column). Over a volume, those
+slices are a few voxels among many: they count as what they are, mostly background.
 
-- data range ``R`` = max - min of the reference, per image;
+- data range ``R`` = max - min of the reference, per image (per volume for volume metrics);
 - PSNR = 10 log10(R^2 / MSE), MSE over all pixels;
 - SSIM as ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
   use_sample_covariance=False, data_range=R)``: an 11x11 Gaussian window (truncated at 3.5
   sigma), K1 = 0.01, K2 = 0.03, averaged over the positions where the window fits entirely
   inside the image (skimage's crop of the border);
-- NMSE = ||x - y||^2 / ||y||^2 (y the reference), NRMSE = sqrt(NMSE).
+- NMSE = ||x - y||^2 / ||y||^2 (y the reference), NRMSE = sqrt(NMSE);
+- over a volume: PSNR from the MSE over all its voxels and its range, SSIM the mean of the
+  SSIM map over every valid window position of every slice (2D windows, the volume's range),
+  NMSE the ratio of sums over all its voxels.
 
 **Paper-003 convention** (``paper_*``), to compare with Han et al.'s Table 2. It follows the
 authors' published evaluation script (``our_paper_metric.py`` in their repository), applied
@@ -50,6 +59,11 @@ from torch import Tensor
 
 #: Paper 003's evaluation zeroes full-dose pixels at or below this value ([0, 1] scale).
 PAPER_THRESHOLD = 0.05
+
+#: The standard convention's metrics, as :func:`volume_metrics` and :func:`image_metrics` name them.
+STANDARD = ("psnr", "ssim", "nmse", "nrmse")
+#: The paper-003 convention's metrics (per slice).
+PAPER = ("paper_psnr", "paper_ssim", "paper_nmse")
 
 _K1, _K2 = 0.01, 0.03
 
@@ -173,6 +187,27 @@ def image_metrics(pred: Tensor, ref: Tensor) -> dict[str, Tensor]:
     out["nrmse"] = out["nmse"].sqrt()
     out.update(paper_metrics(pred, ref))
     return out
+
+
+def volume_metrics(pred: Tensor, ref: Tensor) -> dict[str, float]:
+    """PSNR, SSIM, NMSE, NRMSE of one volume, standard convention: ``pred`` and ``ref``
+    [S, 1, H, W] are S slices of one subject, taken together (see the module docstring).
+
+    nan where undefined: a reference constant over the whole volume has no data range
+    (PSNR, SSIM nan), an all-zero one no energy (NMSE nan or inf).
+    """
+    x, y = _check_pair(pred, ref)
+    data_range = (y.amax() - y.amin()).reshape(1)
+    sq_err = (x - y).pow(2)
+    out = {
+        "psnr": _psnr(sq_err.mean().reshape(1), data_range),
+        # every slice has the same number of window positions: the mean of the per-slice
+        # means is the mean over all positions of the volume
+        "ssim": _ssim(x, y, data_range.expand(x.shape[0]), _gaussian_1d(), cov_norm=1.0).mean(),
+        "nmse": sq_err.sum() / y.pow(2).sum(),
+    }
+    out["nrmse"] = out["nmse"].sqrt()
+    return {name: float(value.reshape(())) for name, value in out.items()}
 
 
 def sampling_sd(samples: Tensor) -> float:

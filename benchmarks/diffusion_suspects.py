@@ -92,7 +92,7 @@ def run(variant: str, args: argparse.Namespace, data: Path) -> dict:
         test = {k: v.unsqueeze(0) for k, v in item.items()}
     else:
         split = SliceDataset(data, "test", ["lpet", "spet"])
-        idx = evaluation_indices(len(split), args.eval_slices)
+        idx = evaluation_indices(split, args.eval_slices)
         test = {k: torch.stack([split[i][k] for i in idx]) for k in ("lpet", "spet")}
     opt = torch.optim.Adam(method.parameters(), lr=args.lr)
     ema = copy.deepcopy(method) if "ema" in settings else None

@@ -122,7 +122,7 @@ def estimator_psnr(method: Any, dataset: Any, trial: Any) -> float | None:
     estimator = getattr(method, "estimator", None)
     if estimator is None:
         return None
-    items = [dataset[i] for i in evaluation_indices(len(dataset), trial.train.eval_slices)]
+    items = [dataset[i] for i in evaluation_indices(dataset, trial.train.eval_slices)]
     batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
     with torch.no_grad():
         r0 = estimator(method.sinogram_image(batch))

@@ -42,6 +42,8 @@ _QUALITY = ["psnr", "ssim", "nmse"]
 _TITLES = {"psnr": "PSNR", "ssim": "SSIM", "nmse": "NMSE", "nrmse": "NRMSE", "sd": "SD"}
 _TEST_NAMES = {"t": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test"}
 _PARAM_NAMES_NOT_VARIANTS = ("seed", "path", "dir", "uri", "run_id", "row.label")
+#: The label of the line that scores the low-dose input itself (trials' ``input_*`` metrics).
+INPUT_LABEL = "low-dose input"
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ class Line:
     name: str
     row: str
     label: str
-    kind: Literal["measured", "paper"] = "measured"
+    kind: Literal["measured", "paper", "input"] = "measured"
     status: str = "ok"
     n: int = 0
     total: int = 0
@@ -104,15 +106,19 @@ class AblationTable:
     @property
     def caption(self) -> str:
         conv = (
-            "paper-003 metric convention (full-dose pixels <= 0.05 zeroed, masked data range)"
+            "paper-003 metric convention (per slice: full-dose pixels <= 0.05 zeroed, masked "
+            "data range; mean over slices with foreground)"
             if self.convention == "paper"
-            else "standard metric convention"
+            else "standard metric convention (PSNR, SSIM, NMSE over each test subject's volume, "
+            "mean over subjects)"
         )
         subject = self.title or f"Ablation study '{self.experiment}'"
         text = (
             f"{subject}, {conv}. Mean ± std over seeds (n: completed "
             "trials / all); best measured value per column in bold."
         )
+        if any(line.kind == "input" for line in self.lines):
+            text += f" {INPUT_LABEL}: the low-dose image itself, scored the same way (not bolded)."
         bases = sorted({line.test.split()[-1] for line in self.lines if line.test[:1].isdigit()})
         if self.reference is None:
             return text + " No significance test: no line has completed trials."
@@ -195,7 +201,9 @@ def _check_metrics(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     values = df[col] if col in df else pd.Series(np.nan, index=df.index)
     missing = (df["status"] == "completed") & values.isna()
     df.loc[missing, "status"] = "failed"
-    df.loc[missing, "error"] = f"completed without logging the metric '{metric}'"
+    # trials now fail when a metric is undefined (ablate.evaluation); an older ablate
+    # dropped it and called the trial completed
+    df.loc[missing, "error"] = f"no metric '{metric}' (a trial of an older ablate: rerun it)"
     nonfinite = (df["status"] == "completed") & ~np.isfinite(values.astype(float))
     df.loc[nonfinite, "status"] = "failed"
     df.loc[nonfinite, "error"] = f"metric '{metric}' is not finite"
@@ -308,6 +316,27 @@ def _significance(
             line.test = f"{len(joined)} slices"
 
 
+def _input_line(df: pd.DataFrame, columns: list[Column]) -> Line | None:
+    """The "low-dose input" line: the LPET image scored against the reference on the same
+    test subjects, as logged (``input_<metric>``) by the completed trials of rows that
+    reconstruct from it; None when no trial has one (sinogram-only studies). The input does
+    not depend on the seed: a spread appears only if trials scored different subjects."""
+    done = df[df["status"] == "completed"]
+    line = Line(name="input", row="input", label=INPUT_LABEL, kind="input")
+    for col in columns:
+        key = f"metrics.input_{col.key}"
+        if col.paper_attr not in (*_QUALITY, "nrmse") or col.key.startswith("ams_"):
+            continue
+        if key not in done:
+            continue
+        vals = done[key].dropna().to_numpy(dtype=float)
+        if len(vals):
+            spread = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+            line.values[col.key] = (float(vals.mean()), spread if spread > 1e-9 else None)
+            line.n = line.total = max(line.n, len(vals))
+    return line if line.values else None
+
+
 def _paper_row(row: str) -> PaperRow | None:
     return TABLE2.get(row) or TABLE1.get(row)
 
@@ -381,6 +410,9 @@ def ablation_table(
                 if math.isclose(ln.values[col.key][0], best, rel_tol=1e-9):
                     ln.best.add(col.key)
 
+    baseline = _input_line(df, columns)
+    if baseline is not None:
+        lines.insert(0, baseline)
     if paper:
         lines = _with_paper_lines(lines, columns)
         notes.append(

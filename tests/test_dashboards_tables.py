@@ -92,7 +92,10 @@ def test_failed_trials_are_shown_with_their_reason(study_uri: str) -> None:
     assert (broken.status, broken.reason, broken.n, broken.total) == ("failed", "NaN loss", 0, 2)
     nas = _line(table, "cpm_irm_nas")
     assert (nas.status, nas.n, nas.total) == ("partial", 1, 2)
-    assert "cpm_irm_nas seed 1: failed: completed without logging the metric 'psnr'" in table.notes
+    assert (
+        "cpm_irm_nas seed 1: failed: no metric 'psnr' (a trial of an older ablate: rerun it)"
+        in table.notes
+    )
     md = render(table, "md")
     assert re.search(r"\| broken \| 0/2 \| failed: NaN loss \|", md)
     assert "broken seed 1: failed: NaN loss" in md

@@ -131,3 +131,73 @@ def test_sampling_sd() -> None:
     assert metrics.sampling_sd(torch.ones(3, 2, 1, 4, 4)) == 0.0
     with pytest.raises(ValueError, match="K = 2"):
         metrics.sampling_sd(torch.ones(1, 2, 1, 4, 4))
+
+
+def _volume_with_a_dim_slice(seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """10 slices of brain-like signal and one near-empty end slice (a 3x3 spot of 0.046, the
+    reference maximum of the slice in issue 24), each predicted with the same additive noise."""
+    g = torch.Generator().manual_seed(seed)
+    _, bright = _pair(batch=10, seed=seed)
+    dim = torch.zeros(1, 1, 32, 32)
+    dim[..., 14:17, 14:17] = 0.046
+    ref = torch.cat([bright, dim])
+    return ref + 0.02 * torch.randn(ref.shape, generator=g), ref
+
+
+def test_volume_metrics_are_the_metrics_of_the_stacked_volume() -> None:
+    pred, ref = _volume_with_a_dim_slice()
+    out = metrics.volume_metrics(pred, ref)
+    x, y = pred[:, 0].double().numpy(), ref[:, 0].double().numpy()
+    dr = y.max() - y.min()
+    assert out["psnr"] == pytest.approx(peak_signal_noise_ratio(y, x, data_range=dr), abs=1e-6)
+    assert out["nmse"] == pytest.approx(((x - y) ** 2).sum() / (y**2).sum(), rel=1e-9)
+    assert out["nrmse"] == pytest.approx(normalized_root_mse(y, x), rel=1e-9)
+    per_slice_ssim = [  # 2D windows, the volume's data range, averaged over the slices
+        structural_similarity(
+            y[i], x[i], gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=dr
+        )
+        for i in range(len(y))
+    ]
+    assert out["ssim"] == pytest.approx(np.mean(per_slice_ssim), abs=1e-6)
+
+
+def test_a_dim_slice_no_longer_decides_a_splits_nmse() -> None:
+    """Issue 24: one slice with reference maximum 0.046 had NMSE 612 and made CPM's NMSE
+    38.28. The split's NMSE is now its subjects' volume NMSE: the dim slice is a few voxels
+    among many, and the value stays that of the bright slices."""
+    from ablate.evaluation import score
+
+    pred, ref = _volume_with_a_dim_slice()
+    per_slice = metrics.image_metrics(pred, ref)["nmse"]
+    bright = metrics.volume_metrics(pred[:10], ref[:10])["nmse"]
+    summary, per_subject, _ = score(pred, ref, ["sub01"] * len(ref))
+    assert per_slice[-1] > 100 * per_slice[:10].max()  # the per-slice mean is ill-conditioned
+    assert per_slice.mean() > 10 * bright
+    # the dim slice adds its share of the error (1 slice in 11) and almost no signal
+    assert summary["nmse"] == pytest.approx(bright * 11 / 10, rel=0.05)
+    assert per_subject["n_slices"].tolist() == [11]
+
+
+def test_split_metrics_are_the_mean_over_subjects_of_their_volumes() -> None:
+    from ablate.evaluation import score
+
+    pred, ref = _pair(batch=5, seed=4)
+    subjects = ["a", "a", "b", "b", "b"]
+    summary, per_subject, _ = score(pred, ref, subjects)
+    a, b = metrics.volume_metrics(pred[:2], ref[:2]), metrics.volume_metrics(pred[2:], ref[2:])
+    assert per_subject["subject"].tolist() == ["a", "b"]
+    for name in metrics.STANDARD:
+        assert summary[name] == pytest.approx((a[name] + b[name]) / 2)
+    # paper convention: per slice, as before, over the slices where it is defined
+    assert summary["paper_psnr"] == pytest.approx(
+        metrics.paper_metrics(pred, ref)["paper_psnr"].mean().item()
+    )
+
+
+def test_evaluation_slices_are_shared_out_evenly_per_subject() -> None:
+    from ablate.evaluation import _shares
+
+    assert _shares([20, 20], 16) == [8, 8]
+    assert _shares([3, 20, 20], 16) == [3, 7, 6]  # what a short subject cannot take moves on
+    assert _shares([5, 5], 40) == [5, 5]  # a budget above the split: whole volumes
+    assert _shares([10] * 5, 3) == [1, 0, 1, 0, 1]  # fewer slices than subjects: spread out

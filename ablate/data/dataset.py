@@ -120,6 +120,17 @@ class SliceDataset(Dataset):
     def __len__(self) -> int:
         return len(self._index)
 
+    def locate(self, index: int) -> tuple[str, int]:
+        """(subject, slice) of item ``index``: whose volume, and where in it."""
+        return self._index[index % len(self._index)]
+
+    def items_by_subject(self) -> dict[str, list[int]]:
+        """The item indices of each subject of the split, in slice order."""
+        out: dict[str, list[int]] = {s: [] for s in self.subjects}
+        for index, (subject, _) in sorted(enumerate(self._index), key=lambda e: e[1]):
+            out[subject].append(index)
+        return out
+
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_arrays"] = {}  # reopen memmaps in each worker instead of pickling them
