@@ -46,11 +46,13 @@ class Settings:
     source: str = "defaults"
 
     def as_dict(self) -> dict[str, Any]:
+        """The settings in the experiment YAML's shape (what :func:`settings_from` reads)."""
+        pairs = self.contrasts
         return {
-            "contrasts": self.contrasts
-            if isinstance(self.contrasts, str)
-            else [list(p) for p in self.contrasts],
-            "correction": self.correction,
+            "analysis": {
+                "contrasts": pairs if isinstance(pairs, str) else [list(p) for p in pairs],
+                "correction": self.correction,
+            },
             "claims": [c.model_dump() for c in self.claims],
             "reference": self.reference,
         }

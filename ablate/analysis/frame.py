@@ -10,7 +10,8 @@ One line per (trial, ``level``): ``level`` says what a line holds.
 - ``sample``: one per completed trial x test subject x AMS sample (K > 1), from
   ``test_samples.parquet``.
 
-Columns, before the metrics: ``experiment, launch`` (the parent run), ``run_id, row,
+Columns, before the metrics: ``experiment, launch`` (the launch's name, else its parent run
+id), ``parent_run_id, run_id, row,
 row_index, label, seed, dataset, status, error, start_time, level, subject, sample,
 n_slices``. Metric columns carry their MLflow names. The analysis
 (``ablate.analysis.study``) reads subject lines where a metric has them, else trial lines (a
@@ -28,6 +29,7 @@ import pandas as pd
 KEY_COLUMNS = [
     "experiment",
     "launch",
+    "parent_run_id",
     "run_id",
     "row",
     "row_index",
@@ -48,10 +50,15 @@ SAMPLES_ARTIFACT = "test_samples.parquet"
 LEVELS = ("trial", "subject", "sample")
 
 
+def _text(value: Any) -> str:
+    """A string cell, or '' for a missing one (None, NaN, NA: parquet writes each)."""
+    return value if isinstance(value, str) else ""
+
+
 def _dataset(trial: pd.Series) -> str:
     """What a trial was tested on: the launch's dataset identity when logged, else its data
     folder, else its simulator preset (and data seed)."""
-    for key in ("params.dataset", "params.data.path"):
+    for key in ("dataset", "params.dataset", "params.data.path"):
         value = trial.get(key)
         if isinstance(value, str) and value not in ("", "None", "null"):
             return value
@@ -80,7 +87,8 @@ def tidy_frame(results: pd.DataFrame, tracking_uri: str | None = None) -> pd.Dat
     for _, trial in results.iterrows():
         keys = {
             "experiment": trial["experiment"],
-            "launch": trial["parent_run_id"],
+            "launch": _text(trial.get("launch")) or trial["parent_run_id"],
+            "parent_run_id": trial["parent_run_id"],
             "run_id": trial["run_id"],
             "row": trial["row"],
             "row_index": trial["row_index"],
@@ -124,7 +132,7 @@ def tidy_frame(results: pd.DataFrame, tracking_uri: str | None = None) -> pd.Dat
 
 def is_tidy(df: pd.DataFrame) -> bool:
     """Whether a frame read from Parquet is a tidy frame (else a results frame)."""
-    return "level" in df.columns and "launch" in df.columns
+    return "level" in df.columns and "subject" in df.columns
 
 
 def results_from_tidy(frame: pd.DataFrame) -> pd.DataFrame:
@@ -137,7 +145,7 @@ def results_from_tidy(frame: pd.DataFrame) -> pd.DataFrame:
         {
             "experiment": trials["experiment"],
             "run_id": trials["run_id"],
-            "parent_run_id": trials["launch"],
+            "parent_run_id": trials["parent_run_id"],
             "run_name": trials["row"] + "-s" + trials["seed"].astype(str),
             "row": trials["row"],
             "row_index": trials["row_index"],
