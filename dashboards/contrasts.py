@@ -126,6 +126,30 @@ def tidy_with_settings(
     return tidy
 
 
+def launch_analysis(tracking_uri: str, experiment: str, parent_run_id: str) -> Analysis:
+    """The analysis of one launch's trials with its own settings (the parent run's report)."""
+    from dashboards.results import load_results
+
+    results = load_results(tracking_uri, experiment)
+    results = results[results["parent_run_id"] == parent_run_id]
+    settings = launch_settings(tracking_uri, experiment, {parent_run_id})
+    return study_analysis(tidy_with_settings(results, tracking_uri, settings), settings)
+
+
+def effect_metrics(analysis: Analysis) -> dict[str, float]:
+    """The tested effects and claims as MLflow metrics: ``effect/<contrast>/<metric>`` with
+    ``.low``/``.high`` (95% CI) and ``.p_adjusted``; ``claim/<i>/effect`` likewise."""
+    out: dict[str, float] = {}
+    named = [(f"effect/{e.contrast.key}/{e.metric}", e) for e in analysis.effects]
+    named += [(f"claim/{i}/effect", c.effect) for i, c in enumerate(analysis.claims)]
+    for name, e in named:
+        if e.tested:
+            out |= {name: e.effect, f"{name}.low": e.low, f"{name}.high": e.high}
+            if e.p_adjusted is not None:
+                out[f"{name}.p_adjusted"] = e.p_adjusted
+    return out
+
+
 # --- the three tables --------------------------------------------------------------------------
 
 

@@ -59,6 +59,12 @@ class Contrast:
     weights: dict[str, float]
     kind: Literal["difference", "trend"] = "difference"
 
+    @property
+    def key(self) -> str:
+        """The contrast in an MLflow metric name (``full-sr3``, ``trend.a.b.c``)."""
+        rows = list(self.weights)
+        return f"{rows[0]}-{rows[1]}" if self.kind == "difference" else "trend." + ".".join(rows)
+
 
 def difference(a: str, b: str) -> Contrast:
     return Contrast(f"{a} − {b}", {a: 1.0, b: -1.0})
