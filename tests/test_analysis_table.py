@@ -152,3 +152,19 @@ def test_csv_parts_and_the_tidy_frame_round_trip(store: tuple[Path, str]) -> Non
     from_file = ablate("table", str(out), "--format", "csv", "--part", "contrasts", cwd=root)
     assert from_file.returncode == 0, from_file.stderr
     assert from_file.stdout == from_mlflow.stdout  # the file keeps the settings and the data
+
+
+def test_parent_run_holds_effects_and_claims(store: tuple[Path, str]) -> None:
+    from ablate.mlflow_ui import MLFLOW_RUN_NOTE, attach_report
+
+    _, uri = store
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("claims")
+    parent = client.search_runs([exp.experiment_id], "tags.`ablate.kind` = 'launch'")[0]
+    assert "report/ablation_table.md" in attach_report(uri, "claims", parent.info.run_id)
+    run = client.get_run(parent.info.run_id)
+    metrics = run.data.metrics
+    assert metrics["effect/full-cpm/psnr"] > 2 and metrics["effect/full-cpm/psnr.low"] > 0
+    assert metrics["claim/0/effect.p_adjusted"] < 0.05
+    note = run.data.tags[MLFLOW_RUN_NOTE]
+    assert "Claims of 'claims'" in note and "| full better than sr3 in psnr |" in note
