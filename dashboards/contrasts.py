@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.table import Table as RichTable
 
 from ablate.analysis import Analysis, analyse, tidy_frame
-from ablate.analysis.study import Effect, format_value
+from ablate.analysis.study import Effect, format_value, unit
 from ablate.config import AnalysisConfig, Claim
 from ablate.errors import UserError
 from dashboards.results import Launch, fetch_artifact, load_launches
@@ -126,14 +126,58 @@ def tidy_with_settings(
     return tidy
 
 
+def grid_analysis(tracking_uri: str, experiment: str, grid: pd.DataFrame) -> Analysis:
+    """The analysis of some grid trials (a results frame) with their latest launch's
+    settings: the parent run's report and the dashboard."""
+    settings = launch_settings(tracking_uri, experiment, set(grid["parent_run_id"].dropna()))
+    return study_analysis(tidy_with_settings(grid, tracking_uri, settings), settings)
+
+
 def launch_analysis(tracking_uri: str, experiment: str, parent_run_id: str) -> Analysis:
     """The analysis of one launch's trials with its own settings (the parent run's report)."""
     from dashboards.results import load_results
 
     results = load_results(tracking_uri, experiment)
-    results = results[results["parent_run_id"] == parent_run_id]
-    settings = launch_settings(tracking_uri, experiment, {parent_run_id})
-    return study_analysis(tidy_with_settings(results, tracking_uri, settings), settings)
+    return grid_analysis(
+        tracking_uri, experiment, results[results["parent_run_id"] == parent_run_id]
+    )
+
+
+def forest_plot(analysis: Analysis, metric: str) -> Any:
+    """Effects of the tested contrasts on ``metric`` with their 95% CIs and the zero line
+    (a plotly figure), or None when none was tested."""
+    import plotly.graph_objects as go
+
+    tested = [e for e in analysis.effects if e.metric == metric and e.tested]
+    if not tested:
+        return None
+    names = [e.contrast.name for e in tested]
+    fig = go.Figure(
+        go.Scatter(
+            x=[e.effect for e in tested],
+            y=names,
+            mode="markers",
+            marker={"size": 10},
+            error_x={
+                "type": "data",
+                "symmetric": False,
+                "array": [e.high - e.effect for e in tested],
+                "arrayminus": [e.effect - e.low for e in tested],
+            },
+            text=[f"p (corr.) {_p(e.p_adjusted)}" for e in tested],
+            name="effect, 95% CI",
+        )
+    )
+    fig.add_vline(x=0, line_dash="dash", line_color="grey")
+    fig.update_layout(
+        title=f"{metric_title(metric)}: effect per contrast, 95% CI ({analysis.correction} "
+        "-corrected p in the hover)",
+        xaxis_title=f"difference of means {unit(metric)}".strip(),
+        yaxis={"autorange": "reversed"},
+        height=140 + 40 * len(tested),
+        margin={"l": 180},
+    )
+    return fig
 
 
 def effect_metrics(analysis: Analysis) -> dict[str, float]:
