@@ -264,7 +264,7 @@ class AnalysisTable:
         a = self.analysis
         notes = list(a.notes) if self.part == "contrasts" else []
         effects = a.effects if self.part == "contrasts" else [c.effect for c in a.claims]
-        if any(e.over == "trial means" for e in effects):
+        if any(e.over == "trial means" and e.n_seeds for e in effects):
             notes.append(
                 "n without '× subjects': these runs logged no per-subject metrics "
                 "(test_subjects.parquet), so the test is over trial means (seed level)"
