@@ -539,6 +539,7 @@ def demo(
     if result.n_completed:
         table = table_for(exp.name, ws.tracking_uri, parent_run_id=result.parent_run_id)
         print_table(table, console)
+        _print_contrasts(ws.tracking_uri, exp.name, result.parent_run_id)
     _print_launch(result, workdir)
     _exit_for(result)
 
@@ -678,6 +679,18 @@ def table(
         console.print(f"table ({fmt}) -> {out}")
     else:
         print(text, end="")
+
+
+def _print_contrasts(tracking_uri: str, experiment: str, parent_run_id: str) -> None:
+    """The launch's contrasts, claims and variance shares, as ``ablate table`` shows them."""
+    from rich.console import Console
+
+    from dashboards import contrasts
+
+    analysis = contrasts.launch_analysis(tracking_uri, experiment, parent_run_id)
+    wide = console if console.is_terminal else Console(width=max(console.width, 200))
+    for part in contrasts.tables(experiment, analysis):
+        wide.print(contrasts.to_rich(part))
 
 
 def _write_tidy(source: str, tracking_uri: str, parent: str | None, out: str | None) -> None:
