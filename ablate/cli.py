@@ -539,6 +539,7 @@ def demo(
     if result.n_completed:
         table = table_for(exp.name, ws.tracking_uri, parent_run_id=result.parent_run_id)
         print_table(table, console)
+        _print_contrasts(ws.tracking_uri, exp.name, result.parent_run_id)
     _print_launch(result, workdir)
     _exit_for(result)
 
@@ -620,7 +621,9 @@ def table(
     experiment: str = typer.Argument(
         ..., help="Experiment name, launch name (run --name) or a results .parquet file."
     ),
-    fmt: str = typer.Option("", "--format", help="md, latex, csv or html (default: terminal)."),
+    fmt: str = typer.Option(
+        "", "--format", help="md, latex, csv, html or parquet (the tidy frame; default: terminal)."
+    ),
     convention: str = typer.Option("standard", "--convention", help="standard or paper."),
     reference: str | None = typer.Option(None, "--reference", help="Row tested against."),
     paper: bool = typer.Option(False, "--paper", help="Show the papers' numbers beside ours."),
@@ -646,11 +649,15 @@ def table(
     if test not in ("t", "wilcoxon"):
         raise UserError(f"--test '{test}' is not one of: t, wilcoxon")
     if out and not fmt:
-        fmt = {".tex": "latex", ".csv": "csv", ".html": "html"}.get(Path(out).suffix, "md")
+        suffixes = {".tex": "latex", ".csv": "csv", ".html": "html", ".parquet": "parquet"}
+        fmt = suffixes.get(Path(out).suffix, "md")
     uri, parent = resolve_tracking_uri(workdir, tracking_uri), None
     if not experiment.endswith(".parquet"):
         study = _study(experiment, workdir, uri, storage)
         experiment, uri, parent = study.experiment, study.tracking_uri, study.parent_run_id
+    if fmt == "parquet":
+        _write_tidy(experiment, uri, parent, out)
+        return
     result = tables_for(
         experiment,
         uri,
@@ -672,6 +679,35 @@ def table(
         console.print(f"table ({fmt}) -> {out}")
     else:
         print(text, end="")
+
+
+def _print_contrasts(tracking_uri: str, experiment: str, parent_run_id: str) -> None:
+    """The launch's contrasts, claims and variance shares, as ``ablate table`` shows them."""
+    from rich.console import Console
+
+    from dashboards import contrasts
+
+    analysis = contrasts.launch_analysis(tracking_uri, experiment, parent_run_id)
+    wide = console if console.is_terminal else Console(width=max(console.width, 200))
+    for part in contrasts.tables(experiment, analysis):
+        wide.print(contrasts.to_rich(part))
+
+
+def _write_tidy(source: str, tracking_uri: str, parent: str | None, out: str | None) -> None:
+    """``ablate table NAME --format parquet``: the tidy frame (README "The tidy results")."""
+    from pathlib import Path
+
+    from dashboards.study import tidy_for
+
+    frame = tidy_for(source, tracking_uri, parent)
+    path = Path(out or f"{Path(source).stem}.parquet")
+    if source.endswith(".parquet") and path.resolve() == Path(source).resolve():
+        raise UserError(f"--out {path} is the file being read: choose another --out")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path, index=False)
+    levels = frame["level"].value_counts()
+    counts = ", ".join(f"{levels.get(k, 0)} {k}" for k in ("trial", "subject", "sample"))
+    console.print(f"tidy results ({counts} lines) -> {path}")
 
 
 @app.command()

@@ -400,6 +400,52 @@ class SearchConfig(_Strict):
         return len(self.objectives) > 1
 
 
+Correction = Literal["holm", "bh"]
+
+
+class AnalysisConfig(_Strict):
+    """Which contrasts the table tests, and how it corrects for testing several.
+
+    ``contrasts``: ``additive`` (each row against the one before it: an ablation that adds one
+    component per row, Table 2's reading), ``reference`` (each row against the reference row:
+    ``reference:`` when the config has one, else the first row; competing methods), or explicit
+    pairs ``[[full, sr3], [pmdm, palette]]`` (first minus second). The default is
+    ``reference``, the reading of the table's existing p column."""
+
+    contrasts: Literal["additive", "reference"] | list[tuple[str, str]] = "reference"
+    correction: Correction = Field(
+        default="holm", description="holm (family-wise, default) or bh (Benjamini-Hochberg)."
+    )
+
+
+class BetterClaim(_Strict):
+    """``{better: full, than: sr3, metric: psnr}``: row ``better`` beats row ``than``."""
+
+    better: str
+    than: str
+    metric: str
+
+    @property
+    def rows(self) -> list[str]:
+        return [self.better, self.than]
+
+
+class TrendClaim(_Strict):
+    """``{trend: [a, b, c], metric: sd, direction: decreasing}``: the metric moves one way
+    along the rows (tested as the least-squares slope over the rows' positions)."""
+
+    trend: list[str]
+    metric: str
+    direction: Literal["increasing", "decreasing"]
+
+    @property
+    def rows(self) -> list[str]:
+        return list(self.trend)
+
+
+Claim = BetterClaim | TrendClaim
+
+
 class ExperimentConfig(_Strict):
     """A whole study: rows x seeds (x grid axes), shared settings, optional Optuna search."""
 
@@ -419,6 +465,8 @@ class ExperimentConfig(_Strict):
     metric: str = "psnr"
     mode: Literal["max", "min"] = "max"
     max_failures: int = Field(default=1, ge=0)
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    claims: list[Claim] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
@@ -426,7 +474,45 @@ class ExperimentConfig(_Strict):
             raise ValueError("'rows' is empty: list at least one row")
         if self.search is not None and self.search.row not in self.rows:
             raise ValueError(f"search.row '{self.search.row}' is not one of the rows")
+        _check_analysis(self)
         return self
+
+
+def reference_row(exp: ExperimentConfig) -> str:
+    """The row others are compared with: ``reference:`` when the config has one, else the
+    first row."""
+    return getattr(exp, "reference", None) or next(iter(exp.rows))
+
+
+def _check_analysis(exp: ExperimentConfig) -> None:
+    """Claims and contrasts name rows and metrics that exist; a trend has two rows or more."""
+    from ablate.metric_names import TEST_METRICS
+
+    rows = ", ".join(exp.rows)
+    pairs = exp.analysis.contrasts if isinstance(exp.analysis.contrasts, list) else []
+    for i, pair in enumerate(pairs):
+        for name in pair:
+            if name not in exp.rows:
+                raise ValueError(
+                    f"analysis.contrasts[{i}] names row '{name}', not a row of this config "
+                    f"(rows: {rows})"
+                )
+    for i, claim in enumerate(exp.claims):
+        if isinstance(claim, TrendClaim) and len(claim.trend) < 2:
+            raise ValueError(
+                f"claims[{i}]: a trend needs at least 2 rows, got {claim.trend}; list the rows "
+                "in the order the metric should move"
+            )
+        for name in claim.rows:
+            if name not in exp.rows:
+                raise ValueError(
+                    f"claims[{i}] names row '{name}', not a row of this config (rows: {rows})"
+                )
+        if claim.metric not in TEST_METRICS:
+            raise ValueError(
+                f"claims[{i}]: unknown metric '{claim.metric}' (use one of "
+                f"{', '.join(TEST_METRICS)})"
+            )
 
 
 class TrialConfig(_Strict):
@@ -450,10 +536,13 @@ class TrialConfig(_Strict):
 SHARED_SECTIONS = ("data", "model", "loss", "diffusion", "train")
 
 
+_CLAIM_KINDS = ("BetterClaim", "TrendClaim")  # pydantic names the union member in a location
+
+
 def _location(loc: tuple[int | str, ...]) -> str:
     """A dotted config path from a pydantic error location, without the method tag pydantic
     inserts inside a row (``rows.cpm.coarse_to_fine.nass`` -> ``rows.cpm.nass``)."""
-    parts = [str(p) for p in loc]
+    parts = [str(p) for p in loc if p not in _CLAIM_KINDS]
     kept = [
         p
         for i, p in enumerate(parts)
@@ -481,6 +570,8 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     parts = [str(p) for p in first["loc"]]
     row = f"row '{parts[1]}': " if len(parts) > 1 and parts[0] == "rows" else ""
     message = first["msg"].removeprefix("Value error, ")
+    if not first["loc"]:  # a check of the whole config (ExperimentConfig._check)
+        return f"{source}: {message}"
     return f"{source}: {row}invalid value for '{where}': {message}"
 
 

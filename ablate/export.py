@@ -36,7 +36,7 @@ from mlflow.artifacts import download_artifacts
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 from mlflow.exceptions import MlflowException
 
-from ablate import tracking
+from ablate import metric_names, tracking
 from ablate.config import TrialConfig
 from ablate.data.dataset import SliceDataset
 from ablate.errors import UserError
@@ -131,8 +131,7 @@ def ranking(
         metric = "psnr"
     if mode is None:
         directions = {m.removeprefix("val_"): d for objs in searches for m, d in objs}
-        lower = metric == "sd" or metric.endswith(("nmse", "nrmse")) or metric.startswith("train_s")
-        mode = directions.get(metric, "min" if lower else "max")
+        mode = directions.get(metric, metric_names.better(metric))
     return metric, mode
 
 

@@ -184,10 +184,13 @@ def log_sample_images(
 
 
 def attach_report(tracking_uri: str, experiment: str, parent_run_id: str) -> list[str]:
-    """Log the launch's ablation table (``report/ablation_table.md`` and ``.html``, and as the
-    parent run's description) and the study dashboard (``report/dashboard/index.html``) to
-    the parent run. Returns what was attached; a report that cannot be made (no trial
-    finished) is logged as a warning and never changes how the launch ended."""
+    """Log the launch's ablation table with its contrasts and claims
+    (``report/ablation_table.md`` and ``.html``, and as the parent run's description), its
+    effects and CI bounds as metrics (``dashboards.contrasts.effect_metrics``) and the study
+    dashboard (``report/dashboard/index.html``) to the parent run. Returns what was attached;
+    a report that cannot be made (no trial finished) is logged as a warning and never changes
+    how the launch ended."""
+    from dashboards import contrasts
     from dashboards.html import build_dashboard
     from dashboards.tables import render, table_for
 
@@ -197,9 +200,18 @@ def attach_report(tracking_uri: str, experiment: str, parent_run_id: str) -> lis
         folder.mkdir()
         try:
             table = table_for(experiment, tracking_uri, parent_run_id=parent_run_id)
-            markdown = render(table, "md")
+            markdown, page = render(table, "md"), render(table, "html")
+            try:
+                analysis = contrasts.launch_analysis(tracking_uri, experiment, parent_run_id)
+                below = contrasts.tables(table.experiment, analysis)
+                markdown = "\n".join([markdown] + [contrasts.render(t, "md") for t in below])
+                page = "\n".join([page] + [contrasts.render(t, "html") for t in below])
+                effects = contrasts.effect_metrics(analysis)
+                tracking.log_metrics(tracking_uri, parent_run_id, effects)
+            except Exception as err:  # noqa: BLE001 - the table is reported without them
+                log.warning("no contrasts for run %s: %s", parent_run_id, err)
             (folder / "ablation_table.md").write_text(markdown, encoding="utf-8")
-            (folder / "ablation_table.html").write_text(render(table, "html"), encoding="utf-8")
+            (folder / "ablation_table.html").write_text(page, encoding="utf-8")
             note = markdown if len(markdown) <= _MAX_NOTE else markdown[:_MAX_NOTE] + "\n..."
             tracking.set_tags(tracking_uri, parent_run_id, {MLFLOW_RUN_NOTE: note})
             attached += ["report/ablation_table.md", "report/ablation_table.html"]

@@ -19,7 +19,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from dashboards import plots
+from dashboards import contrasts, plots
 from dashboards.results import (
     UI_URL,
     fetch_artifact,
@@ -72,6 +72,19 @@ class _Page:
 def _table_section(page: _Page, table: AblationTable) -> None:
     page.section("Ablation table")
     page.parts.append(f'<div class="scroll">{render(table, "html")}</div>')
+
+
+def _contrasts_section(
+    page: _Page, table: AblationTable, tracking_uri: str, grid: pd.DataFrame
+) -> None:
+    """Forest plot of the contrasts on the table's metric, then the claims and shares."""
+    analysis = contrasts.grid_analysis(tracking_uri, table.experiment, grid)
+    page.section("Effects and claims")
+    fig = contrasts.forest_plot(analysis, table.metric.removeprefix("paper_"))
+    if fig is not None:
+        page.figures([fig])
+    for part in contrasts.tables(table.experiment, analysis):
+        page.parts.append(f'<div class="scroll">{contrasts.render(part, "html")}</div>')
 
 
 def _metric_sections(page: _Page, table: AblationTable, df: pd.DataFrame) -> None:
@@ -355,6 +368,7 @@ def build_dashboard(
     if len(grid):  # the ablation view, for the study's grids
         table = ablation_table(grid, convention=convention, slices=_slices(tracking_uri, grid))
         _table_section(page, table)
+        _contrasts_section(page, table, tracking_uri, grid)
         _metric_sections(page, table, grid)
         _noise_level_section(page, table, grid)
         _curve_section(page, table, tracking_uri, grid)

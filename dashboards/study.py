@@ -30,7 +30,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table as RichTable
 
+from ablate.analysis.frame import is_tidy, results_from_tidy
 from ablate.errors import UserError
+from dashboards import contrasts
 from dashboards.results import (
     Launch,
     fetch_artifact,
@@ -55,7 +57,7 @@ from dashboards.tables import print_table as print_ablation_table
 from dashboards.tables import render as render_ablation_table
 
 Part = Literal["grid", "trials", "confirm"]
-PARTS: tuple[str, ...] = ("grid", "trials", "confirm")
+PARTS: tuple[str, ...] = ("grid", "trials", "confirm", *contrasts.PARTS)
 _STATE_ORDER = {"complete": 0, "pruned": 1, "running": 2, "failed": 3}
 
 
@@ -695,7 +697,7 @@ def confirm_table(
 
 # --- ablate table ----------------------------------------------------------------------------
 
-AnyTable = AblationTable | TrialsTable
+AnyTable = AblationTable | TrialsTable | contrasts.AnalysisTable
 
 
 def tables_for(
@@ -715,6 +717,9 @@ def tables_for(
     if part is not None and part not in PARTS:
         raise UserError(f"--part '{part}' is not one of: {', '.join(PARTS)}")
     df = read_results(source, tracking_uri)
+    tidy = df if is_tidy(df) else None
+    if tidy is not None:
+        df = results_from_tidy(tidy)
     if parent_run_id is not None:
         df = df[df["parent_run_id"] == parent_run_id].reset_index(drop=True)
 
@@ -726,8 +731,17 @@ def tables_for(
     grid = df[~df["parent_run_id"].isin(taken)]
     out: list[AnyTable] = []
     common = dict(convention=convention, paired_test=paired_test)
-    if len(grid) and part in (None, "grid"):
-        out.append(ablation_table(grid, slices=slices, **common, **options))
+    if len(grid) and part in (None, "grid", *contrasts.PARTS):
+        table = ablation_table(grid, slices=slices, **common, **options)
+        grid_tidy = tidy_of_grid(source, tracking_uri, grid, tidy)
+        settings = contrasts.settings_from(grid_tidy.attrs.get(contrasts.SETTINGS_KEY), source)
+        found = contrasts.study_analysis(grid_tidy, settings, options.get("reference"))
+        analysis = contrasts.tables(table.experiment, found)
+        if part in contrasts.PARTS:
+            out += [t for t in analysis if t.part == part]
+        else:
+            table.analysis_tables = analysis
+            out.append(table)
     for search in searches:
         if part in (None, "trials"):
             out.append(trials_table(search, convention))
@@ -742,6 +756,39 @@ def tables_for(
     return out
 
 
+def tidy_for(source: str, tracking_uri: str, parent_run_id: str | None = None) -> pd.DataFrame:
+    """What ``ablate table NAME --format parquet`` writes: the tidy frame of the study's grid
+    trials (those of the ablation table), with their analysis settings."""
+    df = read_results(source, tracking_uri)
+    tidy = df if is_tidy(df) else None
+    if tidy is not None:
+        df = results_from_tidy(tidy)
+    if parent_run_id is not None:
+        df = df[df["parent_run_id"] == parent_run_id].reset_index(drop=True)
+    searches = [] if source.endswith(".parquet") else find_searches(tracking_uri, source, df)
+    taken = {s.launch.run_id for s in searches} | {c.run_id for s in searches for c in s.confirms}
+    grid = df[~df["parent_run_id"].isin(taken)]
+    if grid.empty:
+        raise UserError(f"'{source}' has no grid trials to write as a tidy frame")
+    return tidy_of_grid(source, tracking_uri, grid, tidy)
+
+
+def tidy_of_grid(
+    source: str, tracking_uri: str, grid: pd.DataFrame, tidy: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """The tidy frame (``ablate.analysis.frame``) of a study's grid trials, with the analysis
+    settings of their latest launch in its metadata; of a tidy ``.parquet``, its own lines."""
+    if tidy is not None:
+        kept = tidy[tidy["run_id"].isin(grid["run_id"])].copy()
+        kept.attrs = dict(tidy.attrs)
+        return kept
+    settings = contrasts.Settings()
+    if not source.endswith(".parquet"):
+        launches = set(grid["parent_run_id"].dropna())
+        settings = contrasts.launch_settings(tracking_uri, source, launches)
+    return contrasts.tidy_with_settings(grid, tracking_uri, settings)
+
+
 def render_tables(tables: list[AnyTable], fmt: Format) -> str:
     """Tables as one text; CSV holds one table, so several need ``--part``."""
     if fmt == "csv" and len(tables) > 1:
@@ -749,16 +796,24 @@ def render_tables(tables: list[AnyTable], fmt: Format) -> str:
             f"this study has {len(tables)} tables ({', '.join(_kind(t) for t in tables)}) and a "
             "CSV holds one: pick one with --part grid, --part trials or --part confirm"
         )
-    texts = [
-        render_trials(t, fmt) if isinstance(t, TrialsTable) else render_ablation_table(t, fmt)
-        for t in tables
-    ]
+    texts = []
+    for t in tables:
+        if isinstance(t, TrialsTable):
+            texts.append(render_trials(t, fmt))
+        elif isinstance(t, contrasts.AnalysisTable):
+            texts.append(contrasts.render(t, fmt))
+        else:
+            texts.append(render_ablation_table(t, fmt))
+            if fmt != "csv":
+                texts += [contrasts.render(a, fmt) for a in t.analysis_tables]
     return "\n".join(texts)
 
 
 def _kind(table: AnyTable) -> str:
     if isinstance(table, TrialsTable):
         return "trials"
+    if isinstance(table, contrasts.AnalysisTable):
+        return table.part
     return "confirm" if table.title.startswith("Confirm") else "grid"
 
 
@@ -770,5 +825,9 @@ def print_tables(tables: list[AnyTable], console: Console | None = None) -> None
     for table in tables:
         if isinstance(table, TrialsTable):
             console.print(trials_to_rich(table))
+        elif isinstance(table, contrasts.AnalysisTable):
+            console.print(contrasts.to_rich(table))
         else:
             print_ablation_table(table, console)
+            for analysis in table.analysis_tables:
+                console.print(contrasts.to_rich(analysis))

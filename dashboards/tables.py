@@ -19,7 +19,7 @@ import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -28,6 +28,7 @@ from rich.markup import escape
 from rich.table import Table as RichTable
 from scipy import stats
 
+from ablate import metric_names
 from ablate.errors import UserError
 from ablate.paper import TABLE1, TABLE2, PaperRow
 
@@ -92,6 +93,9 @@ class AblationTable:
     lines: list[Line]
     notes: list[str]
     title: str = ""  # the caption's subject; default "Ablation study '<experiment>'"
+    # the contrasts, claims and variance shares of the same trials (dashboards.contrasts),
+    # shown under the table in every format but CSV (one table per CSV: ``--part``)
+    analysis_tables: list[Any] = field(default_factory=list)
 
     def __rich__(self) -> RichTable:
         """So ``console.print(table)`` prints the terminal table."""
@@ -139,7 +143,7 @@ def table_columns(convention: Convention, nrmse: bool = False) -> list[Column]:
     """The columns of a table in one convention (NRMSE only for paper-000-style studies)."""
     prefix = "paper_" if convention == "paper" else ""
     quality = list(_QUALITY) + (["nrmse"] if nrmse and convention == "standard" else [])
-    better = {"psnr": "max", "ssim": "max", "nmse": "min", "nrmse": "min"}
+    better = {q: metric_names.better(q) for q in quality}
     fmt = {"psnr": ".2f", "ssim": ".4f", "nmse": ".4f", "nrmse": ".4f"}
     cols = [Column(prefix + q, _TITLES[q], better[q], fmt[q], q) for q in quality]
     cols += [
@@ -147,10 +151,10 @@ def table_columns(convention: Convention, nrmse: bool = False) -> list[Column]:
         for q in _QUALITY
     ]
     return cols + [
-        Column("sd", "SD", "min", ".2e", "sd"),
-        Column("params_m", "MParam", "min", "auto", "params_m", spread=False),
-        Column("gmacs", "GMACs", "min", "auto", "gflops", spread=False),
-        Column("train_s", "Train (s)", "min", ".1f"),
+        Column("sd", "SD", metric_names.better("sd"), ".2e", "sd"),
+        Column("params_m", "MParam", metric_names.better("params_m"), "auto", "params_m", False),
+        Column("gmacs", "GMACs", metric_names.better("gmacs"), "auto", "gflops", spread=False),
+        Column("train_s", "Train (s)", metric_names.better("train_s"), ".1f"),
     ]
 
 

@@ -81,8 +81,9 @@ def test_dashboard_renders_in_headless_chromium(study_uri: str, tmp_path: Path) 
     source = index.read_text()
     assert not re.search(r"<(script|link|img)[^>]+(src|href)=\"https?:", source)  # offline
     n_plots = int(re.search(r'data-plots="(\d+)"', source).group(1))
-    # quality, AMS+SD, PSNR vs GMACs, PSNR vs MParam, quality vs noise level, loss curves
-    assert n_plots == 6
+    # contrasts (forest plot), quality, AMS+SD, PSNR vs GMACs, PSNR vs MParam, quality vs
+    # noise level, loss curves
+    assert n_plots == 7
 
     dom = chromium(index, tmp_path, "--dump-dom")
     count, svgs, errors = rendered(dom)
@@ -90,6 +91,9 @@ def test_dashboard_renders_in_headless_chromium(study_uri: str, tmp_path: Path) 
     assert count == n_plots and svgs >= n_plots
     assert f"{n_plots} plots rendered" in dom
     assert "failed: NaN loss" in dom and "Pareto front" in dom
+    # the forest plot: the tested contrasts against the reference, the zero line, the caption
+    assert "PSNR: effect per contrast, 95% CI" in dom and "sr3 − cpm" in dom
+    assert "crossed random effects" in dom and "Holm (family-wise)" in dom
     assert "Optuna search" not in dom  # a grid: the ablation view only
     # quality vs noise level: one x0 curve and one sample-PSNR level per diffusion line
     assert "Quality vs noise level" in dom and "signal fraction gamma" in dom

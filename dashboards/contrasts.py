@@ -1,0 +1,425 @@
+"""The contrasts, claims and variance shares of a study, as tables under the ablation table.
+
+:func:`study_analysis` runs ``ablate.analysis`` on a study's trials with the ``analysis:`` and
+``claims:`` settings of its latest launch (the experiment YAML the launch logged), or of a tidy
+``.parquet`` (kept in the file's metadata). :func:`render` writes the three tables in the
+ablation table's formats (Markdown, LaTeX booktabs, CSV, HTML) and :func:`to_rich` for the
+terminal. Every caption names the test and the correction.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pandas as pd
+from pydantic import TypeAdapter, ValidationError
+from rich.markup import escape
+from rich.table import Table as RichTable
+
+from ablate.analysis import Analysis, analyse, tidy_frame
+from ablate.analysis.study import Effect, format_value, unit
+from ablate.config import AnalysisConfig, Claim
+from ablate.errors import UserError
+from dashboards.results import Launch, fetch_artifact, load_launches
+from dashboards.tables import latex_escape, metric_title
+
+Part = Literal["contrasts", "claims", "shares"]
+PARTS: tuple[Part, ...] = ("contrasts", "claims", "shares")
+#: Where a tidy frame keeps the analysis settings of the study it came from.
+SETTINGS_KEY = "ablate.analysis"
+_CLAIMS = TypeAdapter(list[Claim])
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the study's YAML says about its statistics (defaults when it says nothing)."""
+
+    contrasts: Any = "reference"
+    correction: str = "holm"
+    claims: tuple[Any, ...] = ()
+    reference: str | None = None
+    source: str = "defaults"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings in the experiment YAML's shape (what :func:`settings_from` reads)."""
+        pairs = self.contrasts
+        return {
+            "analysis": {
+                "contrasts": pairs if isinstance(pairs, str) else [list(p) for p in pairs],
+                "correction": self.correction,
+            },
+            "claims": [c.model_dump() for c in self.claims],
+            "reference": self.reference,
+        }
+
+
+def settings_from(raw: dict[str, Any] | None, source: str) -> Settings:
+    """Settings from an experiment YAML's (or a tidy frame's) mapping; a section this version
+    cannot read counts as absent (defaults), never as an error that hides the table."""
+    if not raw:
+        return Settings()
+    try:
+        section = AnalysisConfig.model_validate(raw.get("analysis") or {})
+        claims = tuple(_CLAIMS.validate_python(raw.get("claims") or []))
+    except ValidationError:
+        return Settings(source=f"defaults ({source} holds settings this version cannot read)")
+    reference = raw.get("reference")
+    if reference is None and isinstance(raw.get("rows"), dict) and raw["rows"]:
+        reference = next(iter(raw["rows"]))  # config.reference_row's rule, on the logged YAML
+    return Settings(section.contrasts, section.correction, claims, reference, source)
+
+
+def _launch_yaml(tracking_uri: str, launch: Launch) -> dict[str, Any] | None:
+    """The experiment YAML a launch logged on its parent run (``<name>.experiment.yaml``)."""
+    import yaml
+
+    from dashboards.results import _client
+
+    try:
+        files = _client(tracking_uri).list_artifacts(launch.run_id)
+    except Exception:  # noqa: BLE001 - an unreachable artifact store only loses the settings
+        return None
+    for info in files:
+        if info.path.endswith(".experiment.yaml"):
+            path = fetch_artifact(tracking_uri, launch.run_id, info.path)
+            if path is not None:
+                raw = yaml.safe_load(path.read_text())
+                return raw if isinstance(raw, dict) else None
+    return None
+
+
+def launch_settings(tracking_uri: str, experiment: str, launch_ids: set[str]) -> Settings:
+    """The settings of the latest of ``launch_ids`` (the launches whose trials are shown)."""
+    launches = [la for la in load_launches(tracking_uri, experiment) if la.run_id in launch_ids]
+    if not launches:
+        return Settings()
+    latest = max(launches, key=lambda la: la.start_time)
+    return settings_from(_launch_yaml(tracking_uri, latest), f"launch '{latest.run_name}'")
+
+
+def study_analysis(
+    tidy: pd.DataFrame, settings: Settings, reference: str | None = None
+) -> Analysis:
+    """``ablate.analysis.analyse`` of a tidy frame with a study's settings; ``reference``
+    (``--reference``) replaces the YAML's reference row."""
+    return analyse(
+        tidy,
+        contrasts=settings.contrasts,
+        reference=reference or settings.reference,
+        claims=settings.claims,
+        correction=settings.correction,  # type: ignore[arg-type]
+    )
+
+
+def tidy_with_settings(
+    results: pd.DataFrame, tracking_uri: str | None, settings: Settings
+) -> pd.DataFrame:
+    """The tidy frame of some trials, carrying the settings in its metadata (Parquet keeps
+    them, so ``ablate table FILE.parquet`` analyses the file as the study was analysed)."""
+    tidy = tidy_frame(results, tracking_uri)
+    tidy.attrs[SETTINGS_KEY] = settings.as_dict()
+    return tidy
+
+
+def grid_analysis(tracking_uri: str, experiment: str, grid: pd.DataFrame) -> Analysis:
+    """The analysis of some grid trials (a results frame) with their latest launch's
+    settings: the parent run's report and the dashboard."""
+    settings = launch_settings(tracking_uri, experiment, set(grid["parent_run_id"].dropna()))
+    return study_analysis(tidy_with_settings(grid, tracking_uri, settings), settings)
+
+
+def launch_analysis(tracking_uri: str, experiment: str, parent_run_id: str) -> Analysis:
+    """The analysis of one launch's trials with its own settings (the parent run's report)."""
+    from dashboards.results import load_results
+
+    results = load_results(tracking_uri, experiment)
+    return grid_analysis(
+        tracking_uri, experiment, results[results["parent_run_id"] == parent_run_id]
+    )
+
+
+def forest_plot(analysis: Analysis, metric: str) -> Any:
+    """Effects of the tested contrasts on ``metric`` with their 95% CIs and the zero line
+    (a plotly figure), or None when none was tested."""
+    import plotly.graph_objects as go
+
+    tested = [e for e in analysis.effects if e.metric == metric and e.tested]
+    if not tested:
+        return None
+    names = [e.contrast.name for e in tested]
+    fig = go.Figure(
+        go.Scatter(
+            x=[e.effect for e in tested],
+            y=names,
+            mode="markers",
+            marker={"size": 10},
+            error_x={
+                "type": "data",
+                "symmetric": False,
+                "array": [e.high - e.effect for e in tested],
+                "arrayminus": [e.effect - e.low for e in tested],
+            },
+            text=[f"p (corr.) {_p(e.p_adjusted)}" for e in tested],
+            name="effect, 95% CI",
+        )
+    )
+    fig.add_vline(x=0, line_dash="dash", line_color="grey")
+    fig.update_layout(
+        title=f"{metric_title(metric)}: effect per contrast, 95% CI ({analysis.correction} "
+        "-corrected p in the hover)",
+        xaxis_title=f"difference of means {unit(metric)}".strip(),
+        yaxis={"autorange": "reversed"},
+        height=140 + 40 * len(tested),
+        margin={"l": 180},
+    )
+    return fig
+
+
+def effect_metrics(analysis: Analysis) -> dict[str, float]:
+    """The tested effects and claims as MLflow metrics: ``effect/<contrast>/<metric>`` with
+    ``.low``/``.high`` (95% CI) and ``.p_adjusted``; ``claim/<i>/effect`` likewise."""
+    out: dict[str, float] = {}
+    named = [(f"effect/{e.contrast.key}/{e.metric}", e) for e in analysis.effects]
+    named += [(f"claim/{i}/effect", c.effect) for i, c in enumerate(analysis.claims)]
+    for name, e in named:
+        if e.tested:
+            out |= {name: e.effect, f"{name}.low": e.low, f"{name}.high": e.high}
+            if e.p_adjusted is not None:
+                out[f"{name}.p_adjusted"] = e.p_adjusted
+    return out
+
+
+# --- the three tables --------------------------------------------------------------------------
+
+
+@dataclass
+class AnalysisTable:
+    """One of the three tables of an analysis (``part``), for rendering."""
+
+    experiment: str
+    analysis: Analysis
+    part: Part
+
+    @property
+    def caption(self) -> str:
+        a = self.analysis
+        if self.part == "contrasts":
+            n = sum(e.tested for e in a.effects)
+            return (
+                f"Contrasts of '{self.experiment}' ({a.reading}): effect = difference of means "
+                f"in the metric's units, 95% CI and p from a {a.method}; p corrected by "
+                f"{a.correction_name} across the table's {n} tests. A slice is never a "
+                "replicate."
+            )
+        if self.part == "claims":
+            n = len(a.claims)
+            return (
+                f"Claims of '{self.experiment}': verdict at the {a.correction_name}-corrected "
+                f"{a.alpha:.0%} level across the {n} claim(s) ({a.method}); MDE at 80% power "
+                f"at level {a.alpha:g}/{n}; seeds needed for the paper's effect "
+                "(ablate.paper) at the same test subjects."
+            )
+        return (
+            f"Where the variance of one subject's value comes from in '{self.experiment}' "
+            "(shares of the variance: two-way ANOVA moments over seeds x test subjects, AMS "
+            "sampling from the per-sample metrics; '–' where not measured)."
+        )
+
+    def header(self) -> list[str]:
+        if self.part == "contrasts":
+            return ["Contrast", "Metric", "Effect", "95% CI", "p", "p (corr.)", "n"]
+        if self.part == "claims":
+            return ["Claim", "Effect", "95% CI", "p (corr.)", "Verdict", "Power"]
+        return ["Row", "Metric", "n", "Seeds", "Subjects", "Seed × subject", "Sampling"]
+
+    def rows(self) -> list[list[str]]:
+        a = self.analysis
+        if self.part == "contrasts":
+            return [
+                [e.contrast.name, metric_title(e.metric), *_effect_cells(e), _n(e)]
+                for e in a.effects
+            ]
+        if self.part == "claims":
+            out = []
+            for c in a.claims:
+                effect, ci, _, _ = _effect_cells(c.effect)
+                out.append([c.text, effect, ci, _p(c.effect.p_adjusted), c.verdict, c.explanation])
+            return out
+        return [
+            [
+                s.row,
+                metric_title(s.metric),
+                f"{s.n_seeds}×{s.n_subjects}" + (f"×{s.n_samples}" if s.n_samples > 1 else ""),
+                *(_share(v) for v in (s.seeds, s.subjects, s.seed_x_subject, s.sampling)),
+            ]
+            for s in a.shares
+        ]
+
+    def notes(self) -> list[str]:
+        a = self.analysis
+        notes = list(a.notes) if self.part == "contrasts" else []
+        effects = a.effects if self.part == "contrasts" else [c.effect for c in a.claims]
+        if any(e.over == "trial means" and e.n_seeds for e in effects):
+            notes.append(
+                "n without '× subjects': these runs logged no per-subject metrics "
+                "(test_subjects.parquet), so the test is over trial means (seed level)"
+            )
+        if self.part == "shares" and not a.shares:
+            notes.append("no row has per-subject metrics from at least 2 seeds x 2 subjects")
+        return notes
+
+    def raw(self) -> tuple[list[str], list[list[Any]]]:
+        """Header and unformatted values, for CSV."""
+        if self.part == "contrasts":
+            head = ["contrast", "metric", "effect", "ci_low", "ci_high", "se", "df", "p"]
+            head += ["p_adjusted", "n_seeds", "n_subjects", "over", "note"]
+            return head, [
+                [e.contrast.name, e.metric, e.effect, e.low, e.high, e.se, e.df, e.p]
+                + [e.p_adjusted, e.n_seeds, e.n_subjects, e.over, e.note]
+                for e in self.analysis.effects
+            ]
+        if self.part == "claims":
+            head = ["claim", "metric", "effect", "ci_low", "ci_high", "p_adjusted", "verdict"]
+            head += ["mde", "paper_effect", "seeds_needed", "n_seeds", "n_subjects", "note"]
+            return head, [
+                [c.text, c.effect.metric, c.effect.effect, c.effect.low, c.effect.high]
+                + [c.effect.p_adjusted, c.verdict, c.mde, c.paper_effect, c.seeds_needed]
+                + [c.effect.n_seeds, c.effect.n_subjects, c.explanation]
+                for c in self.analysis.claims
+            ]
+        head = ["row", "metric", "n_seeds", "n_subjects", "n_samples", "seeds", "subjects"]
+        head += ["seed_x_subject", "sampling"]
+        return head, [
+            [s.row, s.metric, s.n_seeds, s.n_subjects, s.n_samples, s.seeds, s.subjects]
+            + [s.seed_x_subject, s.sampling]
+            for s in self.analysis.shares
+        ]
+
+
+def tables(experiment: str, analysis: Analysis) -> list[AnalysisTable]:
+    """The tables worth showing: contrasts, claims when the YAML states some, shares when
+    measured."""
+    out = [AnalysisTable(experiment, analysis, "contrasts")]
+    if analysis.claims:
+        out.append(AnalysisTable(experiment, analysis, "claims"))
+    if analysis.shares:
+        out.append(AnalysisTable(experiment, analysis, "shares"))
+    return out
+
+
+def _p(p: float | None) -> str:
+    if p is None:
+        return "–"
+    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def _effect_cells(e: Effect) -> list[str]:
+    if e.effect is None:
+        return ["–", e.note, "–", "–"]
+    effect = format_value(e.metric, e.effect, signed=True)
+    if not e.tested:
+        return [effect, e.note, "–", "–"]
+    ci = f"[{format_value(e.metric, e.low, True)}, {format_value(e.metric, e.high, True)}]"
+    return [effect, ci, _p(e.p), _p(e.p_adjusted)]
+
+
+def _n(e: Effect) -> str:
+    seeds = f"{e.n_seeds} seed" + ("" if e.n_seeds == 1 else "s")
+    return seeds + (f" × {e.n_subjects} subj." if e.over == "subjects" else "")
+
+
+def _share(value: float | None) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:.0%}"
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+
+def _md(t: AnalysisTable) -> str:
+    head = t.header()
+    out = [f"**{t.caption}**", "", "| " + " | ".join(head) + " |"]
+    out.append("|" + "|".join([":---"] + ["---:"] * (len(head) - 1)) + "|")
+    for row in t.rows():
+        out.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+    out += [""] + [f"- {n}" for n in t.notes()]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _latex(t: AnalysisTable) -> str:
+    head = t.header()
+    out = [
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{latex_escape(t.caption)}}}",
+        rf"\label{{tab:{t.part}-{latex_escape(t.experiment)}}}",
+        r"\resizebox{\linewidth}{!}{%",
+        rf"\begin{{tabular}}{{l{'r' * (len(head) - 1)}}}",
+        r"\toprule",
+        " & ".join(latex_escape(h) for h in head) + r" \\",
+        r"\midrule",
+    ]
+    out += [" & ".join(latex_escape(c) for c in r) + r" \\" for r in t.rows()]
+    out += [r"\bottomrule", r"\end{tabular}}"]
+    notes = t.notes()
+    if notes:
+        out.append(r"\par\smallskip\footnotesize")
+        out += [latex_escape(n) + r"\par" for n in notes]
+    out.append(r"\end{table}")
+    return "\n".join(out) + "\n"
+
+
+def _csv(t: AnalysisTable) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    head, rows = t.raw()
+    writer.writerow(head)
+    for row in rows:
+        writer.writerow(["" if v is None else repr(v) if isinstance(v, float) else v for v in row])
+    return buf.getvalue()
+
+
+def _html(t: AnalysisTable) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in t.header())
+    body = []
+    for row in t.rows():
+        cells = row
+        cls = f' class="{cells[4]}"' if t.part == "claims" else ""
+        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in t.notes())
+    return (
+        f'<table class="ablation {t.part}"><caption>{html.escape(t.caption)}</caption>'
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        + (f'<ul class="notes">{notes}</ul>' if notes else "")
+        + "\n"
+    )
+
+
+def render(table: AnalysisTable, fmt: str) -> str:
+    renderers = {"md": _md, "latex": _latex, "csv": _csv, "html": _html}
+    if fmt not in renderers:
+        raise UserError(f"unknown table format '{fmt}': use one of md, latex, csv, html")
+    return renderers[fmt](table)
+
+
+_VERDICT_STYLE = {"supported": "green", "contradicted": "red", "unresolved": "yellow"}
+
+
+def to_rich(table: AnalysisTable) -> RichTable:
+    out = RichTable(title=escape(table.caption), title_justify="left", caption_justify="left")
+    for i, head in enumerate(table.header()):
+        out.add_column(escape(head), justify="left" if i in (0, 1) else "right")
+    for row in table.rows():
+        cells = [escape(c) for c in row]
+        if table.part == "claims":
+            style = _VERDICT_STYLE.get(row[4])
+            cells[4] = f"[{style}]{cells[4]}[/]" if style else cells[4]
+        out.add_row(*cells)
+    notes = table.notes()
+    if notes:
+        out.caption = escape("\n".join(notes))
+    return out
