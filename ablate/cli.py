@@ -483,9 +483,13 @@ def export(
 @app.command()
 @friendly_errors
 def predict(
-    input_path: Path = typer.Argument(..., help="Low-dose volume (.nii, .nii.gz, .npy)."),
+    input_path: Path = typer.Argument(
+        ..., help="Low-dose volume: .nii, .nii.gz, a DICOM series folder, or .npy."
+    ),
     output_path: Path = typer.Argument(
-        ..., help="Output file (.nii/.nii.gz for NIfTI input, .npy for .npy); folder must exist."
+        ...,
+        help="Output file (.nii/.nii.gz for NIfTI or DICOM input, .npy for .npy); "
+        "folder must exist.",
     ),
     model: str = typer.Option(..., "--model", help="models:/NAME@champion or an export folder."),
     samples: int | None = typer.Option(
@@ -809,7 +813,10 @@ def data_import(
     source: Path = typer.Argument(..., help="Folder of NIfTI files / DICOM series folders."),
     out: Path = typer.Option(..., "--out", help="Dataset folder to create (must not exist)."),
     pairs: Path | None = typer.Option(
-        None, "--pairs", help="CSV with columns subject, spet, [lpet], [sinogram], [split]."
+        None,
+        "--pairs",
+        help="CSV with columns subject, spet and optionally lpet, sinogram, split "
+        "(paths relative to the CSV).",
     ),
     pair_by: str = typer.Option(
         "{subject}_{dose}", "--pair-by", help="Naming rule, e.g. '{subject}_{dose}' (low/full)."
@@ -820,8 +827,21 @@ def data_import(
     dose_reduction: float | None = typer.Option(
         None, "--dose-reduction", help="Dose reduction factor of the low-dose scans (recorded)."
     ),
+    units: str = typer.Option(
+        "native",
+        "--units",
+        help="native (as stored, e.g. Bq/mL) or suv (SUVbw from the DICOM tags or the "
+        "NIfTI's _pet.json sidecar).",
+    ),
+    series: str | None = typer.Option(
+        None,
+        "--series",
+        help="The series to read from DICOM folders holding several: its description, "
+        "number or UID.",
+    ),
 ) -> None:
     """Import your own volumes (NIfTI, DICOM series) as an ablate dataset."""
+    from ablate.data.format import read_provenance
     from ablate.data.importing import import_dataset, pairs_by_name, pairs_from_csv
 
     try:
@@ -833,8 +853,21 @@ def data_import(
     if not source.is_dir():
         raise UserError(f"{source}: not a folder")
     found = pairs_from_csv(pairs) if pairs is not None else pairs_by_name(source, pair_by)
-    root = import_dataset(out, found, size, fractions, seed, dose_reduction, str(source))
-    console.print(f"imported {len(found)} subjects -> {root}")
+    root = import_dataset(
+        out, found, size, fractions, seed, dose_reduction, str(source), units, series
+    )
+    provenance = read_provenance(root)
+    skipped = provenance["skipped_files"]
+    console.print(
+        f"imported {len(found)} subjects -> {root} (units: {provenance['units']})", soft_wrap=True
+    )
+    if skipped:
+        names = sorted({Path(name).name for name in skipped})
+        console.print(
+            f"skipped {len(skipped)} non-image files in DICOM folders ({', '.join(names)})",
+            soft_wrap=True,
+            highlight=False,
+        )
 
 
 @data_app.command("info")

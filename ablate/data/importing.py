@@ -24,7 +24,8 @@ from ablate.data.format import (
     write_dataset,
 )
 from ablate.errors import UserError
-from ablate.volumes import load_volume, volume_to_slices
+from ablate.suv import SUV_UNITS, stored_units, suv_factor
+from ablate.volumes import Volume, read_volume, volume_to_slices
 
 DOSE_TAGS = {
     "lpet": ("low", "ld", "lowdose", "lpet", "lowdosepet"),
@@ -32,6 +33,8 @@ DOSE_TAGS = {
     "sinogram": ("sino", "sinogram"),
 }
 _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".npy")
+#: ``--units``: keep the scanner's values, or convert them to SUV (:mod:`ablate.suv`).
+UNITS = ("native", "suv")
 
 
 @dataclass
@@ -191,12 +194,19 @@ def import_dataset(
     seed: int = 0,
     dose_reduction: float | None = None,
     source: str = "",
+    units: str = "native",
+    series: str | None = None,
 ) -> Path:
     """Read, check, resample and normalise every pair, then write the dataset atomically.
 
     Everything is read and validated before anything is written, so a bad file leaves no
-    partial dataset behind.
+    partial dataset behind. ``units="suv"`` converts every volume (each dose with its own
+    injected activity) to SUVbw before normalising; ``series`` picks the series of DICOM
+    folders holding several. The units and the stray files skipped in DICOM folders are
+    recorded in the provenance (``units``, ``skipped_files``).
     """
+    if units not in UNITS:
+        raise UserError(f"--units '{units}': use one of {', '.join(UNITS)}")
     if not pairs:
         raise UserError("no subjects to import")
     names = [p.subject for p in pairs]
@@ -211,11 +221,14 @@ def import_dataset(
         raise UserError("some subjects have a sinogram and some do not: give all or none")
     splits = assign_splits(pairs, fractions, seed)
     subjects = []
+    found_units: set[str] = set()
+    skipped: list[str] = []
     for pair in pairs:
-        full, zooms = load_volume(pair.spet)
+        full_volume = _read(pair.spet, series, skipped)
+        full, zooms, full_factor = _convert(full_volume, units, found_units)
         arrays = {"spet": volume_to_slices(full, zooms, image_size)}
         if pair.lpet is not None:
-            low, low_zooms = load_volume(pair.lpet)
+            low, low_zooms, _ = _convert(_read(pair.lpet, series, skipped), units, found_units)
             if low.shape != full.shape or not np.allclose(low_zooms, zooms, rtol=1e-3):
                 raise UserError(
                     f"{pair.lpet}: shape {low.shape} / voxels {low_zooms} do not match the "
@@ -224,7 +237,7 @@ def import_dataset(
             arrays["lpet"] = volume_to_slices(low, zooms, image_size)
         scale = full_dose_scale(arrays["spet"])
         arrays = {k: v / scale for k, v in arrays.items()}
-        columns = {"sinogram_scale": 0.0, "voxel_z_mm": zooms[2]}
+        columns = {"sinogram_scale": 0.0, "voxel_z_mm": zooms[2], "suv_factor": full_factor}
         if pair.sinogram is not None:
             sino = load_sinogram(pair.sinogram, arrays["spet"].shape[0])
             columns["sinogram_scale"] = full_dose_scale(sino)
@@ -247,6 +260,8 @@ def import_dataset(
         "split_fractions": list(fractions),
         "split_seed": seed,
         "dose_reduction": dose_reduction,
+        "units": SUV_UNITS if units == "suv" else " / ".join(sorted(found_units)),
+        "skipped_files": skipped,
         "ablate_version": package_version(),
         "subjects": {
             p.subject: {
@@ -266,6 +281,26 @@ def import_dataset(
         "attribution": [],
     }
     return write_dataset(dest, subjects, provenance)
+
+
+def _read(path: Path, series: str | None, skipped: list[str]) -> Volume:
+    volume = read_volume(path, kinds=("nifti", "dicom"), series=series)
+    if volume.array.ndim != 3:
+        raise UserError(f"{path}: expected a 3D volume, got shape {volume.array.shape}")
+    skipped.extend(str(path / name) for name in volume.skipped)
+    return volume
+
+
+def _convert(
+    volume: Volume, units: str, found: set[str]
+) -> tuple[np.ndarray, tuple[float, float, float], float]:
+    """The RAS volume in the requested units, its voxel sizes and its SUV factor (nan: native)."""
+    data, zooms = volume.ras()
+    found.add(stored_units(volume))
+    factor = suv_factor(volume) if units == "suv" else float("nan")
+    if units == "suv":
+        data = data * factor
+    return data.astype(np.float32), zooms, factor
 
 
 def _safe_name(subject: str) -> str:
