@@ -499,6 +499,11 @@ def predict(
         None, "--scale", help="Known full-dose intensity scale (default: estimated)."
     ),
     seed: int = typer.Option(0, "--seed", help="Sampler seed of stochastic rows."),
+    series: str | None = typer.Option(
+        None,
+        "--series",
+        help="The series of a DICOM folder holding several (description, number or UID).",
+    ),
     tracking_uri: str | None = TRACKING_OPT,
     workdir: Path = WORKDIR_OPT,
 ) -> None:
@@ -508,11 +513,11 @@ def predict(
 
     _quiet_mlflow()
     uri = tracking_uri or tracking.default_tracking_uri(workdir)
-    info = predict_volume(model, input_path, output_path, uri, samples, scale, seed)
+    info = predict_volume(model, input_path, output_path, uri, samples, scale, seed, series)
     how = "estimated" if info.estimated else "given"
     console.print(
         f"wrote {output_path}: {info.slices} slices, K={info.samples}, "
-        f"full-dose scale {info.scale:.4g} ({how})",
+        f"full-dose scale {info.scale:.4g} ({how}), units {info.units}",
         soft_wrap=True,
     )
 

@@ -225,8 +225,13 @@ def slices_to_volume(
     return slices_to_ras(_resize(crop, (ny, nx))[:, 0].numpy())
 
 
-def write_like(result: np.ndarray, source: Volume, path: Path) -> None:
+def write_like(
+    result: np.ndarray, source: Volume, path: Path, description: str | None = None
+) -> None:
     """Write ``result`` (the source's shape) float32 to ``path``, keeping the source's header.
+
+    ``description`` (at most 80 characters) replaces the header's ``descrip`` (NIfTI): where
+    ``ablate predict`` names the model and the units of the values.
 
     NIfTI: the source's affine, qform/sform and their codes, units and the rest of its
     header (scaling reset: the data are float32); a DICOM source's image carries scanner
@@ -243,6 +248,8 @@ def write_like(result: np.ndarray, source: Volume, path: Path) -> None:
     image.set_data_dtype(np.float32)
     image.header.set_slope_inter(1.0, 0.0)
     image.header["cal_min"] = image.header["cal_max"] = 0
+    if description is not None:
+        image.header["descrip"] = description[:80].encode()
     image.set_qform(*old.get_qform(coded=True))
     image.set_sform(*old.get_sform(coded=True))
     nib.save(image, path)

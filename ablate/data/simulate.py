@@ -347,6 +347,7 @@ def _simulate(
             "sinogram": "full-dose measured counts [angles, bins] / sinogram_scale",
             "activity": "true activity map",
         },
+        "units": "simulated activity (arbitrary units)",
         "normalisation": NORMALISATION,
         "orientation": "rows anterior->posterior, columns right->left of the subject (RAS x)",
         "attribution": [TEMPLATE_ATTRIBUTION],
