@@ -889,6 +889,7 @@ def data_info(path: Path = typer.Argument(..., help="A dataset folder.")) -> Non
     console.print(f"[bold]{info['path']}[/]: {info['subjects']} subjects, {info['slices']} slices")
     parts = [f"{k} {v['subjects']} ({v['slices']} slices)" for k, v in info["splits"].items()]
     console.print(f"splits: {', '.join(parts)}")
+    console.print(f"units: {info['provenance'].get('units', 'unknown')}", highlight=False)
     table = Table("array", "shape", "min", "mean", "p99", "max")
     for kind, s in info["arrays"].items():
         values = (f"{s[k]:.4g}" for k in ("min", "mean", "p99", "max"))
