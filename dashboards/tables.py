@@ -109,6 +109,8 @@ class AblationTable:
             f"{subject}, {conv}. Mean ± std over seeds (n: completed "
             "trials / all); best measured value per column in bold."
         )
+        if any(c in self.columns for c in LESION_COLUMNS):
+            text += _LESION_NOTE
         bases = sorted({line.test.split()[-1] for line in self.lines if line.test[:1].isdigit()})
         if self.reference is None:
             return text + " No significance test: no line has completed trials."
@@ -123,6 +125,18 @@ class AblationTable:
             f"{text} p: {_TEST_NAMES[self.paired_test]} of {title} against "
             f"'{self.reference}' over matched {over} (the 'test' column says which)."
         )
+
+
+#: Lesion columns (ablate.lesions): mean over the test lesions of each absolute error.
+LESION_COLUMNS = (
+    Column("lesion_abs_suvmax_bias", "SUVmax err %", "min", ".1f"),
+    Column("lesion_abs_suvmean_bias", "SUVmean err %", "min", ".1f"),
+    Column("lesion_abs_crc_error", "CRC err", "min", ".3f"),
+)
+_LESION_NOTE = (
+    " Lesion columns: mean over the test lesions of |SUVmax bias| and |SUVmean bias| (%) and"
+    " |1 - CRC| (contrast recovery against the full-dose reference; ablate/lesions.py)."
+)
 
 
 def metric_title(key: str) -> str:
@@ -144,6 +158,7 @@ def table_columns(convention: Convention, nrmse: bool = False) -> list[Column]:
     ]
     return cols + [
         Column("sd", "SD", "min", ".2e", "sd"),
+        *LESION_COLUMNS,
         Column("params_m", "MParam", "min", "auto", "params_m", spread=False),
         Column("gmacs", "GMACs", "min", "auto", "gflops", spread=False),
         Column("train_s", "Train (s)", "min", ".1f"),

@@ -120,6 +120,13 @@ class SliceDataset(Dataset):
     def __len__(self) -> int:
         return len(self._index)
 
+    def items_by_subject(self) -> dict[str, list[tuple[int, int]]]:
+        """Subject -> its ``(item index, slice)`` pairs, in slice order."""
+        out: dict[str, list[tuple[int, int]]] = {}
+        for index, (subject, i) in enumerate(self._index):
+            out.setdefault(subject, []).append((index, i))
+        return out
+
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_arrays"] = {}  # reopen memmaps in each worker instead of pickling them
