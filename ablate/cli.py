@@ -820,8 +820,14 @@ def data_import(
     pairs: Path | None = typer.Option(
         None,
         "--pairs",
-        help="CSV with columns subject, spet and optionally lpet, sinogram, split "
+        help="CSV with columns subject, spet and optionally lpet, sinogram, split, mask "
         "(paths relative to the CSV).",
+    ),
+    masks: Path | None = typer.Option(
+        None,
+        "--masks",
+        help="Folder of lesion label NIfTIs, SUBJECT.nii.gz on the full-dose grid (0 = none): "
+        "lesion metrics.",
     ),
     pair_by: str = typer.Option(
         "{subject}_{dose}", "--pair-by", help="Naming rule, e.g. '{subject}_{dose}' (low/full)."
@@ -847,7 +853,7 @@ def data_import(
 ) -> None:
     """Import your own volumes (NIfTI, DICOM series) as an ablate dataset."""
     from ablate.data.format import read_provenance
-    from ablate.data.importing import import_dataset, pairs_by_name, pairs_from_csv
+    from ablate.data.importing import attach_masks, import_dataset, pairs_by_name, pairs_from_csv
 
     try:
         fractions = tuple(float(f) for f in split.split(","))
@@ -858,6 +864,8 @@ def data_import(
     if not source.is_dir():
         raise UserError(f"{source}: not a folder")
     found = pairs_from_csv(pairs) if pairs is not None else pairs_by_name(source, pair_by)
+    if masks is not None:
+        found = attach_masks(found, masks)
     root = import_dataset(
         out, found, size, fractions, seed, dose_reduction, str(source), units, series
     )

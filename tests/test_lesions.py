@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
+import nibabel as nib
 import numpy as np
 import pytest
 from scipy import ndimage
 
+from ablate.data.format import read_provenance
 from ablate.lesions import per_lesion, summarise
+from tests.own_data import SUBJECTS, write_scans
 
 BACKGROUND, CONTRAST, SIDE = 1.0, 3.0, 8  # a square lesion of 8 x 8 pixels at 4x uptake
 
@@ -61,3 +67,33 @@ def test_a_lesion_without_reference_contrast_has_no_crc() -> None:
     table = per_lesion(ref * 1.1, ref, labels)
     assert np.isnan(table["crc"].iloc[0]) and table["suvmean_bias"].iloc[0] == pytest.approx(10)
     assert "lesion_crc" not in summarise(table) and summarise(table.iloc[:0]) == {}
+
+
+def test_import_with_lesion_masks_through_the_cli(tmp_path: Path) -> None:
+    """A user's label NIfTI per subject is cut like the images and stored as ``lesions``."""
+    scans = write_scans(tmp_path / "scans")
+    (tmp_path / "masks").mkdir()
+    for k in range(1, SUBJECTS + 1):
+        full = nib.load(scans / f"sub{k:02d}_full.nii.gz")
+        hot = (full.get_fdata() > 12000).astype(np.int16)  # the hot spot of tests/own_data.py
+        nib.save(nib.Nifti1Image(hot, full.affine), tmp_path / "masks" / f"sub{k:02d}.nii.gz")
+    cmd = ["ablate", "data", "import", "scans", "--out", "ds", "--size", "32", "--masks", "masks"]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "lesions" in read_provenance(tmp_path / "ds")["arrays"]
+    spet = np.load(tmp_path / "ds" / "subjects" / "sub01" / "spet.npy")
+    labels = np.load(tmp_path / "ds" / "subjects" / "sub01" / "lesions.npy")
+    assert labels.shape == spet.shape and set(np.unique(labels)) == {0.0, 1.0}
+    assert spet[labels == 1].mean() > 2 * spet[(labels == 0) & (spet > 0.05)].mean()
+    table = per_lesion(spet, spet, labels)
+    assert len(table) == 1 and table["crc"].iloc[0] == pytest.approx(1.0)
+
+    bad = nib.load(tmp_path / "masks" / "sub02.nii.gz")
+    nib.save(
+        nib.Nifti1Image(bad.get_fdata()[:, :, :-1], bad.affine), tmp_path / "masks" / "sub02.nii.gz"
+    )
+    cmd[5] = "ds2"
+    refused = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "sub02.nii.gz: the lesion mask is not on the grid" in (
+        refused.stderr
+    )

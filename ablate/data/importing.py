@@ -46,6 +46,7 @@ class Pair:
     lpet: Path | None = None
     sinogram: Path | None = None
     split: str | None = None
+    mask: Path | None = None  # lesion label NIfTI on the full-dose grid (ablate.lesions)
 
 
 def _stem(path: Path) -> str:
@@ -57,7 +58,7 @@ def _stem(path: Path) -> str:
 
 
 def pairs_from_csv(csv: Path) -> list[Pair]:
-    """Pairs from a CSV with columns subject, spet, [lpet], [sinogram], [split].
+    """Pairs from a CSV with columns subject, spet and optionally lpet, sinogram, split, mask.
 
     Relative paths are relative to the CSV's folder.
     """
@@ -94,6 +95,7 @@ def pairs_from_csv(csv: Path) -> list[Pair]:
                 lpet=resolve(row.get("lpet", "")),
                 sinogram=resolve(row.get("sinogram", "")),
                 split=split,
+                mask=resolve(row.get("mask", "")),
             )
         )
     return pairs
@@ -138,6 +140,45 @@ def pairs_by_name(folder: Path, pattern: str) -> list[Pair]:
             raise UserError(f"subject {subject} in {folder} has no full-dose file")
         pairs.append(Pair(subject, files["spet"], files.get("lpet"), files.get("sinogram")))
     return pairs
+
+
+def attach_masks(pairs: list[Pair], folder: Path) -> list[Pair]:
+    """Give each pair its lesion label NIfTI ``folder/<subject>.nii.gz`` (or ``.nii``)."""
+    if not folder.is_dir():
+        raise UserError(f"--masks {folder}: not a folder")
+    for pair in pairs:
+        found = [folder / f"{pair.subject}{suffix}" for suffix in (".nii.gz", ".nii")]
+        found = [path for path in found if path.is_file()]
+        if not found:
+            raise UserError(
+                f"--masks {folder}: no {pair.subject}.nii.gz for subject {pair.subject} "
+                "(one label NIfTI per subject, 0 outside lesions, on the full-dose grid)"
+            )
+        pair.mask = found[0]
+    return pairs
+
+
+def _lesion_labels(pair: Pair, full: Volume, image_size: int) -> np.ndarray:
+    """The subject's lesion labels cut like its images: each label resampled on its own,
+    a pixel taking the label that covers at least half of it (else 0)."""
+    mask = read_volume(pair.mask, kinds=("nifti",))
+    if mask.array.shape != full.array.shape or not np.allclose(mask.affine, full.affine, atol=1e-3):
+        raise UserError(
+            f"{pair.mask}: the lesion mask is not on the grid of {pair.spet} (shape "
+            f"{mask.array.shape} vs {full.array.shape}, or another affine): resample it"
+        )
+    values = mask.array
+    if (values < 0).any() or not np.allclose(values, np.round(values)):
+        raise UserError(f"{pair.mask}: lesion labels must be integers >= 0 (0 = no lesion)")
+    data, zooms = mask.ras()
+    data = np.round(data)
+    labels = np.zeros((data.shape[2], image_size, image_size), np.float32)
+    cover = np.zeros_like(labels)
+    for label in np.unique(data[data > 0]):
+        fraction = volume_to_slices((data == label).astype(np.float32), zooms, image_size)
+        wins = (fraction >= 0.5) & (fraction > cover)
+        labels[wins], cover[wins] = label, fraction[wins]
+    return labels
 
 
 def load_sinogram(path: Path, n_slices: int) -> np.ndarray:
@@ -216,6 +257,8 @@ def import_dataset(
     has_low = {p.lpet is not None for p in pairs}
     if len(has_low) > 1:
         raise UserError("some subjects have a low-dose file and some do not: pair all or none")
+    if len({p.mask is not None for p in pairs}) > 1:
+        raise UserError("some subjects have a lesion mask and some do not: give all or none")
     has_sino = {p.sinogram is not None for p in pairs}
     if len(has_sino) > 1:
         raise UserError("some subjects have a sinogram and some do not: give all or none")
@@ -237,6 +280,8 @@ def import_dataset(
             arrays["lpet"] = volume_to_slices(low, zooms, image_size)
         scale = full_dose_scale(arrays["spet"])
         arrays = {k: v / scale for k, v in arrays.items()}
+        if pair.mask is not None:
+            arrays["lesions"] = _lesion_labels(pair, full_volume, image_size)
         columns = {"sinogram_scale": 0.0, "voxel_z_mm": zooms[2], "suv_factor": full_factor}
         if pair.sinogram is not None:
             sino = load_sinogram(pair.sinogram, arrays["spet"].shape[0])
@@ -268,6 +313,7 @@ def import_dataset(
                 "spet": str(p.spet),
                 "lpet": str(p.lpet or ""),
                 "sinogram": str(p.sinogram or ""),
+                "mask": str(p.mask or ""),
             }
             for p in pairs
         },
@@ -275,6 +321,7 @@ def import_dataset(
             "lpet": "the imported low-dose volume, resampled",
             "spet": "the imported full-dose volume, resampled (the reference)",
             "sinogram": "the imported sinogram [angles, bins] / sinogram_scale",
+            "lesions": "the imported lesion labels (0 = none), resampled per label",
         },
         "normalisation": NORMALISATION,
         "orientation": "RAS; rows anterior->posterior, columns along +x",
