@@ -7,6 +7,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import ndimage
 
@@ -97,3 +98,33 @@ def test_import_with_lesion_masks_through_the_cli(tmp_path: Path) -> None:
     assert refused.returncode == 2 and "sub02.nii.gz: the lesion mask is not on the grid" in (
         refused.stderr
     )
+
+
+@pytest.mark.slow
+def test_the_demo_table_shows_lesion_columns(tmp_path: Path) -> None:
+    """`ablate demo` (its data holds lesions in the test split): each trial logs lesion_*
+    metrics and a per-lesion artifact, and the table has the lesion columns."""
+    from mlflow import MlflowClient
+
+    from ablate import tracking
+    from tests.conftest import trial_runs
+
+    cmd = ["ablate", "demo", "--steps", "10", "--seeds", "1", "--rows", "cpm"]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table = " ".join(done.stdout.split())
+    assert "SUVmax err" in table and "SUVmean err" in table and "CRC err" in table
+    assert "Lesion columns: mean over the test lesions" in table
+    runs = trial_runs(tracking.default_tracking_uri(tmp_path / "runs"), "demo")
+    assert len(runs) == 1
+    trial = runs.iloc[0]
+    assert trial["metrics.lesion_n"] >= 1
+    for name in ("lesion_suvmax_bias", "lesion_suvmean_bias", "lesion_abs_suvmax_bias"):
+        assert np.isfinite(trial[f"metrics.{name}"])
+    uri = tracking.default_tracking_uri(tmp_path / "runs")
+    local = MlflowClient(uri).download_artifacts(
+        trial["run_id"], "test_lesions.parquet", str(tmp_path)
+    )
+    lesions = pd.read_parquet(local)
+    assert len(lesions) == trial["metrics.lesion_n"]
+    assert {"subject", "label", "voxels", "suvmax_bias", "suvmean_bias", "crc"} <= set(lesions)
