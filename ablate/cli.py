@@ -850,8 +850,14 @@ def data_import(
         help="The series to read from DICOM folders holding several: its description, "
         "number or UID.",
     ),
+    full: str | None = typer.Option(
+        None, "--full", help="PET-BIDS source: the entity of the full-dose scans, e.g. acq-std."
+    ),
+    low: str | None = typer.Option(
+        None, "--low", help="PET-BIDS source: the entity of the low-dose scans, e.g. acq-low."
+    ),
 ) -> None:
-    """Import your own volumes (NIfTI, DICOM series) as an ablate dataset."""
+    """Import your own volumes (NIfTI, DICOM series, a PET-BIDS tree) as an ablate dataset."""
     from ablate.data.format import read_provenance
     from ablate.data.importing import attach_masks, import_dataset, pairs_by_name, pairs_from_csv
 
@@ -863,7 +869,18 @@ def data_import(
         raise UserError(f"--split '{split}': three fractions adding up to 1, e.g. 0.7,0.1,0.2")
     if not source.is_dir():
         raise UserError(f"{source}: not a folder")
-    found = pairs_from_csv(pairs) if pairs is not None else pairs_by_name(source, pair_by)
+    from ablate.data.bids import is_bids, pairs_from_bids
+
+    if full is not None:
+        found = pairs_from_bids(source, full, low)
+    elif low is not None:
+        raise UserError("--low needs --full: give the entity of both doses, e.g. --full acq-std")
+    elif is_bids(source) and pairs is None:
+        raise UserError(
+            f"{source} is a BIDS tree: say which scans are which, e.g. --full acq-std --low acq-low"
+        )
+    else:
+        found = pairs_from_csv(pairs) if pairs is not None else pairs_by_name(source, pair_by)
     if masks is not None:
         found = attach_masks(found, masks)
     root = import_dataset(

@@ -47,6 +47,7 @@ class Pair:
     sinogram: Path | None = None
     split: str | None = None
     mask: Path | None = None  # lesion label NIfTI on the full-dose grid (ablate.lesions)
+    group: str | None = None  # the person: sessions of one person share a split (BIDS)
 
 
 def _stem(path: Path) -> str:
@@ -207,9 +208,16 @@ def load_sinogram(path: Path, n_slices: int) -> np.ndarray:
 def assign_splits(
     pairs: list[Pair], fractions: tuple[float, float, float], seed: int
 ) -> dict[str, str]:
-    """Subject -> split: explicit splits kept, the others shuffled (seeded) by fraction."""
+    """Subject -> split: explicit splits kept, the others shuffled (seeded) by fraction.
+
+    Pairs of one ``group`` (the sessions of one person) are drawn together.
+    """
     fixed = {p.subject: p.split for p in pairs if p.split}
-    free = sorted(p.subject for p in pairs if not p.split)
+    members: dict[str, list[str]] = {}
+    for p in pairs:
+        if not p.split:
+            members.setdefault(p.group or p.subject, []).append(p.subject)
+    free = sorted(members)
     rng = np.random.default_rng(seed)
     rng.shuffle(free)
     n = len(free)
@@ -222,8 +230,9 @@ def assign_splits(
         counts = [max(1, c) for c in counts]
     n_val, n_test = counts
     out = dict(fixed)
-    for i, subject in enumerate(free):
-        out[subject] = "val" if i < n_val else "test" if i < n_val + n_test else "train"
+    for i, group in enumerate(free):
+        for subject in members[group]:
+            out[subject] = "val" if i < n_val else "test" if i < n_val + n_test else "train"
     return out
 
 
