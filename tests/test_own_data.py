@@ -3,6 +3,7 @@ writes (tests/own_data.py), each block as one bash script in a fresh folder."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -52,3 +53,13 @@ def test_your_own_data_section_runs_verbatim(tmp_path: Path) -> None:
         f"ablate cpm; units {SUV_UNITS}"
     )
     assert np.isfinite(pred.get_fdata()).all() and pred.get_fdata().max() > 0
+    # the trial's MLflow dataset input says the units
+    from mlflow import MlflowClient
+
+    from ablate import tracking
+    from tests.conftest import trial_runs
+
+    uri = tracking.default_tracking_uri(tmp_path / "runs")
+    (run_id,) = trial_runs(uri, "my-study")["run_id"]
+    inputs = MlflowClient(uri).get_run(run_id).inputs.dataset_inputs
+    assert [json.loads(i.dataset.profile)["units"] for i in inputs] == [SUV_UNITS]
