@@ -4,8 +4,9 @@ A model only works on slices cut the way its training slices were cut, so every 
 takes a user's file goes through here and gets the same layout:
 
 - **NIfTI** (``.nii``, ``.nii.gz``) and **DICOM series** (a folder; stray files, several
-  series and irregular stacks as :mod:`ablate.dicom` says) are reoriented to RAS (nibabel's closest canonical, from the affine) and cut into axial slices
-  ``[z, y, x]`` whose rows run anterior -> posterior and columns along +x, as the simulator's.
+  series and irregular stacks as :mod:`ablate.dicom` says) are reoriented to RAS
+  (nibabel's closest canonical, from the affine) and cut into axial slices ``[z, y, x]``
+  whose rows run anterior -> posterior and columns along +x, as the simulator's.
 - **.npy** (numpy, no pickles) has no affine: it is taken as already in that layout, a 2D
   image ``[H, W]`` or a stack ``[slice, H, W]``.
 
