@@ -483,9 +483,13 @@ def export(
 @app.command()
 @friendly_errors
 def predict(
-    input_path: Path = typer.Argument(..., help="Low-dose volume (.nii, .nii.gz, .npy)."),
+    input_path: Path = typer.Argument(
+        ..., help="Low-dose volume: .nii, .nii.gz, a DICOM series folder, or .npy."
+    ),
     output_path: Path = typer.Argument(
-        ..., help="Output file (.nii/.nii.gz for NIfTI input, .npy for .npy); folder must exist."
+        ...,
+        help="Output file (.nii/.nii.gz for NIfTI or DICOM input, .npy for .npy); "
+        "folder must exist.",
     ),
     model: str = typer.Option(..., "--model", help="models:/NAME@champion or an export folder."),
     samples: int | None = typer.Option(
@@ -495,6 +499,11 @@ def predict(
         None, "--scale", help="Known full-dose intensity scale (default: estimated)."
     ),
     seed: int = typer.Option(0, "--seed", help="Sampler seed of stochastic rows."),
+    series: str | None = typer.Option(
+        None,
+        "--series",
+        help="The series of a DICOM folder holding several (description, number or UID).",
+    ),
     tracking_uri: str | None = TRACKING_OPT,
     workdir: Path = WORKDIR_OPT,
 ) -> None:
@@ -504,11 +513,11 @@ def predict(
 
     _quiet_mlflow()
     uri = tracking_uri or tracking.default_tracking_uri(workdir)
-    info = predict_volume(model, input_path, output_path, uri, samples, scale, seed)
+    info = predict_volume(model, input_path, output_path, uri, samples, scale, seed, series)
     how = "estimated" if info.estimated else "given"
     console.print(
         f"wrote {output_path}: {info.slices} slices, K={info.samples}, "
-        f"full-dose scale {info.scale:.4g} ({how})",
+        f"full-dose scale {info.scale:.4g} ({how}), units {info.units}",
         soft_wrap=True,
     )
 
@@ -845,7 +854,16 @@ def data_import(
     source: Path = typer.Argument(..., help="Folder of NIfTI files / DICOM series folders."),
     out: Path = typer.Option(..., "--out", help="Dataset folder to create (must not exist)."),
     pairs: Path | None = typer.Option(
-        None, "--pairs", help="CSV with columns subject, spet, [lpet], [sinogram], [split]."
+        None,
+        "--pairs",
+        help="CSV with columns subject, spet and optionally lpet, sinogram, split, mask "
+        "(paths relative to the CSV).",
+    ),
+    masks: Path | None = typer.Option(
+        None,
+        "--masks",
+        help="Folder of lesion label NIfTIs, SUBJECT.nii.gz on the full-dose grid (0 = none): "
+        "lesion metrics.",
     ),
     pair_by: str = typer.Option(
         "{subject}_{dose}", "--pair-by", help="Naming rule, e.g. '{subject}_{dose}' (low/full)."
@@ -856,9 +874,28 @@ def data_import(
     dose_reduction: float | None = typer.Option(
         None, "--dose-reduction", help="Dose reduction factor of the low-dose scans (recorded)."
     ),
+    units: str = typer.Option(
+        "native",
+        "--units",
+        help="native (as stored, e.g. Bq/mL) or suv (SUVbw from the DICOM tags or the "
+        "NIfTI's _pet.json sidecar).",
+    ),
+    series: str | None = typer.Option(
+        None,
+        "--series",
+        help="The series to read from DICOM folders holding several: its description, "
+        "number or UID.",
+    ),
+    full: str | None = typer.Option(
+        None, "--full", help="PET-BIDS source: the entity of the full-dose scans, e.g. acq-std."
+    ),
+    low: str | None = typer.Option(
+        None, "--low", help="PET-BIDS source: the entity of the low-dose scans, e.g. acq-low."
+    ),
 ) -> None:
-    """Import your own volumes (NIfTI, DICOM series) as an ablate dataset."""
-    from ablate.data.importing import import_dataset, pairs_by_name, pairs_from_csv
+    """Import your own volumes (NIfTI, DICOM series, a PET-BIDS tree) as an ablate dataset."""
+    from ablate.data.format import read_provenance
+    from ablate.data.importing import attach_masks, import_dataset, pairs_by_name, pairs_from_csv
 
     try:
         fractions = tuple(float(f) for f in split.split(","))
@@ -868,9 +905,35 @@ def data_import(
         raise UserError(f"--split '{split}': three fractions adding up to 1, e.g. 0.7,0.1,0.2")
     if not source.is_dir():
         raise UserError(f"{source}: not a folder")
-    found = pairs_from_csv(pairs) if pairs is not None else pairs_by_name(source, pair_by)
-    root = import_dataset(out, found, size, fractions, seed, dose_reduction, str(source))
-    console.print(f"imported {len(found)} subjects -> {root}")
+    from ablate.data.bids import is_bids, pairs_from_bids
+
+    if full is not None:
+        found = pairs_from_bids(source, full, low)
+    elif low is not None:
+        raise UserError("--low needs --full: give the entity of both doses, e.g. --full acq-std")
+    elif is_bids(source) and pairs is None:
+        raise UserError(
+            f"{source} is a BIDS tree: say which scans are which, e.g. --full acq-std --low acq-low"
+        )
+    else:
+        found = pairs_from_csv(pairs) if pairs is not None else pairs_by_name(source, pair_by)
+    if masks is not None:
+        found = attach_masks(found, masks)
+    root = import_dataset(
+        out, found, size, fractions, seed, dose_reduction, str(source), units, series
+    )
+    provenance = read_provenance(root)
+    skipped = provenance["skipped_files"]
+    console.print(
+        f"imported {len(found)} subjects -> {root} (units: {provenance['units']})", soft_wrap=True
+    )
+    if skipped:
+        names = sorted({Path(name).name for name in skipped})
+        console.print(
+            f"skipped {len(skipped)} non-image files in DICOM folders ({', '.join(names)})",
+            soft_wrap=True,
+            highlight=False,
+        )
     _print_constant_slices(root)
 
 
@@ -895,6 +958,7 @@ def data_info(path: Path = typer.Argument(..., help="A dataset folder.")) -> Non
     console.print(f"[bold]{info['path']}[/]: {info['subjects']} subjects, {info['slices']} slices")
     parts = [f"{k} {v['subjects']} ({v['slices']} slices)" for k, v in info["splits"].items()]
     console.print(f"splits: {', '.join(parts)}")
+    console.print(f"units: {info['provenance'].get('units', 'unknown')}", highlight=False)
     table = Table("array", "shape", "min", "mean", "p99", "max")
     for kind, s in info["arrays"].items():
         values = (f"{s[k]:.4g}" for k in ("min", "mean", "p99", "max"))

@@ -142,6 +142,14 @@ class DataConfig(_Strict):
         default_factory=dict, description="Simulator knobs overriding the preset."
     )
 
+    @model_validator(mode="after")
+    def _absolute_path(self) -> DataConfig:
+        """A relative ``path`` is the user's folder: resolved where the config is read, since
+        trial workers run in other folders."""
+        if self.path is not None and not self.path.is_absolute():
+            self.path = self.path.expanduser().resolve()
+        return self
+
 
 class SR3Model(_Strict):
     """The SR3 baseline's denoising UNet (paper scale: 128.7 M parameters)."""

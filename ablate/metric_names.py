@@ -21,10 +21,13 @@ TEST_METRICS = (
 
 
 def better(metric: str) -> Literal["max", "min"]:
-    """Which way a metric improves: errors (NMSE, NRMSE), the sampling SD and costs (params,
-    MACs, training seconds) go down, everything else (PSNR, SSIM, throughput) goes up.
+    """Which way a metric improves: errors (NMSE, NRMSE, lesion errors), the sampling SD and
+    costs (params, MACs, training seconds) go down, everything else (PSNR, SSIM, throughput)
+    goes up.
 
     The one owner of a metric's direction: tables, exports and claims all ask here."""
     base = metric.removeprefix("val_").removeprefix("ams_").removeprefix("paper_")
-    lower = base in ("nmse", "nrmse", "sd", "params_m", "gmacs") or base.startswith("train_s")
+    lower = base in ("nmse", "nrmse", "sd", "params_m", "gmacs") or base.startswith(
+        ("train_s", "lesion_abs_")  # lesion_abs_*: sizes of lesion errors
+    )
     return "min" if lower else "max"

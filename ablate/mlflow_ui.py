@@ -96,12 +96,14 @@ def dataset_entity(data: DataConfig, root: Path) -> Dataset:
     """The dataset a launch trains on as an MLflow dataset: a simulated one is named after
     its preset, with the preset, seed and overrides as source; an existing folder (an
     imported dataset) is named after the folder, with its path as source. The digest is the
-    hash of the manifest and provenance; the profile counts slices, subjects and splits."""
-    from ablate.data.format import read_manifest
+    hash of the manifest and provenance; the profile counts slices, subjects and splits and
+    says the units of the values (``ablate data import --units``)."""
+    from ablate.data.format import read_manifest, read_provenance
 
     root = Path(root)
     manifest = read_manifest(root)
     profile = {
+        "units": str(read_provenance(root).get("units") or "unknown"),
         "slices": len(manifest),
         "subjects": int(manifest["subject"].nunique()),
         "splits": {str(k): int(v) for k, v in manifest["split"].value_counts().items()},

@@ -8,7 +8,10 @@ The input is cut the way training data were (:mod:`ablate.volumes`): a NIfTI vol
 DICOM series is reoriented to RAS and resampled to the model's image size with its in-plane
 field of view kept whole, as ``ablate data import`` does; an ``.npy`` stack is taken as
 ``[slice, H, W]`` in that layout already. The reconstruction goes back onto the input's
-grid: same shape, affine and header, float32, at exactly the output path. Sinogram rows
+grid: same shape, affine and header (its description naming the units), float32, at exactly
+the output path. A model trained in SUV (``ablate data import --units suv``) gets the input
+converted to SUV from its DICOM tags or PET-BIDS sidecar (:mod:`ablate.suv`) and writes SUV;
+an ``.npy`` input is taken as already in the model's units. Sinogram rows
 take ``[slice, angles, bins]`` (``.npy``, or NIfTI as bins x angles x slices) and write the
 image stack ``[slice, H, W]`` as ``.npy``.
 
@@ -18,7 +21,7 @@ runs before anything is written; a missing output folder is refused, not created
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ import numpy as np
 from ablate import intensity, tracking
 from ablate.errors import UserError
 from ablate.serving import ServingSpec
+from ablate.suv import SUV_UNITS, suv_factor
 from ablate.volumes import (
     NIFTI_SUFFIXES,
     Volume,
@@ -43,6 +47,7 @@ class Prediction:
     samples: int
     scale: float
     estimated: bool
+    units: str
 
 
 def _output_kind(path: Path) -> str:
@@ -137,11 +142,13 @@ def predict_volume(
     samples: int | None = None,
     scale: float | None = None,
     seed: int = 0,
+    series: str | None = None,
 ) -> Prediction:
     """Reconstruct ``input_path`` with ``model`` and write it to ``output_path``.
 
     ``samples`` (K, default the row's AMS count) draws are averaged for stochastic rows;
-    ``scale`` is a known full-dose scale (default: estimated, see :mod:`ablate.intensity`).
+    ``scale`` is a known full-dose scale (default: estimated, see :mod:`ablate.intensity`);
+    ``series`` picks the series of a DICOM folder holding several (:mod:`ablate.dicom`).
     """
     out_kind = _output_kind(output_path)
     if not output_path.parent.is_dir():
@@ -152,8 +159,10 @@ def predict_volume(
         raise UserError("--samples must be at least 1")
     if scale is not None and scale <= 0:
         raise UserError("--scale must be positive (a full-dose intensity scale)")
-    volume = read_volume(input_path)
+    volume = read_volume(input_path, series=series)
     pyfunc, spec = load_model(model, tracking_uri)
+    if spec.units == SUV_UNITS and volume.kind != "npy":
+        volume = replace(volume, array=volume.array * suv_factor(volume))
     stack = _stack(volume, spec, out_kind).astype(np.float32)
     k = samples or spec.samples
     params = {"samples": k, "scale": scale or 0.0, "seed": seed}
@@ -164,6 +173,8 @@ def predict_volume(
         if volume.image is not None:
             data, zooms = volume.ras()
             result = volume.from_ras(slices_to_volume(result, data.shape, zooms))
-        write_like(result.reshape(volume.array.shape), volume, output_path)
+        description = f"ablate {spec.row}; units {spec.units}"
+        write_like(result.reshape(volume.array.shape), volume, output_path, description)
     _, full_dose = intensity.scales(stack, spec.intensity, scale or 0.0)
-    return Prediction(int(stack.shape[0]), k if spec.stochastic else 1, full_dose, scale is None)
+    samples_used = k if spec.stochastic else 1
+    return Prediction(int(stack.shape[0]), samples_used, full_dose, scale is None, spec.units)

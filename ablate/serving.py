@@ -8,7 +8,10 @@ the contract of its input, written when the trial ends:
   (``[slices, angles, bins]``), in the training layout of :mod:`ablate.volumes`;
 - ``input_shape`` and ``image_size`` (the output is ``[slices, image_size, image_size]``);
 - ``stochastic`` and ``samples``: whether the row samples, and K, its AMS sample count;
-- ``intensity``: the calibration of :mod:`ablate.intensity`.
+- ``intensity``: the calibration of :mod:`ablate.intensity`;
+- ``units``: the units of the training dataset (its provenance ``units``): a model trained in
+  SUV (:data:`ablate.suv.SUV_UNITS`) takes and gives SUV, so ``ablate predict`` converts a
+  DICOM/NIfTI input to SUV first.
 
 The pyfunc takes a whole volume's stack in the input's own units (the intensity scale is
 estimated from the stack, as training normalised the volume) and returns the reconstruction
@@ -33,6 +36,7 @@ import yaml
 from ablate import intensity
 from ablate.config import TrialConfig
 from ablate.data.dataset import SliceDataset
+from ablate.data.format import read_provenance
 from ablate.data.guidance import nas_stack
 from ablate.device import resolve_device
 from ablate.methods.base import Method
@@ -59,6 +63,7 @@ class ServingSpec:
     stochastic: bool
     samples: int
     intensity: dict[str, Any]
+    units: str = "unknown"  # a model exported before units were recorded
 
     @classmethod
     def read(cls, folder: Path) -> ServingSpec:
@@ -85,6 +90,7 @@ def write_spec(folder: Path, trial: TrialConfig, method: Method, dataset_root: P
         stochastic=method.stochastic,
         samples=trial.diffusion.ams_samples if method.stochastic else 1,
         intensity=intensity.calibrate(dataset_root, model_input),
+        units=str(read_provenance(dataset_root).get("units") or "unknown"),
     )
     (folder / SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=2))
     middle = range(len(test) // 2, min(len(test) // 2 + 2, len(test)))

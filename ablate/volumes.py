@@ -3,9 +3,10 @@
 A model only works on slices cut the way its training slices were cut, so every command that
 takes a user's file goes through here and gets the same layout:
 
-- **NIfTI** (``.nii``, ``.nii.gz``) and **DICOM series** (a folder of one series) are
-  reoriented to RAS (nibabel's closest canonical, from the affine) and cut into axial slices
-  ``[z, y, x]`` whose rows run anterior -> posterior and columns along +x, as the simulator's.
+- **NIfTI** (``.nii``, ``.nii.gz``) and **DICOM series** (a folder; stray files, several
+  series and irregular stacks as :mod:`ablate.dicom` says) are reoriented to RAS
+  (nibabel's closest canonical, from the affine) and cut into axial slices ``[z, y, x]``
+  whose rows run anterior -> posterior and columns along +x, as the simulator's.
 - **.npy** (numpy, no pickles) has no affine: it is taken as already in that layout, a 2D
   image ``[H, W]`` or a stack ``[slice, H, W]``.
 
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from ablate import metrics
+from ablate.dicom import read_series
 from ablate.errors import UserError
 
 Convention = Literal["standard", "paper"]
@@ -61,6 +63,8 @@ class Volume:
     kind: Kind
     array: np.ndarray
     image: Any = None  # nibabel.Nifti1Image for NIfTI/DICOM, None for .npy
+    dicom: Any = None  # a DICOM series' first-slice header (SUV tags), None otherwise
+    skipped: tuple[str, ...] = ()  # stray files skipped in a DICOM folder (ablate.dicom)
 
     @property
     def affine(self) -> np.ndarray | None:
@@ -101,22 +105,34 @@ def _as_3d(array: np.ndarray) -> np.ndarray:
     return array[..., None] if array.ndim == 2 else array
 
 
-def read_volume(path: str | Path, kinds: tuple[Kind, ...] = ("npy", "nifti", "dicom")) -> Volume:
-    """Read ``path`` (one of ``kinds``) as float64, checked finite and 2D/3D."""
+def read_volume(
+    path: str | Path,
+    kinds: tuple[Kind, ...] = ("npy", "nifti", "dicom"),
+    series: str | None = None,
+) -> Volume:
+    """Read ``path`` (one of ``kinds``) as float64, checked finite and 2D/3D.
+
+    ``series`` picks one series of a DICOM folder holding several (see :mod:`ablate.dicom`).
+    """
     path = Path(path)
     kind = file_kind(path)
     if kind not in kinds:
         raise UserError(f"{path}: a {kind} input is not accepted here (use {', '.join(kinds)})")
     if not path.exists():
         raise UserError(f"{path}: file not found")
-    image = None
+    image = dicom = None
+    skipped: tuple[str, ...] = ()
     try:
         if kind == "npy":
             array = np.load(path, allow_pickle=False)
+        elif kind == "dicom":
+            found = read_series(path, series)
+            image, dicom, skipped = found.image, found.header, found.skipped
+            array = image.get_fdata(dtype=np.float64)
         else:
             import nibabel as nib
 
-            image = _dicom_series(path) if kind == "dicom" else nib.load(path)
+            image = nib.load(path)
             array = image.get_fdata(dtype=np.float64)
         array = np.asarray(array, dtype=np.float64)
     except UserError:
@@ -131,81 +147,18 @@ def read_volume(path: str | Path, kinds: tuple[Kind, ...] = ("npy", "nifti", "di
     if not np.isfinite(array).all():
         bad = int((~np.isfinite(array)).sum())
         raise UserError(f"{path}: {bad} NaN/inf values; fix or mask them first")
-    return Volume(path, kind, array, image)
+    return Volume(path, kind, array, image, dicom, skipped)
 
 
-def load_volume(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+def load_volume(
+    path: Path, series: str | None = None
+) -> tuple[np.ndarray, tuple[float, float, float]]:
     """A 3D NIfTI file or DICOM series folder reoriented to RAS (float32), and its voxel sizes."""
-    volume = read_volume(path, kinds=("nifti", "dicom"))
+    volume = read_volume(path, kinds=("nifti", "dicom"), series=series)
     if volume.array.ndim != 3:
         raise UserError(f"{path}: expected a 3D volume, got shape {volume.array.shape}")
     data, zooms = volume.ras()
     return data.astype(np.float32), zooms
-
-
-def _dicom_series(folder: Path) -> Any:
-    """One DICOM series (a folder of slices) as a nibabel image with a RAS affine."""
-    import nibabel as nib
-    import pydicom
-
-    slices = []
-    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-        try:
-            ds = pydicom.dcmread(file)
-        except Exception as exc:  # InvalidDicomError, OSError, EOFError...
-            name = exc.__class__.__name__
-            raise UserError(f"{file}: not a readable DICOM file ({name})") from None
-        if "PixelData" not in ds:
-            continue  # DICOMDIR and other non-image objects
-        slices.append((file, ds))
-    if not slices:
-        raise UserError(f"{folder}: no DICOM image files in this folder")
-    series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}
-    if len(series) > 1:
-        raise UserError(f"{folder}: holds {len(series)} DICOM series: put one series per folder")
-    try:
-        orientation = np.array(slices[0][1].ImageOrientationPatient, float)
-        row_cos, col_cos = orientation[:3], orientation[3:]
-        normal = np.cross(row_cos, col_cos)
-        positions = [np.array(ds.ImagePositionPatient, float) for _, ds in slices]
-        spacing_r, spacing_c = (float(v) for v in slices[0][1].PixelSpacing)
-    except (AttributeError, ValueError, TypeError):
-        raise UserError(
-            f"{folder}: DICOM files lack the geometry tags (ImageOrientationPatient, "
-            "ImagePositionPatient, PixelSpacing)"
-        ) from None
-    order = np.argsort([float(np.dot(p, normal)) for p in positions])
-    slices = [slices[i] for i in order]
-    positions = [positions[i] for i in order]
-    planes = []
-    for file, ds in slices:
-        try:
-            pixels = ds.pixel_array.astype(np.float32)
-        except Exception as exc:
-            name = exc.__class__.__name__
-            raise UserError(f"{file}: cannot decode DICOM pixel data ({name})") from None
-        slope = float(ds.get("RescaleSlope", 1.0))
-        intercept = float(ds.get("RescaleIntercept", 0.0))
-        if planes and pixels.shape != planes[0].shape:
-            raise UserError(f"{file}: slice shape {pixels.shape} differs from {planes[0].shape}")
-        planes.append(pixels * slope + intercept)
-    dz = (
-        float(np.linalg.norm(positions[1] - positions[0]))
-        if len(positions) > 1
-        else float(slices[0][1].get("SliceThickness", 1.0))
-    )
-    # voxel (column j, row i, slice k) -> LPS mm, then LPS -> RAS
-    lps = np.eye(4)
-    lps[:3, 0] = row_cos * spacing_c
-    lps[:3, 1] = col_cos * spacing_r
-    lps[:3, 2] = normal * dz
-    lps[:3, 3] = positions[0]
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
-    data = np.stack([p.T for p in planes], axis=2)
-    image = nib.Nifti1Image(data, affine)
-    image.set_qform(affine, code=1)  # scanner coordinates, as the DICOM geometry says
-    image.set_sform(affine, code=1)
-    return image
 
 
 def ras_to_slices(data: np.ndarray) -> np.ndarray:
@@ -273,12 +226,17 @@ def slices_to_volume(
     return slices_to_ras(_resize(crop, (ny, nx))[:, 0].numpy())
 
 
-def write_like(result: np.ndarray, source: Volume, path: Path) -> None:
+def write_like(
+    result: np.ndarray, source: Volume, path: Path, description: str | None = None
+) -> None:
     """Write ``result`` (the source's shape) float32 to ``path``, keeping the source's header.
+
+    ``description`` (at most 80 characters) replaces the header's ``descrip`` (NIfTI): where
+    ``ablate predict`` names the model and the units of the values.
 
     NIfTI: the source's affine, qform/sform and their codes, units and the rest of its
     header (scaling reset: the data are float32); a DICOM source's image carries scanner
-    codes (1/1) from :func:`_dicom_series`.
+    codes (1/1) from :func:`ablate.dicom.read_series`.
     """
     result = np.asarray(result, dtype=np.float32)
     if source.image is None:
@@ -291,6 +249,8 @@ def write_like(result: np.ndarray, source: Volume, path: Path) -> None:
     image.set_data_dtype(np.float32)
     image.header.set_slope_inter(1.0, 0.0)
     image.header["cal_min"] = image.header["cal_max"] = 0
+    if description is not None:
+        image.header["descrip"] = description[:80].encode()
     image.set_qform(*old.get_qform(coded=True))
     image.set_sform(*old.get_sform(coded=True))
     nib.save(image, path)

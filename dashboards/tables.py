@@ -117,6 +117,8 @@ class AblationTable:
         )
         if any(line.kind == "input" for line in self.lines):
             text += f" {INPUT_LABEL}: the low-dose image itself, scored the same way (not bolded)."
+        if any(c in self.columns for c in LESION_COLUMNS):
+            text += _LESION_NOTE
         bases = sorted({line.test.split()[-1] for line in self.lines if line.test[:1].isdigit()})
         if self.reference is None:
             return text + " No significance test: no line has completed trials."
@@ -131,6 +133,21 @@ class AblationTable:
             f"{text} p: {_TEST_NAMES[self.paired_test]} of {title} against "
             f"'{self.reference}' over matched {over} (the 'test' column says which)."
         )
+
+
+#: Lesion columns (ablate.lesions): mean over the test lesions of each absolute error.
+LESION_COLUMNS = tuple(
+    Column(key, title, metric_names.better(key), fmt)
+    for key, title, fmt in (
+        ("lesion_abs_suvmax_bias", "SUVmax err %", ".1f"),
+        ("lesion_abs_suvmean_bias", "SUVmean err %", ".1f"),
+        ("lesion_abs_crc_error", "CRC err", ".3f"),
+    )
+)
+_LESION_NOTE = (
+    " Lesion columns: mean over the test lesions of |SUVmax bias| and |SUVmean bias| (%) and"
+    " |1 - CRC| (contrast recovery against the full-dose reference; ablate/lesions.py)."
+)
 
 
 def metric_title(key: str) -> str:
@@ -152,6 +169,7 @@ def table_columns(convention: Convention, nrmse: bool = False) -> list[Column]:
     ]
     return cols + [
         Column("sd", "SD", metric_names.better("sd"), ".2e", "sd"),
+        *LESION_COLUMNS,
         Column("params_m", "MParam", metric_names.better("params_m"), "auto", "params_m", False),
         Column("gmacs", "GMACs", metric_names.better("gmacs"), "auto", "gflops", spread=False),
         Column("train_s", "Train (s)", metric_names.better("train_s"), ".1f"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import nibabel as nib
@@ -16,8 +17,9 @@ from typer.testing import CliRunner
 from ablate.cli import app
 from ablate.data.dataset import SliceDataset, available_keys
 from ablate.data.format import read_manifest
-from ablate.data.importing import import_dataset, load_volume, pairs_by_name, pairs_from_csv
+from ablate.data.importing import import_dataset, pairs_by_name, pairs_from_csv
 from ablate.errors import UserError
+from ablate.volumes import load_volume
 
 SHAPE = (20, 16, 6)  # x, y, z
 
@@ -34,11 +36,24 @@ def _write_nifti(path: Path, data: np.ndarray, zooms=(2.0, 2.0, 3.0)) -> Path:
     return path
 
 
-def _write_dicom_series(folder: Path, vol: np.ndarray, spacing=(2.0, 2.0, 3.0)) -> Path:
-    """Axial slices of a RAS volume (x, y, z) as a DICOM series in LPS patient coordinates."""
-    folder.mkdir(parents=True)
+def _write_dicom_series(
+    folder: Path,
+    vol: np.ndarray,
+    spacing=(2.0, 2.0, 3.0),
+    *,
+    description: str = "PET AC",
+    number: int = 3,
+    prefix: str = "img",
+    tags: dict | None = None,
+    positions: list[float] | None = None,
+) -> Path:
+    """Axial slices of a RAS volume (x, y, z) as a DICOM PET series in LPS patient coordinates,
+    with a per-slice rescale slope, written under shuffled file names; ``tags`` are set on
+    every slice (SUV tags), ``positions`` overrides the slice heights (mm)."""
+    folder.mkdir(parents=True, exist_ok=True)
     series = generate_uid()
-    for k in range(vol.shape[2]):
+    n_slices = vol.shape[2]
+    for k in range(n_slices):
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.128"  # PET image storage
         meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -50,16 +65,17 @@ def _write_dicom_series(folder: Path, vol: np.ndarray, spacing=(2.0, 2.0, 3.0)) 
             meta.MediaStorageSOPInstanceUID,
         )
         ds.SeriesInstanceUID = series
+        ds.SeriesDescription, ds.SeriesNumber = description, number
         ds.Modality = "PT"
+        ds.Units = "BQML"
+        for tag, value in (tags or {}).items():
+            setattr(ds, tag, value)
         # rows along -y (LPS +y = posterior), columns along -x (LPS +x = left): RAS voxel
         # (i, j) sits at row (ny-1-j), column (nx-1-i)
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         nx, ny = vol.shape[:2]
-        ds.ImagePositionPatient = [
-            -(nx - 1) * spacing[0],
-            -(ny - 1) * spacing[1],
-            k * spacing[2],
-        ]
+        z = k * spacing[2] if positions is None else positions[k]
+        ds.ImagePositionPatient = [-(nx - 1) * spacing[0], -(ny - 1) * spacing[1], z]
         ds.PixelSpacing = [spacing[1], spacing[0]]
         ds.SliceThickness = spacing[2]
         plane = vol[::-1, ::-1, k].T  # [rows (LPS y), cols (LPS x)]
@@ -67,11 +83,28 @@ def _write_dicom_series(folder: Path, vol: np.ndarray, spacing=(2.0, 2.0, 3.0)) 
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
         ds.PixelRepresentation, ds.SamplesPerPixel = 0, 1
         ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.RescaleSlope, ds.RescaleIntercept = 0.5, 0
-        ds.PixelData = np.ascontiguousarray(plane * 2).astype(np.uint16).tobytes()
+        slope = 0.5 ** (k % 3)  # per-slice rescale, exact for integer volumes
+        ds.RescaleSlope, ds.RescaleIntercept = slope, 0
+        ds.PixelData = np.ascontiguousarray(plane / slope).astype(np.uint16).tobytes()
         # write slices in shuffled order: the reader sorts by position
-        ds.save_as(folder / f"img{(k * 7) % vol.shape[2]:03d}.dcm", enforce_file_format=True)
+        name = f"{prefix}{(k * 7) % n_slices:03d}.dcm"
+        ds.save_as(folder / name, enforce_file_format=True)
     return folder
+
+
+def _add_stray_files(folder: Path) -> None:
+    """What scanner exports and PACS downloads put beside the slices."""
+    (folder / "README.txt").write_text("exported by the scanner console\n")
+    (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(64))
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"  # media storage directory
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dicomdir = pydicom.Dataset()
+    dicomdir.file_meta = meta
+    dicomdir.FileSetID = "EXPORT"
+    dicomdir.DirectoryRecordSequence = []
+    dicomdir.save_as(folder / "DICOMDIR", enforce_file_format=True)
 
 
 @pytest.fixture
@@ -209,3 +242,65 @@ def test_simulate_and_info_commands(tmp_path: Path) -> None:
         app, ["data", "simulate", "--out", str(tmp_path / "x"), "--set", "nope=1"]
     )
     assert bad.exit_code == 2 and "unknown simulator knob 'nope'" in bad.output
+
+
+def test_dicom_folder_as_scanners_write_it(tmp_path: Path) -> None:
+    """Stray files skipped and counted; two series in one folder: the user is asked which."""
+    src = tmp_path / "src"
+    vols = {}
+    for i in range(3):
+        vols[i] = np.round(_volume(i))
+        for dose, factor in (("full", 1.0), ("low", 0.5)):
+            folder = _write_dicom_series(src / f"p{i}_{dose}", np.round(vols[i] * factor))
+            _add_stray_files(folder)
+    # p0_full also holds a non-attenuation-corrected reconstruction of the same scan
+    _write_dicom_series(
+        src / "p0_full", np.round(vols[0] * 0.3), description="PET NAC", number=4, prefix="nac"
+    )
+    cmd = ["ablate", "data", "import", "src", "--out", "ds", "--size", "16"]
+    asked = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert asked.returncode == 2, asked.stdout + asked.stderr
+    line = asked.stderr.strip()
+    assert "\n" not in line and "src/p0_full: holds 2 DICOM series" in line
+    assert (
+        "'PET AC' (number 3, PT, 6 slices" in line and "'PET NAC' (number 4, PT, 6 slices" in line
+    )
+    assert "--series" in line and not (tmp_path / "ds").exists()
+    done = subprocess.run(
+        [*cmd, "--series", "PET AC"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "skipped 18 non-image files in DICOM folders (.DS_Store, DICOMDIR, README.txt)" in (
+        " ".join(done.stdout.split())
+    )
+    assert len(SliceDataset(tmp_path / "ds", "train", ["spet"])) > 0
+    # the series picked is the AC one: p0's full dose volume is the original, not 0.3 x it
+    manifest = read_manifest(tmp_path / "ds")
+    p0_scale = manifest[manifest["subject"] == "p0"]["scale"].iloc[0]
+    assert p0_scale == pytest.approx(np.percentile(vols[0], 99.9), rel=0.05)
+    nac, _ = load_volume(src / "p0_full", series="4")  # by SeriesNumber
+    np.testing.assert_allclose(nac, np.round(vols[0] * 0.3), atol=1e-3)
+
+
+def test_dicom_stack_problems_are_one_line_errors(tmp_path: Path) -> None:
+    vol = np.round(_volume(1))
+    gap = _write_dicom_series(tmp_path / "gap", vol, positions=[0.0, 3.0, 6.0, 12.0, 15.0, 18.0])
+    with pytest.raises(
+        UserError, match=r"gap of 6 mm .*\(6.00 mm\).*\(12.00 mm\).*3 mm apart: 1 slice"
+    ):
+        load_volume(gap)
+    uneven = _write_dicom_series(
+        tmp_path / "uneven", vol, positions=[0.0, 3.0, 6.0, 10.0, 13.0, 16.0]
+    )
+    with pytest.raises(UserError, match="uneven slice spacing"):
+        load_volume(uneven)
+    tilted = _write_dicom_series(tmp_path / "tilted", vol)
+    one = sorted(tilted.glob("*.dcm"))[2]
+    ds = pydicom.dcmread(one)
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 0.9950042, -0.0998334]
+    ds.save_as(one)
+    with pytest.raises(UserError, match=f"mixed slice orientations.*{one.name}") as err:
+        load_volume(tilted)
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match="matches none of the 1 DICOM series: 'PET AC'"):
+        load_volume(gap, series="PET NAC")

@@ -121,6 +121,7 @@ def test_dataset_inputs_name_their_source(tmp_path: Path) -> None:
         "subjects": 3,
         "splits": {"train": 2, "val": 1, "test": 1},
         "image_size": 32,
+        "units": "unknown",  # a provenance that records no units
     }
     imported = dataset_entity(DataConfig(path=root), root)
     assert imported.name == "tiny-0123" and imported.source_type == "local"

@@ -24,6 +24,7 @@ from ablate import storage as storage_mod
 from ablate.config import TrialConfig, flatten, parse_experiment
 from ablate.errors import UserError
 from ablate.evaluation import evaluate_method, write_evaluation_artifacts
+from ablate.lesions import lesion_summary
 from ablate.seeding import capture_rng, restore_rng, seed_everything
 from ablate.training import TrainingRun
 from ablate.trials import lookup_estimate, trial_config
@@ -258,8 +259,10 @@ def _run(
     test = evaluate_method(
         run.eval_method, run.data("test"), trial, samples=trial.diffusion.ams_samples
     )
+    lesion_metrics, lesion_table = lesion_summary(run.eval_method, run.data("test"))
     final = {f"val_{k}": v for k, v in val.summary.items()}
     final.update(test.summary)
+    final.update(lesion_metrics)
     final.update(run.complexity())
     final["train_s"] = train_s
     if session_steps:
@@ -268,6 +271,8 @@ def _run(
     tracking.log_metrics(ctx.tracking_uri, run_id, _unlogged(final, run.step, logged), run.step)
     with tempfile.TemporaryDirectory() as folder:
         write_evaluation_artifacts(test, Path(folder))
+        if not lesion_table.empty:
+            lesion_table.to_parquet(Path(folder) / "test_lesions.parquet", index=False)
         run.export_weights(Path(folder) / "checkpoint")
         tracking.log_artifacts(ctx.tracking_uri, run_id, Path(folder))
     wall = {"wall_s": wall_s + time.perf_counter() - started}

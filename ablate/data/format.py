@@ -41,8 +41,9 @@ from ablate.errors import UserError
 from ablate.shipped import DISTRIBUTION
 
 FORMAT_VERSION = 1
-#: Arrays a dataset may hold per subject. ``activity`` is the simulator's ground truth.
-ARRAY_KINDS = ("lpet", "spet", "sinogram", "activity")
+#: Arrays a dataset may hold per subject. ``activity`` is the simulator's ground truth;
+#: ``lesions`` integer lesion labels (0 = none, not normalised; :mod:`ablate.lesions`).
+ARRAY_KINDS = ("lpet", "spet", "sinogram", "activity", "lesions")
 SPLITS = ("train", "val", "test")
 SCALE_PERCENTILE = 99.9
 #: The provenance line that says how stored images relate to the original intensities.

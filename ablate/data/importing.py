@@ -24,7 +24,8 @@ from ablate.data.format import (
     write_dataset,
 )
 from ablate.errors import UserError
-from ablate.volumes import load_volume, volume_to_slices
+from ablate.suv import SUV_UNITS, stored_units, suv_factor
+from ablate.volumes import Volume, read_volume, volume_to_slices
 
 DOSE_TAGS = {
     "lpet": ("low", "ld", "lowdose", "lpet", "lowdosepet"),
@@ -32,6 +33,8 @@ DOSE_TAGS = {
     "sinogram": ("sino", "sinogram"),
 }
 _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".npy")
+#: ``--units``: keep the scanner's values, or convert them to SUV (:mod:`ablate.suv`).
+UNITS = ("native", "suv")
 
 
 @dataclass
@@ -43,6 +46,8 @@ class Pair:
     lpet: Path | None = None
     sinogram: Path | None = None
     split: str | None = None
+    mask: Path | None = None  # lesion label NIfTI on the full-dose grid (ablate.lesions)
+    group: str | None = None  # the person: sessions of one person share a split (BIDS)
 
 
 def _stem(path: Path) -> str:
@@ -54,7 +59,7 @@ def _stem(path: Path) -> str:
 
 
 def pairs_from_csv(csv: Path) -> list[Pair]:
-    """Pairs from a CSV with columns subject, spet, [lpet], [sinogram], [split].
+    """Pairs from a CSV with columns subject, spet and optionally lpet, sinogram, split, mask.
 
     Relative paths are relative to the CSV's folder.
     """
@@ -91,6 +96,7 @@ def pairs_from_csv(csv: Path) -> list[Pair]:
                 lpet=resolve(row.get("lpet", "")),
                 sinogram=resolve(row.get("sinogram", "")),
                 split=split,
+                mask=resolve(row.get("mask", "")),
             )
         )
     return pairs
@@ -137,6 +143,45 @@ def pairs_by_name(folder: Path, pattern: str) -> list[Pair]:
     return pairs
 
 
+def attach_masks(pairs: list[Pair], folder: Path) -> list[Pair]:
+    """Give each pair its lesion label NIfTI ``folder/<subject>.nii.gz`` (or ``.nii``)."""
+    if not folder.is_dir():
+        raise UserError(f"--masks {folder}: not a folder")
+    for pair in pairs:
+        found = [folder / f"{pair.subject}{suffix}" for suffix in (".nii.gz", ".nii")]
+        found = [path for path in found if path.is_file()]
+        if not found:
+            raise UserError(
+                f"--masks {folder}: no {pair.subject}.nii.gz for subject {pair.subject} "
+                "(one label NIfTI per subject, 0 outside lesions, on the full-dose grid)"
+            )
+        pair.mask = found[0]
+    return pairs
+
+
+def _lesion_labels(pair: Pair, full: Volume, image_size: int) -> np.ndarray:
+    """The subject's lesion labels cut like its images: each label resampled on its own,
+    a pixel taking the label that covers at least half of it (else 0)."""
+    mask = read_volume(pair.mask, kinds=("nifti",))
+    if mask.array.shape != full.array.shape or not np.allclose(mask.affine, full.affine, atol=1e-3):
+        raise UserError(
+            f"{pair.mask}: the lesion mask is not on the grid of {pair.spet} (shape "
+            f"{mask.array.shape} vs {full.array.shape}, or another affine): resample it"
+        )
+    values = mask.array
+    if (values < 0).any() or not np.allclose(values, np.round(values)):
+        raise UserError(f"{pair.mask}: lesion labels must be integers >= 0 (0 = no lesion)")
+    data, zooms = mask.ras()
+    data = np.round(data)
+    labels = np.zeros((data.shape[2], image_size, image_size), np.float32)
+    cover = np.zeros_like(labels)
+    for label in np.unique(data[data > 0]):
+        fraction = volume_to_slices((data == label).astype(np.float32), zooms, image_size)
+        wins = (fraction >= 0.5) & (fraction > cover)
+        labels[wins], cover[wins] = label, fraction[wins]
+    return labels
+
+
 def load_sinogram(path: Path, n_slices: int) -> np.ndarray:
     """``[slices, angles, bins]`` from ``.npy`` (that order) or NIfTI (bins x angles x slices)."""
     path = Path(path)
@@ -163,9 +208,16 @@ def load_sinogram(path: Path, n_slices: int) -> np.ndarray:
 def assign_splits(
     pairs: list[Pair], fractions: tuple[float, float, float], seed: int
 ) -> dict[str, str]:
-    """Subject -> split: explicit splits kept, the others shuffled (seeded) by fraction."""
+    """Subject -> split: explicit splits kept, the others shuffled (seeded) by fraction.
+
+    Pairs of one ``group`` (the sessions of one person) are drawn together.
+    """
     fixed = {p.subject: p.split for p in pairs if p.split}
-    free = sorted(p.subject for p in pairs if not p.split)
+    members: dict[str, list[str]] = {}
+    for p in pairs:
+        if not p.split:
+            members.setdefault(p.group or p.subject, []).append(p.subject)
+    free = sorted(members)
     rng = np.random.default_rng(seed)
     rng.shuffle(free)
     n = len(free)
@@ -178,8 +230,9 @@ def assign_splits(
         counts = [max(1, c) for c in counts]
     n_val, n_test = counts
     out = dict(fixed)
-    for i, subject in enumerate(free):
-        out[subject] = "val" if i < n_val else "test" if i < n_val + n_test else "train"
+    for i, group in enumerate(free):
+        for subject in members[group]:
+            out[subject] = "val" if i < n_val else "test" if i < n_val + n_test else "train"
     return out
 
 
@@ -191,12 +244,19 @@ def import_dataset(
     seed: int = 0,
     dose_reduction: float | None = None,
     source: str = "",
+    units: str = "native",
+    series: str | None = None,
 ) -> Path:
     """Read, check, resample and normalise every pair, then write the dataset atomically.
 
     Everything is read and validated before anything is written, so a bad file leaves no
-    partial dataset behind.
+    partial dataset behind. ``units="suv"`` converts every volume (each dose with its own
+    injected activity) to SUVbw before normalising; ``series`` picks the series of DICOM
+    folders holding several. The units and the stray files skipped in DICOM folders are
+    recorded in the provenance (``units``, ``skipped_files``).
     """
+    if units not in UNITS:
+        raise UserError(f"--units '{units}': use one of {', '.join(UNITS)}")
     if not pairs:
         raise UserError("no subjects to import")
     names = [p.subject for p in pairs]
@@ -206,16 +266,21 @@ def import_dataset(
     has_low = {p.lpet is not None for p in pairs}
     if len(has_low) > 1:
         raise UserError("some subjects have a low-dose file and some do not: pair all or none")
+    if len({p.mask is not None for p in pairs}) > 1:
+        raise UserError("some subjects have a lesion mask and some do not: give all or none")
     has_sino = {p.sinogram is not None for p in pairs}
     if len(has_sino) > 1:
         raise UserError("some subjects have a sinogram and some do not: give all or none")
     splits = assign_splits(pairs, fractions, seed)
     subjects = []
+    found_units: set[str] = set()
+    skipped: list[str] = []
     for pair in pairs:
-        full, zooms = load_volume(pair.spet)
+        full_volume = _read(pair.spet, series, skipped)
+        full, zooms, full_factor = _convert(full_volume, units, found_units)
         arrays = {"spet": volume_to_slices(full, zooms, image_size)}
         if pair.lpet is not None:
-            low, low_zooms = load_volume(pair.lpet)
+            low, low_zooms, _ = _convert(_read(pair.lpet, series, skipped), units, found_units)
             if low.shape != full.shape or not np.allclose(low_zooms, zooms, rtol=1e-3):
                 raise UserError(
                     f"{pair.lpet}: shape {low.shape} / voxels {low_zooms} do not match the "
@@ -224,7 +289,9 @@ def import_dataset(
             arrays["lpet"] = volume_to_slices(low, zooms, image_size)
         scale = full_dose_scale(arrays["spet"])
         arrays = {k: v / scale for k, v in arrays.items()}
-        columns = {"sinogram_scale": 0.0, "voxel_z_mm": zooms[2]}
+        if pair.mask is not None:
+            arrays["lesions"] = _lesion_labels(pair, full_volume, image_size)
+        columns = {"sinogram_scale": 0.0, "voxel_z_mm": zooms[2], "suv_factor": full_factor}
         if pair.sinogram is not None:
             sino = load_sinogram(pair.sinogram, arrays["spet"].shape[0])
             columns["sinogram_scale"] = full_dose_scale(sino)
@@ -247,12 +314,15 @@ def import_dataset(
         "split_fractions": list(fractions),
         "split_seed": seed,
         "dose_reduction": dose_reduction,
+        "units": SUV_UNITS if units == "suv" else " / ".join(sorted(found_units)),
+        "skipped_files": skipped,
         "ablate_version": package_version(),
         "subjects": {
             p.subject: {
                 "spet": str(p.spet),
                 "lpet": str(p.lpet or ""),
                 "sinogram": str(p.sinogram or ""),
+                "mask": str(p.mask or ""),
             }
             for p in pairs
         },
@@ -260,12 +330,33 @@ def import_dataset(
             "lpet": "the imported low-dose volume, resampled",
             "spet": "the imported full-dose volume, resampled (the reference)",
             "sinogram": "the imported sinogram [angles, bins] / sinogram_scale",
+            "lesions": "the imported lesion labels (0 = none), resampled per label",
         },
         "normalisation": NORMALISATION,
         "orientation": "RAS; rows anterior->posterior, columns along +x",
         "attribution": [],
     }
     return write_dataset(dest, subjects, provenance)
+
+
+def _read(path: Path, series: str | None, skipped: list[str]) -> Volume:
+    volume = read_volume(path, kinds=("nifti", "dicom"), series=series)
+    if volume.array.ndim != 3:
+        raise UserError(f"{path}: expected a 3D volume, got shape {volume.array.shape}")
+    skipped.extend(str(path / name) for name in volume.skipped)
+    return volume
+
+
+def _convert(
+    volume: Volume, units: str, found: set[str]
+) -> tuple[np.ndarray, tuple[float, float, float], float]:
+    """The RAS volume in the requested units, its voxel sizes and its SUV factor (nan: native)."""
+    data, zooms = volume.ras()
+    found.add(stored_units(volume))
+    factor = suv_factor(volume) if units == "suv" else float("nan")
+    if units == "suv":
+        data = data * factor
+    return data.astype(np.float32), zooms, factor
 
 
 def _safe_name(subject: str) -> str:

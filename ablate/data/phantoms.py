@@ -106,6 +106,7 @@ class Phantom:
     activity: torch.Tensor
     mu: torch.Tensor
     lesions: list[dict]
+    lesion_labels: torch.Tensor  # [S, H, W]: lesion i+1 where inside its sphere, else 0
 
 
 def subject_generator(seed: int, k: int, stream: int, device: torch.device) -> torch.Generator:
@@ -194,7 +195,8 @@ def make_phantom(spec: PhantomSpec, seed: int, k: int, device: torch.device) -> 
         int(torch.randint(0, spec.lesions_max + 1, (), generator=g)) if len(candidates) else 0
     )
     flat_grid = grid.reshape(-1, 3).float()
-    for _ in range(n_lesions):
+    labels = torch.zeros(activity.shape, dtype=torch.float32)
+    for number in range(1, n_lesions + 1):
         pos = flat_grid[candidates[int(torch.randint(len(candidates), (), generator=g))]]
         radius = float(_uniform(g, *spec.lesion_radius_mm))
         hot = float(torch.rand((), generator=g, dtype=torch.float64)) < spec.hot_fraction
@@ -202,5 +204,6 @@ def make_phantom(spec: PhantomSpec, seed: int, k: int, device: torch.device) -> 
         dist = torch.linalg.norm(grid.float() - pos, dim=-1)
         weight = torch.sigmoid((radius - dist) / (0.25 * spec.pixel_mm))
         activity = activity * (1 + (factor - 1) * weight)
+        labels[dist < radius] = number
         lesions.append({"centre_mm": pos.tolist(), "radius_mm": radius, "factor": factor})
-    return Phantom(activity=activity.to(device), mu=mu.to(device), lesions=lesions)
+    return Phantom(activity.to(device), mu.to(device), lesions, labels)

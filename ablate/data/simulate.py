@@ -237,6 +237,7 @@ class Scanner:
             "counts": counts_full.sum((1, 2)),
             "calibration": calib,
             "lesions": phantom.lesions,
+            "lesion_labels": phantom.lesion_labels,
         }
         doses = {"spet": (counts_full, calib)}
         if "lpet" in cfg.outputs:
@@ -310,6 +311,7 @@ def _simulate(
             sino_scale = full_dose_scale(sino)
             arrays["sinogram"] = sino / sino_scale
             columns["sinogram_scale"] = sino_scale
+        arrays["lesions"] = sim["lesion_labels"].cpu().numpy()  # ablate.lesions scores them
         name = f"sim{k:04d}"
         lesions[name] = sim["lesions"]
         z = (np.arange(cfg.slices) - (cfg.slices - 1) / 2) * cfg.slice_mm + cfg.z_centre_mm
@@ -347,6 +349,7 @@ def _simulate(
             "sinogram": "full-dose measured counts [angles, bins] / sinogram_scale",
             "activity": "true activity map",
         },
+        "units": "simulated activity (arbitrary units)",
         "normalisation": NORMALISATION,
         "orientation": "rows anterior->posterior, columns right->left of the subject (RAS x)",
         "attribution": [TEMPLATE_ATTRIBUTION],
