@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from ablate.errors import UserError
 
@@ -404,6 +412,11 @@ class ExperimentConfig(_Strict):
 
     name: str
     rows: dict[str, RowConfig]
+    reference: str | None = Field(
+        default=None,
+        description="The row every other row is tested against in the table (default: the "
+        "first row).",
+    )
     seeds: list[int] = Field(default_factory=lambda: [0, 1])
     grid: dict[str, list[Any]] = Field(
         default_factory=dict, description="Extra grid axes: dotted config path -> values."
@@ -418,6 +431,8 @@ class ExperimentConfig(_Strict):
     metric: str = "psnr"
     mode: Literal["max", "min"] = "max"
     max_failures: int = Field(default=1, ge=0)
+    #: The rows as the YAML lists them, kept when ``--rows`` selects some (a copy keeps it).
+    _yaml_rows: list[str] = PrivateAttr(default_factory=list)
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
@@ -425,7 +440,19 @@ class ExperimentConfig(_Strict):
             raise ValueError("'rows' is empty: list at least one row")
         if self.search is not None and self.search.row not in self.rows:
             raise ValueError(f"search.row '{self.search.row}' is not one of the rows")
+        self._yaml_rows = list(self.rows)
         return self
+
+    @property
+    def row_order(self) -> list[str]:
+        """Every row of the YAML in its order, those ``--rows`` left out included: the order
+        of the table's lines, whatever order launches ran in."""
+        return list(self._yaml_rows) or list(self.rows)
+
+    @property
+    def reference_row(self) -> str:
+        """The row the table tests against: ``reference:``, else the YAML's first row."""
+        return self.reference or self.row_order[0]
 
 
 class TrialConfig(_Strict):
@@ -496,7 +523,21 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
         raise ConfigError(f"{path}: not valid YAML{line}: fix the syntax") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of settings")
-    return parse_experiment(raw, source=str(path))
+    exp = parse_experiment(raw, source=str(path))
+    check_reference(exp, str(path))
+    return exp
+
+
+def check_reference(exp: ExperimentConfig, source: str) -> None:
+    """Refuse a ``reference:`` naming no row, before anything runs. Checked where a user
+    writes it (the YAML, the command line), not by the model: a launch of ``--rows cpm``
+    keeps the YAML's reference ``sr3`` in its record, and reading that record back is fine."""
+    if exp.reference is not None and exp.reference not in exp.row_order:
+        raise ConfigError(
+            f"{source}: reference '{exp.reference}' is not a row of experiment '{exp.name}': "
+            f"name one of {', '.join(exp.row_order)}, or drop 'reference:' to test against "
+            "the first row"
+        )
 
 
 def parse_experiment(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:

@@ -33,6 +33,7 @@ from rich.table import Table as RichTable
 from ablate.errors import UserError
 from dashboards.results import (
     Launch,
+    dataset_trials,
     fetch_artifact,
     load_histories,
     load_launches,
@@ -705,11 +706,13 @@ def tables_for(
     convention: Convention = "standard",
     paired_test: PairedTest = "t",
     parent_run_id: str | None = None,
+    data: str | None = None,
     **options: Any,
 ) -> list[AnyTable]:
     """What ``ablate table`` shows: the ablation table of the study's grids, then per search
     its trials table and its confirm grid. ``part`` (grid, trials or confirm) keeps one kind;
-    ``parent_run_id`` keeps one launch.
+    ``parent_run_id`` keeps one launch; the grids' table is of the dataset ``data`` names,
+    by default the study's first (:func:`dashboards.results.dataset_trials`).
 
     A results ``.parquet`` has no launches: it is tabulated as a grid."""
     if part is not None and part not in PARTS:
@@ -723,11 +726,14 @@ def tables_for(
 
     searches = [] if source.endswith(".parquet") else find_searches(tracking_uri, source, df)
     taken = {s.launch.run_id for s in searches} | {c.run_id for s in searches for c in s.confirms}
-    grid = df[~df["parent_run_id"].isin(taken)]
+    # the grids' table holds one dataset (a search and its confirm grids are each one launch)
+    one = dataset_trials(df[~df["parent_run_id"].isin(taken)], data, source)
+    grid = one.trials
     out: list[AnyTable] = []
     common = dict(convention=convention, paired_test=paired_test)
     if len(grid) and part in (None, "grid"):
         out.append(ablation_table(grid, slices=slices, **common, **options))
+        out[-1].other_datasets = one.others
     for search in searches:
         if part in (None, "trials"):
             out.append(trials_table(search, convention))

@@ -167,15 +167,27 @@ def test_rerun_supersedes_the_earlier_trial_and_says_so(study_uri: str, tmp_path
     client = MlflowClient(tracking_uri=uri)
     exp = client.create_experiment("rerun", artifact_location=(tmp_path / "art").as_uri())
     for launch, values in enumerate(([20.0, 21.0], [22.0, 23.0])):
-        pid = client.create_run(exp, tags={"ablate.kind": "launch"}).info.run_id
-        client.log_param(pid, "rows", "cpm")
+        pid = client.create_run(exp, run_name=f"launch{launch}", tags={"ablate.kind": "launch"})
+        client.log_param(pid.info.run_id, "rows", "cpm")
         for seed, psnr in enumerate(values):
             stage = tmp_path / f"stage{launch}{seed}"
             stage.mkdir()
-            _log_trial(client, exp, pid, "cpm", seed, stage, metrics=trial_metrics("cpm", psnr))
+            metrics = trial_metrics("cpm", psnr)
+            _log_trial(client, exp, pid.info.run_id, "cpm", seed, stage, metrics=metrics)
     table = table_for("rerun", uri)
     assert len(table.lines) == 1 and table.lines[0].values["psnr"][0] == pytest.approx(22.5)
-    assert "2 earlier trial(s) of the same line and seed replaced by a rerun" in table.notes
+    runs = {  # (launch, seed) -> run id
+        (r.data.tags["mlflow.parentRunId"], r.data.params["seed"]): r.info.run_id
+        for r in client.search_runs([exp], "tags.`ablate.kind` = 'trial'")
+    }
+    parents = {
+        r.info.run_name: r.info.run_id
+        for r in client.search_runs([exp], "tags.`ablate.kind` = 'launch'")
+    }
+    for seed in ("0", "1"):
+        old, new = runs[(parents["launch0"], seed)], runs[(parents["launch1"], seed)]
+        expected = f"cpm seed {seed}: rerun run {new[:8]} (launch launch1) replaces run"
+        assert f"{expected} {old[:8]} (launch launch0)" in table.notes
 
 
 def test_bad_reference_and_bad_experiment(study_uri: str) -> None:
