@@ -438,7 +438,8 @@ def export(
         None,
         "--out",
         help="Standalone folder: new, empty or a previous export of the model "
-        "(default <workdir>/exports/NAME); its parent folder must exist.",
+        "(default <workdir>/exports/NAME, or NAME-DATA for another dataset than the "
+        "study's first); its parent folder must exist.",
     ),
     storage: str | None = STORAGE_OPT,
     tracking_uri: str | None = TRACKING_OPT,
@@ -462,11 +463,11 @@ def export(
     ws = _existing_workspace(workdir, tracking_uri, storage)
     study = resolve_study(name, ws.storage, ws.tracking_uri)
     metric, mode = ranking(study.tracking_uri, study.experiment, metric, mode)
-    if out is None:
-        out = ws.workdir / "exports" / name
-        out.parent.mkdir(parents=True, exist_ok=True)
     dataset = study_dataset(study, data)
     model_name = model_name or default_model_name(name, dataset)
+    if out is None:
+        out = ws.workdir / "exports" / (name if dataset.first else f"{name}-{dataset.label}")
+        out.parent.mkdir(parents=True, exist_ok=True)
     result = export_best(study, metric, mode, model_name, out, row, dataset)
     for alias, version in result.versions.items():
         state = "new" if result.changed[alias] else "unchanged"

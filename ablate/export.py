@@ -239,9 +239,9 @@ def export_best(
     one, see :func:`study_dataset`) and write the standalone folder ``out``."""
     dataset = dataset or study_dataset(study, None)
     runs = _ranked_runs(study, metric, mode, row, dataset)
-    check_out(out, model_name)
     mlf = tracking.client(study.tracking_uri)
     _check_model_dataset(mlf, model_name, dataset)
+    check_out(out, model_name)
     best = runs[0]
     result = ExportResult(model_name, metric, float(best.data.metrics[metric]), out)
     with tracking.global_store(study.tracking_uri):

@@ -664,6 +664,7 @@ def confirm_table(
     # the best configuration first, then its baseline
     order = {f"{search.row}_best": 0, defaults: 1}
     trials = trials.assign(row_index=trials["row"].map(order).fillna(2).astype(int))
+    trials = trials.assign(reference=reference)  # not the YAML's row: the confirm's own
     table = ablation_table(
         trials,
         reference=reference,

@@ -217,13 +217,13 @@ def _dedupe(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     keep = ordered.drop_duplicates(["line", "seed"], keep="last")
     notes = []
     dropped = ordered[~ordered.index.isin(keep.index)]
-    latest = keep.set_index(["line", "seed"])
-    for (line, seed), old in dropped.groupby(["line", "seed"], sort=False, dropna=False):
-        new = latest.loc[(line, seed)]
-        notes.append(
-            f"{line} seed {seed}: rerun {_trials_text(new.to_frame().T)} replaces "
-            f"{_trials_text(old)}"
-        )
+    for (line, seed), new in keep.groupby(["line", "seed"], sort=False, dropna=False):
+        same_seed = dropped["seed"].isna() if pd.isna(seed) else dropped["seed"] == seed
+        old = dropped[(dropped["line"] == line) & same_seed.fillna(False)]
+        if len(old):
+            notes.append(
+                f"{line} seed {seed}: rerun {_trials_text(new)} replaces {_trials_text(old)}"
+            )
     return df.loc[df.index.isin(keep.index)], notes
 
 

@@ -258,3 +258,32 @@ def test_one_launch_only_and_params_missing_from_older_runs(tmp_path: Path) -> N
     latest = table_for("two", uri, parent_run_id=parents[1])
     (line,) = [line for line in latest.lines if line.kind == "measured"]
     assert line.n == 2 and line.values["psnr"][0] == pytest.approx(21.5)
+
+
+def test_declared_reference_and_one_dataset_per_table(study_uri: str) -> None:
+    """The YAML's ``reference:`` (recorded per launch) is the default; a declared row this
+    table lacks falls back to its first line, saying so; trials of two datasets are two
+    tables, never one."""
+    from dashboards.results import dataset_trials, read_results
+
+    df = read_results("study", study_uri)
+    assert ablation_table(df.assign(reference="sr3")).reference == "sr3"
+    missing = ablation_table(df.assign(reference="gone"))
+    assert missing.reference == "cpm"
+    assert any("reference row 'gone' is not in this table" in n for n in missing.notes)
+    assert ablation_table(df.assign(reference="sr3"), reference="cpm").reference == "cpm"
+
+    two = df.assign(dataset="mine", dataset_sha256="a" * 64)
+    other = two["row"] == "sr3"
+    two.loc[other, ["dataset", "dataset_sha256"]] = ["theirs", "b" * 64]
+    two.loc[other, "start_time"] += np.timedelta64(1, "D")  # launched later, on other data
+    with pytest.raises(UserError, match="several datasets"):
+        ablation_table(two)
+    first = dataset_trials(two, None, "study")
+    assert set(first.trials["dataset"]) == {"mine"} and first.others == ["theirs"]
+    theirs = dataset_trials(two, "theirs", "study")
+    table = ablation_table(theirs.trials)
+    assert [ln.row for ln in table.lines] == ["sr3"]
+    assert "on dataset 'theirs' (sha256 bbbbbbbb)" in table.caption
+    with pytest.raises(UserError, match="--data 'nope' is not a dataset.*mine.*theirs"):
+        dataset_trials(two, "nope", "study")
