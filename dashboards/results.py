@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import pandas as pd
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 
 from ablate import tracking
 from ablate.errors import UserError
@@ -36,6 +37,7 @@ BASE_COLUMNS = [
     "dataset_sha256",
     "launch",
     "reference",
+    "code_version",
     "status",
     "error",
     "start_time",
@@ -200,6 +202,7 @@ def _trial_line(run: Any, experiment: str, launches: dict[str, Launch]) -> dict[
         "dataset_sha256": tags.get(tracking.TAG_DATASET_SHA256, ""),
         "launch": launch.run_name if launch else "",
         "reference": launch.reference if launch else None,
+        "code_version": tags.get(MLFLOW_GIT_COMMIT, ""),  # the git commit of ablate that ran it
         "status": status,
         "error": error,
         "start_time": _timestamp(run.info.start_time),

@@ -227,6 +227,20 @@ def _dedupe(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return df.loc[df.index.isin(keep.index)], notes
 
 
+def _mixed_code(df: pd.DataFrame) -> list[str]:
+    """A note per line whose seeds ran on different code (git commits): its spread then
+    mixes code changes with seed noise. Reruns of a seed replace it, so only seeds differ."""
+    if "code_version" not in df:
+        return []
+    notes = []
+    for line, trials in df.groupby("line", sort=False):
+        commits = [c for c in dict.fromkeys(trials["code_version"]) if isinstance(c, str) and c]
+        if len(commits) > 1:
+            shown = ", ".join(c[:8] for c in commits)
+            notes.append(f"{line}: its trials ran on {len(commits)} code versions ({shown})")
+    return notes
+
+
 def _trials_text(trials: pd.DataFrame) -> str:
     """``run 1a2b3c4d (launch demo-20260101-120000)``: which trials, for a note."""
     runs = ", ".join(str(r)[:8] for r in trials["run_id"])
@@ -398,6 +412,7 @@ def ablation_table(
         lines.append(line)
         notes += line_notes
     notes += replaced
+    notes += _mixed_code(df)
 
     ref = _reference(lines, reference, _declared_reference(df), notes)
     if ref is not None:

@@ -287,3 +287,8 @@ def test_declared_reference_and_one_dataset_per_table(study_uri: str) -> None:
     assert "on dataset 'theirs' (sha256 bbbbbbbb)" in table.caption
     with pytest.raises(UserError, match="--data 'nope' is not a dataset.*mine.*theirs"):
         dataset_trials(two, "nope", "study")
+
+    commits = np.where(df["seed"] == 0, "a" * 40, "b" * 40)
+    mixed = ablation_table(df.assign(code_version=commits))
+    assert "cpm: its trials ran on 2 code versions (aaaaaaaa, bbbbbbbb)" in mixed.notes
+    assert not any("code versions" in n for n in ablation_table(df).notes)
