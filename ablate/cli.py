@@ -169,7 +169,7 @@ def _experiment(
     settings as dotted overrides (recorded with the launch). ``--seeds``, ``--resources``
     and ``--steps`` are shorthands for ``seeds=``, ``resources.*=`` and ``train.steps=``;
     ``--rows`` keeps the named rows. Everything is checked here, before anything starts."""
-    from ablate.config import ExperimentConfig, load_experiment
+    from ablate.config import ExperimentConfig, check_reference, load_experiment
     from ablate.overrides import apply_overrides, parse_assignments
     from ablate.trials import select_rows
 
@@ -182,6 +182,7 @@ def _experiment(
     if steps is not None:
         overrides["train.steps"] = steps
     exp = apply_overrides(ExperimentConfig, load_experiment(space), overrides, "command line")
+    check_reference(exp, "command line")
     if rows is not None:
         exp = select_rows(exp, [name.strip() for name in rows.split(",") if name.strip()])
     return exp, overrides
@@ -424,14 +425,21 @@ def export(
     ),
     mode: str | None = typer.Option(None, "--mode", help="max or min (default: the metric's)."),
     row: str | None = typer.Option(None, "--row", help="Only trials of this row."),
+    data: str | None = typer.Option(
+        None, "--data", help="The dataset whose trials compete (needed when there are several)."
+    ),
     model_name: str | None = typer.Option(
-        None, "--model-name", help="Registered model name (default NAME-best)."
+        None,
+        "--model-name",
+        help="Registered model name (default NAME-best; NAME-DATA-best for a dataset other "
+        "than the study's first).",
     ),
     out: Path | None = typer.Option(
         None,
         "--out",
         help="Standalone folder: new, empty or a previous export of the model "
-        "(default <workdir>/exports/NAME); its parent folder must exist.",
+        "(default <workdir>/exports/NAME, or NAME-DATA for another dataset than the "
+        "study's first); its parent folder must exist.",
     ),
     storage: str | None = STORAGE_OPT,
     tracking_uri: str | None = TRACKING_OPT,
@@ -442,7 +450,7 @@ def export(
     import shlex
 
     from ablate import storage as storage_mod
-    from ablate.export import export_best, ranking
+    from ablate.export import default_model_name, export_best, ranking, study_dataset
     from ablate.launches import is_launch, read_launch_record, resolve_study
 
     if mode not in (None, "max", "min"):
@@ -455,10 +463,12 @@ def export(
     ws = _existing_workspace(workdir, tracking_uri, storage)
     study = resolve_study(name, ws.storage, ws.tracking_uri)
     metric, mode = ranking(study.tracking_uri, study.experiment, metric, mode)
+    dataset = study_dataset(study, data)
+    model_name = model_name or default_model_name(name, dataset)
     if out is None:
-        out = ws.workdir / "exports" / name
+        out = ws.workdir / "exports" / (name if dataset.first else f"{name}-{dataset.label}")
         out.parent.mkdir(parents=True, exist_ok=True)
-    result = export_best(study, metric, mode, model_name or f"{name}-best", out, row)
+    result = export_best(study, metric, mode, model_name, out, row, dataset)
     for alias, version in result.versions.items():
         state = "new" if result.changed[alias] else "unchanged"
         console.print(
@@ -634,7 +644,12 @@ def table(
         "", "--format", help="md, latex, csv, html or parquet (the tidy frame; default: terminal)."
     ),
     convention: str = typer.Option("standard", "--convention", help="standard or paper."),
-    reference: str | None = typer.Option(None, "--reference", help="Row tested against."),
+    reference: str | None = typer.Option(
+        None, "--reference", help="Row tested against (default: the YAML's 'reference:')."
+    ),
+    data: str | None = typer.Option(
+        None, "--data", help="The dataset whose trials to tabulate (default: the study's first)."
+    ),
     paper: bool = typer.Option(False, "--paper", help="Show the papers' numbers beside ours."),
     metric: str = typer.Option("psnr", "--metric", help="Metric of the paired test."),
     test: str = typer.Option("t", "--test", help="Paired test: t or wilcoxon."),
@@ -672,12 +687,20 @@ def table(
         uri,
         part=part,
         parent_run_id=parent,
+        data=data,
         convention=convention,  # type: ignore[arg-type]
         reference=reference,
         paper=paper,
         metric=metric,
         paired_test=test,  # type: ignore[arg-type]
     )
+    others = [o for t in result for o in getattr(t, "other_datasets", [])]
+    if others:  # on stderr: the table itself stays what it was before the other data came
+        Console(stderr=True, soft_wrap=True).print(
+            f"note: '{experiment}' also holds trials on other data, each its own table: "
+            + ", ".join(f"--data {o}" for o in others),
+            highlight=False,
+        )
     if not fmt:
         print_tables(result, console)
         return

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from ablate.errors import UserError
 from ablate.shipped import shipped_space, shipped_space_names
@@ -459,6 +467,11 @@ class ExperimentConfig(_Strict):
 
     name: str
     rows: dict[str, RowConfig]
+    reference: str | None = Field(
+        default=None,
+        description="The row every other row is tested against in the table (default: the "
+        "first row).",
+    )
     seeds: list[int] = Field(default_factory=lambda: [0, 1])
     grid: dict[str, list[Any]] = Field(
         default_factory=dict, description="Extra grid axes: dotted config path -> values."
@@ -475,6 +488,8 @@ class ExperimentConfig(_Strict):
     max_failures: int = Field(default=1, ge=0)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     claims: list[Claim] = Field(default_factory=list)
+    #: The rows as the YAML lists them, kept when ``--rows`` selects some (a copy keeps it).
+    _yaml_rows: list[str] = PrivateAttr(default_factory=list)
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
@@ -483,13 +498,19 @@ class ExperimentConfig(_Strict):
         if self.search is not None and self.search.row not in self.rows:
             raise ValueError(f"search.row '{self.search.row}' is not one of the rows")
         _check_analysis(self)
+        self._yaml_rows = list(self.rows)
         return self
 
+    @property
+    def row_order(self) -> list[str]:
+        """Every row of the YAML in its order, those ``--rows`` left out included: the order
+        of the table's lines, whatever order launches ran in."""
+        return list(self._yaml_rows) or list(self.rows)
 
-def reference_row(exp: ExperimentConfig) -> str:
-    """The row others are compared with: ``reference:`` when the config has one, else the
-    first row."""
-    return getattr(exp, "reference", None) or next(iter(exp.rows))
+    @property
+    def reference_row(self) -> str:
+        """The row the table tests against: ``reference:``, else the YAML's first row."""
+        return self.reference or self.row_order[0]
 
 
 def _check_analysis(exp: ExperimentConfig) -> None:
@@ -599,7 +620,21 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
         raise ConfigError(f"{path}: not valid YAML{line}: fix the syntax") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of settings")
-    return parse_experiment(raw, source=str(path))
+    exp = parse_experiment(raw, source=str(path))
+    check_reference(exp, str(path))
+    return exp
+
+
+def check_reference(exp: ExperimentConfig, source: str) -> None:
+    """Refuse a ``reference:`` naming no row, before anything runs. Checked where a user
+    writes it (the YAML, the command line), not by the model: a launch of ``--rows cpm``
+    keeps the YAML's reference ``sr3`` in its record, and reading that record back is fine."""
+    if exp.reference is not None and exp.reference not in exp.row_order:
+        raise ConfigError(
+            f"{source}: reference '{exp.reference}' is not a row of experiment '{exp.name}': "
+            f"name one of {', '.join(exp.row_order)}, or drop 'reference:' to test against "
+            "the first row"
+        )
 
 
 def parse_experiment(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:

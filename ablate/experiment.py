@@ -207,11 +207,15 @@ def _prepare(
     dataset_root = build_dataset(exp.data, ws.datasets)
     for row_name, row in exp.rows.items():
         check_dataset(row_name, row, dataset_root)
-    sha, staged = "", ""
-    if ws.shared_nothing:  # the nodes rebuild or fetch the data and check it by this hash
-        sha = content_hash(dataset_root, remember=exp.data.path is None)
-        if exp.data.path is not None:
-            staged = stage_dataset(dataset_root, sha, ws.storage)
+    # the launch's identity (its trials are tagged with it); with object-store storage the
+    # nodes rebuild or fetch the data and check it by this hash
+    sha, staged = content_hash(dataset_root, remember=exp.data.path is None), ""
+    if ws.shared_nothing and exp.data.path is not None:
+        staged = stage_dataset(dataset_root, sha, ws.storage)
+    dataset = {
+        tracking.TAG_DATASET: mlflow_ui.dataset_name(exp.data),
+        tracking.TAG_DATASET_SHA256: sha,
+    }
     experiment_id = tracking.ensure_experiment(
         ws.tracking_uri, exp.name, tracking.artifact_root(ws.workdir, ws.tracking_uri)
     )
@@ -226,7 +230,14 @@ def _prepare(
             "dataset": str(dataset_root),
             **{f"override.{key}": value for key, value in overrides.items()},
         },
-        tags={tracking.TAG_STATUS: "running", **mlflow_ui.source_tags(), **(tags or {})},
+        tags={
+            tracking.TAG_STATUS: "running",
+            tracking.TAG_ROW_ORDER: ",".join(exp.row_order),
+            tracking.TAG_REFERENCE: exp.reference_row,
+            **dataset,
+            **mlflow_ui.source_tags(),
+            **(tags or {}),
+        },
     )
     ctx = LaunchContext(
         tracking_uri=ws.tracking_uri,
@@ -238,6 +249,7 @@ def _prepare(
         storage=ws.storage,
         dataset_sha256=sha,
         dataset_staged=staged,
+        dataset_name=dataset[tracking.TAG_DATASET],
     )
     try:
         mlflow_ui.log_dataset(ws.tracking_uri, parent, exp.data, dataset_root)

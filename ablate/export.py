@@ -1,6 +1,9 @@
 """Export the best trial of a study: a registered MLflow pyfunc model and a standalone folder.
 
-1. **Rank** the completed trials of an experiment (or of one launch, or one row) by a metric.
+1. **Rank** the completed trials of one dataset of an experiment (or of one launch, or one
+   row) by a metric: a study holding trials on several datasets needs ``--data`` to say
+   which, and the registered model and its versions are tagged with that dataset's name and
+   content hash (a model name never holds two datasets' models).
 2. **Log** each of the best two trials' checkpoints as an MLflow pyfunc model
    (:mod:`ablate.serving`) linked to its run, once: a run that already holds one reuses it.
 3. **Register** them as versions of ``model_name`` with aliases ``champion`` (best) and
@@ -40,7 +43,7 @@ from ablate import metric_names, tracking
 from ablate.config import TrialConfig
 from ablate.data.dataset import SliceDataset
 from ablate.errors import UserError
-from ablate.launches import Study
+from ablate.launches import Study, dataset_labels, pick_dataset
 from ablate.methods.registry import build_method
 from ablate.serving import SPEC_FILE, ServingSpec, pyfunc_arguments, write_spec
 
@@ -66,24 +69,77 @@ class ExportResult:
     changed: dict[str, bool] = field(default_factory=dict)
 
 
-def _ranked_runs(study: Study, metric: str, mode: str, row: str | None) -> list[Any]:
-    mlf = tracking.client(study.tracking_uri)
-    exp = mlf.get_experiment_by_name(study.experiment)
+@dataclass(frozen=True)
+class ExportDataset:
+    """The dataset whose trials compete for an export: a model stands for one dataset."""
+
+    sha256: str  # "": trials made before trials recorded their dataset
+    label: str
+    first: bool  # the study's first dataset (the one its oldest trial trained on)
+    several: bool  # the study holds trials on other datasets too
+
+
+def _experiment_id(study: Study) -> str:
+    exp = tracking.client(study.tracking_uri).get_experiment_by_name(study.experiment)
     if exp is None:
         raise UserError(f"no MLflow experiment '{study.experiment}' in {study.tracking_uri}")
+    return exp.experiment_id
+
+
+def study_dataset(study: Study, data: str | None) -> ExportDataset:
+    """The dataset ``--data`` names, or the study's only one; with several and no
+    ``--data``, a one-line error listing them (:func:`ablate.launches.pick_dataset`)."""
+    clauses = [f"tags.`{tracking.TAG_KIND}` = 'trial'"]
+    if study.parent_run_id:
+        clauses.append(f"tags.`{tracking.TAG_PARENT}` = '{study.parent_run_id}'")
+    trials = tracking.client(study.tracking_uri).search_runs(
+        [_experiment_id(study)],
+        filter_string=" and ".join(clauses),
+        order_by=["start_time ASC"],
+        max_results=50000,
+    )
+    found = [
+        (r.data.tags.get(tracking.TAG_DATASET_SHA256, ""), r.data.tags.get(tracking.TAG_DATASET))
+        for r in trials
+    ]
+    labels = dataset_labels([(sha, name or "") for sha, name in found])
+    sha = pick_dataset(labels, data, study.name) if labels else ""
+    if not sha and len(labels) > 1:
+        raise UserError(
+            f"'{study.name}' holds trials made before trials recorded their dataset, beside "
+            "trials on other data: they cannot be told apart; pass --data with another dataset"
+        )
+    first = next(iter(labels), "")
+    return ExportDataset(sha, labels.get(sha, ""), sha == first, len(labels) > 1)
+
+
+def default_model_name(name: str, dataset: ExportDataset) -> str:
+    """``NAME-best`` for the study's first dataset, ``NAME-DATASET-best`` for another: a
+    later launch on other data never takes over the name of the model trained first."""
+    return f"{name}-best" if dataset.first else f"{name}-{dataset.label}-best"
+
+
+def _ranked_runs(
+    study: Study, metric: str, mode: str, row: str | None, dataset: ExportDataset
+) -> list[Any]:
+    mlf = tracking.client(study.tracking_uri)
+    experiment_id = _experiment_id(study)
     clauses = [f"tags.`{tracking.TAG_STATUS}` = 'completed'", f"metrics.`{metric}` > -1e300"]
     if study.parent_run_id:
         clauses.append(f"tags.`{tracking.TAG_PARENT}` = '{study.parent_run_id}'")
     if row:
         clauses.append(f"tags.`{tracking.TAG_ROW}` = '{row}'")
+    if dataset.sha256:
+        clauses.append(f"tags.`{tracking.TAG_DATASET_SHA256}` = '{dataset.sha256}'")
     runs = mlf.search_runs(
-        [exp.experiment_id],
+        [experiment_id],
         filter_string=" and ".join(clauses),
         order_by=[f"metrics.`{metric}` {'DESC' if mode == 'max' else 'ASC'}"],
         max_results=len(ALIASES),
     )
     if not runs:
         which = f" of row '{row}'" if row else ""
+        which += f" on dataset '{dataset.label}'" if dataset.several else ""
         raise UserError(
             f"'{study.name}' has no completed trial{which} with metric '{metric}': "
             "run it first, or pick another --metric/--row"
@@ -176,16 +232,25 @@ def export_best(
     model_name: str,
     out: Path,
     row: str | None = None,
+    dataset: ExportDataset | None = None,
 ) -> ExportResult:
-    """Register the best (and second-best) trial and write the standalone folder ``out``."""
-    runs = _ranked_runs(study, metric, mode, row)
+    """Register the best (and second-best) trial of one dataset (default: the study's only
+    one, see :func:`study_dataset`) and write the standalone folder ``out``."""
+    dataset = dataset or study_dataset(study, None)
+    runs = _ranked_runs(study, metric, mode, row, dataset)
+    mlf = tracking.client(study.tracking_uri)
+    _check_model_dataset(mlf, model_name, dataset)
     check_out(out, model_name)
     best = runs[0]
     result = ExportResult(model_name, metric, float(best.data.metrics[metric]), out)
-    mlf = tracking.client(study.tracking_uri)
     with tracking.global_store(study.tracking_uri):
         if not mlf.search_registered_models(filter_string=f"name = '{model_name}'"):
-            mlf.create_registered_model(model_name, description=_description(study, metric))
+            mlf.create_registered_model(
+                model_name, tags=_dataset_tags(best), description=_description(study, metric)
+            )
+        else:  # a model registered before models recorded their dataset gets it now
+            for key, value in _dataset_tags(best).items():
+                mlf.set_registered_model_tag(model_name, key, value)
         model_ids = {}
         for alias, run in zip(ALIASES, runs, strict=False):
             model_ids[alias] = _logged_model(study, run)
@@ -196,6 +261,25 @@ def export_best(
             result.changed[alias] = created or moved
         _write_folder(study, best, model_ids["champion"], result)
     return result
+
+
+def _dataset_tags(run: Any) -> dict[str, str]:
+    """The dataset a trial trained on, as tags for the model registered from it."""
+    keys = (tracking.TAG_DATASET, tracking.TAG_DATASET_SHA256)
+    return {key: run.data.tags[key] for key in keys if run.data.tags.get(key)}
+
+
+def _check_model_dataset(mlf: Any, model_name: str, dataset: ExportDataset) -> None:
+    """Refuse to register trials of one dataset under a model name that holds another's."""
+    found = mlf.search_registered_models(filter_string=f"name = '{model_name}'")
+    held = found[0].tags.get(tracking.TAG_DATASET_SHA256) if found else None
+    if held and dataset.sha256 and held != dataset.sha256:
+        name = found[0].tags.get(tracking.TAG_DATASET, "?")
+        raise UserError(
+            f"registered model '{model_name}' holds models trained on dataset '{name}' "
+            f"(sha {held[:8]}), not '{dataset.label}' (sha {dataset.sha256[:8]}); nothing was "
+            "registered: pass another --model-name"
+        )
 
 
 def _description(study: Study, metric: str) -> str:
@@ -225,7 +309,7 @@ def _logged_model(study: Study, run: Any) -> str:
             name=LOGGED_MODEL,
             source_run_id=run_id,
             params={"row": spec.row, "input": spec.input, "ams_samples": str(spec.samples)},
-            tags={tracking.TAG_ROW: spec.row},
+            tags={tracking.TAG_ROW: spec.row, **_dataset_tags(run)},
             model_type=MODEL_TYPE,
         )
         mlflow.pyfunc.log_model(
@@ -277,6 +361,7 @@ def _version(mlf: Any, model_name: str, model_id: str, run: Any, metric: str) ->
         tags={
             metric: str(run.data.metrics[metric]),
             "row": run.data.tags.get(tracking.TAG_ROW, ""),
+            **_dataset_tags(run),
         },
     )
     return str(version.version), True
@@ -318,6 +403,8 @@ def _write_folder(study: Study, best: Any, model_id: str, result: ExportResult) 
             "tracking_uri": study.tracking_uri,
             "metric": result.metric,
             "value": result.value,
+            "dataset": best.data.tags.get(tracking.TAG_DATASET, ""),
+            "dataset_sha256": best.data.tags.get(tracking.TAG_DATASET_SHA256, ""),
         }
         record["files"] = _files(tmp) + [EXPORT_FILE]
         (tmp / EXPORT_FILE).write_text(json.dumps(record, indent=2))

@@ -120,3 +120,59 @@ def resolve_launch(name: str, storage: str | Path, tracking_uri: str) -> str:
     if latest is None:
         raise _unknown(name, storage, tracking_uri)
     return latest[1]
+
+
+# --- datasets: a study's trials may have trained on several -----------------------------------
+
+#: What a trial run made before trials recorded their dataset is listed as.
+UNRECORDED_DATASET = "unrecorded"
+
+
+def dataset_labels(found: list[tuple[str, str]]) -> dict[str, str]:
+    """``(content hash, name)`` of each trial, oldest first -> ``{hash: label}``, oldest
+    dataset first. The label is the dataset's name, with the hash's first 8 characters
+    added where two datasets share a name; trials without a recorded dataset (made before
+    trials recorded one) are one dataset labelled :data:`UNRECORDED_DATASET`."""
+    names: dict[str, str] = {}
+    for sha, name in found:
+        names.setdefault(sha, (name or UNRECORDED_DATASET) if sha else UNRECORDED_DATASET)
+    counts: dict[str, int] = {}
+    for name in names.values():
+        counts[name] = counts.get(name, 0) + 1
+    return {
+        sha: f"{name}-{sha[:8]}" if counts[name] > 1 and sha else name
+        for sha, name in names.items()
+    }
+
+
+def describe_datasets(labels: dict[str, str]) -> str:
+    """``name (sha 1a2b3c4d), other (sha 5e6f7a8b)``: the datasets of a study, for messages."""
+    return ", ".join(f"{label} (sha {sha[:8]})" if sha else label for sha, label in labels.items())
+
+
+def pick_dataset(labels: dict[str, str], data: str | None, study: str) -> str:
+    """The content hash of the dataset ``--data`` names (its label, its name or the start of
+    its hash); without ``--data``, the study's only dataset, else a one-line error that
+    lists them (a result of one dataset is never taken for another's)."""
+    if data is None:
+        if len(labels) == 1:
+            return next(iter(labels))
+        raise UserError(
+            f"'{study}' holds trials on {len(labels)} datasets: {describe_datasets(labels)}; "
+            f"pass --data NAME to say which, e.g. --data {next(iter(labels.values()))}"
+        )
+    for sha, label in labels.items():
+        if data == label:
+            return sha
+    matches = [
+        sha
+        for sha, label in labels.items()
+        if label == f"{data}-{sha[:8]}" or (len(data) >= 6 and sha.startswith(data))
+    ]
+    if len(matches) == 1:
+        return matches[0]
+    why = "names several datasets" if matches else "is not a dataset of this study"
+    raise UserError(
+        f"--data '{data}' {why} ('{study}' holds: {describe_datasets(labels)}); pass one of "
+        "those names"
+    )

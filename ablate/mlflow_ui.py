@@ -92,6 +92,15 @@ def _digest(*files: Path) -> str:
     return sha.hexdigest()[:16]
 
 
+def dataset_name(data: DataConfig) -> str:
+    """What tables, exports and MLflow call a launch's dataset: an imported one by its
+    folder's name, a simulated one by its preset and seed (``tiny-seed0``). Two datasets may
+    share a name; their content hashes tell them apart."""
+    if data.path is not None:
+        return Path(data.path).resolve().name
+    return f"{data.preset}-seed{data.seed}"
+
+
 def dataset_entity(data: DataConfig, root: Path) -> Dataset:
     """The dataset a launch trains on as an MLflow dataset: a simulated one is named after
     its preset, with the preset, seed and overrides as source; an existing folder (an
@@ -111,13 +120,13 @@ def dataset_entity(data: DataConfig, root: Path) -> Dataset:
     }
     digest = _digest(root / "manifest.parquet", root / "provenance.json")
     if data.path is not None:
-        name, source_type = Path(data.path).resolve().name, "local"
+        source_type = "local"
         source = {"uri": Path(data.path).resolve().as_uri()}
     else:
-        name, source_type = f"{data.preset}-seed{data.seed}", "ablate-simulator"
+        source_type = "ablate-simulator"
         source = {"preset": data.preset, "seed": data.seed, "overrides": data.overrides}
     return Dataset(
-        name=name,
+        name=dataset_name(data),
         digest=digest,
         source_type=source_type,
         source=json.dumps(source, sort_keys=True, default=str),

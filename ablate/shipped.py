@@ -17,9 +17,18 @@ from pathlib import Path
 DISTRIBUTION = "ablate-pet"
 
 
+#: Where each resource package lives in the repository (setup.py maps the same folders).
+_IN_REPOSITORY = {
+    "ablate.search_spaces": "search_spaces",
+    "ablate.benchmark_records": "benchmarks/results",
+}
+
+
 def _folder(package: str) -> Path:
-    # A wheel is always unpacked into site-packages, so the resources are real files.
-    return Path(str(files(package)))
+    try:  # installed (a wheel, or an editable install's mapping): real files in either case
+        return Path(str(files(package)))
+    except ModuleNotFoundError:  # a source tree imported without an install (pytest's rootdir)
+        return Path(__file__).resolve().parents[1] / _IN_REPOSITORY[package]
 
 
 def search_spaces_dir() -> Path:

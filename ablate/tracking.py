@@ -44,6 +44,15 @@ TAG_SEARCH_PARAMS = "ablate.search_params"
 #: role (``best``: the best trial's values; ``defaults``: the row as the YAML declares it).
 TAG_CONFIRMS = "ablate.confirms"
 TAG_CONFIRM_ROLE = "ablate.confirm_role"
+#: On every trial run (and its launch's parent run, and each registered model and version it
+#: exported): the dataset it trained on, by name and by content hash
+#: (:func:`ablate.data.staging.content_hash`). Tables and exports never mix two hashes.
+TAG_DATASET = "ablate.dataset"
+TAG_DATASET_SHA256 = "ablate.dataset_sha256"
+#: On a launch's parent run: its YAML's rows in the YAML's order (all of them, also those
+#: ``--rows`` left out) and the row its tables test against (``reference:``, default the first).
+TAG_ROW_ORDER = "ablate.row_order"
+TAG_REFERENCE = "ablate.reference"
 
 #: Experiment tags: the MLflow UI opens a model-training experiment on its runs table
 #: (an untagged one may open as a GenAI experiment, on traces).

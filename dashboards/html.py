@@ -22,6 +22,7 @@ from plotly.offline import get_plotlyjs
 from dashboards import contrasts, plots
 from dashboards.results import (
     UI_URL,
+    dataset_trials,
     fetch_artifact,
     load_histories,
     load_results,
@@ -363,7 +364,7 @@ def build_dashboard(
         df = df[df["parent_run_id"] == parent_run_id].reset_index(drop=True)
     searches = find_searches(tracking_uri, experiment, df)
     taken = {s.launch.run_id for s in searches} | {c.run_id for s in searches for c in s.confirms}
-    grid = df[~df["parent_run_id"].isin(taken)]
+    grid = dataset_trials(df[~df["parent_run_id"].isin(taken)], None, experiment).trials
     page = _Page()
     if len(grid):  # the ablation view, for the study's grids
         table = ablation_table(grid, convention=convention, slices=_slices(tracking_uri, grid))

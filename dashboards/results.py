@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import pandas as pd
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 
 from ablate import tracking
 from ablate.errors import UserError
@@ -32,6 +33,11 @@ BASE_COLUMNS = [
     "row_index",
     "label",
     "seed",
+    "dataset",
+    "dataset_sha256",
+    "launch",
+    "reference",
+    "code_version",
     "status",
     "error",
     "start_time",
@@ -65,6 +71,10 @@ class Launch:
     search_params: list[str] = field(default_factory=list)
     confirms: str | None = None
     confirm_role: str | None = None
+    #: The YAML's rows in its order and its declared reference row (empty: launched before
+    #: they were recorded).
+    row_order: list[str] = field(default_factory=list)
+    reference: str | None = None
 
 
 def tracking_uri_for(workdir: str | Path) -> str:
@@ -135,6 +145,8 @@ def _launch(run: Any) -> Launch:
         search_params=[k.strip() for k in searched.split(",") if k.strip()],
         confirms=tags.get(tracking.TAG_CONFIRMS),
         confirm_role=tags.get(tracking.TAG_CONFIRM_ROLE),
+        row_order=[r for r in tags.get(tracking.TAG_ROW_ORDER, "").split(",") if r],
+        reference=tags.get(tracking.TAG_REFERENCE),
     )
 
 
@@ -153,8 +165,13 @@ def _status(run: Any) -> tuple[str, str]:
 
 
 def _row_order(launches: list[Launch], trial_rows: list[str]) -> list[str]:
-    """Rows in search-space order: the latest launch first, then older ones, then any others."""
+    """Rows in the YAML's order, as each launch recorded it (all the YAML's rows, whichever
+    the launch ran), so no launch's start time or ``--rows`` reorders a table. Only when
+    launches recorded different YAMLs does the latest one's order come first; launches
+    made before the order was recorded add their ``rows``, then come any other rows."""
     order: list[str] = []
+    for launch in sorted(launches, key=lambda la: la.start_time, reverse=True):
+        order += [r for r in launch.row_order if r not in order]
     for launch in sorted(launches, key=lambda la: la.start_time, reverse=True):
         order += [r for r in launch.rows if r not in order]
     return order + [r for r in dict.fromkeys(trial_rows) if r not in order]
@@ -165,8 +182,9 @@ def _label(value: str | None) -> str | None:
     return None if value in (None, "", "None", "null") else value
 
 
-def _trial_line(run: Any, experiment: str) -> dict[str, Any]:
+def _trial_line(run: Any, experiment: str, launches: dict[str, Launch]) -> dict[str, Any]:
     tags, params = run.data.tags, run.data.params
+    launch = launches.get(tags.get(tracking.TAG_PARENT, ""))
     status, error = _status(run)
     name = run.info.run_name or run.info.run_id
     row = params.get("row") or tags.get(tracking.TAG_ROW) or name.rsplit("-s", 1)[0]
@@ -179,6 +197,12 @@ def _trial_line(run: Any, experiment: str) -> dict[str, Any]:
         "row": row,
         "label": _label(params.get("row.label")),
         "seed": int(seed) if seed not in (None, "") else None,
+        # trials from before datasets were recorded: one unnamed dataset
+        "dataset": tags.get(tracking.TAG_DATASET, ""),
+        "dataset_sha256": tags.get(tracking.TAG_DATASET_SHA256, ""),
+        "launch": launch.run_name if launch else "",
+        "reference": launch.reference if launch else None,
+        "code_version": tags.get(MLFLOW_GIT_COMMIT, ""),  # the git commit of ablate that ran it
         "status": status,
         "error": error,
         "start_time": _timestamp(run.info.start_time),
@@ -202,13 +226,16 @@ def load_results(tracking_uri: str, experiment: str) -> pd.DataFrame:
 
     Columns: :data:`BASE_COLUMNS`, then ``params.<name>`` (strings, as logged) and
     ``metrics.<name>`` (final values, floats; NaN where a trial did not log one).
-    ``row_index`` is the row's position in the latest launch's ``rows`` param.
+    ``row_index`` is the row's position in the YAML (see :func:`_row_order`); ``dataset`` and
+    ``dataset_sha256`` say what each trial trained on, ``launch`` and ``reference`` the name
+    of its launch (parent run) and the row that launch's YAML declares as the reference.
     Raises :class:`UserError` for a missing store, an unknown experiment or one without trials.
     """
     client = _client(tracking_uri)
     runs = _all_runs(client, _experiment_id(client, experiment))
     launches = [_launch(r) for r in runs if not _is_trial(r)]
-    trials = [_trial_line(r, experiment) for r in runs if _is_trial(r)]
+    by_id = {launch.run_id: launch for launch in launches}
+    trials = [_trial_line(r, experiment, by_id) for r in runs if _is_trial(r)]
     if not trials:
         raise UserError(
             f"experiment '{experiment}' has no trial runs yet: launch it with `ablate run` "
@@ -222,6 +249,42 @@ def load_results(tracking_uri: str, experiment: str) -> pd.DataFrame:
     extra = sorted(c for c in df.columns if c.startswith("params."))
     extra += sorted(c for c in df.columns if c.startswith("metrics."))
     return df[BASE_COLUMNS + extra]
+
+
+def _dataset_labels(df: pd.DataFrame) -> dict[str, str]:
+    """A results frame's datasets, oldest first (:func:`ablate.launches.dataset_labels`)."""
+    from ablate.launches import dataset_labels
+
+    if "dataset_sha256" not in df:  # a results file written before datasets were recorded
+        return dataset_labels([("", "")])
+    ordered = df.sort_values("start_time", kind="stable", na_position="last")
+    found = zip(ordered["dataset_sha256"].fillna(""), ordered["dataset"].fillna(""), strict=True)
+    return dataset_labels(list(found))
+
+
+@dataclass(frozen=True)
+class DatasetTrials:
+    """The trials of one dataset of a study: ``label`` names it, ``others`` the study's
+    other datasets (what ``--data`` would pick instead)."""
+
+    trials: pd.DataFrame
+    label: str
+    sha256: str
+    others: list[str]
+
+
+def dataset_trials(df: pd.DataFrame, data: str | None, study: str) -> DatasetTrials:
+    """The trials of the dataset ``data`` names (its name or the start of its content hash),
+    else of the study's first dataset (the one its oldest trial trained on): a table or a
+    dashboard is always of one dataset, never a mix, and a later launch on other data never
+    changes what it shows."""
+    from ablate.launches import pick_dataset
+
+    labels = _dataset_labels(df)
+    sha = pick_dataset(labels, data, study) if data is not None else next(iter(labels), "")
+    shas = df["dataset_sha256"].fillna("") if "dataset_sha256" in df else pd.Series("", df.index)
+    others = [label for key, label in labels.items() if key != sha]
+    return DatasetTrials(df[shas == sha].reset_index(drop=True), labels.get(sha, ""), sha, others)
 
 
 def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:

@@ -35,6 +35,7 @@ from ablate.errors import UserError
 from dashboards import contrasts
 from dashboards.results import (
     Launch,
+    dataset_trials,
     fetch_artifact,
     load_histories,
     load_launches,
@@ -665,6 +666,7 @@ def confirm_table(
     # the best configuration first, then its baseline
     order = {f"{search.row}_best": 0, defaults: 1}
     trials = trials.assign(row_index=trials["row"].map(order).fillna(2).astype(int))
+    trials = trials.assign(reference=reference)  # not the YAML's row: the confirm's own
     table = ablation_table(
         trials,
         reference=reference,
@@ -707,11 +709,13 @@ def tables_for(
     convention: Convention = "standard",
     paired_test: PairedTest = "t",
     parent_run_id: str | None = None,
+    data: str | None = None,
     **options: Any,
 ) -> list[AnyTable]:
     """What ``ablate table`` shows: the ablation table of the study's grids, then per search
     its trials table and its confirm grid. ``part`` (grid, trials or confirm) keeps one kind;
-    ``parent_run_id`` keeps one launch.
+    ``parent_run_id`` keeps one launch; the grids' table is of the dataset ``data`` names,
+    by default the study's first (:func:`dashboards.results.dataset_trials`).
 
     A results ``.parquet`` has no launches: it is tabulated as a grid."""
     if part is not None and part not in PARTS:
@@ -728,11 +732,14 @@ def tables_for(
 
     searches = [] if source.endswith(".parquet") else find_searches(tracking_uri, source, df)
     taken = {s.launch.run_id for s in searches} | {c.run_id for s in searches for c in s.confirms}
-    grid = df[~df["parent_run_id"].isin(taken)]
+    # the grids' table holds one dataset (a search and its confirm grids are each one launch)
+    one = dataset_trials(df[~df["parent_run_id"].isin(taken)], data, source)
+    grid = one.trials
     out: list[AnyTable] = []
     common = dict(convention=convention, paired_test=paired_test)
     if len(grid) and part in (None, "grid", *contrasts.PARTS):
         table = ablation_table(grid, slices=slices, **common, **options)
+        table.other_datasets = one.others
         grid_tidy = tidy_of_grid(source, tracking_uri, grid, tidy)
         settings = contrasts.settings_from(grid_tidy.attrs.get(contrasts.SETTINGS_KEY), source)
         found = contrasts.study_analysis(grid_tidy, settings, options.get("reference"))

@@ -41,7 +41,10 @@ SliceLoader = Callable[[list[str]], pd.DataFrame]
 _QUALITY = ["psnr", "ssim", "nmse"]
 _TITLES = {"psnr": "PSNR", "ssim": "SSIM", "nmse": "NMSE", "nrmse": "NRMSE", "sd": "SD"}
 _TEST_NAMES = {"t": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test"}
-_PARAM_NAMES_NOT_VARIANTS = ("seed", "path", "dir", "uri", "run_id", "row.label")
+#: Params that never make a line of their own. ``data.path`` names a folder, not data: the
+#: dataset is told by its content hash, and a table holds one dataset
+#: (``dashboards.results.dataset_trials``), so trials on other data are never in it at all.
+_PARAM_NAMES_NOT_VARIANTS = ("seed", "row.label", "data.path")
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,10 @@ class AblationTable:
     # the contrasts, claims and variance shares of the same trials (dashboards.contrasts),
     # shown under the table in every format but CSV (one table per CSV: ``--part``)
     analysis_tables: list[Any] = field(default_factory=list)
+    #: The one dataset the table's trials trained on: name and content hash ("": not recorded)
+    dataset: tuple[str, str] = ("", "")
+    #: The study's other datasets, each a table of its own (``ablate table NAME --data ...``)
+    other_datasets: list[str] = field(default_factory=list)
 
     def __rich__(self) -> RichTable:
         """So ``console.print(table)`` prints the terminal table."""
@@ -111,6 +118,9 @@ class AblationTable:
             "mean over subjects)"
         )
         subject = self.title or f"Ablation study '{self.experiment}'"
+        name, sha = self.dataset
+        if name:
+            subject += f" on dataset '{name}' (sha256 {sha[:8]})"
         text = (
             f"{subject}, {conv}. Mean ± std over seeds (n: completed "
             "trials / all); best measured value per column in bold."
@@ -121,6 +131,8 @@ class AblationTable:
             text += _LESION_NOTE
         bases = sorted({line.test.split()[-1] for line in self.lines if line.test[:1].isdigit()})
         if self.reference is None:
+            if any(line.n for line in self.lines):
+                return text + " No significance test: the reference row has no completed trial."
             return text + " No significance test: no line has completed trials."
         title = metric_title(self.metric)
         over = " and ".join({"seeds": "seeds", "slices": "test slices"}[b] for b in bases)
@@ -183,7 +195,7 @@ def _variant_params(df: pd.DataFrame) -> list[str]:
         name = col.removeprefix("params.")
         if not col.startswith("params.") or name == "row":
             continue
-        if any(s in name for s in _PARAM_NAMES_NOT_VARIANTS):
+        if name in _PARAM_NAMES_NOT_VARIANTS:
             continue
         # A param absent from some runs (logged by an older version) is not an axis.
         if (df.groupby("row")[col].nunique(dropna=True) > 1).any():
@@ -226,11 +238,43 @@ def _check_metrics(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     return df
 
 
-def _dedupe(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """Keep the latest trial per line and seed (a later launch supersedes an earlier one)."""
+def _dedupe(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Keep the latest trial per line and seed (a later launch supersedes an earlier one);
+    the notes name each replaced trial's run and launch, and the run that replaced it."""
     ordered = df.sort_values("start_time", kind="stable", na_position="first")
     keep = ordered.drop_duplicates(["line", "seed"], keep="last")
-    return df.loc[df.index.isin(keep.index)], len(df) - len(keep)
+    notes = []
+    dropped = ordered[~ordered.index.isin(keep.index)]
+    for (line, seed), new in keep.groupby(["line", "seed"], sort=False, dropna=False):
+        same_seed = dropped["seed"].isna() if pd.isna(seed) else dropped["seed"] == seed
+        old = dropped[(dropped["line"] == line) & same_seed.fillna(False)]
+        if len(old):
+            notes.append(
+                f"{line} seed {seed}: rerun {_trials_text(new)} replaces {_trials_text(old)}"
+            )
+    return df.loc[df.index.isin(keep.index)], notes
+
+
+def _mixed_code(df: pd.DataFrame) -> list[str]:
+    """A note per line whose seeds ran on different code (git commits): its spread then
+    mixes code changes with seed noise. Reruns of a seed replace it, so only seeds differ."""
+    if "code_version" not in df:
+        return []
+    notes = []
+    for line, trials in df.groupby("line", sort=False):
+        commits = [c for c in dict.fromkeys(trials["code_version"]) if isinstance(c, str) and c]
+        if len(commits) > 1:
+            shown = ", ".join(c[:8] for c in commits)
+            notes.append(f"{line}: its trials ran on {len(commits)} code versions ({shown})")
+    return notes
+
+
+def _trials_text(trials: pd.DataFrame) -> str:
+    """``run 1a2b3c4d (launch demo-20260101-120000)``: which trials, for a note."""
+    runs = ", ".join(str(r)[:8] for r in trials["run_id"])
+    launches = [la for la in dict.fromkeys(trials.get("launch", [])) if isinstance(la, str) and la]
+    where = f" (launch {', '.join(launches)})" if launches else ""
+    return f"run{'s' if len(trials) > 1 else ''} {runs}{where}"
 
 
 def _summarise(name: str, trials: pd.DataFrame, columns: list[Column]) -> tuple[Line, list[str]]:
@@ -405,8 +449,14 @@ def ablation_table(
     key = f"paper_{metric}" if convention == "paper" and metric in _QUALITY else metric
     experiment = str(df["experiment"].iloc[0])
     columns = table_columns(convention, nrmse=any(r in TABLE1 for r in df["row"]))
+    datasets = set(df["dataset_sha256"].fillna("")) if "dataset_sha256" in df else {""}
+    if len(datasets) > 1:
+        raise UserError(
+            "these trials trained on several datasets: tabulate one at a time "
+            "(dashboards.results.dataset_trials; `ablate table NAME --data NAME`)"
+        )
     df = _with_variants(_check_metrics(df, key))
-    df, superseded = _dedupe(df)
+    df, replaced = _dedupe(df)
     df = df.sort_values(["row_index", "seed"], kind="stable")
 
     lines, notes = [], []
@@ -414,10 +464,10 @@ def ablation_table(
         line, line_notes = _summarise(name, df[df["line"] == name], columns)
         lines.append(line)
         notes += line_notes
-    if superseded:
-        notes.append(f"{superseded} earlier trial(s) of the same line and seed replaced by a rerun")
+    notes += replaced
+    notes += _mixed_code(df)
 
-    ref = _reference(lines, reference)
+    ref = _reference(lines, reference, _declared_reference(df), notes)
     if ref is not None:
         _significance(lines, ref, key, df, paired_test, slices)
     better = {c.key: c.better for c in columns}
@@ -451,10 +501,47 @@ def ablation_table(
         lines=lines,
         notes=notes,
         title=title,
+        dataset=_dataset_of(df),
     )
 
 
-def _reference(lines: list[Line], reference: str | None) -> Line | None:
+def _dataset_of(df: pd.DataFrame) -> tuple[str, str]:
+    if "dataset" not in df or df.empty:
+        return "", ""
+    first = df.iloc[0]
+    name, sha = first["dataset"], first["dataset_sha256"]
+    return (name, sha) if isinstance(name, str) and isinstance(sha, str) else ("", "")
+
+
+def _declared_reference(df: pd.DataFrame) -> str | None:
+    """The reference row the YAML declares (``reference:``, default its first row), as the
+    latest launch of these trials recorded it; None for launches made before it was."""
+    if "reference" not in df:
+        return None
+    declared = df.sort_values("start_time", kind="stable")["reference"].dropna()
+    return str(declared.iloc[-1]) if len(declared) else None
+
+
+def _reference(
+    lines: list[Line], reference: str | None, declared: str | None, notes: list[str]
+) -> Line | None:
+    """The reference line: ``--reference``, else the YAML's declared row, else (launches made
+    before the YAML's was recorded) the first line with completed trials. A declared row
+    this table does not hold (a launch of other ``--rows``) falls back to the first line, and
+    a note says so; one without completed trials means no test."""
+    if reference is None and declared is not None:
+        found = next((ln for ln in lines if declared in (ln.name, ln.row)), None)
+        if found is not None:
+            if not found.n:
+                notes.append(f"reference '{declared}' has no completed trial: no paired test")
+            return found if found.n else None
+        first = next((ln for ln in lines if ln.n), None)
+        if first is not None:
+            notes.append(
+                f"the YAML's reference row '{declared}' is not in this table: tested against "
+                f"'{first.name}' (the first row); pick another with --reference"
+            )
+        return first
     if reference is None:
         return next((ln for ln in lines if ln.n), None)
     for ln in lines:
@@ -479,20 +566,26 @@ def table_for(
     source: str,
     tracking_uri: str,
     parent_run_id: str | None = None,
+    data: str | None = None,
     **options: object,
 ) -> AblationTable:
     """:func:`ablation_table` of an experiment (or a results ``.parquet``) in a tracking store;
-    with ``parent_run_id``, of that one launch only."""
-    from dashboards.results import load_slice_metrics, read_results
+    with ``parent_run_id``, of that one launch only; of the dataset ``data`` names, by default
+    the study's first (:func:`dashboards.results.dataset_trials`)."""
+    from dashboards.results import dataset_trials, load_slice_metrics, read_results
 
     df = read_results(source, tracking_uri)
     if parent_run_id is not None:
         df = df[df["parent_run_id"] == parent_run_id]
+    one = dataset_trials(df, data, source)
+    df = one.trials
 
     def slices(run_ids: list[str]) -> pd.DataFrame:
         return load_slice_metrics(tracking_uri, df[df["run_id"].isin(run_ids)])
 
-    return ablation_table(df, slices=slices, **options)
+    table = ablation_table(df, slices=slices, **options)
+    table.other_datasets = one.others
+    return table
 
 
 # --- rendering -------------------------------------------------------------------------------

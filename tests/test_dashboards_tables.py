@@ -170,15 +170,27 @@ def test_rerun_supersedes_the_earlier_trial_and_says_so(study_uri: str, tmp_path
     client = MlflowClient(tracking_uri=uri)
     exp = client.create_experiment("rerun", artifact_location=(tmp_path / "art").as_uri())
     for launch, values in enumerate(([20.0, 21.0], [22.0, 23.0])):
-        pid = client.create_run(exp, tags={"ablate.kind": "launch"}).info.run_id
-        client.log_param(pid, "rows", "cpm")
+        pid = client.create_run(exp, run_name=f"launch{launch}", tags={"ablate.kind": "launch"})
+        client.log_param(pid.info.run_id, "rows", "cpm")
         for seed, psnr in enumerate(values):
             stage = tmp_path / f"stage{launch}{seed}"
             stage.mkdir()
-            _log_trial(client, exp, pid, "cpm", seed, stage, metrics=trial_metrics("cpm", psnr))
+            metrics = trial_metrics("cpm", psnr)
+            _log_trial(client, exp, pid.info.run_id, "cpm", seed, stage, metrics=metrics)
     table = table_for("rerun", uri)
     assert len(table.lines) == 1 and table.lines[0].values["psnr"][0] == pytest.approx(22.5)
-    assert "2 earlier trial(s) of the same line and seed replaced by a rerun" in table.notes
+    runs = {  # (launch, seed) -> run id
+        (r.data.tags["mlflow.parentRunId"], r.data.params["seed"]): r.info.run_id
+        for r in client.search_runs([exp], "tags.`ablate.kind` = 'trial'")
+    }
+    parents = {
+        r.info.run_name: r.info.run_id
+        for r in client.search_runs([exp], "tags.`ablate.kind` = 'launch'")
+    }
+    for seed in ("0", "1"):
+        old, new = runs[(parents["launch0"], seed)], runs[(parents["launch1"], seed)]
+        expected = f"cpm seed {seed}: rerun run {new[:8]} (launch launch1) replaces run"
+        assert f"{expected} {old[:8]} (launch launch0)" in table.notes
 
 
 def test_bad_reference_and_bad_experiment(study_uri: str) -> None:
@@ -249,3 +261,37 @@ def test_one_launch_only_and_params_missing_from_older_runs(tmp_path: Path) -> N
     latest = table_for("two", uri, parent_run_id=parents[1])
     (line,) = [line for line in latest.lines if line.kind == "measured"]
     assert line.n == 2 and line.values["psnr"][0] == pytest.approx(21.5)
+
+
+def test_declared_reference_and_one_dataset_per_table(study_uri: str) -> None:
+    """The YAML's ``reference:`` (recorded per launch) is the default; a declared row this
+    table lacks falls back to its first line, saying so; trials of two datasets are two
+    tables, never one."""
+    from dashboards.results import dataset_trials, read_results
+
+    df = read_results("study", study_uri)
+    assert ablation_table(df.assign(reference="sr3")).reference == "sr3"
+    missing = ablation_table(df.assign(reference="gone"))
+    assert missing.reference == "cpm"
+    assert any("reference row 'gone' is not in this table" in n for n in missing.notes)
+    assert ablation_table(df.assign(reference="sr3"), reference="cpm").reference == "cpm"
+
+    two = df.assign(dataset="mine", dataset_sha256="a" * 64)
+    other = two["row"] == "sr3"
+    two.loc[other, ["dataset", "dataset_sha256"]] = ["theirs", "b" * 64]
+    two.loc[other, "start_time"] += np.timedelta64(1, "D")  # launched later, on other data
+    with pytest.raises(UserError, match="several datasets"):
+        ablation_table(two)
+    first = dataset_trials(two, None, "study")
+    assert set(first.trials["dataset"]) == {"mine"} and first.others == ["theirs"]
+    theirs = dataset_trials(two, "theirs", "study")
+    table = ablation_table(theirs.trials)
+    assert [ln.row for ln in table.lines] == ["sr3"]
+    assert "on dataset 'theirs' (sha256 bbbbbbbb)" in table.caption
+    with pytest.raises(UserError, match="--data 'nope' is not a dataset.*mine.*theirs"):
+        dataset_trials(two, "nope", "study")
+
+    commits = np.where(df["seed"] == 0, "a" * 40, "b" * 40)
+    mixed = ablation_table(df.assign(code_version=commits))
+    assert "cpm: its trials ran on 2 code versions (aaaaaaaa, bbbbbbbb)" in mixed.notes
+    assert not any("code versions" in n for n in ablation_table(df).notes)

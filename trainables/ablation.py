@@ -62,6 +62,7 @@ class LaunchContext:
     storage: str = ""
     dataset_sha256: str = ""
     dataset_staged: str = ""
+    dataset_name: str = ""  # with ``dataset_sha256``, tagged on every trial run
     val_samples: int = 1  # K per validation slice: > 1 when a search optimises sd / ams_*
     #: The plan's estimated wall seconds per trial, by :func:`ablate.trials.trial_key`.
     estimates: dict[str, float] = field(default_factory=dict)
@@ -140,6 +141,8 @@ def train_trial(
         tags={
             tracking.TAG_ROW: trial.row_name,
             tracking.TAG_SEED: str(trial.seed),
+            tracking.TAG_DATASET: ctx.dataset_name,
+            tracking.TAG_DATASET_SHA256: ctx.dataset_sha256,
             **mlflow_ui.inherited_tags(ctx.tracking_uri, ctx.parent_run_id),
         },
     )
