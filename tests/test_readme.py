@@ -49,8 +49,9 @@ NOT_RUN: list[tuple[str, str]] = [
 
 #: Files a README command reads that the user brings (made here from the simulator).
 USER_FILES = ("subject_low.nii.gz", "subject_full.nii.gz")
-#: Seconds one README command may take (the demo is the slowest, ~2.5 min on 2 cores).
-COMMAND_TIMEOUT_S = 900
+#: Seconds one README command may take (the demo is the slowest: ~2.5 min on 2 idle cores,
+#: several times that on loaded ones).
+COMMAND_TIMEOUT_S = 1800
 
 
 @dataclass(frozen=True)
