@@ -15,6 +15,7 @@ import statistics
 import time
 from typing import Any
 
+import ray
 from pyarrow.fs import FileType
 from ray.train import Checkpoint
 from ray.tune import Callback
@@ -22,11 +23,17 @@ from ray.tune.experiment import Trial
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 
+from ablate import progress as progress_board
 from ablate import tracking
 from ablate.ray_internals import keep_checkpoints
 from ablate.trials import ANY_TRIAL, lookup_estimate
 
 log = logging.getLogger(__name__)
+
+#: Seconds between the driver's looks at the progress board.
+POLL_EVERY_S = 1.0
+#: Seconds between two printed progress lines of one trial when stderr is not a terminal.
+LINE_EVERY_S = 30.0
 
 
 def _clock(seconds: float | None) -> str:
@@ -48,17 +55,26 @@ class TrialProgress(Callback):
     """The launch's live view on the driver: trials done / running / failed and the launch's
     ETA, and one line per running trial with its row, seed, step / steps, it/s and ETA.
 
-    Trials send step, steps and it/s in their Tune results (``trainables.ablation``:
-    a progress report every few seconds, plus each validation). The launch ETA schedules
+    Trials post step, steps and it/s to the launch's progress board every few seconds
+    (:mod:`ablate.progress`, read here at most every ``POLL_EVERY_S`` without waiting), and
+    their validation results carry step and steps. The launch ETA schedules
     the remaining work on as many slots as trials run at once: each running trial's
     remaining steps at its it/s, then each pending trial at the plan's estimate
     (``estimates``, by :func:`ablate.trials.trial_key`) scaled by how the finished and
     running trials compare with theirs.
     """
 
-    def __init__(self, total: int, estimates: dict[str, float] | None = None) -> None:
+    def __init__(
+        self, total: int, estimates: dict[str, float] | None = None, parent_run_id: str = ""
+    ) -> None:
         self.total = total
         self.estimates = dict(estimates or {})
+        self.parent_run_id = parent_run_id  # names the progress board ("": no board)
+        self._board: Any = None
+        self._pending: Any = None  # the board's answer still on its way
+        self._seen = 0  # the board's version already applied
+        self._polled = 0.0
+        self._printed: dict[str, float] = {}  # trial id -> when its line was last printed
         self._progress: Progress | None = None
         self._task: Any = None
         self._rows: dict[str, Any] = {}  # trial id -> its progress task
@@ -70,7 +86,45 @@ class TrialProgress(Callback):
         self._errors = 0
 
     def __getstate__(self) -> dict[str, Any]:  # the live display does not survive pickling
-        return {**self.__dict__, "_progress": None, "_task": None, "_rows": {}}
+        return {
+            **self.__dict__,
+            "_progress": None,
+            "_task": None,
+            "_rows": {},
+            "_board": None,  # a resumed driver opens its own board (same name)
+            "_pending": None,
+            "_seen": 0,
+        }
+
+    def setup(self, **info: Any) -> None:
+        if self.parent_run_id:
+            self._board = progress_board.open_board(self.parent_run_id)
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        """Apply what trials posted to the board since the last look; never waits on it."""
+        if self._board is None:
+            return
+        if self._pending is None:
+            if time.monotonic() - self._polled < POLL_EVERY_S:
+                return
+            self._polled = time.monotonic()
+            self._pending = self._board.since.remote(self._seen)
+        ready, _ = ray.wait([self._pending], timeout=0)
+        if not ready:
+            return
+        try:
+            self._seen, fresh = ray.get(self._pending)
+        except ray.exceptions.RayError as exc:  # display only: the launch goes on without it
+            log.warning("progress board unreachable, live progress stops: %s", exc)
+            self._board = None
+            return
+        finally:
+            self._pending = None
+        by_id = {t.trial_id: t for t in trials}
+        for trial_id, posted in fresh.items():
+            trial = by_id.get(trial_id)
+            if trial is not None and trial_id not in self._finished:
+                self._show(trials, trial, posted, posted=True)
 
     def _ensure(self) -> Progress:
         if self._progress is None:
@@ -100,6 +154,10 @@ class TrialProgress(Callback):
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
+        self._show(trials, trial, result)
+
+    def _show(self, trials: list, trial: Any, result: dict, posted: bool = False) -> None:
+        """Update the trial's line from a result or a board post (step, steps, it/s)."""
         state = self._state.setdefault(trial.trial_id, {"start": time.monotonic()})
         for key in ("step", "steps", "it_per_s"):
             if key in result:
@@ -122,7 +180,22 @@ class TrialProgress(Callback):
                 total=state["steps"],
                 detail=detail,
             )
+            if posted:
+                self._print_line(trial, detail)
         self._describe(trials)
+
+    def _print_line(self, trial: Any, detail: str) -> None:
+        """Without a terminal (a log file, ``ray job logs``) the live display only shows
+        its last state: print the trial's line at its first progress post, then at most
+        every ``LINE_EVERY_S`` (validations are in MLflow)."""
+        console = self._progress.console if self._progress is not None else None
+        if console is None or console.is_terminal:
+            return
+        now = time.monotonic()
+        last = self._printed.get(trial.trial_id)
+        if last is None or now - last >= LINE_EVERY_S:
+            self._printed[trial.trial_id] = now
+            console.print(f"  {_trial_label(trial)} {trial.trial_id}  {detail}", highlight=False)
 
     def _running(self, trials: list) -> list:
         return [t for t in trials if t.status == "RUNNING" and t.trial_id not in self._finished]

@@ -314,7 +314,7 @@ def _run_config(exp: ExperimentConfig, ws: Workspace, name: str, ctx: LaunchCont
         ),
         failure_config=tune.FailureConfig(max_failures=exp.max_failures),
         callbacks=[
-            TrialProgress(total=total, estimates=ctx.estimates),
+            TrialProgress(total, ctx.estimates, ctx.parent_run_id),
             MlflowTrialStates(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id),
             CheckpointGuard(),
             PlanVsActual(ctx.tracking_uri, ctx.parent_run_id, ctx.estimates),
@@ -500,7 +500,7 @@ def launch_search(
     (TPE handles it) and every trial runs to the end: ASHA stops trials by one metric, and
     Optuna records no intermediate values for several objectives.
     ``overrides``, ``gpu`` and signals: as for :func:`launch_grid`. ASHA counts validation
-    rounds (``val_round``), not Tune results: trials also send progress reports between them."""
+    rounds (``val_round``); progress between them goes to the driver's progress board."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler

@@ -10,9 +10,10 @@ study PRUNED for a trial that ended without a result and without an error, so an
 trial is passed on without its result (its intermediate values are already in the study).
 ``tests/test_search_pruning.py`` fails if a Ray upgrade changes that rule.
 
-Trials also send progress reports (step, steps, it/s; no metric) between validations. The
-study sees validation results only, each as the intermediate value of its validation round
-(``val_round``), and ASHA counts rounds, not reports (``time_attr="val_round"``).
+Every Tune result of a trial is a validation (live progress goes to the driver's progress
+board, :mod:`ablate.progress`, not through Tune, whose strict metric check and ASHA would
+reject a result without the metric). The study records each as the intermediate value of its
+validation round (``val_round``), and ASHA counts rounds (``time_attr="val_round"``).
 """
 
 from __future__ import annotations
@@ -28,12 +29,9 @@ from ablate.config import SearchParam
 
 class PruningAwareOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that records scheduler-stopped trials as PRUNED, not COMPLETE, and
-    takes validation results only (at their round), never progress reports."""
+    records validation results at their round."""
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
-        if not all(metric in result for metric in metrics):
-            return  # a progress report: no validation metric to tell the study
         round_ = result.get("val_round", result.get(TRAINING_ITERATION))
         super().on_trial_result(trial_id, {**result, TRAINING_ITERATION: round_})
 

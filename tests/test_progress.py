@@ -1,6 +1,7 @@
-"""Live progress (issue 18): trials report step / steps / it/s through Tune between their
-validations; the driver shows them with ETAs; the searcher and ASHA see validations only;
-``ablate status`` shows each trial's estimated and actual wall time."""
+"""Live progress (issues 18, 25): trials post step / steps / it/s to the driver's progress
+board between their validations (never as Tune results, which Tune's strict metric check and
+ASHA would reject); the driver shows them with ETAs; ``ablate status`` shows each trial's
+estimated and actual wall time."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from ablate.trials import trial_key
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_the_searcher_ignores_progress_reports_and_indexes_validations_by_round(
+def test_the_searcher_indexes_validations_by_round(
     tmp_path: Path,
 ) -> None:
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
@@ -35,13 +36,7 @@ def test_the_searcher_ignores_progress_reports_and_indexes_validations_by_round(
         storage=optuna.storages.RDBStorage(storage),
     )
     assert searcher.suggest("a")
-    searcher.on_trial_result(
-        "a", {"step": 5, "steps": 20, "it_per_s": 3.0, "training_iteration": 1}
-    )
     searcher.on_trial_result("a", {"val_psnr": 17.0, "val_round": 1, "training_iteration": 4})
-    searcher.on_trial_result(
-        "a", {"step": 15, "steps": 20, "it_per_s": 3.0, "training_iteration": 5}
-    )
     searcher.on_trial_result("a", {"val_psnr": 19.0, "val_round": 2, "training_iteration": 9})
     searcher.on_trial_complete("a", {"val_psnr": 19.5, "val_round": 3, "final": 1})
     (trial,) = optuna.load_study(study_name="s", storage=storage).trials
@@ -91,17 +86,22 @@ def test_demo_progress_reaches_the_driver_and_status_shows_estimate_and_actual(
             ["ablate", *args], cwd=tmp_path, capture_output=True, text=True, timeout=900
         )
 
-    run = ablate("demo", "--rows", "cpm", "--seeds", "1", "--steps", "40", "train.log_every=10")
+    run = ablate(
+        "demo", "--rows", "cpm", "--seeds", "1", "--steps", "40", "train.log_every=10",
+        "train.eval_every=15",
+    )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
     assert "launch ETA" in run.stderr and "1/1 done" in run.stderr
-    # every Tune result reached the driver, whose JSON logger wrote it: progress reports
-    # (no metric, no checkpoint) before the final one
+    # the driver's view got a progress post between validations (stderr is no terminal, so
+    # it prints the trial's line): at a log_every step that is no validation step
+    posted = re.findall(r"cpm-s0 \S+  step (\d+)/40  ([\d.]+) it/s", run.stderr)
+    assert posted and all(int(s) % 10 == 0 and int(s) % 15 and float(r) > 0 for s, r in posted)
+    # and every Tune result the driver's JSON logger wrote is a validation with the metric
     (results,) = (tmp_path / "runs" / "ray_results" / "demo").glob("cpm-s0-*/result.json")
     reports = [json.loads(line) for line in results.read_text().splitlines()]
-    progress = [r for r in reports if "it_per_s" in r]
-    assert progress and all(r["steps"] == 40 and "val_psnr" not in r for r in progress)
-    assert all(r["it_per_s"] > 0 for r in progress[1:])
-    assert reports[-1]["final"] == 1 and reports[-1]["val_round"] == 1
+    assert [r["step"] for r in reports] == [15, 30, 40]
+    assert all("val_psnr" in r and "it_per_s" not in r for r in reports)
+    assert reports[-1]["final"] == 1 and reports[-1]["val_round"] == 3
     status = ablate("status", "demo")
     assert status.returncode == 0, status.stderr
     line = next(x for x in status.stdout.splitlines() if "cpm-s0" in x)

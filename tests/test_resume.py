@@ -43,7 +43,7 @@ def _running_with_checkpoint(experiment: Path) -> list[str]:
 
 def test_killed_driver_then_resume_completes_without_duplicates(ray_cluster, workdir) -> None:
     raw = tiny_experiment("resume-it", ROWS)
-    raw["train"].update({"steps": 40, "eval_every": 10, "log_every": 10})
+    raw["train"].update({"steps": 40, "eval_every": 15, "log_every": 5})  # progress between
     space = workdir.parent / "space.yaml"
     space.write_text(yaml.safe_dump(raw))
     ws = Workspace.create(workdir)

@@ -25,13 +25,14 @@ from ablate.config import TrialConfig, flatten, parse_experiment
 from ablate.errors import UserError
 from ablate.evaluation import evaluate_method, write_evaluation_artifacts
 from ablate.lesions import lesion_summary
+from ablate.progress import ProgressPoster
 from ablate.seeding import capture_rng, restore_rng, seed_everything
 from ablate.training import TrainingRun
 from ablate.trials import lookup_estimate, trial_config
 
 CHECKPOINT_FILE = "state.pt"
 #: Seconds between a trial's progress reports to the driver (step, steps, it/s), sent at
-#: ``train.log_every`` boundaries; they carry no metric and no checkpoint.
+#: ``train.log_every`` boundaries to the driver's progress board, not as Tune results.
 PROGRESS_EVERY_S = 2.0
 #: Seconds between flushes of the buffered loss history to MLflow between validations.
 HISTORY_EVERY_S = 30.0
@@ -168,20 +169,22 @@ def train_trial(
 class _Progress:
     """When to send the driver a progress report, and the it/s since the last one."""
 
-    def __init__(self, step: int) -> None:
+    def __init__(self, step: int, poster: ProgressPoster) -> None:
         self.step, self.train_s, self.sent_at = step, 0.0, None
+        self.poster = poster
 
     def trained(self, seconds: float) -> None:
         self.train_s += seconds
 
     def report(self, step: int, steps: int) -> None:
-        """``tune.report`` step / steps / it/s (no metric, no checkpoint: ASHA and the
-        searcher act on validation reports only) at most every ``PROGRESS_EVERY_S``."""
+        """Post step / steps / it/s to the driver's progress board (:mod:`ablate.progress`;
+        never a Tune result: Tune results are the validations ASHA and the searcher score)
+        at most every ``PROGRESS_EVERY_S``."""
         now = time.monotonic()
         if self.sent_at is not None and now - self.sent_at < PROGRESS_EVERY_S:
             return
         rate = (step - self.step) / self.train_s if self.train_s > 0 else 0.0
-        tune.report({"step": step, "steps": steps, "it_per_s": rate})
+        self.poster.post(step, steps, rate)
         self.step, self.train_s, self.sent_at = step, 0.0, now
 
 
@@ -227,7 +230,8 @@ def _run(
     train = trial.train
     evals = list(range(train.eval_every, train.steps, train.eval_every)) if train.eval_every else []
     session_s, session_steps = 0.0, 0
-    progress, flushed = _Progress(run.step), time.monotonic()
+    poster = ProgressPoster(ctx.parent_run_id, tune.get_context().get_trial_id())
+    progress, flushed = _Progress(run.step, poster), time.monotonic()
     while run.step < train.steps:
         target = next((s for s in evals if s > run.step), train.steps)
         history: list[tuple[int, dict[str, float]]] = []
