@@ -104,11 +104,11 @@ def _as_3d(array: np.ndarray) -> np.ndarray:
 def read_volume(path: str | Path, kinds: tuple[Kind, ...] = ("npy", "nifti", "dicom")) -> Volume:
     """Read ``path`` (one of ``kinds``) as float64, checked finite and 2D/3D."""
     path = Path(path)
+    if not path.exists():  # before its kind: a missing path has none
+        raise UserError(f"{path}: not found (no such file or folder)")
     kind = file_kind(path)
     if kind not in kinds:
         raise UserError(f"{path}: a {kind} input is not accepted here (use {', '.join(kinds)})")
-    if not path.exists():
-        raise UserError(f"{path}: file not found")
     image = None
     try:
         if kind == "npy":
