@@ -150,12 +150,6 @@ def test_yaml_typos_get_the_command_lines_did_you_mean(tmp_path: Path) -> None:
     good.write_text(yaml.safe_dump(raw))
     cases = [
         ({"train": {**raw["train"], "stpes": 5}}, "train.stpes=5", "did you mean 'train.steps'?"),
-        ({"seeeds": [0]}, "seeeds=[0]", "did you mean 'seeds'?"),
-        (
-            {"model": {**raw["model"], "sr33": {}}},
-            "model.sr33.width=8",
-            "did you mean 'model.sr3'?",
-        ),
     ]
     for typo, assignment, hint in cases:
         bad = tmp_path / "bad.yaml"
@@ -163,6 +157,7 @@ def test_yaml_typos_get_the_command_lines_did_you_mean(tmp_path: Path) -> None:
         from_yaml = error("run", str(bad), "--dry-run", cwd=tmp_path)
         from_cli = error("run", str(good), assignment, "--dry-run", cwd=tmp_path)
         assert hint in from_yaml and hint in from_cli, (from_yaml, from_cli)
+        assert from_yaml.split(": ", 2)[2] == from_cli.split(": ", 2)[2]  # one wording
     bad.write_text(
         yaml.safe_dump({**raw, "rows": {"cpm": {"method": "coarse_to_fine", "nass": 1}}})
     )
@@ -186,9 +181,11 @@ _MEASURE = """<script>
 window.addEventListener("load", function () {
   function inside(r, box) { return r.left >= box.left - 1 && r.right <= box.right + 1 &&
                                    r.top >= box.top - 1 && r.bottom <= box.bottom + 1; }
-  function clipped(t) {  // a text clipped by its plot area (plotly's cliponaxis)
-    for (var n = t; n && n.getAttribute; n = n.parentNode) {
+  function clipped(t) {  // a data label clipped by its plot area (plotly's cliponaxis)
+    var point = t.closest(".textpoint");
+    for (var n = t; point && n && n.getAttribute; n = n.parentNode) {
       if (n.getAttribute("clip-path")) return true;
+      if (n.classList && n.classList.contains("plot")) return false;
     }
     return false;
   }
