@@ -1198,12 +1198,13 @@ def dry_run_summary(
 def _experiment_state(tracking_uri: str, experiment: str) -> str:
     """Whether the launch would add to an existing experiment of the store or create it (and
     the store), read without creating either: a sqlite store that is not there is not opened."""
-    from ablate import tracking
+    from ablate import preflight, tracking
 
     if tracking_uri.startswith("sqlite:///"):
         if not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
             return f"would be created, in a new store {tracking_uri}"
     try:
+        preflight.check_tracking(tracking_uri)  # a server that does not answer: seconds
         mlf = tracking.client(tracking_uri)
         found = mlf.get_experiment_by_name(experiment)
     except Exception as err:  # noqa: BLE001 - a dry run reports, the launch's preflight refuses
