@@ -3,7 +3,7 @@ subprocess in a fresh folder, on stores a launch leaves.
 
 - the dashboard counts trials and draws training curves as the table does (a completed trial
   without the table's metric is failed in both, and its loss is drawn);
-- an interrupted launch's summary says interrupted (Ray-starting: slow);
+- an interrupted launch's summary says interrupted;
 - a launch's dashboard is titled with the launch's name;
 - ``ablate predict`` clamps activity at 0 unless ``--no-clamp``; a missing input is "not found";
 - the dry run says whether the experiment exists in the store;
@@ -11,9 +11,10 @@ subprocess in a fresh folder, on stores a launch leaves.
 - a YAML typo gets the command line's "did you mean";
 - the dashboard's table and plot labels fit a 1400 px window (headless Chromium).
 
-The stores are those of ``tests.test_dashboards_results`` (a grid with a failed row and a
-completed trial that logged no metric, a search) and ``tests.test_export_predict`` (launch
-'mylaunch' of experiment 'exp-it': two trained tiny CPM trials).
+Marked slow: the Ray launch, the export + predict, the Chromium check. The stores are those
+of ``tests.test_dashboards_results`` (a grid with a failed row and a completed trial that
+logged no metric, a search) and ``tests.test_export_predict`` (launch 'mylaunch' of
+experiment 'exp-it': two trained tiny CPM trials).
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ def test_a_launch_dashboard_is_titled_with_the_launch(store: Path, tmp_path: Pat
     assert "<h1>exp-it: ablation dashboard</h1>" in (out / "index.html").read_text()
 
 
+@pytest.mark.slow
 def test_predict_clamps_activity_at_zero_unless_told(store: Path, tmp_path: Path) -> None:  # noqa: F811
     ok("export", "exp-it", "--workdir", str(store), "--out", str(tmp_path / "exp"), cwd=tmp_path)
     rng = np.random.default_rng(0)
@@ -229,6 +231,7 @@ def _measure_at_1400(index: Path, tmp_path: Path) -> dict:
     return json.loads(found.group(1).replace("&quot;", '"'))
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_the_dashboard_fits_1400_px(study_uri: str, store: Path, tmp_path: Path) -> None:  # noqa: F811
     """No horizontal scrolling (the page, the table's box) and no label cut at a plot's
