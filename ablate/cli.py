@@ -189,8 +189,14 @@ def _experiment(
 
 
 def _print_launch(result: Any, workdir: Path) -> None:
+    # an interrupted launch's count is of the trials that finished, never "0 failed"
+    counted = (
+        f"interrupted, {result.n_completed} of {result.n_trials} trials finished"
+        if result.status == "interrupted"
+        else f"{result.n_trials} trials, {result.n_errors} failed"
+    )
     console.print(
-        f"[bold]{result.name}[/]: {result.n_trials} trials, {result.n_errors} failed, "
+        f"[bold]{result.name}[/]: {counted}, "
         f"{result.wall_s:.0f} s. MLflow store: {result.tracking_uri} "
         f"(parent run {result.parent_run_id}). Open it with: ablate ui --workdir {workdir}"
     )
@@ -514,6 +520,11 @@ def predict(
         "--series",
         help="The series of a DICOM folder holding several (description, number or UID).",
     ),
+    clamp: bool = typer.Option(
+        True,
+        "--clamp/--no-clamp",
+        help="Set negative activity to 0 (default); --no-clamp writes the raw model output.",
+    ),
     tracking_uri: str | None = TRACKING_OPT,
     workdir: Path = WORKDIR_OPT,
 ) -> None:
@@ -523,7 +534,9 @@ def predict(
 
     _quiet_mlflow()
     uri = tracking_uri or tracking.default_tracking_uri(workdir)
-    info = predict_volume(model, input_path, output_path, uri, samples, scale, seed, series)
+    info = predict_volume(
+        model, input_path, output_path, uri, samples, scale, seed, series=series, clamp=clamp
+    )
     how = "estimated" if info.estimated else "given"
     console.print(
         f"wrote {output_path}: {info.slices} slices, K={info.samples}, "
@@ -817,6 +830,7 @@ def dashboard(
         folder,
         convention=convention,  # type: ignore[arg-type]
         parent_run_id=study.parent_run_id,
+        name=study.name,
     )
     console.print(f"dashboard -> {index} (open it in a browser; no network needed)")
 

@@ -13,6 +13,9 @@ turns a trial's row and settings into a model, its loss and its sampler.
 
 from __future__ import annotations
 
+import difflib
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -582,8 +585,54 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return ".".join(kept) or "(top level)"
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    """The first problem of ``err`` as one line naming ``source``, the key and the fix."""
+def did_you_mean(dotted: str, key: str, valid: list[str]) -> str:
+    """The hint for an unknown ``key`` (the last part of ``dotted``) among the ``valid`` keys
+    beside it: the closest one, else all of them. The one wording of that hint, for a YAML's
+    keys and the command line's ``key=value`` alike."""
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    where = dotted[: -len(key)] if dotted.endswith(key) else ""
+    return f"did you mean '{where}{close[0]}'?" if close else f"valid here: {', '.join(valid)}"
+
+
+def _unwrap(annotation: Any) -> Any:
+    """``Annotated[X, ...]`` and ``X | None`` -> ``X``; other unions (a row) stay unions."""
+    if typing.get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return _unwrap(args[0])
+    return annotation
+
+
+def _keys_at(root: Any, loc: list[str]) -> list[str]:
+    """The keys valid at a pydantic error location below the config type ``root`` (``[]``
+    where the walk cannot tell). Inside a row pydantic names the row's method tag, which
+    picks the row type."""
+    node = _unwrap(root)
+    for part in loc:
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            field = node.model_fields.get(part)
+            if field is None:
+                return []
+            node = _unwrap(field.annotation)
+        elif typing.get_origin(node) is dict:
+            node = _unwrap(get_args(node)[1])
+        elif typing.get_origin(node) in (typing.Union, types.UnionType):
+            rows = [t for t in get_args(node) if isinstance(t, type) and issubclass(t, _Row)]
+            node = next(
+                (t for t in rows if part in get_args(t.model_fields["method"].annotation)), None
+            )
+        else:
+            return []
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return list(node.model_fields)
+    return []
+
+
+def format_validation_error(err: ValidationError, source: str, root: Any = None) -> str:
+    """The first problem of ``err`` as one line naming ``source``, the key and the fix; with
+    ``root`` (the type validated), an unknown key names the closest valid one."""
     first = err.errors()[0]
     where = _location(first["loc"])
     kind = first["type"]
@@ -591,7 +640,9 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         loc = [str(p) for p in first["loc"]]
         tag = next((p for p in loc if p in METHODS), None)
         owner = f" for method '{tag}'" if tag else ""
-        return f"{source}: unknown key '{where}'{owner} (check its spelling; see ablate/config.py)"
+        valid = _keys_at(root, loc[:-1]) if root is not None else []
+        hint = did_you_mean(where, loc[-1], valid) if valid else "check its spelling"
+        return f"{source}: unknown key '{where}'{owner}: {hint}"
     if kind == "missing":
         return f"{source}: missing required key '{where}'"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
@@ -641,7 +692,7 @@ def parse_experiment(raw: dict[str, Any], source: str = "config") -> ExperimentC
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source)) from None
+        raise ConfigError(format_validation_error(err, source, ExperimentConfig)) from None
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -664,4 +715,4 @@ def parse_row(raw: dict[str, Any], source: str = "row") -> RowConfig:
     try:
         return _ROW_ADAPTER.validate_python(raw)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source)) from None
+        raise ConfigError(format_validation_error(err, source, RowConfig)) from None

@@ -416,7 +416,7 @@ def _fit(
         errors = sum(1 for r in grid if r.error is not None)
         n_trials = max(len(grid), total)
         if stop.signum is None:
-            mlflow_ui.attach_report(ctx.tracking_uri, experiment, ctx.parent_run_id)
+            mlflow_ui.attach_report(ctx.tracking_uri, experiment, ctx.parent_run_id, name)
     except BaseException as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else stop.signum
         if signum is None and isinstance(exc, KeyboardInterrupt):

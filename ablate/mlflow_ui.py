@@ -51,7 +51,12 @@ INHERITED_TAGS = (
     MLFLOW_GIT_BRANCH,
     MLFLOW_GIT_REPO_URL,
 )
-#: The UI's switch between its GenAI and machine-learning views, as a URL parameter.
+#: The UI's switch between its GenAI and machine-learning views, as a URL parameter. MLflow
+#: 3.17's UI reads the view from this parameter, else from the browser's local storage
+#: (``mlflow.workflowType``, set only by the UI's own toggle), else GenAI; the experiment tag
+#: ``mlflow.experimentKind`` decides only an experiment page opened without it. Nothing a
+#: server or a run holds picks the view of a run page, so every UI link ablate makes
+#: carries the parameter (the README says so).
 ML_VIEW = "workflowType=machine_learning"
 _MAX_NOTE = 7000  # MLflow caps a tag value at 8000 characters
 
@@ -194,13 +199,15 @@ def log_sample_images(
 # --- the launch's report -----------------------------------------------------------------------
 
 
-def attach_report(tracking_uri: str, experiment: str, parent_run_id: str) -> list[str]:
+def attach_report(
+    tracking_uri: str, experiment: str, parent_run_id: str, launch: str | None = None
+) -> list[str]:
     """Log the launch's ablation table with its contrasts and claims
     (``report/ablation_table.md`` and ``.html``, and as the parent run's description), its
     effects and CI bounds as metrics (``dashboards.contrasts.effect_metrics``) and the study
-    dashboard (``report/dashboard/index.html``) to the parent run. Returns what was attached;
-    a report that cannot be made (no trial finished) is logged as a warning and never changes
-    how the launch ended."""
+    dashboard (``report/dashboard/index.html``, titled with the ``launch`` name) to the parent
+    run. Returns what was attached; a report that cannot be made (no trial finished) is
+    logged as a warning and never changes how the launch ended."""
     from dashboards import contrasts
     from dashboards.html import build_dashboard
     from dashboards.tables import render, table_for
@@ -226,7 +233,10 @@ def attach_report(tracking_uri: str, experiment: str, parent_run_id: str) -> lis
             note = markdown if len(markdown) <= _MAX_NOTE else markdown[:_MAX_NOTE] + "\n..."
             tracking.set_tags(tracking_uri, parent_run_id, {MLFLOW_RUN_NOTE: note})
             attached += ["report/ablation_table.md", "report/ablation_table.html"]
-            build_dashboard(experiment, tracking_uri, folder / "dashboard")
+            build_dashboard(
+                experiment, tracking_uri, folder / "dashboard", parent_run_id=parent_run_id,
+                name=launch,
+            )  # fmt: skip
             attached.append("report/dashboard/index.html")
         except Exception as err:  # noqa: BLE001 - a report never decides the launch's status
             log.warning("no ablation report for run %s: %s", parent_run_id, err)
@@ -277,6 +287,12 @@ def runs_page_url(base_url: str, experiment_id: str | None = None) -> str:
     if experiment_id is None:
         return f"{base}/#/experiments?{ML_VIEW}"
     return f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}&{ML_VIEW}"
+
+
+def run_page_url(base_url: str, experiment_id: str, run_id: str) -> str:
+    """The UI page of one run, in the machine-learning (classic) run view (see
+    :data:`ML_VIEW`)."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{ML_VIEW}"
 
 
 def study_links(tracking_uri: str, base_url: str) -> list[tuple[str, str]]:

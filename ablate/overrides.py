@@ -9,7 +9,6 @@ the closest valid one), and its value is typed and validated by those models.
 
 from __future__ import annotations
 
-import difflib
 import types
 import typing
 from collections.abc import Mapping
@@ -18,7 +17,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ablate.config import ROW_TYPES, ConfigError, format_validation_error
+from ablate.config import ROW_TYPES, ConfigError, did_you_mean, format_validation_error
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -61,10 +60,7 @@ def _field_names(node: BaseModel | type[BaseModel]) -> list[str]:
 
 
 def _unknown(dotted: str, key: str, valid: list[str], source: str) -> ConfigError:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    where = dotted[: -len(key)] if dotted.endswith(key) else ""
-    hint = f"did you mean '{where}{close[0]}'?" if close else f"valid here: {', '.join(valid)}"
-    return ConfigError(f"{source}: unknown key '{dotted}': {hint}")
+    return ConfigError(f"{source}: unknown key '{dotted}': {did_you_mean(dotted, key, valid)}")
 
 
 def check_key(config: BaseModel, dotted: str, source: str) -> None:
@@ -132,4 +128,4 @@ def _validate(cls: type[Model], raw: dict[str, Any], source: str) -> Model:
     try:
         return cls.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source)) from None
+        raise ConfigError(format_validation_error(err, source, cls)) from None

@@ -1182,10 +1182,6 @@ def dry_run_summary(
     asks for and where MLflow would write; it creates nothing (not even ``workdir``)."""
     workdir = Path(workdir).resolve()
     uri = tracking_uri or f"sqlite:///{workdir / 'mlflow.db'}"
-    store = workdir / "mlflow.db"
-    state = ""
-    if tracking_uri is None:
-        state = " (exists)" if store.is_file() else " (would be created)"
     res = exp.resources
     concurrent = f", at most {res.max_concurrent} at a time" if res.max_concurrent else ""
     trials = plan.search["samples"] if plan.search else len(plan.trials)
@@ -1193,8 +1189,34 @@ def dry_run_summary(
     return [
         f"Ray: {trials} {what}, each asking tune.with_resources("
         f"{{'cpu': {res.cpu:g}, 'gpu': {res.gpu:g}}}){concurrent}",
-        f"MLflow: experiment '{exp.name}' in {uri}{state}; parent run "
+        f"MLflow: experiment '{exp.name}' {_experiment_state(uri, exp.name)}; parent run "
         f"'{name or exp.name}-<time>', one child run per trial",
         f"Ray results: {workdir / 'ray_results' / (name or exp.name)}",
         "dry run: nothing started, no dataset built, no MLflow run created",
     ]
+
+
+def _experiment_state(tracking_uri: str, experiment: str) -> str:
+    """Whether the launch would add to an existing experiment of the store or create it (and
+    the store), read without creating either: a sqlite store that is not there is not opened."""
+    from ablate import preflight, tracking
+
+    if tracking_uri.startswith("sqlite:///"):
+        if not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+            return f"would be created, in a new store {tracking_uri}"
+    try:
+        preflight.check_tracking(tracking_uri)  # a server that does not answer: seconds
+        mlf = tracking.client(tracking_uri)
+        found = mlf.get_experiment_by_name(experiment)
+    except Exception as err:  # noqa: BLE001 - a dry run reports, the launch's preflight refuses
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return f"in {tracking_uri}: unknown, the store cannot be read ({reason})"
+    if found is None:
+        return f"would be created in {tracking_uri}"
+    if found.lifecycle_stage == "deleted":
+        return f"exists in {tracking_uri} but is deleted: restore it or pick another name"
+    launches = mlf.search_runs(
+        [found.experiment_id], filter_string=f"tags.`{tracking.TAG_KIND}` = 'launch'",
+        max_results=1000,
+    )  # fmt: skip
+    return f"exists in {tracking_uri} ({len(launches)} earlier launch(es); this one adds to it)"

@@ -143,12 +143,17 @@ def predict_volume(
     scale: float | None = None,
     seed: int = 0,
     series: str | None = None,
+    clamp: bool = True,
 ) -> Prediction:
     """Reconstruct ``input_path`` with ``model`` and write it to ``output_path``.
 
     ``samples`` (K, default the row's AMS count) draws are averaged for stochastic rows;
     ``scale`` is a known full-dose scale (default: estimated, see :mod:`ablate.intensity`);
     ``series`` picks the series of a DICOM folder holding several (:mod:`ablate.dicom`).
+    ``clamp`` sets negative values to 0 in what is written: activity is never negative,
+    but a network's output (a diffusion sample most of all) can be, and resampling back
+    onto the input's grid can ring below 0. ``clamp=False`` writes the raw output, e.g. to
+    study the model's errors.
     """
     out_kind = _output_kind(output_path)
     if not output_path.parent.is_dir():
@@ -168,11 +173,12 @@ def predict_volume(
     params = {"samples": k, "scale": scale or 0.0, "seed": seed}
     result = pyfunc.predict(stack, params=params)
     if spec.input == intensity.SINOGRAM:
-        np.save(output_path, result)
+        np.save(output_path, np.maximum(result, 0) if clamp else result)
     else:
         if volume.image is not None:
             data, zooms = volume.ras()
             result = volume.from_ras(slices_to_volume(result, data.shape, zooms))
+        result = np.maximum(result, 0) if clamp else result
         description = f"ablate {spec.row}; units {spec.units}"
         write_like(result.reshape(volume.array.shape), volume, output_path, description)
     _, full_dose = intensity.scales(stack, spec.intensity, scale or 0.0)

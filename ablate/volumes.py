@@ -115,11 +115,11 @@ def read_volume(
     ``series`` picks one series of a DICOM folder holding several (see :mod:`ablate.dicom`).
     """
     path = Path(path)
+    if not path.exists():  # before its kind: a missing path has none
+        raise UserError(f"{path}: not found (no such file or folder)")
     kind = file_kind(path)
     if kind not in kinds:
         raise UserError(f"{path}: a {kind} input is not accepted here (use {', '.join(kinds)})")
-    if not path.exists():
-        raise UserError(f"{path}: file not found")
     image = dicom = None
     skipped: tuple[str, ...] = ()
     try:

@@ -135,7 +135,7 @@ def _noise_level_section(page: _Page, table: AblationTable, df: pd.DataFrame) ->
 
 def _curve_section(page: _Page, table: AblationTable, tracking_uri: str, df: pd.DataFrame) -> None:
     page.section("Training curves")
-    run_ids = [r for ln in table.lines for r in ln.run_ids]
+    run_ids = [run_id for ln in table.lines for run_id, _, _ in ln.trials]
     terms = sorted(c.removeprefix("metrics.") for c in df.columns if c.startswith("metrics.loss/"))
     keys = ["loss", *terms]
     fig = plots.loss_curves(table, {k: load_histories(tracking_uri, run_ids, k) for k in keys})
@@ -144,6 +144,8 @@ def _curve_section(page: _Page, table: AblationTable, tracking_uri: str, df: pd.
     else:
         if terms:
             page.note("The menu switches between the total loss and its terms.")
+        if any(status != "completed" for ln in table.lines for _, _, status in ln.trials):
+            page.note("Dashed: trials that did not complete (failed, interrupted, pruned).")
         page.figures([fig])
 
 
@@ -350,24 +352,42 @@ def _samples_section(
         page.note("No trial logged samples.npz.")
 
 
+def _status_counts(df: pd.DataFrame, table: AblationTable | None) -> str:
+    """Trials per status, as the table counts them (a completed trial without the table's
+    metric is failed there), MLflow's status for the trials the table does not show."""
+    status = df.set_index("run_id")["status"].to_dict()
+    if table is not None:
+        status.update({run_id: s for ln in table.lines for run_id, _, s in ln.trials})
+    counts = pd.Series(list(status.values()), dtype=object).value_counts().to_dict()
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+
 def build_dashboard(
     experiment: str,
     tracking_uri: str,
     out_dir: str | Path,
     convention: Convention = "standard",
     parent_run_id: str | None = None,
+    name: str | None = None,
 ) -> Path:
     """Write ``<out_dir>/index.html`` (and the results as ``results.parquet``) for a study;
-    with ``parent_run_id``, of that one launch only."""
+    with ``parent_run_id``, of that one launch only. ``name`` (the launch's, ``run --name``)
+    titles the page; by default the experiment's."""
     df = load_results(tracking_uri, experiment)
     if parent_run_id is not None:
         df = df[df["parent_run_id"] == parent_run_id].reset_index(drop=True)
     searches = find_searches(tracking_uri, experiment, df)
     taken = {s.launch.run_id for s in searches} | {c.run_id for s in searches for c in s.confirms}
     grid = dataset_trials(df[~df["parent_run_id"].isin(taken)], None, experiment).trials
+    name = name or experiment
+    subject = name if name == experiment else f"{name} (experiment {experiment})"
     page = _Page()
+    table = None
     if len(grid):  # the ablation view, for the study's grids
-        table = ablation_table(grid, convention=convention, slices=_slices(tracking_uri, grid))
+        caption = "" if name == experiment else f"Launch '{name}' of ablation study '{experiment}'"
+        table = ablation_table(
+            grid, convention=convention, slices=_slices(tracking_uri, grid), title=caption
+        )
         _table_section(page, table)
         _contrasts_section(page, table, tracking_uri, grid)
         _metric_sections(page, table, grid)
@@ -377,13 +397,12 @@ def build_dashboard(
     for search in searches:  # the study view, for each Optuna search
         _study_view(page, search, df, tracking_uri, convention)
 
-    counts = df["status"].value_counts().to_dict()
-    status = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    status = _status_counts(df, table)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     kind = "search" if not len(grid) else "ablation and search" if searches else "ablation"
     meta = f"{len(df)} trials ({status}) · tracking store {tracking_uri} · generated {when}"
     text = Template(_TEMPLATE.read_text()).substitute(
-        title=html.escape(f"{experiment}: {kind} dashboard"),
+        title=html.escape(f"{subject}: {kind} dashboard"),
         meta=html.escape(meta),
         n_plots=page.n_figures,
         body="\n".join(page.parts),

@@ -118,14 +118,18 @@ def quality_vs_cost(table: AblationTable, cost: str, quality: str) -> go.Figure 
         return None
     pts = [(ln.values[cost][0], ln.values[quality][0]) for ln in lines]
     fig = go.Figure()
+    low, high = min(x for x, _ in pts), max(x for x, _ in pts)
     for i, (ln, (x, y)) in enumerate(zip(lines, pts, strict=True)):
+        # a label centred on the leftmost or rightmost point would run past the plot's edge
+        side = "right" if x == low and low < high else "left" if x == high and low < high else ""
         fig.add_scatter(
             x=[x],
             y=[y],
             error_y=dict(type="data", array=[ln.values[quality][1] or 0.0], visible=True),
             mode="markers+text",
             text=[ln.label],
-            textposition="top center",
+            textposition=f"top {side or 'center'}",
+            cliponaxis=False,
             marker=dict(size=12, color=_colour(i)),
             name=ln.label,
         )
@@ -204,6 +208,8 @@ def noise_level_columns(df: pd.DataFrame) -> list[tuple[str, str]]:
 def loss_curves(table: AblationTable, histories: dict[str, pd.DataFrame]) -> go.Figure | None:
     """Training curves of every trial against the iteration, one colour per line.
 
+    Every trial of the table is drawn, those that did not complete too (dashed, their status
+    in the hover text): a failed or interrupted trial's loss is often what explains it.
     ``histories`` maps a metric (``loss``, ``loss/<term>``) to its per-step history; with
     several, a menu switches between them (the first is shown).
     """
@@ -212,24 +218,28 @@ def loss_curves(table: AblationTable, histories: dict[str, pd.DataFrame]) -> go.
         return None
     fig = go.Figure()
     visible: dict[str, list[int]] = {}
+    measured = [ln for ln in table.lines if ln.kind == "measured"]
     for n, (key, hist) in enumerate(histories.items()):
         start = len(fig.data)
-        for i, ln in enumerate(_measured(table)):
-            for k, (run_id, seed) in enumerate(zip(ln.run_ids, ln.seeds, strict=True)):
+        for i, ln in enumerate(measured):
+            drawn = 0
+            for run_id, seed, status in ln.trials:
                 curve = hist[hist["run_id"] == run_id]
                 if curve.empty:
                     continue
+                done = status == "completed"
                 fig.add_scatter(
                     x=curve["step"],
                     y=curve["value"],
                     mode="lines",
-                    line=dict(color=_colour(i)),
+                    line=dict(color=_colour(i), dash="solid" if done else "dash"),
                     name=ln.label,
                     legendgroup=ln.name,
-                    showlegend=k == 0,
-                    hovertext=f"{key}: {ln.label}, seed {seed}",
+                    showlegend=drawn == 0,
+                    hovertext=f"{key}: {ln.label}, seed {seed}" + ("" if done else f", {status}"),
                     visible=n == 0,
                 )
+                drawn += 1
         visible[key] = list(range(start, len(fig.data)))
 
     def axis(key: str) -> str:

@@ -290,8 +290,10 @@ def dataset_trials(df: pd.DataFrame, data: str | None, study: str) -> DatasetTri
 def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     """The MLflow UI page of a run: on the tracking server itself for an ``http(s)`` store,
     else where ``ablate ui`` serves a local store by default (http://127.0.0.1:5000)."""
+    from ablate.mlflow_ui import run_page_url
+
     base = tracking_uri if tracking_uri.startswith(("http://", "https://")) else UI_URL
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return run_page_url(base, experiment_id, run_id)
 
 
 def save_results(df: pd.DataFrame, out: str | Path) -> Path:

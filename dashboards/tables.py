@@ -83,6 +83,9 @@ class Line:
     reason: str = ""
     run_ids: list[str] = field(default_factory=list)
     seeds: list[int | None] = field(default_factory=list)
+    #: Every trial of the line, finished or not, as (run id, seed, status as the table counts
+    #: it): the dashboard's counts and training curves show the same trials as the table.
+    trials: list[tuple[str, int | None, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -286,6 +289,10 @@ def _summarise(name: str, trials: pd.DataFrame, columns: list[Column]) -> tuple[
     line = Line(name=name, row=first["row"], label=label, n=len(done), total=len(trials))
     line.run_ids = done["run_id"].tolist()
     line.seeds = [int(s) if pd.notna(s) else None for s in done["seed"]]
+    line.trials = [
+        (t["run_id"], int(t["seed"]) if pd.notna(t["seed"]) else None, t["status"])
+        for _, t in trials.iterrows()
+    ]
     for col in columns:
         key = f"metrics.{col.key}"
         if key not in done:

@@ -103,7 +103,7 @@ def test_evaluate_bad_inputs_give_one_line_errors(tmp_path: Path) -> None:
     np.save(tmp_path / "bright.npy", _volume() * 1000)
 
     cases = {
-        "missing.npy": "file not found",
+        "missing.npy": "not found",
         "small.npy": "differs from",
         "nan.npy": "NaN/inf",
         "corrupt.npy": "cannot read it as npy",

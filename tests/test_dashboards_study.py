@@ -27,6 +27,7 @@ from ablate.cli import app
 from ablate.config import ConfigError, parse_experiment
 from ablate.errors import UserError
 from ablate.export import ranking
+from ablate.mlflow_ui import ML_VIEW
 from dashboards import plots
 from dashboards.html import build_dashboard
 from dashboards.results import load_results
@@ -281,7 +282,7 @@ def test_trials_table_is_sorted_by_the_objective_with_a_column_per_param(uri: st
     assert {c.key for c in table.columns} >= {"psnr", "ssim", "sd", "train_s"}
     assert not {"params_m", "gmacs"} & {c.key for c in table.columns}
     assert any("MParam 0.35, GMACs 0.6" in n for n in table.notes)
-    assert all(ln.url.endswith(f"/runs/{ln.run_id}") for ln in table.lines)
+    assert all(ln.url.endswith(f"/runs/{ln.run_id}?{ML_VIEW}") for ln in table.lines)
     assert table.lines[0].url.startswith("http://127.0.0.1:5000/#/experiments/")
 
 

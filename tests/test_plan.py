@@ -153,6 +153,9 @@ def test_dry_run_prints_the_plan_and_creates_nothing(args: list[str], tmp_path: 
     out = ablate(*args, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Plan:" in out.stdout and "tune.with_resources({'cpu': 1, 'gpu': 0})" in out.stdout
-    assert f"sqlite:///{tmp_path.resolve()}/runs/mlflow.db (would be created)" in out.stdout
+    assert (
+        f"would be created, in a new store sqlite:///{tmp_path.resolve()}/runs/mlflow.db"
+        in out.stdout
+    )
     assert not (tmp_path / "runs" / "mlflow.db").exists()
     assert not (tmp_path / "runs").exists()
