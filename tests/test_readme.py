@@ -47,6 +47,12 @@ NOT_RUN: list[tuple[str, str]] = [
     (r"--storage s3://", _CLUSTER),
 ]  # fmt: skip
 
+#: README sections whose blocks another test runs verbatim (as bash scripts, on files it
+#: builds, checking what they make): section title -> that test.
+RUN_ELSEWHERE: dict[str, str] = {
+    "Your own data": "tests/test_own_data.py",
+}
+
 #: Files a README command reads that the user brings (made here from the simulator).
 USER_FILES = ("subject_low.nii.gz", "subject_full.nii.gz")
 #: Seconds one README command may take (the demo is the slowest: ~2.5 min on 2 idle cores,
@@ -90,15 +96,19 @@ def _split(line: str) -> tuple[list[str], str]:
 def readme_commands(text: str) -> list[Command]:
     """Every shell command of README.md's fenced blocks, in order."""
     commands: list[Command] = []
-    fence, block = None, []
+    fence, block, section = None, [], ""
     for number, raw in enumerate(text.splitlines(), 1):
         stripped = raw.strip()
         if fence is None:
+            if raw.startswith("## "):
+                section = raw[3:].strip()
             if stripped.startswith("```"):
                 fence, block = stripped[3:].strip().lower(), []
             continue
         if stripped.startswith("```"):
-            if fence in ("bash", "sh", "shell"):
+            if section in RUN_ELSEWHERE:
+                lines = []
+            elif fence in ("bash", "sh", "shell"):
                 lines = [(n, r) for n, r in block if r.strip() and not r.strip().startswith("#")]
             elif fence in ("text", "console"):
                 lines = [(n, r.strip()[2:]) for n, r in block if r.strip().startswith("$ ")]
@@ -122,6 +132,9 @@ RUN = [c for c in COMMANDS if not_run_reason(c.text) is None]
 
 
 def test_every_readme_command_is_run_or_listed() -> None:
+    for section, test in RUN_ELSEWHERE.items():
+        assert f"\n## {section}\n" in README.read_text(), f"README has no section {section!r}"
+        assert (REPO / test).is_file(), test
     assert len(RUN) >= 10, [c.text for c in RUN]  # the parser found the README's commands
     used = {pattern for pattern, _ in NOT_RUN if any(re.search(pattern, c.text) for c in COMMANDS)}
     stale = [pattern for pattern, _ in NOT_RUN if pattern not in used]
