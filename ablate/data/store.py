@@ -39,7 +39,7 @@ def build_dataset(cfg: DataConfig, cache_dir: Path) -> Path:
     """The dataset folder for ``cfg``: ``cfg.path`` validated, or a cached simulation."""
     if cfg.path is not None:
         validate_dataset(cfg.path)
-        return Path(cfg.path).resolve()  # trial workers run in other folders
+        return Path(cfg.path)
     cache_dir = Path(cache_dir)
     dest = cache_dir / dataset_key(cfg)
     if (dest / "provenance.json").is_file():
