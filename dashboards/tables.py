@@ -28,6 +28,7 @@ from rich.markup import escape
 from rich.table import Table as RichTable
 from scipy import stats
 
+from ablate import confounds
 from ablate.errors import UserError
 from ablate.paper import TABLE1, TABLE2, PaperRow
 
@@ -92,6 +93,7 @@ class AblationTable:
     lines: list[Line]
     notes: list[str]
     title: str = ""  # the caption's subject; default "Ablation study '<experiment>'"
+    like_for_like: str = ""  # what rows differ in beyond their switches (ablate.confounds)
 
     def __rich__(self) -> RichTable:
         """So ``console.print(table)`` prints the terminal table."""
@@ -110,6 +112,7 @@ class AblationTable:
             "trials / all); best measured value per column in bold."
         )
         bases = sorted({line.test.split()[-1] for line in self.lines if line.test[:1].isdigit()})
+        text += self.like_for_like
         if self.reference is None:
             return text + " No significance test: no line has completed trials."
         title = metric_title(self.metric)
@@ -352,6 +355,7 @@ def ablation_table(
     key = f"paper_{metric}" if convention == "paper" and metric in _QUALITY else metric
     experiment = str(df["experiment"].iloc[0])
     columns = table_columns(convention, nrmse=any(r in TABLE1 for r in df["row"]))
+    variants = [k.removeprefix("params.") for k in _variant_params(df)]
     df = _with_variants(_check_metrics(df, key))
     df, superseded = _dedupe(df)
     df = df.sort_values(["row_index", "seed"], kind="stable")
@@ -395,6 +399,7 @@ def ablation_table(
         lines=lines,
         notes=notes,
         title=title,
+        like_for_like=confounds.of_results(df, ref.name, variants).caption() if ref else "",
     )
 
 
