@@ -88,6 +88,11 @@ ADDRESS_OPT = typer.Option(
 DRY_RUN_OPT = typer.Option(
     False, "--dry-run", help="Print the plan, resources and MLflow target; start nothing."
 )
+STRICT_OPT = typer.Option(
+    False,
+    "--strict",
+    help="Refuse (exit 2) when a contrast's rows differ in a setting beyond their switches.",
+)
 GPU_OPT = typer.Option(
     None, "--gpu", help="Plan for this device: H100, H200, A100 or cpu (default: by resources)."
 )
@@ -224,6 +229,24 @@ def _exit_for(result: Any) -> None:
         raise typer.Exit(code=result.exit_code)
 
 
+def _like_for_like(exp: Any, strict: bool, show: bool) -> None:
+    """Print what the rows differ in beyond their switches (``show``); with ``--strict``,
+    refuse a launch in which that confounds a contrast."""
+    from ablate.confounds import of_experiment
+
+    report = of_experiment(exp)
+    if strict and report.confounds:
+        more = len(report.confounds) - 1
+        also = f" (and {more} more contrast(s))" if more else ""
+        raise UserError(
+            f"--strict: {report.confounds[0].message(report.labels)}{also}: give the rows "
+            "the same settings, or drop --strict"
+        )
+    for line in report.lines() if show else []:
+        style = "yellow" if line.startswith("warning:") else None
+        console.print(line, style=style, highlight=False, soft_wrap=True)
+
+
 def _dry_run(
     exp: Any, kind: str, name: str | None, workdir: Path, tracking_uri: str | None, gpu: str | None
 ) -> None:
@@ -255,6 +278,7 @@ def plan(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
     workdir: Path = WORKDIR_OPT,
+    strict: bool = STRICT_OPT,
 ) -> None:
     """What a launch will cost before it runs: per trial FLOPs, memory, it/s and time (measured
     where benchmarks/results has the row, else estimated at a stated MFU); GPU-hours in all."""
@@ -263,6 +287,7 @@ def plan(
     from ablate.plan import plan_launch, print_plan
 
     exp, _ = _experiment(space, overrides, rows=rows, seeds=seeds, resources=resources)
+    _like_for_like(exp, strict and not search, show=False)  # the plan prints it
     result = plan_launch(exp, gpu=gpu, devices=gpus, search=search, mfu=mfu, workdir=workdir)
     if as_json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
@@ -285,6 +310,7 @@ def run(
     workdir: Path = WORKDIR_OPT,
     dry_run: bool = DRY_RUN_OPT,
     gpu: str | None = GPU_OPT,
+    strict: bool = STRICT_OPT,
 ) -> None:
     """Run an ablation grid: rows x seeds (x grid axes) as Ray Tune trials.
 
@@ -293,6 +319,7 @@ def run(
     from ablate.experiment import launch_grid
 
     exp, settings = _experiment(space, overrides, rows=rows, seeds=seeds, resources=resources)
+    _like_for_like(exp, strict, show=not dry_run)  # a dry run's plan prints it
     if dry_run:
         return _dry_run(exp, "grid", name, workdir, tracking_uri, gpu)
     ws = _workspace(workdir, tracking_uri, storage)

@@ -272,8 +272,11 @@ class SR3Diffusion(_DiffusionKnobs):
     )
 
 
-class IRMDiffusion(_Strict):
-    """The IRM's few-step inference schedule and the scale of the residual it diffuses."""
+class IRMDiffusion(_DiffusionKnobs):
+    """The IRM's few-step inference schedule, the scale of the residual it diffuses, and its
+    parameterisation (paper 003: eps on the linear schedule). With ``schedule: cosine`` it
+    trains on the cosine schedule and samples on a ``sample_steps``-step cosine schedule
+    (``sample_beta_end`` unused, as the betas' ends are)."""
 
     sample_steps: int = Field(default=10, ge=1)
     sample_beta_end: float = Field(default=0.5, gt=0, lt=1)

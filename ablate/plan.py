@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ablate import confounds
 from ablate.config import ExperimentConfig, TrialConfig, load_experiment
 from ablate.errors import UserError
 from ablate.shipped import benchmark_records_dir, search_spaces_dir
@@ -799,6 +800,9 @@ class LaunchPlan:
     suggested_gpu: float | None
     assumptions: list[str]
     search: dict[str, Any] | None = None
+    #: What the rows differ in beyond their switches, then the warnings for the contrasts
+    #: that confounds (:mod:`ablate.confounds`); empty when the rows compare like for like.
+    like_for_like: list[str] = field(default_factory=list)
 
     @property
     def trial_s(self) -> float:
@@ -1028,6 +1032,7 @@ def plan_launch(
         suggested_gpu=max(fractions) if fractions else None,
         assumptions=_assumptions(device, exp, slowdown, how),
         search=search_info,
+        like_for_like=[] if search else confounds.of_experiment(exp).lines(),
     )
 
 
@@ -1168,6 +1173,9 @@ def print_plan(plan: LaunchPlan, console: Any) -> None:
     for t in trials:
         for note in t.notes:
             console.print(f"  {t.name}: {note}", highlight=False, soft_wrap=True)
+    for line in plan.like_for_like:
+        style = "yellow" if line.startswith("warning:") else None
+        console.print(line, style=style, highlight=False, soft_wrap=True)
 
 
 def dry_run_summary(

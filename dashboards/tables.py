@@ -29,6 +29,7 @@ from rich.table import Table as RichTable
 from scipy import stats
 
 from ablate import metric_names
+from ablate import confounds
 from ablate.errors import UserError
 from ablate.paper import TABLE1, TABLE2, PaperRow
 
@@ -106,6 +107,7 @@ class AblationTable:
     dataset: tuple[str, str] = ("", "")
     #: The study's other datasets, each a table of its own (``ablate table NAME --data ...``)
     other_datasets: list[str] = field(default_factory=list)
+    like_for_like: str = ""  # what rows differ in beyond their switches (ablate.confounds)
 
     def __rich__(self) -> RichTable:
         """So ``console.print(table)`` prints the terminal table."""
@@ -133,6 +135,7 @@ class AblationTable:
         if any(c in self.columns for c in LESION_COLUMNS):
             text += _LESION_NOTE
         bases = sorted({line.test.split()[-1] for line in self.lines if line.test[:1].isdigit()})
+        text += self.like_for_like
         if self.reference is None:
             if any(line.n for line in self.lines):
                 return text + " No significance test: the reference row has no completed trial."
@@ -462,6 +465,7 @@ def ablation_table(
             "these trials trained on several datasets: tabulate one at a time "
             "(dashboards.results.dataset_trials; `ablate table NAME --data NAME`)"
         )
+    variants = [k.removeprefix("params.") for k in _variant_params(df)]
     df = _with_variants(_check_metrics(df, key))
     df, replaced = _dedupe(df)
     df = df.sort_values(["row_index", "seed"], kind="stable")
@@ -509,6 +513,7 @@ def ablation_table(
         notes=notes,
         title=title,
         dataset=_dataset_of(df),
+        like_for_like=confounds.of_results(df, ref.name, variants).caption() if ref else "",
     )
 
 

@@ -69,6 +69,38 @@ def min_snr_weight(gamma: torch.Tensor, prediction: Prediction, cap: float) -> t
     return capped
 
 
+def prediction_target(
+    prediction: Prediction, x0: torch.Tensor, noise: torch.Tensor, gamma: torch.Tensor
+) -> torch.Tensor:
+    """What a network predicting ``prediction`` should output for ``x0`` noised by ``noise``
+    to signal fraction ``gamma`` [B]: the noise, ``x0`` itself, or
+    ``v = sqrt(gamma) noise - sqrt(1 - gamma) x0``. The inverse of
+    :func:`~ablate.diffusion.samplers.model_x0`; every diffusion family trains on it."""
+    if prediction == "eps":
+        return noise
+    if prediction == "x0":
+        return x0
+    g = gamma.reshape(-1, *([1] * (x0.ndim - 1)))
+    return g.sqrt() * noise - (1.0 - g).sqrt() * x0
+
+
+def denoising_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    gamma: torch.Tensor,
+    objective: Objective,
+    prediction: Prediction,
+    min_snr: float | None,
+) -> torch.Tensor:
+    """The objective between a prediction and its target, min-SNR-gamma weighted per sample
+    (at signal fractions ``gamma`` [B]) when ``min_snr`` is a cap; unweighted (the papers')
+    when it is None."""
+    if min_snr is None:
+        return _OBJECTIVES[objective](pred, target)
+    per_sample = _PER_ELEMENT[objective](pred, target).flatten(1).mean(1)
+    return (min_snr_weight(gamma.float(), prediction, min_snr) * per_sample).mean()
+
+
 def to_model_scale(image: torch.Tensor) -> torch.Tensor:
     """Data ``[0, 1]`` -> the diffusion scale ``[-1, 1]``."""
     return 2.0 * image - 1.0
@@ -134,12 +166,7 @@ class ConditionalDiffusion:
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
         """What the network should output for ``x0`` (model scale) noised by ``noise``."""
-        if self.prediction == "eps":
-            return noise
-        if self.prediction == "x0":
-            return x0
-        g = gamma.reshape(-1, *([1] * (x0.ndim - 1)))
-        return g.sqrt() * noise - (1.0 - g).sqrt() * x0
+        return prediction_target(self.prediction, x0, noise, gamma)
 
     def loss(self, x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """The denoising loss of target ``x0`` (data scale) given ``cond``: the objective
@@ -154,11 +181,7 @@ class ConditionalDiffusion:
         x_t = self.schedule.add_noise(x0, noise, gamma)
         pred = self.denoise(x_t, cond, gamma.sqrt())
         target = self.target(x0, noise, gamma)
-        if self.min_snr is None:
-            return _OBJECTIVES[self.objective](pred, target)
-        per_sample = _PER_ELEMENT[self.objective](pred, target).flatten(1).mean(1)
-        weight = min_snr_weight(gamma.float(), self.prediction, self.min_snr)
-        return (weight * per_sample).mean()
+        return denoising_loss(pred, target, gamma, self.objective, self.prediction, self.min_snr)
 
     @torch.no_grad()
     def one_step_x0(

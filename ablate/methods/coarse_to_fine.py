@@ -7,14 +7,18 @@
   CPM and IRM are trained jointly through that one loss (the residual is not detached), and
   the reconstruction is ``x_cp`` plus a residual sampled with the few-step inference schedule
   (linear, ``diffusion.irm.sample_steps`` steps, ``1e-6 .. diffusion.irm.sample_beta_end``).
+  ``diffusion.irm``'s ``prediction``, ``schedule`` and ``min_snr`` may depart from eq. 8 for
+  small budgets, as SR3's do (the same helpers of ``ablate.diffusion.conditional``): the
+  network then predicts ``x0`` or ``v`` of the residual, L1 against that target.
 - NAS / spectrum guidance (``nas``, ``spectrum``): one feature extractor per type and level
   (eq. 5) feeds guided ResBlocks of the CPM and of the IRM; its L1 loss is weighted by
   ``loss.m`` / ``loss.n``. Guide maps are computed once per input and reused at every
   sampling step.
 - Contrastive loss (``contrastive``, needs ``irm``): the one-step estimate ``x_cp + r0~``
-  (eq. 6) against the positive and ``loss.negatives`` negatives, weight ``loss.k``, in the
-  form ``row.contrastive_form`` (see ``ablate.diffusion.losses``). The estimate reuses the
-  noise the IRM already predicted for eq. 8 at the sampled continuous level; the reference
+  (eq. 6; for x0/v-prediction that parameterisation's x0 formula) against the positive and
+  ``loss.negatives`` negatives, weight ``loss.k``, in the form ``row.contrastive_form`` (see
+  ``ablate.diffusion.losses``). The estimate reuses the output the IRM already gave for
+  eq. 8 at the sampled continuous level; the reference
   code runs the denoiser a second time at the discrete ``gamma_t``, which costs a forward
   pass and gives the same eq. 6 up to the level's jitter within one step.
 
@@ -32,8 +36,9 @@ from torch import nn
 
 from ablate.config import CoarseToFineRow, ContrastiveForm, TrialConfig
 from ablate.data.guidance import spectrum
-from ablate.diffusion.losses import contrastive_likelihood, contrastive_reference_kl, noise_l1
-from ablate.diffusion.samplers import ddpm_sample, predict_x0
+from ablate.diffusion.conditional import denoising_loss, prediction_target
+from ablate.diffusion.losses import contrastive_likelihood, contrastive_reference_kl
+from ablate.diffusion.samplers import Prediction, ddpm_sample, model_x0
 from ablate.diffusion.schedules import NoiseSchedule
 from ablate.errors import UserError
 from ablate.methods.base import Batch, Method
@@ -77,6 +82,8 @@ class CoarseToFine(Method):
         weights: the loss weights.
         train_schedule / sample_schedule: the IRM's training and few-step sampling schedules.
         residual_scale: the IRM diffuses ``(y - x_cp) / residual_scale``.
+        prediction / min_snr: what the IRM predicts and its loss weighting (see
+            :class:`~ablate.diffusion.conditional.ConditionalDiffusion`).
     """
 
     def __init__(
@@ -94,8 +101,12 @@ class CoarseToFine(Method):
         train_schedule: NoiseSchedule,
         sample_schedule: NoiseSchedule,
         residual_scale: float,
+        prediction: Prediction = "eps",
+        min_snr: float | None = None,
     ) -> None:
         super().__init__()
+        self.prediction: Prediction = prediction
+        self.min_snr = min_snr
         self.nas = nas
         self.contrastive = contrastive
         self.weights = weights
@@ -160,12 +171,13 @@ class CoarseToFine(Method):
             t, g = self.train_schedule.sample_noise_level(r0.shape[0], device=r0.device)
             noise = torch.randn_like(r0)
             r_t = self.train_schedule.add_noise(r0, noise, g)
-            eps = self.irm(torch.cat([lpet, r_t], dim=1), g.sqrt(), maps)
-            terms["main"] = noise_l1(eps, noise)
+            out = self.irm(torch.cat([lpet, r_t], dim=1), g.sqrt(), maps)
+            target = prediction_target(self.prediction, r0, noise, g)
+            terms["main"] = denoising_loss(out, target, g, "l1", self.prediction, self.min_snr)
             terms["cpm"] = cpm_l2
             total = terms["main"] + self.weights.cpm * cpm_l2
             if self.contrastive is not None:
-                estimate = x_cp + self.residual_scale * predict_x0(r_t, eps, g)
+                estimate = x_cp + self.residual_scale * model_x0(out, r_t, g, self.prediction)
                 negatives = batch["negatives"]
                 if self.contrastive == "likelihood":
                     term = contrastive_likelihood(estimate, spet, negatives)
@@ -195,6 +207,7 @@ class CoarseToFine(Method):
             device=lpet.device,
             generator=generator,
             clip=(-1.0 / self.residual_scale, 1.0 / self.residual_scale),
+            prediction=self.prediction,
         )
         return x_cp + self.residual_scale * residual
 
@@ -215,8 +228,9 @@ class CoarseToFine(Method):
             noise = torch.randn(r0.shape, generator=generator).to(r0)
             g = torch.full((r0.shape[0],), float(gamma), device=r0.device)
             r_t = self.train_schedule.add_noise(r0, noise, g)
-            eps = self.irm(torch.cat([lpet, r_t], dim=1), g.sqrt(), maps)
-            out.append((float(gamma), x_cp + self.residual_scale * predict_x0(r_t, eps, g)))
+            pred = self.irm(torch.cat([lpet, r_t], dim=1), g.sqrt(), maps)
+            r0_hat = model_x0(pred, r_t, g, self.prediction)
+            out.append((float(gamma), x_cp + self.residual_scale * r0_hat))
         return out
 
     def input_shapes(self, image_size: int) -> dict[str, tuple[int, ...]]:
@@ -241,6 +255,7 @@ def required_keys(row: CoarseToFineRow) -> frozenset[str]:
 
 def build(trial: TrialConfig, image_size: int) -> CoarseToFine:
     row, model, loss, diffusion = trial.row, trial.model.coarse_to_fine, trial.loss, trial.diffusion
+    irm = diffusion.irm
     assert isinstance(row, CoarseToFineRow)
     if row.nas or row.spectrum:
         for mults in (model.cpm_mults, *([model.irm_mults] if row.irm else [])):
@@ -260,11 +275,13 @@ def build(trial: TrialConfig, image_size: int) -> CoarseToFine:
         guide_channels=model.guide_channels,
         contrastive=row.contrastive_form if row.contrastive else None,
         weights=LossWeights(loss.m, loss.n, loss.k, loss.cpm),
-        train_schedule=NoiseSchedule.linear(
-            diffusion.train_steps, diffusion.beta_start, diffusion.beta_end
+        train_schedule=NoiseSchedule.named(
+            irm.schedule, diffusion.train_steps, diffusion.beta_start, diffusion.beta_end
         ),
-        sample_schedule=NoiseSchedule.linear(
-            diffusion.irm.sample_steps, diffusion.beta_start, diffusion.irm.sample_beta_end
+        sample_schedule=NoiseSchedule.named(
+            irm.schedule, irm.sample_steps, diffusion.beta_start, irm.sample_beta_end
         ),
-        residual_scale=diffusion.irm.residual_scale,
+        residual_scale=irm.residual_scale,
+        prediction=irm.prediction,
+        min_snr=irm.min_snr,
     )
