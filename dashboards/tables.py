@@ -28,8 +28,7 @@ from rich.markup import escape
 from rich.table import Table as RichTable
 from scipy import stats
 
-from ablate import metric_names
-from ablate import confounds
+from ablate import confounds, metric_names
 from ablate.errors import UserError
 from ablate.paper import TABLE1, TABLE2, PaperRow
 
