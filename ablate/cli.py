@@ -873,7 +873,8 @@ def ui(
     """Start the MLflow UI on the study store (bound to 127.0.0.1 unless told otherwise).
 
     Ctrl-C or SIGTERM stops the server and every process it started."""
-    from ablate.mlflow_ui import runs_page_url, serve, study_links
+    from ablate.mlflow_ui import serve, study_links
+    from ablate.ui_links import runs_page_url
     from dashboards.results import mlflow_ui_command, resolve_tracking_uri
 
     cmd = mlflow_ui_command(workdir, host, port, tracking_uri)

@@ -39,6 +39,7 @@ from mlflow.utils.mlflow_tags import (
 
 from ablate import tracking
 from ablate.config import DataConfig
+from ablate.ui_links import VIEW_KEY, runs_page_url
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +52,6 @@ INHERITED_TAGS = (
     MLFLOW_GIT_BRANCH,
     MLFLOW_GIT_REPO_URL,
 )
-#: The UI's switch between its GenAI and machine-learning views, as a URL parameter. MLflow
-#: 3.17's UI reads the view from this parameter, else from the browser's local storage
-#: (``mlflow.workflowType``, set only by the UI's own toggle), else GenAI; the experiment tag
-#: ``mlflow.experimentKind`` decides only an experiment page opened without it. Nothing a
-#: server or a run holds picks the view of a run page, so every UI link ablate makes
-#: carries the parameter (the README says so).
-ML_VIEW = "workflowType=machine_learning"
 _MAX_NOTE = 7000  # MLflow caps a tag value at 8000 characters
 
 
@@ -250,7 +244,6 @@ def attach_report(
 #: The MLflow UI's shared views: an experiment tag ``mlflow.sharedViewState.<key>`` holding a
 #: runs-table state, opened by ``...?viewStateShareKey=<key>`` (its "Share" button makes them).
 SHARED_VIEW_TAG = "mlflow.sharedViewState."
-VIEW_KEY = "ablate-study"
 #: What the study view shows: trials best first (which also lists them beside their parent
 #: run rather than folded under it), with the row, seed and the table's metrics as columns.
 STUDY_METRICS = ("psnr", "ssim", "nmse", "ams_psnr", "sd", "params_m", "gmacs", "train_s")
@@ -278,21 +271,6 @@ def publish_study_view(tracking_uri: str, experiment_id: str) -> None:
         tracking.retry(
             lambda: mlf.set_experiment_tag(experiment_id, SHARED_VIEW_TAG + VIEW_KEY, value)
         )
-
-
-def runs_page_url(base_url: str, experiment_id: str | None = None) -> str:
-    """The UI page of an experiment's runs in the study view (or of the experiments), in the
-    UI's machine-learning view: MLflow 3's UI otherwise opens experiments as GenAI ones."""
-    base = base_url.rstrip("/")
-    if experiment_id is None:
-        return f"{base}/#/experiments?{ML_VIEW}"
-    return f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}&{ML_VIEW}"
-
-
-def run_page_url(base_url: str, experiment_id: str, run_id: str) -> str:
-    """The UI page of one run, in the machine-learning (classic) run view (see
-    :data:`ML_VIEW`)."""
-    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{ML_VIEW}"
 
 
 def study_links(tracking_uri: str, base_url: str) -> list[tuple[str, str]]:

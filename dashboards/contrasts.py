@@ -21,12 +21,13 @@ from pydantic import TypeAdapter, ValidationError
 from rich.markup import escape
 from rich.table import Table as RichTable
 
-from ablate.analysis import Analysis, analyse, tidy_frame
+from ablate.analysis import Analysis, analyse
 from ablate.analysis.study import Effect, format_value, unit
 from ablate.config import AnalysisConfig, Claim
 from ablate.errors import UserError
 from dashboards.results import Launch, fetch_artifact, load_launches
 from dashboards.tables import latex_escape, metric_title
+from dashboards.tidy import tidy_frame
 
 Part = Literal["contrasts", "claims", "shares"]
 PARTS: tuple[Part, ...] = ("contrasts", "claims", "shares")

@@ -22,6 +22,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 from ablate import tracking
 from ablate.errors import UserError
 from ablate.tracking import require_store
+from ablate.ui_links import run_page_url
 
 #: Columns every results frame has, in this order, before the ``params.*``/``metrics.*`` ones.
 BASE_COLUMNS = [
@@ -290,8 +291,6 @@ def dataset_trials(df: pd.DataFrame, data: str | None, study: str) -> DatasetTri
 def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     """The MLflow UI page of a run: on the tracking server itself for an ``http(s)`` store,
     else where ``ablate ui`` serves a local store by default (http://127.0.0.1:5000)."""
-    from ablate.mlflow_ui import run_page_url
-
     base = tracking_uri if tracking_uri.startswith(("http://", "https://")) else UI_URL
     return run_page_url(base, experiment_id, run_id)
 

@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table as RichTable
 
-from ablate.analysis.frame import is_tidy, results_from_tidy
+from ablate.analysis.frame import is_tidy
 from ablate.errors import UserError
 from dashboards import contrasts
 from dashboards.results import (
@@ -56,6 +56,7 @@ from dashboards.tables import (
 )
 from dashboards.tables import print_table as print_ablation_table
 from dashboards.tables import render as render_ablation_table
+from dashboards.tidy import results_from_tidy
 
 Part = Literal["grid", "trials", "confirm"]
 PARTS: tuple[str, ...] = ("grid", "trials", "confirm", *contrasts.PARTS)

@@ -27,7 +27,7 @@ from ablate.cli import app
 from ablate.config import ConfigError, parse_experiment
 from ablate.errors import UserError
 from ablate.export import ranking
-from ablate.mlflow_ui import ML_VIEW
+from ablate.ui_links import ML_VIEW
 from dashboards import plots
 from dashboards.html import build_dashboard
 from dashboards.results import load_results

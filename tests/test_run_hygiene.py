@@ -19,7 +19,8 @@ import pytest
 from ablate.config import DataConfig
 from ablate.interrupts import Interrupted, StopSignals, stoppable
 from ablate.local_ray import private_token
-from ablate.mlflow_ui import dataset_entity, runs_page_url, sample_images, study_view_state
+from ablate.mlflow_ui import dataset_entity, sample_images, study_view_state
+from ablate.ui_links import runs_page_url
 
 
 def test_a_signal_outside_the_tuner_stops_at_once_with_its_exit_code() -> None:
