@@ -24,9 +24,8 @@ from rich.table import Table as RichTable
 from ablate.analysis import Analysis, analyse
 from ablate.analysis.study import Effect, format_value, unit
 from ablate.config import AnalysisConfig, Claim
-from ablate.errors import UserError
 from dashboards.results import Launch, fetch_artifact, load_launches
-from dashboards.tables import latex_escape, metric_title
+from dashboards.tables import html_table, latex_escape, metric_title, render_with
 from dashboards.tidy import tidy_frame
 
 Part = Literal["contrasts", "claims", "shares"]
@@ -391,20 +390,11 @@ def _html(t: AnalysisTable) -> str:
         cells = row
         cls = f' class="{cells[4]}"' if t.part == "claims" else ""
         body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in t.notes())
-    return (
-        f'<table class="ablation {t.part}"><caption>{html.escape(t.caption)}</caption>'
-        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-        + (f'<ul class="notes">{notes}</ul>' if notes else "")
-        + "\n"
-    )
+    return html_table(f"ablation {t.part}", t.caption, head, body, t.notes())
 
 
 def render(table: AnalysisTable, fmt: str) -> str:
-    renderers = {"md": _md, "latex": _latex, "csv": _csv, "html": _html}
-    if fmt not in renderers:
-        raise UserError(f"unknown table format '{fmt}': use one of md, latex, csv, html")
-    return renderers[fmt](table)
+    return render_with({"md": _md, "latex": _latex, "csv": _csv, "html": _html}, table, fmt)
 
 
 _VERDICT_STYLE = {"supported": "green", "contradicted": "red", "unresolved": "yellow"}

@@ -52,6 +52,7 @@ from dashboards.tables import (
     ablation_table,
     latex_escape,
     metric_title,
+    render_with,
     table_columns,
 )
 from dashboards.tables import print_table as print_ablation_table
@@ -625,10 +626,7 @@ def _sort_value(value: Any) -> str:
 
 
 def render_trials(table: TrialsTable, fmt: Format) -> str:
-    renderers = {"md": _md, "latex": _latex, "csv": _csv, "html": _html}
-    if fmt not in renderers:
-        raise UserError(f"unknown table format '{fmt}': use one of md, latex, csv, html")
-    return renderers[fmt](table)
+    return render_with({"md": _md, "latex": _latex, "csv": _csv, "html": _html}, table, fmt)
 
 
 def trials_to_rich(table: TrialsTable) -> RichTable:

@@ -752,21 +752,32 @@ def _html(table: AblationTable) -> str:
             line.kind if line.kind == "paper" else line.status, ""
         )
         body.append(f'<tr class="{cls}">{tds}</tr>' if cls else f"<tr>{tds}</tr>")
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in table.notes)
+    return html_table("ablation", table.caption, head, body, table.notes)
+
+
+def html_table(classes: str, caption: str, head: str, body: list[str], notes: list[str]) -> str:
+    """An HTML table with its caption and its notes below: every table of a report (ablation,
+    contrasts, claims, shares) is laid out the same way, so the dashboard styles them alike."""
+    items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     return (
-        f'<table class="ablation"><caption>{html.escape(table.caption)}</caption>'
+        f'<table class="{classes}"><caption>{html.escape(caption)}</caption>'
         f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-        + (f'<ul class="notes">{notes}</ul>' if notes else "")
+        + (f'<ul class="notes">{items}</ul>' if items else "")
         + "\n"
     )
 
 
+def render_with(renderers: dict[str, Callable[[Any], str]], table: Any, fmt: str) -> str:
+    """``table`` as text by the renderer of ``fmt``; an unknown format is a one-line error
+    naming the ones there are (the one check every table kind's ``render`` goes through)."""
+    if fmt not in renderers:
+        raise UserError(f"unknown table format '{fmt}': use one of {', '.join(renderers)}")
+    return renderers[fmt](table)
+
+
 def render(table: AblationTable, fmt: Format) -> str:
     """The table as text in one of the file formats."""
-    renderers = {"md": _md, "latex": _latex, "csv": _csv, "html": _html}
-    if fmt not in renderers:
-        raise UserError(f"unknown table format '{fmt}': use one of md, latex, csv, html")
-    return renderers[fmt](table)
+    return render_with({"md": _md, "latex": _latex, "csv": _csv, "html": _html}, table, fmt)
 
 
 def to_rich(table: AblationTable) -> RichTable:
