@@ -11,9 +11,9 @@ One line per (trial, ``level``): ``level`` says what a line holds.
   ``test_samples.parquet``.
 
 Columns, before the metrics: ``experiment, launch`` (the launch's name, else its parent run
-id), ``parent_run_id, run_id, row,
-row_index, label, seed, dataset, status, error, start_time, level, subject, sample,
-n_slices``. Metric columns carry their MLflow names. The analysis
+id), ``parent_run_id, run_id, row, row_index, label, seed, dataset, dataset_sha256,
+reference, code_version, status, error, start_time, level, subject, sample, n_slices``.
+Metric columns carry their MLflow names. The analysis
 (``ablate.analysis.study``) reads subject lines where a metric has them, else trial lines (a
 trial mean is the seed-level datum of the same test). The frame is self-contained: written as
 Parquet, it is read back without the tracking store. This module owns the frame's schema;
@@ -36,6 +36,9 @@ KEY_COLUMNS = [
     "label",
     "seed",
     "dataset",
+    "dataset_sha256",
+    "reference",
+    "code_version",
     "status",
     "error",
     "start_time",
