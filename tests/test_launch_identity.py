@@ -81,6 +81,9 @@ def _csv_lines(text: str) -> list[list[str]]:
 def test_row_order_and_reference_are_the_yamls(study: SimpleNamespace) -> None:
     table = _ablate(["table", "noisy", "--format", "csv"], study.folder).stdout
     head, *lines = _csv_lines(table)
+    # the low-dose input's line first (not a row of the YAML), then the YAML's rows in order
+    assert lines[0][head.index("line")] == "input", table
+    lines = lines[1:]
     rows = [line[head.index("row")] for line in lines]
     tests = [line[head.index("test")] for line in lines]
     assert rows == ["sr3", "cpm"], table
