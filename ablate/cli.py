@@ -174,7 +174,7 @@ def _experiment(
     settings as dotted overrides (recorded with the launch). ``--seeds``, ``--resources``
     and ``--steps`` are shorthands for ``seeds=``, ``resources.*=`` and ``train.steps=``;
     ``--rows`` keeps the named rows. Everything is checked here, before anything starts."""
-    from ablate.config import ExperimentConfig, check_reference, load_experiment
+    from ablate.config import ExperimentConfig, check_row_names, load_experiment
     from ablate.overrides import apply_overrides, parse_assignments
     from ablate.trials import select_rows
 
@@ -187,7 +187,7 @@ def _experiment(
     if steps is not None:
         overrides["train.steps"] = steps
     exp = apply_overrides(ExperimentConfig, load_experiment(space), overrides, "command line")
-    check_reference(exp, "command line")
+    check_row_names(exp, "command line")
     if rows is not None:
         exp = select_rows(exp, [name.strip() for name in rows.split(",") if name.strip()])
     return exp, overrides

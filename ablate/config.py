@@ -520,29 +520,16 @@ class ExperimentConfig(_Strict):
 
 
 def _check_analysis(exp: ExperimentConfig) -> None:
-    """Claims and contrasts name rows and metrics that exist; a trend has two rows or more."""
+    """Claims name metrics that exist, and a trend has two rows or more (the rows they name
+    are checked with the reference by :func:`check_row_names`)."""
     from ablate.metric_names import TEST_METRICS
 
-    rows = ", ".join(exp.rows)
-    pairs = exp.analysis.contrasts if isinstance(exp.analysis.contrasts, list) else []
-    for i, pair in enumerate(pairs):
-        for name in pair:
-            if name not in exp.rows:
-                raise ValueError(
-                    f"analysis.contrasts[{i}] names row '{name}', not a row of this config "
-                    f"(rows: {rows})"
-                )
     for i, claim in enumerate(exp.claims):
         if isinstance(claim, TrendClaim) and len(claim.trend) < 2:
             raise ValueError(
                 f"claims[{i}]: a trend needs at least 2 rows, got {claim.trend}; list the rows "
                 "in the order the metric should move"
             )
-        for name in claim.rows:
-            if name not in exp.rows:
-                raise ValueError(
-                    f"claims[{i}] names row '{name}', not a row of this config (rows: {rows})"
-                )
         if claim.metric not in TEST_METRICS:
             raise ValueError(
                 f"claims[{i}]: unknown metric '{claim.metric}' (use one of "
@@ -675,20 +662,32 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of settings")
     exp = parse_experiment(raw, source=str(path))
-    check_reference(exp, str(path))
+    check_row_names(exp, str(path))
     return exp
 
 
-def check_reference(exp: ExperimentConfig, source: str) -> None:
-    """Refuse a ``reference:`` naming no row, before anything runs. Checked where a user
-    writes it (the YAML, the command line), not by the model: a launch of ``--rows cpm``
-    keeps the YAML's reference ``sr3`` in its record, and reading that record back is fine."""
-    if exp.reference is not None and exp.reference not in exp.row_order:
+def check_row_names(exp: ExperimentConfig, source: str) -> None:
+    """Refuse a ``reference:``, a contrast or a claim naming no row, before anything runs.
+    Checked where a user writes them (the YAML, the command line), not by the model: a launch
+    of ``--rows cpm`` keeps the YAML's reference ``sr3`` and its claims about ``full`` in its
+    record, and reading that record back (a trial's worker, ``ablate resume``) is fine."""
+    rows = exp.row_order
+    if exp.reference is not None and exp.reference not in rows:
         raise ConfigError(
             f"{source}: reference '{exp.reference}' is not a row of experiment '{exp.name}': "
-            f"name one of {', '.join(exp.row_order)}, or drop 'reference:' to test against "
+            f"name one of {', '.join(rows)}, or drop 'reference:' to test against "
             "the first row"
         )
+    pairs = exp.analysis.contrasts if isinstance(exp.analysis.contrasts, list) else []
+    named = [(f"analysis.contrasts[{i}]", pair) for i, pair in enumerate(pairs)]
+    named += [(f"claims[{i}]", claim.rows) for i, claim in enumerate(exp.claims)]
+    for where, names in named:
+        for name in names:
+            if name not in rows:
+                raise ConfigError(
+                    f"{source}: {where} names row '{name}', not a row of this config "
+                    f"(rows: {', '.join(rows)})"
+                )
 
 
 def parse_experiment(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
