@@ -189,7 +189,8 @@ def test_export_predict_pyfunc_and_serve_as_a_user(grid: Grid) -> None:
     _save_nifti(home / "lpet.nii.gz", lpet, affine)
     _save_nifti(home / "spet.nii.gz", spet, affine)
 
-    command = line.removeprefix("Use it with: ").replace("INPUT", "lpet.nii.gz")
+    # --no-clamp: the raw output, as the trial's logged metrics and the pyfunc see it
+    command = line.removeprefix("Use it with: ").replace("INPUT", "--no-clamp lpet.nii.gz")
     _run(shlex.split(command.replace("OUTPUT", "pred.nii.gz")), home)
     assert not (home / "mlflow.db").exists() and not (home / "mlruns").exists()
     pred = nib.load(home / "pred.nii.gz")
@@ -211,8 +212,10 @@ def test_export_predict_pyfunc_and_serve_as_a_user(grid: Grid) -> None:
     predicted = np.mean([scored[i]["psnr"] for i in slices])
     assert abs(predicted - logged["psnr"].mean()) < 0.1, (predicted, logged["psnr"].mean())
     # with the subject's true full-dose scale the pipeline is the training one, exactly
-    predict_volume(MODEL, home / "lpet.nii.gz", home / "exact.nii.gz", ws.tracking_uri, scale=scale)
-    exact = evaluate_files(home / "exact.nii.gz", home / "spet.nii.gz")["slices"]
+    exact_path = home / "exact.nii.gz"
+    lpet_path = home / "lpet.nii.gz"
+    predict_volume(MODEL, lpet_path, exact_path, ws.tracking_uri, scale=scale, clamp=False)
+    exact = evaluate_files(exact_path, home / "spet.nii.gz")["slices"]
     assert abs(np.mean([exact[i]["psnr"] for i in slices]) - logged["psnr"].mean()) < 1e-3
 
     # the same stack through ablate predict (.npy), the pyfunc in a fresh process, the server
