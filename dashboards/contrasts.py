@@ -24,7 +24,7 @@ from rich.table import Table as RichTable
 from ablate.analysis import Analysis, analyse
 from ablate.analysis.study import Effect, format_value, unit
 from ablate.config import AnalysisConfig, Claim
-from dashboards.results import Launch, fetch_artifact, load_launches
+from dashboards.results import launch_yaml, load_launches
 from dashboards.tables import html_table, latex_escape, metric_title, render_with
 from dashboards.tidy import tidy_frame
 
@@ -74,32 +74,13 @@ def settings_from(raw: dict[str, Any] | None, source: str) -> Settings:
     return Settings(section.contrasts, section.correction, claims, reference, source)
 
 
-def _launch_yaml(tracking_uri: str, launch: Launch) -> dict[str, Any] | None:
-    """The experiment YAML a launch logged on its parent run (``<name>.experiment.yaml``)."""
-    import yaml
-
-    from dashboards.results import _client
-
-    try:
-        files = _client(tracking_uri).list_artifacts(launch.run_id)
-    except Exception:  # noqa: BLE001 - an unreachable artifact store only loses the settings
-        return None
-    for info in files:
-        if info.path.endswith(".experiment.yaml"):
-            path = fetch_artifact(tracking_uri, launch.run_id, info.path)
-            if path is not None:
-                raw = yaml.safe_load(path.read_text())
-                return raw if isinstance(raw, dict) else None
-    return None
-
-
 def launch_settings(tracking_uri: str, experiment: str, launch_ids: set[str]) -> Settings:
     """The settings of the latest of ``launch_ids`` (the launches whose trials are shown)."""
     launches = [la for la in load_launches(tracking_uri, experiment) if la.run_id in launch_ids]
     if not launches:
         return Settings()
     latest = max(launches, key=lambda la: la.start_time)
-    return settings_from(_launch_yaml(tracking_uri, latest), f"launch '{latest.run_name}'")
+    return settings_from(launch_yaml(tracking_uri, latest), f"launch '{latest.run_name}'")
 
 
 def study_analysis(

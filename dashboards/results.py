@@ -407,3 +407,20 @@ def mlflow_ui_command(
         "--workers",
         "1",  # one user on a workstation; several uvicorn workers only cost memory and startup
     ]
+
+
+def launch_yaml(tracking_uri: str, launch: Launch) -> dict[str, Any] | None:
+    """The experiment YAML a launch logged on its parent run (``<name>.experiment.yaml``)."""
+    import yaml
+
+    try:
+        files = _client(tracking_uri).list_artifacts(launch.run_id)
+    except Exception:  # noqa: BLE001 - an unreachable artifact store only loses what it holds
+        return None
+    for info in files:
+        if info.path.endswith(".experiment.yaml"):
+            path = fetch_artifact(tracking_uri, launch.run_id, info.path)
+            if path is not None:
+                raw = yaml.safe_load(path.read_text())
+                return raw if isinstance(raw, dict) else None
+    return None

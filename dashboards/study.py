@@ -25,7 +25,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table as RichTable
@@ -36,7 +35,7 @@ from dashboards import contrasts
 from dashboards.results import (
     Launch,
     dataset_trials,
-    fetch_artifact,
+    launch_yaml,
     load_histories,
     load_launches,
     load_slice_metrics,
@@ -145,19 +144,8 @@ def load_study(storage: str, study_name: str) -> tuple[Any | None, str | None]:
 
 def _yaml_spec(tracking_uri: str, launch: Launch) -> dict[str, Any] | None:
     """The ``search`` section of the experiment YAML a search logged on its parent run."""
-    from dashboards.results import _client
-
-    try:
-        files = _client(tracking_uri).list_artifacts(launch.run_id)
-    except Exception:  # noqa: BLE001 - an unreachable artifact store only loses a fallback
-        return None
-    for info in files:
-        if info.path.endswith(".experiment.yaml"):
-            path = fetch_artifact(tracking_uri, launch.run_id, info.path)
-            if path is not None:
-                search = (yaml.safe_load(path.read_text()) or {}).get("search")
-                return search if isinstance(search, dict) else None
-    return None
+    search = (launch_yaml(tracking_uri, launch) or {}).get("search")
+    return search if isinstance(search, dict) else None
 
 
 def _spec(
@@ -719,12 +707,7 @@ def tables_for(
     A results ``.parquet`` has no launches: it is tabulated as a grid."""
     if part is not None and part not in PARTS:
         raise UserError(f"--part '{part}' is not one of: {', '.join(PARTS)}")
-    df = read_results(source, tracking_uri)
-    tidy = df if is_tidy(df) else None
-    if tidy is not None:
-        df = results_from_tidy(tidy)
-    if parent_run_id is not None:
-        df = df[df["parent_run_id"] == parent_run_id].reset_index(drop=True)
+    df, tidy = _study_results(source, tracking_uri, parent_run_id)
 
     def slices(run_ids: list[str]) -> pd.DataFrame:
         return load_slice_metrics(tracking_uri, df[df["run_id"].isin(run_ids)])
@@ -762,15 +745,24 @@ def tables_for(
     return out
 
 
-def tidy_for(source: str, tracking_uri: str, parent_run_id: str | None = None) -> pd.DataFrame:
-    """What ``ablate table NAME --format parquet`` writes: the tidy frame of the study's grid
-    trials (those of the ablation table), with their analysis settings."""
+def _study_results(
+    source: str, tracking_uri: str, parent_run_id: str | None
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The results frame of a study, a launch of it (``parent_run_id``) or a ``.parquet``,
+    and the tidy frame when the source is one (None otherwise)."""
     df = read_results(source, tracking_uri)
     tidy = df if is_tidy(df) else None
     if tidy is not None:
         df = results_from_tidy(tidy)
     if parent_run_id is not None:
         df = df[df["parent_run_id"] == parent_run_id].reset_index(drop=True)
+    return df, tidy
+
+
+def tidy_for(source: str, tracking_uri: str, parent_run_id: str | None = None) -> pd.DataFrame:
+    """What ``ablate table NAME --format parquet`` writes: the tidy frame of the study's grid
+    trials (those of the ablation table), with their analysis settings."""
+    df, tidy = _study_results(source, tracking_uri, parent_run_id)
     searches = [] if source.endswith(".parquet") else find_searches(tracking_uri, source, df)
     taken = {s.launch.run_id for s in searches} | {c.run_id for s in searches for c in s.confirms}
     grid = df[~df["parent_run_id"].isin(taken)]
