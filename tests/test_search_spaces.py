@@ -54,6 +54,8 @@ CASES = [
         "loss-weights",
         "search",
     ),
+    # log_every 25 against eval_every 40: progress posts at 25 and 50 fall between validations
+    # (an eval_every equal to log_every leaves no step for a progress post)
     (
         "loss_weights-multiobjective",
         [
@@ -63,7 +65,7 @@ CASES = [
             "search.mode=[max,min]",
             "search.num_samples=2",
             "train.steps=60",
-            "train.eval_every=25",
+            "train.eval_every=40",
         ],
         "loss-weights",
         "search",
