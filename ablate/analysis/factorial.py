@@ -162,6 +162,20 @@ def alias_lines(layout: Layout, rows: Sequence[str]) -> list[str]:
     return out
 
 
+def term_weights(layout: Layout, rows: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Each separable term's estimate as a contrast of ``rows`` (a row of the pseudo-inverse
+    of the model matrix): term -> row -> weight."""
+    model = terms(layout.factors)
+    names = [term_name(t) for t in model]
+    matrix = model_matrix(layout.levels, rows, model)
+    kept, _ = separable(matrix, names)
+    solve = np.linalg.pinv(matrix[:, kept])
+    return {
+        names[j - 1]: dict(zip(rows, map(float, solve[i + 1]), strict=True))
+        for i, j in enumerate(kept[1:])
+    }
+
+
 def _fit(
     frame: pd.DataFrame, layout: Layout, metric: str, model: Sequence[tuple[str, ...]]
 ) -> list[FactorEffect]:
