@@ -1427,7 +1427,9 @@ def print_power(pp: PowerPlan, console: Any) -> None:
         soft_wrap=True,
     )  # fmt: skip
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for col in ("contrast", "seeds", "test subjects", "trials", pp.unit, "variance"):
+    at = f"seeds at {pp.subjects} subj."
+    heads = ("contrast", "seeds", "test subjects", "trials", pp.unit, at, "variance")
+    for col in heads:
         table.add_column(
             col, justify="left" if col in ("contrast", "variance") else "right", no_wrap=True
         )
@@ -1436,8 +1438,10 @@ def print_power(pp: PowerPlan, console: Any) -> None:
         cost = ["–", "–"] if seeds is None else [
             f"{pp.trials_per_seed * seeds:,.0f}", f"{pp.hours_per_seed * seeds:,.2f}"
         ]  # fmt: skip
-        count = f"> {power.MOST_SEEDS}" if seeds is None else str(seeds)
-        table.add_row(need.name, count, str(need.subjects), *cost, need.components.source)
+        count = "–" if seeds is None else str(seeds)
+        launch = "none" if need.at_launch is None else str(need.at_launch)
+        subjects = "–" if seeds is None else str(need.subjects)
+        table.add_row(need.name, count, subjects, *cost, launch, need.components.source)
     console.print(table)
     reachable = [n for n in pp.needs if n.seeds is not None]
     if reachable:
@@ -1454,8 +1458,14 @@ def print_power(pp: PowerPlan, console: Any) -> None:
         )
     if len(reachable) < len(pp.needs):
         console.print(
-            f"'> {power.MOST_SEEDS}': out of reach below {power.MOST_SEEDS} seeds x "
-            f"{power.MOST_SUBJECTS} test subjects",
+            f"'–': out of reach below {power.MOST_SUBJECTS:,} test subjects",
             highlight=False,
             soft_wrap=True,
         )
+    console.print(
+        f"test subjects: the fewest (at least the launch's) at which the seeds needed are within "
+        f"{power.WITHIN:g}x the fewest any number of subjects allows; 'seeds at {pp.subjects} "
+        "subj.': on the launch's own test set ('none': no number of seeds there)",
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -47,11 +47,14 @@ def test_seeds_needed_match_a_hand_computation() -> None:
 
 
 def test_a_subject_dominated_contrast_needs_test_subjects_not_seeds() -> None:
-    """All the variance is the subject's (SD 1 dB): seeds cannot help, 10 subjects do (the
-    same quantiles over subjects); the fewest seeds, 2, then suffice."""
+    """All the variance is the subject's (SD 1 dB): no number of seeds detects 1 dB on the
+    launch's 4 subjects; 10 subjects do (the same quantiles over subjects), with the fewest
+    seeds, 2."""
     comps = power.Components(0.0, 1.0, 0.0, 3, 4, "subjects", "test")
     found = power.need("a − b", 1.0, comps, subjects=4, alpha=0.05)
-    assert (found.seeds, found.subjects) == (2, 10)
+    assert (found.seeds, found.subjects, found.at_launch) == (2, 10, None)
+    assert power.need("a − b", 1.0, comps, subjects=9, alpha=0.05).at_launch is None
+    assert power.need("a − b", 1.0, comps, subjects=10, alpha=0.05).at_launch == 2
 
 
 def _pilot(seeds: int, differences: list[float]) -> pd.DataFrame:

@@ -5,8 +5,12 @@ A contrast's values over training seeds and test subjects vary by three componen
 residual. Measured on an earlier launch (a *pilot*: its tidy frame) or on a committed record
 (``benchmarks/results/pilot-demo.json``, the toy study's demo rows), they say how many seeds
 detect a given effect at 80% power (:func:`ablate.analysis.estimates.seeds_needed`, the MDE of
-the same union of intervals the table tests with) and, when the subject component keeps even
-many seeds from it, how many test subjects.
+the same union of intervals the table tests with) and how many test subjects. More test
+subjects lower the seeds needed down to what the seed component alone allows (``S_inf``, with
+unlimited subjects); the plan takes the fewest subjects, never fewer than the launch's, at
+which the seeds needed are within :data:`WITHIN` of ``S_inf`` (the seeds on the launch's own
+test subjects are shown beside it). With few subjects the subject-level interval has few
+degrees of freedom, and the seeds needed there can be thousands.
 
 A contrast whose rows the pilot ran gets the pilot's own components. Any other (a design's
 new rows, a factorial's effects) gets the pilot's *per-row* components scaled by the
@@ -20,6 +24,7 @@ cannot be traded for seeds.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -31,9 +36,10 @@ from ablate.analysis import estimates
 from ablate.analysis.cells import metric_cells, paired_cube
 from ablate.analysis.estimates import POWER
 
-#: The most seeds and test subjects a plan searches (beyond them: "out of reach").
-MOST_SEEDS = 100
-MOST_SUBJECTS = 1000
+#: The most test subjects a plan considers (beyond them: "out of reach").
+MOST_SUBJECTS = 10_000
+#: Planned seeds are at most this factor above the fewest any number of subjects allows.
+WITHIN = 1.25
 
 
 @dataclass(frozen=True)
@@ -60,15 +66,16 @@ class Components:
 
 @dataclass(frozen=True)
 class Need:
-    """What one contrast needs to detect ``effect`` at ``power``: ``seeds`` None when even
-    :data:`MOST_SEEDS` seeds on :data:`MOST_SUBJECTS` subjects do not; ``subjects`` more
-    than the launch's when its test set is too small for any number of seeds."""
+    """What one contrast needs to detect ``effect`` at ``power``: ``seeds`` on ``subjects``
+    test subjects (None: out of reach below :data:`MOST_SUBJECTS`); ``at_launch``, the seeds
+    on the launch's own test subjects (None: no number of seeds there)."""
 
     name: str
     effect: float
     components: Components
     seeds: int | None
     subjects: int
+    at_launch: int | None
     alpha: float
 
 
@@ -150,18 +157,26 @@ def need(
     alpha: float,
     power: float = POWER,
 ) -> Need:
-    """The seeds that detect ``effect`` on ``subjects`` test subjects; when no number of
-    seeds up to :data:`MOST_SEEDS` does, the fewest subjects at which some does."""
-    if comps.over == "trial means":
-        seeds = estimates.seeds_needed(
-            effect, comps.seed, 0.0, 0.0, 1, alpha, power, most=MOST_SEEDS
+    """Seeds and test subjects that detect ``effect``: the fewest subjects (at least the
+    launch's) whose seeds are within :data:`WITHIN` of the fewest possible (module docstring)."""
+    if comps.over == "trial means":  # the seed component holds the pilot's test set
+        seeds = estimates.seeds_needed(effect, comps.seed, 0.0, 0.0, 1, alpha, power)
+        return Need(name, effect, comps, seeds, subjects, seeds, alpha)
+
+    def seeds_at(n_subjects: int) -> int | None:
+        return estimates.seeds_needed(
+            effect, comps.seed, comps.subject, comps.error, n_subjects, alpha, power
         )
-        return Need(name, effect, comps, seeds, subjects, alpha)
-    for n_subjects in range(max(subjects, 1), MOST_SUBJECTS + 1):
-        seeds = estimates.seeds_needed(
-            effect, comps.seed, comps.subject, comps.error, n_subjects, alpha, power,
-            most=MOST_SEEDS,
-        )  # fmt: skip
-        if seeds is not None:
-            return Need(name, effect, comps, seeds, n_subjects, alpha)
-    return Need(name, effect, comps, None, subjects, alpha)
+
+    subjects = max(subjects, 1)
+    at_launch = seeds_at(subjects)
+    fewest = seeds_at(MOST_SUBJECTS)
+    if fewest is None:
+        return Need(name, effect, comps, None, subjects, at_launch, alpha)
+    enough = math.ceil(WITHIN * fewest)
+    low, high = subjects, MOST_SUBJECTS  # seeds_at falls as subjects grow: bisect
+    while low < high:
+        mid = (low + high) // 2
+        found = seeds_at(mid)
+        low, high = (mid + 1, high) if found is None or found > enough else (low, mid)
+    return Need(name, effect, comps, seeds_at(low), low, at_launch, alpha)
