@@ -36,7 +36,7 @@ Nothing here imports the config module (it imports this one); a row is any pydan
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -100,8 +100,9 @@ class Design:
         """Row -> factor -> on, what the effects analysis fits."""
         return {p.name: dict(p.levels) for p in self.points}
 
-    def lines(self) -> list[str]:
-        """What ``ablate plan`` prints about the design."""
+    def lines(self, launched: Collection[str] | None = None) -> list[str]:
+        """What ``ablate plan`` prints about the design; rows not in ``launched`` (``--rows``
+        left them out) are marked."""
         what = self.kind.replace("_", "-")
         if self.kind == "fractional":
             what += f" 2^({len(self.factors)}-{self.erased}) resolution {ROMAN[self.resolution]}"
@@ -115,6 +116,8 @@ class Design:
         for p in self.points:
             signs = " ".join(("+" if p.levels[f] else "-") + f for f in self.factors)
             source = "" if p.generated else "  (row of the YAML)"
+            if launched is not None and p.name not in launched:
+                source += "  (not launched: --rows)"
             note = f"  [{p.note}]" if p.note else ""
             out.append(f"  {p.name:<{width}}  {signs}{note}{source}")
         out += [f"  dropped: {line}" for line in self.dropped]

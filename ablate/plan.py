@@ -1063,7 +1063,7 @@ def design_lines(exp: ExperimentConfig) -> list[str]:
         design = designs.generate(exp.design, exp.rows)
     except designs.DesignError as err:  # the command line changed the full row
         raise UserError(f"command line: {err}") from None
-    lines = design.lines()
+    lines = design.lines(launched=set(exp.rows))
     if design.kind in ("factorial", "fractional"):
         layout = Layout(design.factors, design.levels(), design.kind)
         lines += [f"  not separable: {line}" for line in alias_lines(layout, design.rows)]
@@ -1372,7 +1372,7 @@ def _planned_contrasts(exp: ExperimentConfig) -> dict[str, dict[str, float]]:
         design = designs.generate(exp.design, exp.rows)
         layout = Layout(design.factors, design.levels(), design.kind)
         weights = term_weights(layout, design.rows)
-        out.update({f"effect of {t.replace(':', ' × ')}": w for t, w in weights.items()})
+        out.update({f"effect of {t}": w for t, w in weights.items()})
     return out
 
 

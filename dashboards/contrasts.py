@@ -233,7 +233,7 @@ class AnalysisTable:
             return (
                 f"Effects of '{self.experiment}' ({f.layout.kind} design over "
                 f"{', '.join(f.layout.factors)}): a main effect is the change from switching the "
-                "factor on, averaged over the other factors; an interaction, how much one "
+                "factor on, averaged over the other factors; an interaction (a:b), how much one "
                 f"factor's effect changes when the other is on. Model: {f.model}; p corrected "
                 f"by {a.correction_name} across the table's {n} tests. A CI that covers 0 is "
                 "an unresolved effect."
@@ -266,7 +266,7 @@ class AnalysisTable:
         if self.part == "effects":
             assert a.factorial is not None
             return [
-                [e.term.replace(":", " × "), metric_title(e.metric), *_effect_cells(e), _n(e)]
+                [e.term, metric_title(e.metric), *_effect_cells(e), _n(e)]
                 for e in a.factorial.effects
             ]
         if self.part == "contrasts":

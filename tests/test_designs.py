@@ -233,7 +233,7 @@ def test_the_analysis_and_its_table_show_the_effects(tmp_path: Path) -> None:
     assert table.part == "effects"
     text = contrasts.render(table, "md")
     assert "least-squares fit of main effects and two-way interactions" in text
-    assert "Holm" in text and "nas × spectrum" in text
+    assert "Holm" in text and "| nas:spectrum | PSNR |" in text
     # contrastive exists only with irm: their interaction is not separable from it
     assert "irm:contrastive: not estimated" in text
     untested = [e.term for e in analysis.factorial.effects if e.effect is None]
