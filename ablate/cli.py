@@ -174,8 +174,9 @@ def _experiment(
     """The experiment of ``space`` with the command line's settings applied, and those
     settings as dotted overrides (recorded with the launch). ``--seeds``, ``--resources``
     and ``--steps`` are shorthands for ``seeds=``, ``resources.*=`` and ``train.steps=``;
-    ``--rows`` keeps the named rows; ``design`` replaces keys of the YAML's ``design:``.
-    Everything is checked here, before anything starts."""
+    ``--rows`` keeps the named rows; ``design.*=`` (and ``design``) replace keys of the YAML's
+    ``design:`` before its rows are generated. Everything is checked here, before anything
+    starts."""
     from ablate.config import ExperimentConfig, check_row_names, load_experiment
     from ablate.overrides import apply_overrides, parse_assignments
     from ablate.trials import select_rows
@@ -188,8 +189,11 @@ def _experiment(
     overrides.update(_parse_resources(resources))
     if steps is not None:
         overrides["train.steps"] = steps
-    loaded = load_experiment(space, design=design)
-    exp = apply_overrides(ExperimentConfig, loaded, overrides, "command line")
+    # design.* keys change which rows the YAML generates: applied where it is read
+    keys = {k.removeprefix("design."): v for k, v in overrides.items() if k.startswith("design.")}
+    settings = {k: v for k, v in overrides.items() if not k.startswith("design.")}
+    loaded = load_experiment(space, design={**keys, **(design or {})} or None)
+    exp = apply_overrides(ExperimentConfig, loaded, settings, "command line")
     check_row_names(exp, "command line")
     if rows is not None:
         exp = select_rows(exp, [name.strip() for name in rows.split(",") if name.strip()])

@@ -217,18 +217,20 @@ def _combinations(spec: Spec) -> tuple[list[dict[str, bool]], dict[str, Any]]:
     return sorted(combos, key=order), extra
 
 
-def _name(spec: Spec, levels: dict[str, bool]) -> str:
-    off = [f for f in spec.factors if not levels[f]]
-    if spec.kind == "leave_one_out" and len(off) == 1:
-        return f"{spec.full}-{off[0]}"
+def _name(spec: Spec, wanted: dict[str, bool], levels: dict[str, bool]) -> str:
+    """A leave-one-out row by the factor it leaves out (what was asked), any other by the
+    factors it has on (what was built)."""
+    left_out = [f for f in spec.factors if not wanted[f]]
+    if spec.kind == "leave_one_out" and left_out:
+        return f"{spec.full}-{left_out[0]}"
     on = [f for f in spec.factors if levels[f]]
     return "_".join(on) if on else BASE
 
 
-def _label(spec: Spec, levels: dict[str, bool], notes: list[str]) -> str:
-    off = [f for f in spec.factors if not levels[f]]
+def _label(spec: Spec, wanted: dict[str, bool], levels: dict[str, bool], notes: list[str]) -> str:
+    left_out = [f for f in spec.factors if not wanted[f]]
     if spec.kind == "leave_one_out":
-        text = f"{spec.full} without {', '.join(off)}" if off else spec.full
+        text = f"{spec.full} without {left_out[0]}" if left_out else spec.full
     else:
         text = " ".join(("+" if levels[f] else "−") + f for f in spec.factors)
     return text + (f" ({'; '.join(notes)})" if notes else "")
@@ -286,14 +288,14 @@ def generate(spec: Spec, rows: Mapping[str, BaseModel]) -> Design:
             reason = err.errors()[0]["msg"].removeprefix("Value error, ")
             dropped.append(f"{asked}: method '{method}' refuses it ({reason})")
             continue
-        name = _name(spec, levels)
+        name = _name(spec, wanted, levels)
         same = next((n for n, r in rows.items() if _same(r, row)), None)
         if same is None and name in rows:
             raise DesignError(
                 f"design: the generated row '{name}' ({asked}) is another row of the YAML "
                 f"with that name: rename rows.{name}"
             )
-        label = _label(spec, levels, notes)
+        label = _label(spec, wanted, levels, notes)
         # a row of the YAML with the design's own name and label is one it generated before
         generated = same is None or (same == name and getattr(rows[same], "label", None) == label)
         if same is None:

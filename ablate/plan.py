@@ -1284,7 +1284,7 @@ def print_plan(plan: LaunchPlan, console: Any) -> None:
         style = "yellow" if line.startswith("warning:") else None
         console.print(line, style=style, highlight=False, soft_wrap=True)
     for line in plan.design:
-        console.print(line, highlight=False, soft_wrap=True)
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def dry_run_summary(

@@ -64,12 +64,11 @@ def test_factorial_of_the_demo_switches_drops_contrastive_without_irm(tmp_path: 
 def test_leave_one_out_lists_five_rows(tmp_path: Path) -> None:
     exp = load_experiment(_space(tmp_path, "leave_one_out"))
     design = designs.generate(exp.design, exp.rows)
-    assert design.rows == [
-        "full", "nas_spectrum", "full-nas", "full-spectrum", "cpm_irm_nas_spec"
-    ]  # fmt: skip
+    assert design.rows == ["full", "full-irm", "full-nas", "full-spectrum", "cpm_irm_nas_spec"]
     # leaving irm out leaves contrastive out too (it needs irm): the row says so
     assert design.points[1].note == "contrastive off (needs irm)"
-    assert "contrastive off (needs irm)" in exp.rows["nas_spectrum"].label
+    assert exp.rows["full-irm"].label == "full without irm (contrastive off (needs irm))"
+    assert not exp.rows["full-irm"].irm and not exp.rows["full-irm"].contrastive
     # a YAML that names no contrasts tests each row against the full row
     raw = yaml.safe_load(_space(tmp_path, "leave_one_out").read_text())
     del raw["analysis"]
