@@ -80,6 +80,9 @@ class Point:
 
 @dataclass(frozen=True)
 class Design:
+    """A design's rows in its order (``points``), what it left out and, for a fraction, the
+    structure the analysis reports beside its effects."""
+
     kind: Kind
     full: str
     factors: list[str]

@@ -1053,16 +1053,23 @@ def plan_launch(
     )
 
 
-def design_lines(exp: ExperimentConfig) -> list[str]:
-    """What the plan says about ``exp``'s design: its rows, what it dropped and, for a
-    factorial or fractional one, the terms its rows cannot separate (none without a design,
-    or when ``--rows`` left its full row out)."""
+def _design(exp: ExperimentConfig) -> designs.Design | None:
+    """``exp``'s design, regenerated from its rows (None without one, or when ``--rows``
+    left its full row out)."""
     if exp.design is None or exp.design.full not in exp.rows:
-        return []
+        return None
     try:
-        design = designs.generate(exp.design, exp.rows)
+        return designs.generate(exp.design, exp.rows)
     except designs.DesignError as err:  # the command line changed the full row
         raise UserError(f"command line: {err}") from None
+
+
+def design_lines(exp: ExperimentConfig) -> list[str]:
+    """What the plan says about ``exp``'s design: its rows, what it dropped and, for a
+    factorial or fractional one, the terms its rows cannot separate."""
+    design = _design(exp)
+    if design is None:
+        return []
     lines = design.lines(launched=set(exp.rows))
     if design.kind in ("factorial", "fractional"):
         layout = Layout(design.factors, design.levels(), design.kind)
@@ -1368,10 +1375,10 @@ def _planned_contrasts(exp: ExperimentConfig) -> dict[str, dict[str, float]]:
         for c in contrasts_for(rows, exp.analysis.contrasts, exp.reference_row)
         if set(c.weights) <= set(rows)
     }
-    if exp.design is not None and exp.design.kind in ("factorial", "fractional"):
-        design = designs.generate(exp.design, exp.rows)
+    design = _design(exp)
+    if design is not None and design.kind in ("factorial", "fractional"):
         layout = Layout(design.factors, design.levels(), design.kind)
-        weights = term_weights(layout, design.rows)
+        weights = term_weights(layout, [r for r in design.rows if r in exp.rows])
         out.update({f"effect of {t}": w for t, w in weights.items()})
     return out
 
@@ -1393,7 +1400,12 @@ def power_plan(
         raise UserError(f"the pilot ({source}) has no '{metric}': pick another --metric")
     plan = plan_launch(exp, **plan_options)
     contrasts = _planned_contrasts(exp)
-    alpha = ALPHA / max(len(contrasts), 1)
+    if not contrasts:
+        raise UserError(
+            f"no contrast among the launched rows ({', '.join(exp.rows)}) to plan for: add the "
+            f"reference row '{exp.reference_row}' to --rows, or name analysis.contrasts"
+        )
+    alpha = ALPHA / len(contrasts)
     row = power.per_row(pilot, metric)
     subjects = plan.data.test_subjects
     needs = []
