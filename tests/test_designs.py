@@ -246,3 +246,19 @@ def test_leave_one_out_shows_contrasts_not_effects(tmp_path: Path) -> None:
     frame = _synthetic(levels, seeds=3, subjects=2, rng_seed=4)
     result = analyse(frame, contrasts=[("full", "full-nas")])
     assert result.factorial is None and result.effects[0].contrast.name == "full − full-nas"
+
+
+def test_command_line_design_keys_change_the_generated_rows() -> None:
+    """``design.kind=...`` on the command line applies before the rows are generated (and
+    ``--rows`` keeps some of them, marked in the plan's design lines)."""
+    from ablate.cli import _experiment
+    from ablate.plan import design_lines
+
+    space = REPO / "search_spaces" / "demo_factorial.yaml"
+    exp, overrides = _experiment(space, ["design.kind=leave_one_out", "train.steps=10"])
+    assert list(exp.rows) == ["full", "full-irm", "full-nas", "full-spectrum", "full-contrastive"]
+    assert exp.train.steps == 10 and overrides["design.kind"] == "leave_one_out"
+    exp, _ = _experiment(space, [], rows="irm,full")
+    lines = design_lines(exp)
+    assert lines[0].startswith("design: factorial") and "12 rows" in lines[0]
+    assert sum("(not launched: --rows)" in line for line in lines) == 10
