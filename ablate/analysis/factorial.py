@@ -156,6 +156,8 @@ def alias_lines(layout: Layout, rows: Sequence[str]) -> list[str]:
                 f"{name} is aliased with {other} on these rows: the {other} estimate is "
                 f"{other} {sign} {scale}{name}"
             )
+        elif [n for n, _ in combo] == ["intercept"]:
+            out.append(f"{name}: not estimated, the same on every row with results")
         else:
             parts = ", ".join(n for n, _ in combo)
             out.append(f"{name}: not estimated, a combination of {parts} on these rows")
@@ -201,6 +203,8 @@ def _fit(
     if n_seeds < 2:
         for j in kept[1:]:
             out[j - 1].note = f"fewer than 2 paired seeds ({n_seeds}): no CI or p"
+        return out
+    if len(kept) == 1:  # one row with data: nothing but its mean
         return out
     solve = np.linalg.pinv(matrix[:, kept])  # [kept, rows]: each coefficient, a row contrast
     blocks = np.tensordot(solve, cube, 1)[1:]  # [kept terms, seeds, subjects]
