@@ -157,7 +157,7 @@ def alias_lines(layout: Layout, rows: Sequence[str]) -> list[str]:
                 f"{other} {sign} {scale}{name}"
             )
         elif [n for n, _ in combo] == ["intercept"]:
-            out.append(f"{name}: not estimated, the same on every row with results")
+            out.append(f"{name}: not estimated, the same on every one of these rows")
         else:
             parts = ", ".join(n for n, _ in combo)
             out.append(f"{name}: not estimated, a combination of {parts} on these rows")
