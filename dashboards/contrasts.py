@@ -153,39 +153,106 @@ def launch_analysis(tracking_uri: str, experiment: str, parent_run_id: str) -> A
     )
 
 
-def forest_plot(analysis: Analysis, metric: str) -> Any:
-    """Effects of the tested contrasts on ``metric`` with their 95% CIs and the zero line
-    (a plotly figure), or None when none was tested."""
+def _forest(items: list[Any], names: list[str], title: str, unit_: str, margin: int) -> Any:
+    """Estimates with their 95% CIs against the zero line (corrected p in the hover)."""
     import plotly.graph_objects as go
 
-    tested = [e for e in analysis.effects if e.metric == metric and e.tested]
-    if not tested:
-        return None
-    names = [e.contrast.name for e in tested]
     fig = go.Figure(
         go.Scatter(
-            x=[e.effect for e in tested],
+            x=[e.effect for e in items],
             y=names,
             mode="markers",
             marker={"size": 10},
             error_x={
                 "type": "data",
                 "symmetric": False,
-                "array": [e.high - e.effect for e in tested],
-                "arrayminus": [e.effect - e.low for e in tested],
+                "array": [e.high - e.effect for e in items],
+                "arrayminus": [e.effect - e.low for e in items],
             },
-            text=[f"p (corr.) {_p(e.p_adjusted)}" for e in tested],
+            text=[f"p (corr.) {_p(e.p_adjusted)}" for e in items],
             name="effect, 95% CI",
         )
     )
     fig.add_vline(x=0, line_dash="dash", line_color="grey")
     fig.update_layout(
-        title=f"{metric_title(metric)}: effect per contrast, 95% CI ({analysis.correction} "
-        "-corrected p in the hover)",
-        xaxis_title=f"difference of means {unit(metric)}".strip(),
+        title=title,
+        xaxis_title=unit_,
         yaxis={"autorange": "reversed"},
-        height=140 + 40 * len(tested),
-        margin={"l": 180},
+        height=140 + 40 * len(items),
+        margin={"l": margin},
+    )
+    return fig
+
+
+def forest_plot(analysis: Analysis, metric: str) -> Any:
+    """Effects of the tested contrasts on ``metric`` with their 95% CIs and the zero line
+    (a plotly figure), or None when none was tested."""
+    tested = [e for e in analysis.effects if e.metric == metric and e.tested]
+    if not tested:
+        return None
+    return _forest(
+        tested,
+        [e.contrast.name for e in tested],
+        f"{metric_title(metric)}: effect per contrast, 95% CI ({analysis.correction} "
+        "-corrected p in the hover)",
+        f"difference of means {unit(metric)}".strip(),
+        180,
+    )
+
+
+def effects_forest_plot(analysis: Analysis, metric: str) -> Any:
+    """A factorial design's main effects and two-way interactions on ``metric`` with their
+    95% CIs (None without a factorial design or a tested term)."""
+    tested = [e for e in (analysis.factorial.effects if analysis.factorial else []) if e.tested]
+    tested = [e for e in tested if e.metric == metric]
+    if not tested:
+        return None
+    return _forest(
+        tested,
+        [e.term for e in tested],
+        f"{metric_title(metric)}: main effects and two-way interactions, 95% CI "
+        f"({analysis.correction}-corrected p in the hover)",
+        f"effect {unit(metric)}".strip(),
+        140,
+    )
+
+
+def interaction_plot(analysis: Analysis, metric: str) -> Any:
+    """One panel per estimated two-way interaction a:b: the model's change in ``metric`` from
+    the mean as a goes off -> on, one line with b off and one with b on (parallel lines: no
+    interaction). None without a factorial design or an estimated interaction."""
+    from plotly.subplots import make_subplots
+
+    effects = analysis.factorial.effects if analysis.factorial else []
+    found = {e.term: e for e in effects if e.metric == metric and e.effect is not None}
+    pairs = [t for t in found if ":" in t]
+    if not pairs:
+        return None
+    cols = min(3, len(pairs))
+    rows = -(-len(pairs) // cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=pairs)
+    for i, term in enumerate(pairs):
+        a, b = term.split(":")
+        main_a = found[a].effect if a in found else 0.0
+        main_b = found[b].effect if b in found else 0.0
+        ab = found[term].effect
+        for b_on, dash in ((False, "dot"), (True, "solid")):
+            xb = 0.5 if b_on else -0.5
+            ys = [main_a * xa + main_b * xb + ab * xa * xb for xa in (-0.5, 0.5)]
+            fig.add_scatter(
+                x=[f"{a} off", f"{a} on"],
+                y=ys,
+                mode="lines+markers",
+                line={"dash": dash},
+                name=f"{b} {'on' if b_on else 'off'}",
+                showlegend=False,
+                row=i // cols + 1,
+                col=i % cols + 1,
+            )
+    fig.update_layout(
+        title=f"{metric_title(metric)}: two-way interactions a:b, the model's change from the "
+        f"mean {unit(metric)} (dotted: b off, solid: b on; parallel lines: no interaction)",
+        height=260 * rows + 80,
     )
     return fig
 
