@@ -169,11 +169,14 @@ def _experiment(
     seeds: int | None = None,
     resources: str | None = None,
     steps: int | None = None,
+    design: dict[str, Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """The experiment of ``space`` with the command line's settings applied, and those
     settings as dotted overrides (recorded with the launch). ``--seeds``, ``--resources``
     and ``--steps`` are shorthands for ``seeds=``, ``resources.*=`` and ``train.steps=``;
-    ``--rows`` keeps the named rows. Everything is checked here, before anything starts."""
+    ``--rows`` keeps the named rows; ``design.*=`` (and ``design``) replace keys of the YAML's
+    ``design:`` before its rows are generated. Everything is checked here, before anything
+    starts."""
     from ablate.config import ExperimentConfig, check_row_names, load_experiment
     from ablate.overrides import apply_overrides, parse_assignments
     from ablate.trials import select_rows
@@ -186,7 +189,11 @@ def _experiment(
     overrides.update(_parse_resources(resources))
     if steps is not None:
         overrides["train.steps"] = steps
-    exp = apply_overrides(ExperimentConfig, load_experiment(space), overrides, "command line")
+    # design.* keys change which rows the YAML generates: applied where it is read
+    keys = {k.removeprefix("design."): v for k, v in overrides.items() if k.startswith("design.")}
+    settings = {k: v for k, v in overrides.items() if not k.startswith("design.")}
+    loaded = load_experiment(space, design={**keys, **(design or {})} or None)
+    exp = apply_overrides(ExperimentConfig, loaded, settings, "command line")
     check_row_names(exp, "command line")
     if rows is not None:
         exp = select_rows(exp, [name.strip() for name in rows.split(",") if name.strip()])
@@ -277,22 +284,83 @@ def plan(
         None, "--mfu", help="Assume this MFU (0-1) for every trial instead of the records."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    compare_designs: bool = typer.Option(
+        False, "--compare-designs", help="Each kind of the YAML's design: rows, trials, hours."
+    ),
+    power: bool = typer.Option(
+        False, "--power", help="Seeds and test subjects each contrast needs (with --effect)."
+    ),
+    effect: float | None = typer.Option(
+        None, "--effect", help="--power: the effect to detect, in the metric's units (0.3)."
+    ),
+    pilot: str | None = typer.Option(
+        None,
+        "--pilot",
+        help="--power: an earlier experiment (or tidy .parquet) whose variance to use "
+        "(default: the committed toy-study record of the demo's rows).",
+    ),
+    metric: str = typer.Option("psnr", "--metric", help="--power: the metric of the effect."),
     workdir: Path = WORKDIR_OPT,
+    tracking_uri: str | None = TRACKING_OPT,
     strict: bool = STRICT_OPT,
 ) -> None:
     """What a launch will cost before it runs: per trial FLOPs, memory, it/s and time (measured
-    where benchmarks/results has the row, else estimated at a stated MFU); GPU-hours in all."""
+    where benchmarks/results has the row, else estimated at a stated MFU); GPU-hours in all.
+    A YAML's design: lists its rows; --compare-designs sets the kinds side by side; --power
+    says how many seeds and test subjects detect --effect at 80% power."""
     import json
 
-    from ablate.plan import plan_launch, print_plan
+    from ablate import plan as planning
 
-    exp, _ = _experiment(space, overrides, rows=rows, seeds=seeds, resources=resources)
+    if (effect is not None or pilot is not None) and not power:
+        raise UserError("--effect and --pilot go with --power: add --power")
+    if power and effect is None:
+        raise UserError("--power needs --effect: the effect to detect, e.g. --effect 0.3")
+    options = dict(rows=rows, seeds=seeds, resources=resources)
+    exp, _ = _experiment(space, overrides, **options)
+    plan_options = dict(gpu=gpu, devices=gpus, mfu=mfu, workdir=workdir)
+    if compare_designs:
+        if exp.design is None:
+            raise UserError(
+                f"{space} has no design: to compare: add design: {{full: ROW, factors: "
+                "[SWITCH, ...], kind: factorial}"
+            )
+
+        def load(keys: dict[str, Any]) -> Any:
+            return _experiment(space, overrides, **options, design=keys)[0]
+
+        costs = planning.compare_designs(load, exp.design, **plan_options)
+        planning.print_design_costs(costs, console)
+        return
+    if power:
+        assert effect is not None
+        frame, source = _pilot(pilot, workdir, tracking_uri)
+        found = planning.power_plan(exp, frame, source, effect, metric, **plan_options)
+        planning.print_power(found, console)
+        return
     _like_for_like(exp, strict and not search, show=False)  # the plan prints it
-    result = plan_launch(exp, gpu=gpu, devices=gpus, search=search, mfu=mfu, workdir=workdir)
+    result = planning.plan_launch(exp, search=search, **plan_options)
     if as_json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
         return
-    print_plan(result, console)
+    planning.print_plan(result, console)
+
+
+def _pilot(name: str | None, workdir: Path, tracking_uri: str | None) -> tuple[Any, str]:
+    """The tidy frame whose variance ``plan --power`` uses, and how to name it: an earlier
+    experiment of the store (or a tidy .parquet), else the committed record of the demo."""
+    if name is None:
+        import json
+
+        from ablate.analysis.power import frame_from_record
+        from ablate.shipped import benchmark_records_dir
+
+        record = json.loads((benchmark_records_dir() / "pilot-demo.json").read_text())
+        return frame_from_record(record), "committed record pilot-demo.json (toy study)"
+    from dashboards.results import resolve_tracking_uri
+    from dashboards.study import tidy_for
+
+    return tidy_for(name, resolve_tracking_uri(workdir, tracking_uri)), f"pilot '{name}'"
 
 
 @app.command()

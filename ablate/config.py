@@ -17,7 +17,7 @@ import difflib
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from ablate import designs
 from ablate.errors import UserError
 from ablate.shipped import shipped_space, shipped_space_names
 
@@ -70,6 +71,8 @@ class CoarseToFineRow(_Row):
     spectrum: bool = False
     contrastive: bool = False
     contrastive_form: ContrastiveForm = "reference_kl"
+    #: Switches that need another switched on (what a generated design switches off with it).
+    NEEDS: ClassVar[dict[str, tuple[str, ...]]] = {"contrastive": ("irm",)}
 
     @model_validator(mode="after")
     def _check(self) -> CoarseToFineRow:
@@ -468,11 +471,40 @@ class TrendClaim(_Strict):
 Claim = BetterClaim | TrendClaim
 
 
+class DesignConfig(_Strict):
+    """Rows generated from the full row's switches (``ablate.designs``): ``additive`` (in the
+    listed order), ``leave_one_out``, ``factorial`` or ``fractional`` (with ``resolution``).
+    The generated rows join the YAML's rows when the YAML is read."""
+
+    full: str = Field(description="The row whose switches the design turns off.")
+    factors: list[str] = Field(min_length=1, description="Boolean switches of the full row.")
+    kind: designs.Kind
+    resolution: int | None = Field(
+        default=None, ge=3, description="fractional only: the least resolution (3, 4, 5...)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> DesignConfig:
+        if len(set(self.factors)) != len(self.factors):
+            raise ValueError(f"design.factors lists a factor twice: {self.factors}")
+        if self.kind == "fractional" and self.resolution is None:
+            raise ValueError("a fractional design needs resolution: (e.g. 4)")
+        if self.kind != "fractional" and self.resolution is not None:
+            raise ValueError(f"resolution is for kind: fractional, not {self.kind}: drop it")
+        if self.kind in ("factorial", "fractional") and len(self.factors) < 2:
+            raise ValueError(f"a {self.kind} design needs at least 2 factors")
+        return self
+
+
 class ExperimentConfig(_Strict):
     """A whole study: rows x seeds (x grid axes), shared settings, optional Optuna search."""
 
     name: str
     rows: dict[str, RowConfig]
+    design: DesignConfig | None = Field(
+        default=None,
+        description="Rows generated from the full row's switches, added when the YAML is read.",
+    )
     reference: str | None = Field(
         default=None,
         description="The row every other row is tested against in the table (default: the "
@@ -645,8 +677,9 @@ def format_validation_error(err: ValidationError, source: str, root: Any = None)
     return f"{source}: {row}invalid value for '{where}': {message}"
 
 
-def load_experiment(path: str | Path) -> ExperimentConfig:
-    """Load and validate an experiment YAML; any problem is a one-line :class:`ConfigError`."""
+def load_experiment(path: str | Path, design: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Load and validate an experiment YAML; any problem is a one-line :class:`ConfigError`.
+    ``design`` replaces keys of the YAML's ``design:`` (``ablate plan --compare-designs``)."""
     path = Path(path)
     if not path.is_file() and path.parent == Path("."):
         path = shipped_space(path.name) or path  # a shipped space by name: `paper_table2`
@@ -661,9 +694,40 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
         raise ConfigError(f"{path}: not valid YAML{line}: fix the syntax") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of settings")
-    exp = parse_experiment(raw, source=str(path))
+    if design is not None:
+        raw = {**raw, "design": {**(raw.get("design") or {}), **design}}
+    exp = parse_experiment(with_design(raw, str(path)), source=str(path))
     check_row_names(exp, str(path))
     return exp
+
+
+def with_design(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """An experiment YAML's mapping with its design's rows added after its own rows.
+
+    Done where a YAML is read, never by the model: a launch record holds the rows already
+    (and a ``--rows`` launch only some of them). A leave-one-out or additive design whose YAML
+    names no ``analysis.contrasts`` gets the design's own: each row against the full row,
+    each row against the one before it."""
+    if not raw.get("design"):
+        return raw
+    exp = parse_experiment(raw, source)
+    assert exp.design is not None
+    try:
+        design = designs.generate(exp.design, exp.rows)
+    except designs.DesignError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    rows = dict(raw["rows"])
+    rows.update({p.name: p.row.model_dump(mode="json") for p in design.points if p.generated})
+    out = {**raw, "rows": rows}
+    analysis = dict(raw.get("analysis") or {})
+    if "contrasts" not in analysis and design.kind in ("leave_one_out", "additive"):
+        names = design.rows
+        if design.kind == "leave_one_out":
+            analysis["contrasts"] = [[design.full, n] for n in names if n != design.full]
+        else:
+            analysis["contrasts"] = [[b, a] for a, b in zip(names, names[1:], strict=False)]
+        out["analysis"] = analysis
+    return out
 
 
 def check_row_names(exp: ExperimentConfig, source: str) -> None:

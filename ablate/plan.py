@@ -25,7 +25,12 @@ them, or the samples of a search), at the launch's settings:
   (at most :data:`MAX_PACK`);
 - launch totals: trials, GPU-hours (each trial alone on a whole device), the dataset's
   build time (from ``benchmarks/results/data-*.json``) and the wall time on N devices
-  (longest-first list scheduling of the trials on the launch's slots).
+  (longest-first list scheduling of the trials on the launch's slots);
+- a ``design:``'s rows (``ablate.designs``), the combinations it dropped and the effects its
+  rows cannot separate, and (:func:`compare_designs`) each kind of design's rows, trials and
+  GPU-hours side by side;
+- (:func:`power_plan`) the seeds and test subjects each contrast needs to detect an effect at
+  80% power, from an earlier launch's variance (``ablate.analysis.power``), and their cost.
 
 Nothing here starts Ray, builds a dataset or touches MLflow.
 """
@@ -37,11 +42,16 @@ import json
 import math
 import os
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ablate import confounds
+from ablate import confounds, designs
+from ablate.analysis import power
+from ablate.analysis.estimates import ALPHA
+from ablate.analysis.factorial import Layout, alias_lines, term_weights
+from ablate.analysis.study import contrasts_for, format_value
 from ablate.config import ExperimentConfig, TrialConfig, load_experiment
 from ablate.errors import UserError
 from ablate.shipped import benchmark_records_dir, search_spaces_dir
@@ -324,6 +334,7 @@ class DataPlan:
     slices: dict[str, int]  # per split
     build_s: float
     build_note: str
+    test_subjects: int = 0  # what a contrast's subject-level test counts (power)
 
 
 def _data_records(results_dir: Path) -> dict[str, dict[str, Any]]:
@@ -355,7 +366,8 @@ def plan_data(exp: ExperimentConfig, results_dir: Path, workdir: Path | None) ->
         manifest = read_manifest(Path(data.path))
         slices = {s: int((manifest["split"] == s).sum()) for s in SPLITS}
         size = int(manifest["height"].iloc[0])
-        return DataPlan(str(data.path), size, slices, 0.0, "an existing folder")
+        tested = int(manifest.loc[manifest["split"] == "test", "subject"].nunique())
+        return DataPlan(str(data.path), size, slices, 0.0, "an existing folder", tested)
     cfg = resolve_config(data.preset, data.overrides)
     slices = {s: n * cfg.slices for s, n in zip(SPLITS, cfg.split, strict=True)}
     source = f"preset {data.preset}" + (f" {data.overrides}" if data.overrides else "")
@@ -364,7 +376,8 @@ def plan_data(exp: ExperimentConfig, results_dir: Path, workdir: Path | None) ->
 
         folder = Path(workdir) / "datasets" / dataset_key(data)
         if (folder / "provenance.json").is_file():
-            return DataPlan(source, cfg.image_size, slices, 0.0, f"already built: {folder}")
+            done = f"already built: {folder}"
+            return DataPlan(source, cfg.image_size, slices, 0.0, done, cfg.split[2])
     total = cfg.subjects * cfg.slices
     records = _data_records(results_dir)
 
@@ -375,7 +388,7 @@ def plan_data(exp: ExperimentConfig, results_dir: Path, workdir: Path | None) ->
         rec = records[data.preset]
         seconds = rec.get("projector_build_s", 0.0) + total / rec["slices_per_s"]
         note = f"measured ({rec['file']}: {rec['slices_per_s']} slices/s on {rec['where']})"
-        return DataPlan(source, cfg.image_size, slices, seconds, note)
+        return DataPlan(source, cfg.image_size, slices, seconds, note, cfg.split[2])
     if records:
         name, rec = next(iter(records.items()))
         ref = resolve_config(name, {})
@@ -385,8 +398,9 @@ def plan_data(exp: ExperimentConfig, results_dir: Path, workdir: Path | None) ->
             f"estimate: {rec['file']}'s {name} rate scaled by pixels x angles x iterations "
             f"({rate:.3g} slices/s) + {SIM_SETUP_S:.0f} s set-up"
         )
-        return DataPlan(source, cfg.image_size, slices, setup + total / rate, note)
-    return DataPlan(source, cfg.image_size, slices, float("nan"), "no data benchmark record")
+        return DataPlan(source, cfg.image_size, slices, setup + total / rate, note, cfg.split[2])
+    no_record = "no data benchmark record"
+    return DataPlan(source, cfg.image_size, slices, float("nan"), no_record, cfg.split[2])
 
 
 # --- per-configuration counts ------------------------------------------------------------
@@ -803,6 +817,8 @@ class LaunchPlan:
     #: What the rows differ in beyond their switches, then the warnings for the contrasts
     #: that confounds (:mod:`ablate.confounds`); empty when the rows compare like for like.
     like_for_like: list[str] = field(default_factory=list)
+    #: The design's rows and what it dropped or cannot separate (empty without ``design:``).
+    design: list[str] = field(default_factory=list)
 
     @property
     def trial_s(self) -> float:
@@ -1033,7 +1049,105 @@ def plan_launch(
         assumptions=_assumptions(device, exp, slowdown, how),
         search=search_info,
         like_for_like=[] if search else confounds.of_experiment(exp).lines(),
+        design=[] if search else design_lines(exp),
     )
+
+
+def _design(exp: ExperimentConfig) -> designs.Design | None:
+    """``exp``'s design, regenerated from its rows (None without one, or when ``--rows``
+    left its full row out)."""
+    if exp.design is None or exp.design.full not in exp.rows:
+        return None
+    try:
+        return designs.generate(exp.design, exp.rows)
+    except designs.DesignError as err:  # the command line changed the full row
+        raise UserError(f"command line: {err}") from None
+
+
+def design_lines(exp: ExperimentConfig) -> list[str]:
+    """What the plan says about ``exp``'s design: its rows, what it dropped and, for a
+    factorial or fractional one, the terms its rows cannot separate."""
+    design = _design(exp)
+    if design is None:
+        return []
+    lines = design.lines(launched=set(exp.rows))
+    if design.kind in ("factorial", "fractional"):
+        layout = Layout(design.factors, design.levels(), design.kind)
+        lines += [f"  not separable: {line}" for line in alias_lines(layout, design.rows)]
+    return lines
+
+
+@dataclass(frozen=True)
+class DesignCost:
+    """One kind of design for the same full row and factors: its rows and the launch's cost
+    (every row of the launch, the design's and the YAML's others, x seeds)."""
+
+    kind: str
+    rows: int
+    trials: int
+    hours: float
+    unit: str
+    note: str = ""
+
+
+def compare_designs(
+    load: Callable[[dict[str, Any]], ExperimentConfig],
+    current: designs.Spec,
+    **plan_options: Any,
+) -> list[DesignCost]:
+    """Each kind of design (:data:`ablate.designs.KINDS`) of ``current``'s factors, planned as
+    the launch would be (``plan_options``: :func:`plan_launch`'s): ``load`` returns the
+    experiment with its ``design:`` keys replaced. A fraction is planned at ``current``'s
+    resolution, else at :data:`ablate.designs.DEFAULT_RESOLUTION`."""
+    out = []
+    for kind in designs.KINDS:
+        keys: dict[str, Any] = {"kind": kind, "resolution": None}
+        if kind == "fractional":
+            keys["resolution"] = current.resolution or designs.DEFAULT_RESOLUTION
+        try:
+            exp = load(keys)
+        except UserError as err:
+            out.append(DesignCost(kind, 0, 0, math.nan, "", f"not possible: {err}"))
+            continue
+        assert exp.design is not None
+        design = designs.generate(exp.design, exp.rows)
+        plan = plan_launch(exp, **plan_options)
+        notes = ["the YAML's design" if kind == current.kind else ""]
+        if design.resolution:
+            notes.append(f"resolution {designs.ROMAN[design.resolution]}")
+        if design.dropped:
+            notes.append(f"{len(design.dropped)} combination(s) dropped")
+        unit = "GPU-hours" if plan.device != "cpu" else "CPU trial-hours"
+        note = "; ".join(n for n in notes if n)
+        rows, trials = len(design.points), len(plan.trials)
+        out.append(DesignCost(kind, rows, trials, plan.gpu_hours, unit, note))
+    return out
+
+
+def _wide(console: Any) -> Any:
+    """``console``, or one 200 columns wide when it writes to a pipe (as the tables do)."""
+    from rich.console import Console
+
+    if console.is_terminal:
+        return console
+    return Console(width=max(console.width, 200), file=console.file)
+
+
+def print_design_costs(costs: list[DesignCost], console: Any) -> None:
+    """The designs side by side: rows, trials, hours."""
+    from rich import box
+    from rich.table import Table
+
+    console = _wide(console)
+    unit = next((c.unit for c in costs if c.unit), "GPU-hours")
+    table = Table(title="Designs compared (every row of the launch x seeds)", box=box.SIMPLE_HEAD)
+    for col in ("design", "rows", "trials", unit, "note"):
+        table.add_column(col, justify="left" if col in ("design", "note") else "right")
+    for c in costs:
+        hours = "–" if not math.isfinite(c.hours) else f"{c.hours:,.2f}"
+        rows = str(c.rows) if c.trials else "–"
+        table.add_row(c.kind.replace("_", "-"), rows, str(c.trials or "–"), hours, c.note)
+    console.print(table)
 
 
 def _points(exp: ExperimentConfig) -> list[dict[str, Any]]:
@@ -1176,6 +1290,8 @@ def print_plan(plan: LaunchPlan, console: Any) -> None:
     for line in plan.like_for_like:
         style = "yellow" if line.startswith("warning:") else None
         console.print(line, style=style, highlight=False, soft_wrap=True)
+    for line in plan.design:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def dry_run_summary(
@@ -1228,3 +1344,140 @@ def _experiment_state(tracking_uri: str, experiment: str) -> str:
         max_results=1000,
     )  # fmt: skip
     return f"exists in {tracking_uri} ({len(launches)} earlier launch(es); this one adds to it)"
+
+
+# --- power before launch ------------------------------------------------------------------
+
+
+@dataclass
+class PowerPlan:
+    """Per contrast of the launch's table (and per effect of its factorial design): what it
+    needs to detect ``effect`` at 80% power, and a launch at that many seeds' cost."""
+
+    metric: str
+    effect: float
+    source: str
+    needs: list[power.Need]
+    subjects: int
+    seeds: int
+    trials_per_seed: float
+    hours_per_seed: float
+    unit: str
+    alpha: float
+
+
+def _planned_contrasts(exp: ExperimentConfig) -> dict[str, dict[str, float]]:
+    """The table's contrasts (``analysis.contrasts``) and a factorial or fractional design's
+    effects, each as row weights."""
+    rows = list(exp.rows)
+    out = {
+        c.name: dict(c.weights)
+        for c in contrasts_for(rows, exp.analysis.contrasts, exp.reference_row)
+        if set(c.weights) <= set(rows)
+    }
+    design = _design(exp)
+    if design is not None and design.kind in ("factorial", "fractional"):
+        layout = Layout(design.factors, design.levels(), design.kind)
+        weights = term_weights(layout, [r for r in design.rows if r in exp.rows])
+        out.update({f"effect of {t}": w for t, w in weights.items()})
+    return out
+
+
+def power_plan(
+    exp: ExperimentConfig,
+    pilot: Any,
+    source: str,
+    effect: float,
+    metric: str = "psnr",
+    **plan_options: Any,
+) -> PowerPlan:
+    """Seeds and test subjects per contrast of ``exp`` for ``effect`` (in ``metric``'s units)
+    at 80% power, from the variance of ``pilot`` (a tidy frame), at Holm's strictest level
+    (``0.05 / contrasts``); the cost of a launch of ``exp`` at that many seeds."""
+    if not effect > 0:
+        raise UserError(f"--effect {effect}: the effect to detect, > 0 (e.g. 0.3 dB of PSNR)")
+    if metric not in pilot or not pilot[metric].notna().any():
+        raise UserError(f"the pilot ({source}) has no '{metric}': pick another --metric")
+    plan = plan_launch(exp, **plan_options)
+    contrasts = _planned_contrasts(exp)
+    if not contrasts:
+        raise UserError(
+            f"no contrast among the launched rows ({', '.join(exp.rows)}) to plan for: add the "
+            f"reference row '{exp.reference_row}' to --rows, or name analysis.contrasts"
+        )
+    alpha = ALPHA / len(contrasts)
+    row = power.per_row(pilot, metric)
+    subjects = plan.data.test_subjects
+    needs = []
+    for name, weights in contrasts.items():
+        comps = power.components(pilot, weights, metric, row)
+        if comps is None:
+            raise UserError(f"the pilot ({source}) has no 2 paired seeds of any 2 rows")
+        needs.append(power.need(name, effect, comps, subjects, alpha))
+    n = len(exp.seeds)
+    return PowerPlan(
+        metric, effect, source, needs, subjects, n, len(plan.trials) / n, plan.gpu_hours / n,
+        "GPU-hours" if plan.device != "cpu" else "CPU trial-hours", alpha,
+    )  # fmt: skip
+
+
+def print_power(pp: PowerPlan, console: Any) -> None:
+    """One line per contrast: seeds, test subjects, and the launch at those seeds."""
+    from rich import box
+    from rich.table import Table
+
+    console = _wide(console)
+    size = format_value(pp.metric, pp.effect)
+    over = {n.components.over for n in pp.needs}
+    console.print(
+        f"Power: seeds and test subjects to detect {size} of {pp.metric} at "
+        f"{power.POWER:.0%} power, level {pp.alpha:.3g} (0.05 / {len(pp.needs)} contrasts, "
+        f"Holm's strictest step); variance of the {pp.source}"
+        + (", trial means: its seed variance holds its test set's" if "trial means" in over
+           else ""),
+        highlight=False,
+        soft_wrap=True,
+    )  # fmt: skip
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    at = f"seeds at {pp.subjects} subj."
+    heads = ("contrast", "seeds", "test subjects", "trials", pp.unit, at, "variance")
+    for col in heads:
+        table.add_column(
+            col, justify="left" if col in ("contrast", "variance") else "right", no_wrap=True
+        )
+    for need in pp.needs:
+        seeds = need.seeds
+        cost = ["–", "–"] if seeds is None else [
+            f"{pp.trials_per_seed * seeds:,.0f}", f"{pp.hours_per_seed * seeds:,.2f}"
+        ]  # fmt: skip
+        count = "–" if seeds is None else str(seeds)
+        launch = "none" if need.at_launch is None else str(need.at_launch)
+        subjects = "–" if seeds is None else str(need.subjects)
+        table.add_row(need.name, count, subjects, *cost, launch, need.components.source)
+    console.print(table)
+    reachable = [n for n in pp.needs if n.seeds is not None]
+    if reachable:
+        most = max(n.seeds for n in reachable)
+        subjects = max(n.subjects for n in reachable)
+        console.print(
+            f"every reachable contrast: {most} seeds x {subjects} test subjects: "
+            f"{pp.trials_per_seed * most:,.0f} trials, {pp.hours_per_seed * most:,.2f} {pp.unit} "
+            f"(this launch: {pp.seeds} seeds x {pp.subjects} test subjects, "
+            f"{pp.trials_per_seed * pp.seeds:,.0f} trials, {pp.hours_per_seed * pp.seeds:,.2f} "
+            f"{pp.unit}); more test subjects cost evaluation, not training",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if len(reachable) < len(pp.needs):
+        console.print(
+            f"'–': out of reach below {power.MOST_SUBJECTS:,} test subjects",
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print(
+        f"test subjects: the fewest (at least the launch's) at which the seeds needed are within "
+        f"{power.WITHIN:g}x the fewest any number of subjects allows; 'seeds at {pp.subjects} "
+        "subj.': on the launch's own test set ('none': no number of seeds there)",
+        highlight=False,
+        soft_wrap=True,
+    )

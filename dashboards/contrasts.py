@@ -1,10 +1,13 @@
-"""The contrasts, claims and variance shares of a study, as tables under the ablation table.
+"""The contrasts, claims, variance shares and design effects of a study, as tables under the
+ablation table.
 
-:func:`study_analysis` runs ``ablate.analysis`` on a study's trials with the ``analysis:`` and
-``claims:`` settings of its latest launch (the experiment YAML the launch logged), or of a tidy
-``.parquet`` (kept in the file's metadata). :func:`render` writes the three tables in the
-ablation table's formats (Markdown, LaTeX booktabs, CSV, HTML) and :func:`to_rich` for the
-terminal. Every caption names the test and the correction.
+:func:`study_analysis` runs ``ablate.analysis`` on a study's trials with the ``analysis:``,
+``claims:`` and ``design:`` settings of its latest launch (the experiment YAML the launch
+logged), or of a tidy ``.parquet`` (kept in the file's metadata). A factorial or fractional
+``design:`` adds the effects table (main effects and two-way interactions,
+``ablate.analysis.factorial``). :func:`render` writes the tables in the ablation table's formats
+(Markdown, LaTeX booktabs, CSV, HTML) and :func:`to_rich` for the terminal. Every caption names
+the test (or model) and the correction.
 """
 
 from __future__ import annotations
@@ -21,15 +24,17 @@ from pydantic import TypeAdapter, ValidationError
 from rich.markup import escape
 from rich.table import Table as RichTable
 
+from ablate import designs
 from ablate.analysis import Analysis, analyse
+from ablate.analysis.factorial import FactorEffect, Layout
 from ablate.analysis.study import Effect, format_value, unit
-from ablate.config import AnalysisConfig, Claim
+from ablate.config import AnalysisConfig, Claim, ConfigError, DesignConfig, parse_row
 from dashboards.results import launch_yaml, load_launches
 from dashboards.tables import html_table, latex_escape, metric_title, render_with
 from dashboards.tidy import tidy_frame
 
-Part = Literal["contrasts", "claims", "shares"]
-PARTS: tuple[Part, ...] = ("contrasts", "claims", "shares")
+Part = Literal["contrasts", "claims", "shares", "effects"]
+PARTS: tuple[Part, ...] = ("contrasts", "claims", "shares", "effects")
 #: Where a tidy frame keeps the analysis settings of the study it came from.
 SETTINGS_KEY = "ablate.analysis"
 _CLAIMS = TypeAdapter(list[Claim])
@@ -44,6 +49,10 @@ class Settings:
     claims: tuple[Any, ...] = ()
     reference: str | None = None
     source: str = "defaults"
+    #: The YAML's ``design:`` and ``rows:`` as logged (the design's rows are regenerated
+    #: from them to know each row's factor levels).
+    design: dict[str, Any] | None = None
+    rows: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The settings in the experiment YAML's shape (what :func:`settings_from` reads)."""
@@ -55,7 +64,24 @@ class Settings:
             },
             "claims": [c.model_dump() for c in self.claims],
             "reference": self.reference,
+            "design": self.design,
+            "rows": self.rows,
         }
+
+    def layout(self) -> Layout | None:
+        """The factor levels of a factorial or fractional design's rows (None for another
+        kind, no design, or a logged design this version cannot regenerate)."""
+        if not self.design or not self.rows:
+            return None
+        try:
+            spec = DesignConfig.model_validate(self.design)
+            rows = {name: parse_row(raw, f"rows.{name}") for name, raw in self.rows.items()}
+            design = designs.generate(spec, rows)
+        except (ValidationError, ConfigError, designs.DesignError):
+            return None
+        if design.kind not in ("factorial", "fractional"):
+            return None
+        return Layout(design.factors, design.levels(), design.kind, design.aliases)
 
 
 def settings_from(raw: dict[str, Any] | None, source: str) -> Settings:
@@ -69,9 +95,11 @@ def settings_from(raw: dict[str, Any] | None, source: str) -> Settings:
     except ValidationError:
         return Settings(source=f"defaults ({source} holds settings this version cannot read)")
     reference = raw.get("reference")
-    if reference is None and isinstance(raw.get("rows"), dict) and raw["rows"]:
-        reference = next(iter(raw["rows"]))  # config.reference_row's rule, on the logged YAML
-    return Settings(section.contrasts, section.correction, claims, reference, source)
+    rows = raw.get("rows") if isinstance(raw.get("rows"), dict) else None
+    if reference is None and rows:
+        reference = next(iter(rows))  # config.reference_row's rule, on the logged YAML
+    design = raw.get("design") if isinstance(raw.get("design"), dict) else None
+    return Settings(section.contrasts, section.correction, claims, reference, source, design, rows)
 
 
 def launch_settings(tracking_uri: str, experiment: str, launch_ids: set[str]) -> Settings:
@@ -94,6 +122,7 @@ def study_analysis(
         reference=reference or settings.reference,
         claims=settings.claims,
         correction=settings.correction,  # type: ignore[arg-type]
+        layout=settings.layout(),
     )
 
 
@@ -124,39 +153,106 @@ def launch_analysis(tracking_uri: str, experiment: str, parent_run_id: str) -> A
     )
 
 
-def forest_plot(analysis: Analysis, metric: str) -> Any:
-    """Effects of the tested contrasts on ``metric`` with their 95% CIs and the zero line
-    (a plotly figure), or None when none was tested."""
+def _forest(items: list[Any], names: list[str], title: str, unit_: str, margin: int) -> Any:
+    """Estimates with their 95% CIs against the zero line (corrected p in the hover)."""
     import plotly.graph_objects as go
 
-    tested = [e for e in analysis.effects if e.metric == metric and e.tested]
-    if not tested:
-        return None
-    names = [e.contrast.name for e in tested]
     fig = go.Figure(
         go.Scatter(
-            x=[e.effect for e in tested],
+            x=[e.effect for e in items],
             y=names,
             mode="markers",
             marker={"size": 10},
             error_x={
                 "type": "data",
                 "symmetric": False,
-                "array": [e.high - e.effect for e in tested],
-                "arrayminus": [e.effect - e.low for e in tested],
+                "array": [e.high - e.effect for e in items],
+                "arrayminus": [e.effect - e.low for e in items],
             },
-            text=[f"p (corr.) {_p(e.p_adjusted)}" for e in tested],
+            text=[f"p (corr.) {_p(e.p_adjusted)}" for e in items],
             name="effect, 95% CI",
         )
     )
     fig.add_vline(x=0, line_dash="dash", line_color="grey")
     fig.update_layout(
-        title=f"{metric_title(metric)}: effect per contrast, 95% CI ({analysis.correction} "
-        "-corrected p in the hover)",
-        xaxis_title=f"difference of means {unit(metric)}".strip(),
+        title=title,
+        xaxis_title=unit_,
         yaxis={"autorange": "reversed"},
-        height=140 + 40 * len(tested),
-        margin={"l": 180},
+        height=140 + 40 * len(items),
+        margin={"l": margin},
+    )
+    return fig
+
+
+def forest_plot(analysis: Analysis, metric: str) -> Any:
+    """Effects of the tested contrasts on ``metric`` with their 95% CIs and the zero line
+    (a plotly figure), or None when none was tested."""
+    tested = [e for e in analysis.effects if e.metric == metric and e.tested]
+    if not tested:
+        return None
+    return _forest(
+        tested,
+        [e.contrast.name for e in tested],
+        f"{metric_title(metric)}: effect per contrast, 95% CI ({analysis.correction} "
+        "-corrected p in the hover)",
+        f"difference of means {unit(metric)}".strip(),
+        180,
+    )
+
+
+def effects_forest_plot(analysis: Analysis, metric: str) -> Any:
+    """A factorial design's main effects and two-way interactions on ``metric`` with their
+    95% CIs (None without a factorial design or a tested term)."""
+    tested = [e for e in (analysis.factorial.effects if analysis.factorial else []) if e.tested]
+    tested = [e for e in tested if e.metric == metric]
+    if not tested:
+        return None
+    return _forest(
+        tested,
+        [e.term for e in tested],
+        f"{metric_title(metric)}: main effects and two-way interactions, 95% CI "
+        f"({analysis.correction}-corrected p in the hover)",
+        f"effect {unit(metric)}".strip(),
+        140,
+    )
+
+
+def interaction_plot(analysis: Analysis, metric: str) -> Any:
+    """One panel per estimated two-way interaction a:b: the model's change in ``metric`` from
+    the mean as a goes off -> on, one line with b off and one with b on (parallel lines: no
+    interaction). None without a factorial design or an estimated interaction."""
+    from plotly.subplots import make_subplots
+
+    effects = analysis.factorial.effects if analysis.factorial else []
+    found = {e.term: e for e in effects if e.metric == metric and e.effect is not None}
+    pairs = [t for t in found if ":" in t]
+    if not pairs:
+        return None
+    cols = min(3, len(pairs))
+    rows = -(-len(pairs) // cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=pairs)
+    for i, term in enumerate(pairs):
+        a, b = term.split(":")
+        main_a = found[a].effect if a in found else 0.0
+        main_b = found[b].effect if b in found else 0.0
+        ab = found[term].effect
+        for b_on, dash in ((False, "dot"), (True, "solid")):
+            xb = 0.5 if b_on else -0.5
+            ys = [main_a * xa + main_b * xb + ab * xa * xb for xa in (-0.5, 0.5)]
+            fig.add_scatter(
+                x=[f"{a} off", f"{a} on"],
+                y=ys,
+                mode="lines+markers",
+                line={"dash": dash},
+                name=f"{b} {'on' if b_on else 'off'}",
+                showlegend=False,
+                row=i // cols + 1,
+                col=i % cols + 1,
+            )
+    fig.update_layout(
+        title=f"{metric_title(metric)}: two-way interactions a:b, the model's change from the "
+        f"mean {unit(metric)} (dotted: b off, solid: b on; parallel lines: no interaction)",
+        height=260 * rows + 80,
     )
     return fig
 
@@ -197,6 +293,18 @@ class AnalysisTable:
                 f"{a.correction_name} across the table's {n} tests. A slice is never a "
                 "replicate."
             )
+        if self.part == "effects":
+            assert a.factorial is not None
+            f = a.factorial
+            n = sum(e.tested for e in f.effects)
+            return (
+                f"Effects of '{self.experiment}' ({f.layout.kind} design over "
+                f"{', '.join(f.layout.factors)}): a main effect is the change from switching the "
+                "factor on, averaged over the other factors; an interaction (a:b), how much one "
+                f"factor's effect changes when the other is on. Model: {f.model}; p corrected "
+                f"by {a.correction_name} across the table's {n} tests. A CI that covers 0 is "
+                "an unresolved effect."
+            )
         if self.part == "claims":
             n = len(a.claims)
             return (
@@ -212,6 +320,8 @@ class AnalysisTable:
         )
 
     def header(self) -> list[str]:
+        if self.part == "effects":
+            return ["Term", "Metric", "Effect", "95% CI", "p", "p (corr.)", "n"]
         if self.part == "contrasts":
             return ["Contrast", "Metric", "Effect", "95% CI", "p", "p (corr.)", "n"]
         if self.part == "claims":
@@ -220,6 +330,12 @@ class AnalysisTable:
 
     def rows(self) -> list[list[str]]:
         a = self.analysis
+        if self.part == "effects":
+            assert a.factorial is not None
+            return [
+                [e.term, metric_title(e.metric), *_effect_cells(e), _n(e)]
+                for e in a.factorial.effects
+            ]
         if self.part == "contrasts":
             return [
                 [e.contrast.name, metric_title(e.metric), *_effect_cells(e), _n(e)]
@@ -243,6 +359,9 @@ class AnalysisTable:
 
     def notes(self) -> list[str]:
         a = self.analysis
+        if self.part == "effects":
+            assert a.factorial is not None
+            return list(a.factorial.notes)
         notes = list(a.notes) if self.part == "contrasts" else []
         effects = a.effects if self.part == "contrasts" else [c.effect for c in a.claims]
         if any(e.over == "trial means" and e.n_seeds for e in effects):
@@ -256,6 +375,15 @@ class AnalysisTable:
 
     def raw(self) -> tuple[list[str], list[list[Any]]]:
         """Header and unformatted values, for CSV."""
+        if self.part == "effects":
+            assert self.analysis.factorial is not None
+            head = ["term", "metric", "effect", "ci_low", "ci_high", "se", "df", "p"]
+            head += ["p_adjusted", "n_seeds", "n_subjects", "n_rows", "over", "note"]
+            return head, [
+                [e.term, e.metric, e.effect, e.low, e.high, e.se, e.df, e.p, e.p_adjusted]
+                + [e.n_seeds, e.n_subjects, e.n_rows, e.over, e.note]
+                for e in self.analysis.factorial.effects
+            ]
         if self.part == "contrasts":
             head = ["contrast", "metric", "effect", "ci_low", "ci_high", "se", "df", "p"]
             head += ["p_adjusted", "n_seeds", "n_subjects", "over", "note"]
@@ -283,9 +411,11 @@ class AnalysisTable:
 
 
 def tables(experiment: str, analysis: Analysis) -> list[AnalysisTable]:
-    """The tables worth showing: contrasts, claims when the YAML states some, shares when
-    measured."""
+    """The tables worth showing: a design's effects when it is factorial or fractional,
+    contrasts, claims when the YAML states some, shares when measured."""
     out = [AnalysisTable(experiment, analysis, "contrasts")]
+    if analysis.factorial is not None:
+        out.insert(0, AnalysisTable(experiment, analysis, "effects"))
     if analysis.claims:
         out.append(AnalysisTable(experiment, analysis, "claims"))
     if analysis.shares:
@@ -299,7 +429,7 @@ def _p(p: float | None) -> str:
     return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
 
 
-def _effect_cells(e: Effect) -> list[str]:
+def _effect_cells(e: Effect | FactorEffect) -> list[str]:
     if e.effect is None:
         return ["–", e.note, "–", "–"]
     effect = format_value(e.metric, e.effect, signed=True)
@@ -309,7 +439,7 @@ def _effect_cells(e: Effect) -> list[str]:
     return [effect, ci, _p(e.p), _p(e.p_adjusted)]
 
 
-def _n(e: Effect) -> str:
+def _n(e: Effect | FactorEffect) -> str:
     seeds = f"{e.n_seeds} seed" + ("" if e.n_seeds == 1 else "s")
     return seeds + (f" × {e.n_subjects} subj." if e.over == "subjects" else "")
 

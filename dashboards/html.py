@@ -78,12 +78,17 @@ def _table_section(page: _Page, table: AblationTable) -> None:
 def _contrasts_section(
     page: _Page, table: AblationTable, tracking_uri: str, grid: pd.DataFrame
 ) -> None:
-    """Forest plot of the contrasts on the table's metric, then the claims and shares."""
+    """A factorial design's effects and interactions, the forest plot of the contrasts on the
+    table's metric, then the analysis tables."""
     analysis = contrasts.grid_analysis(tracking_uri, table.experiment, grid)
     page.section("Effects and claims")
-    fig = contrasts.forest_plot(analysis, table.metric.removeprefix("paper_"))
-    if fig is not None:
-        page.figures([fig])
+    metric = table.metric.removeprefix("paper_")
+    figs = [
+        contrasts.effects_forest_plot(analysis, metric),
+        contrasts.interaction_plot(analysis, metric),
+        contrasts.forest_plot(analysis, metric),
+    ]
+    page.figures([f for f in figs if f is not None])
     for part in contrasts.tables(table.experiment, analysis):
         page.parts.append(f'<div class="scroll">{contrasts.render(part, "html")}</div>')
 

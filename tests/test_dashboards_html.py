@@ -268,3 +268,53 @@ def test_dashboard_of_a_study_where_every_trial_failed(study_uri: str, tmp_path:
     _log_trial(client, exp, pid, "cpm", 0, tmp_path, status="failed", error="CUDA OOM")
     source = build_dashboard("allfailed", study_uri, tmp_path / "dash").read_text()
     assert "failed: CUDA OOM" in source and "No trial logged a &#x27;loss&#x27; history." in source
+
+
+def write_factorial(root: Path) -> str:
+    """A finished launch of ``demo_factorial.yaml`` (12 rows x 3 seeds, trial metrics): PSNR
+    a set function of the switches (nas +1 dB, irm:spectrum +1 dB) plus seed noise, the
+    launch's experiment YAML logged on its parent run as a launch logs it."""
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from ablate.config import load_experiment
+    from tests.test_dashboards_results import _log_trial
+
+    exp = load_experiment(
+        Path(__file__).resolve().parents[1] / "search_spaces" / "demo_factorial.yaml"
+    )
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment("factorial", artifact_location=(root / "art").as_uri())
+    pid = client.create_run(exp_id, run_name="launch", tags={"ablate.kind": "launch"}).info.run_id
+    client.log_param(pid, "rows", ",".join(exp.rows))
+    yaml_path = root / "demo-factorial.experiment.yaml"
+    yaml_path.write_text(yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False))
+    client.log_artifact(pid, str(yaml_path))
+    tmp = root / "staging"
+    tmp.mkdir()
+    rng = np.random.default_rng(0)
+    for name, row in exp.rows.items():
+        x = {f: 0.5 if getattr(row, f) else -0.5 for f in ("irm", "nas", "spectrum")}
+        for seed in range(3):
+            psnr = 25 + x["nas"] + x["irm"] * x["spectrum"] + 0.3 * seed + rng.normal(0, 0.1)
+            metrics = {"psnr": psnr, "ssim": 0.9 + psnr / 1000, "nmse": 0.1 - psnr / 1000}
+            metrics |= {"params_m": 0.3, "gmacs": 0.2, "train_s": 10.0, "train_it_per_s": 5.0}
+            _log_trial(client, exp_id, pid, name, seed, tmp, metrics=metrics)
+    client.set_terminated(pid)
+    return uri
+
+
+@needs_chromium
+def test_factorial_dashboard_shows_effects_and_interactions(tmp_path: Path) -> None:
+    """A factorial design's dashboard: the effects' forest plot, the interaction panels and
+    the effects table, rendered by Chromium without a script error."""
+    index = build_dashboard("factorial", write_factorial(tmp_path), tmp_path / "dash")
+    n_plots = int(re.search(r'data-plots="(\d+)"', index.read_text()).group(1))
+    dom = chromium(index, tmp_path, "--dump-dom")
+    count, svgs, errors = rendered(dom)
+    assert errors == "" and count == n_plots and svgs >= n_plots
+    assert "PSNR: main effects and two-way interactions, 95% CI" in dom
+    assert "PSNR: two-way interactions a:b" in dom and "irm:spectrum" in dom
+    assert "Effects of 'factorial' (factorial design over irm, nas, spectrum, contrastive)" in dom
+    assert "irm:contrastive: not estimated" in dom

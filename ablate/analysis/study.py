@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from ablate import metric_names
-from ablate.analysis import estimates
+from ablate.analysis import estimates, factorial
+from ablate.analysis.cells import metric_cells, paired_cube
 from ablate.analysis.estimates import ALPHA, Correction
 from ablate.paper import TABLE1, TABLE2, PaperRow
 
@@ -155,6 +156,8 @@ class Analysis:
     correction: Correction
     alpha: float = ALPHA
     notes: list[str] = field(default_factory=list)
+    #: A factorial or fractional design's main effects and interactions (else None).
+    factorial: factorial.Factorial | None = None
 
     @property
     def method(self) -> str:
@@ -165,50 +168,15 @@ class Analysis:
         return estimates.CORRECTIONS[self.correction]
 
 
-# --- the data of one contrast ------------------------------------------------------------------
-
-
-def _cells(frame: pd.DataFrame, metric: str, rows: Sequence[str]) -> tuple[pd.DataFrame, str]:
-    """``row, seed, subject, value`` of completed trials: subject lines when every trial of
-    these rows logged them, else trial means (one pseudo-subject)."""
-    done = frame[(frame["status"] == "completed") & frame["row"].isin(rows)]
-    if metric not in done:
-        return pd.DataFrame(columns=["row", "seed", "subject", "value"]), "subjects"
-    subj = done[(done["level"] == "subject") & done[metric].notna()]
-    trials = done[(done["level"] == "trial") & done[metric].notna()]
-    have = set(zip(subj["row"], subj["seed"], strict=True))
-    want = set(zip(trials["row"], trials["seed"], strict=True))
-    if have and want <= have:
-        use, over = subj, "subjects"
-    else:
-        use, over = trials.assign(subject="(trial mean)"), "trial means"
-    cells = use[["row", "seed", "subject"]].assign(value=use[metric].astype(float))
-    return cells.groupby(["row", "seed", "subject"], as_index=False)["value"].mean(), over
-
-
-def _paired(cells: pd.DataFrame, rows: Sequence[str]) -> np.ndarray:
-    """``[rows, seeds, subjects]`` over the seeds every row has, and the subjects every
-    (row, seed) has; empty along seeds when none pair."""
-    cube = cells.pivot_table(index=["seed", "subject"], columns="row", values="value")
-    cube = cube.reindex(columns=list(rows))
-    seeds = [s for s, block in cube.groupby(level="seed") if block.notna().all(axis=1).any()]
-    cube = cube.loc[cube.index.get_level_values("seed").isin(seeds)]
-    complete = cube.notna().all(axis=1).groupby(level="subject").all()
-    subjects = complete[complete].index.tolist()
-    cube = cube.loc[cube.index.get_level_values("subject").isin(subjects)]
-    values = cube.to_numpy().T  # [rows, seeds * subjects]
-    return values.reshape(len(rows), len(seeds), len(subjects))
-
-
 def estimate(frame: pd.DataFrame, contrast: Contrast, metric: str) -> Effect:
     """The effect of one contrast on one metric (untested, with a note, below 2 seeds)."""
     rows = list(contrast.weights)
-    cells, over = _cells(frame, metric, rows)
+    cells, over = metric_cells(frame, metric, rows)
     out = Effect(contrast, metric, over=over)
     if cells.empty:
         out.note = f"no completed trial logged '{metric}'"
         return out
-    cube = _paired(cells, rows)
+    cube = paired_cube(cells, rows)
     out.n_seeds, out.n_subjects = cube.shape[1], cube.shape[2]
     w = np.array([contrast.weights[r] for r in rows])
     if out.n_seeds < 2:
@@ -342,8 +310,10 @@ def analyse(
     claims: Sequence[Any] = (),
     correction: Correction = "holm",
     alpha: float = ALPHA,
+    layout: factorial.Layout | None = None,
 ) -> Analysis:
-    """Contrasts x metrics (one family), claims (another), variance shares per row.
+    """Contrasts x metrics (one family), claims (another), variance shares per row, and with
+    a factorial or fractional ``layout`` its effects x metrics (a third family).
 
     ``frame`` is a tidy frame (``ablate.analysis.frame``); rows are taken in its
     ``row_index`` order. ``claims`` are ``ablate.config`` claims (``BetterClaim``,
@@ -376,4 +346,5 @@ def analyse(
             reading += f" ('{reference or (rows[0] if rows else '')}')"
     else:
         reading = "explicit pairs"
-    return Analysis(effects, results, shares, reading, correction, alpha, notes)
+    design = factorial.effects(frame, layout, logged, correction) if layout is not None else None
+    return Analysis(effects, results, shares, reading, correction, alpha, notes, design)
