@@ -9,6 +9,7 @@ every plot has rendered, and script errors written into ``#js-errors``
 from __future__ import annotations
 
 import html
+import json
 import math
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
+from plotly.utils import PlotlyJSONEncoder
 
 from dashboards import contrasts, plots
 from dashboards.results import (
@@ -58,7 +60,10 @@ class _Page:
     def figure(self, fig: go.Figure) -> str:
         div = f"plot-{self.n_figures}"
         self.n_figures += 1
-        spec = fig.to_json().replace("</", "<\\/")  # never close the script tag early
+        # Plotly's own to_json writes "↑" raw with orjson installed and as "\\u2191" without:
+        # one encoder (Plotly's, for numpy and NaN) and raw UTF-8, whatever is installed.
+        spec = json.dumps(fig.to_dict(), cls=PlotlyJSONEncoder, ensure_ascii=False)
+        spec = spec.replace("</", "<\\/")  # never close the script tag early
         return (
             f'<div id="{div}" class="plot"></div>'
             f'<script type="application/json" class="ablate-figure" data-target="{div}">'
