@@ -56,6 +56,29 @@ ALPHA = 0.05
 POWER = 0.8
 
 
+@dataclass(kw_only=True)
+class Tested:
+    """One effect as a table shows it (a contrast's or a factorial term's, on one metric):
+    estimate, 95% CI, p and its corrected p, and the replicates behind it. ``effect`` is None
+    (and ``note`` says why) when it could not be tested."""
+
+    effect: float | None = None
+    low: float | None = None
+    high: float | None = None
+    se: float | None = None
+    df: float | None = None
+    p: float | None = None
+    p_adjusted: float | None = None
+    n_seeds: int = 0
+    n_subjects: int = 0
+    over: str = "subjects"  # or "trial means" where the runs logged no per-subject metrics
+    note: str = ""
+
+    @property
+    def tested(self) -> bool:
+        return self.p is not None
+
+
 @dataclass(frozen=True)
 class Estimates:
     """Arrays over any leading batch shape: one entry per contrast (or simulated study)."""

@@ -37,7 +37,7 @@ import pandas as pd
 
 from ablate.analysis import estimates
 from ablate.analysis.cells import metric_cells, paired_cube
-from ablate.analysis.estimates import Correction
+from ablate.analysis.estimates import Correction, Tested
 
 #: How captions name the model (one owner for the words).
 MODEL = (
@@ -59,27 +59,12 @@ class Layout:
 
 
 @dataclass
-class FactorEffect:
+class FactorEffect(Tested):
     """One term (``nas`` or ``irm:nas``) on one metric; ``effect`` None when untested."""
 
     term: str
     metric: str
-    effect: float | None = None
-    low: float | None = None
-    high: float | None = None
-    se: float | None = None
-    df: float | None = None
-    p: float | None = None
-    p_adjusted: float | None = None
-    n_seeds: int = 0
-    n_subjects: int = 0
     n_rows: int = 0
-    over: str = "subjects"
-    note: str = ""
-
-    @property
-    def tested(self) -> bool:
-        return self.p is not None
 
     @property
     def kind(self) -> str:

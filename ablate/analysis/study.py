@@ -26,7 +26,7 @@ import pandas as pd
 from ablate import metric_names
 from ablate.analysis import estimates, factorial
 from ablate.analysis.cells import metric_cells, paired_cube
-from ablate.analysis.estimates import ALPHA, Correction
+from ablate.analysis.estimates import ALPHA, Correction, Tested
 from ablate.paper import TABLE1, TABLE2, PaperRow
 
 Verdict = Literal["supported", "contradicted", "unresolved"]
@@ -96,28 +96,13 @@ READINGS = {
 
 
 @dataclass
-class Effect:
+class Effect(Tested):
     """One contrast on one metric. ``effect`` is None (and ``note`` says why) when fewer
     than 2 seeds pair."""
 
     contrast: Contrast
     metric: str
-    effect: float | None = None
-    low: float | None = None
-    high: float | None = None
-    se: float | None = None
-    df: float | None = None
-    p: float | None = None
-    p_adjusted: float | None = None
-    n_seeds: int = 0
-    n_subjects: int = 0
-    over: str = "subjects"  # or "trial means" where the runs logged no per-subject metrics
-    note: str = ""
     components: tuple[float, float, float] = (0.0, 0.0, 0.0)  # seed, subject, error variance
-
-    @property
-    def tested(self) -> bool:
-        return self.p is not None
 
 
 @dataclass
