@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from ablate import mlflow_ui, preflight, tracking
+from ablate import mlflow_internals, mlflow_ui, preflight, tracking
 from ablate import storage as storage_mod
 from ablate.callbacks import CheckpointGuard, MlflowTrialStates, PlanVsActual, TrialProgress
 from ablate.config import ExperimentConfig, ResourcesConfig, parse_experiment
@@ -235,7 +235,7 @@ def _prepare(
             tracking.TAG_ROW_ORDER: ",".join(exp.row_order),
             tracking.TAG_REFERENCE: exp.reference_row,
             **dataset,
-            **mlflow_ui.source_tags(),
+            **mlflow_internals.source_tags(),
             **(tags or {}),
         },
     )

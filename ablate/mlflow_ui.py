@@ -26,52 +26,21 @@ from typing import Any
 
 import numpy as np
 from mlflow.entities import Dataset, DatasetInput, InputTag
-from mlflow.utils.mlflow_tags import (
-    MLFLOW_DATASET_CONTEXT,
-    MLFLOW_GIT_BRANCH,
-    MLFLOW_GIT_COMMIT,
-    MLFLOW_GIT_REPO_URL,
-    MLFLOW_RUN_NOTE,
-    MLFLOW_SOURCE_NAME,
-    MLFLOW_SOURCE_TYPE,
-    MLFLOW_USER,
-)
 
 from ablate import tracking
 from ablate.config import DataConfig
+from ablate.mlflow_internals import (
+    MLFLOW_DATASET_CONTEXT,
+    MLFLOW_RUN_NOTE,
+    SOURCE_TAGS,
+)
 from ablate.ui_links import VIEW_KEY, runs_page_url
 
 log = logging.getLogger(__name__)
 
 #: Run tags a child copies from its parent: who ran the launch, from which code.
-INHERITED_TAGS = (
-    MLFLOW_USER,
-    MLFLOW_SOURCE_NAME,
-    MLFLOW_SOURCE_TYPE,
-    MLFLOW_GIT_COMMIT,
-    MLFLOW_GIT_BRANCH,
-    MLFLOW_GIT_REPO_URL,
-)
+INHERITED_TAGS = SOURCE_TAGS
 _MAX_NOTE = 7000  # MLflow caps a tag value at 8000 characters
-
-
-def source_tags() -> dict[str, str]:
-    """The tags MLflow's fluent API would set on a run started here (user, source name and
-    type, git commit/branch/remote of the main script's repository); when the main script is
-    not in a git repository (the ``ablate`` console script), the commit of ablate's own."""
-    from mlflow.tracking.context.registry import resolve_tags
-    from mlflow.utils.git_utils import get_git_branch, get_git_commit, get_git_repo_url
-
-    tags = {k: str(v) for k, v in resolve_tags().items() if k in INHERITED_TAGS}
-    if MLFLOW_GIT_COMMIT not in tags:
-        code = str(Path(__file__).resolve().parent)
-        found = {
-            MLFLOW_GIT_COMMIT: get_git_commit(code),
-            MLFLOW_GIT_BRANCH: get_git_branch(code),
-            MLFLOW_GIT_REPO_URL: get_git_repo_url(code),
-        }
-        tags.update({k: str(v) for k, v in found.items() if v})
-    return tags
 
 
 def inherited_tags(tracking_uri: str, parent_run_id: str) -> dict[str, str]:

@@ -17,10 +17,10 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import pandas as pd
-from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 
 from ablate import tracking
 from ablate.errors import UserError
+from ablate.mlflow_internals import MLFLOW_GIT_COMMIT
 from ablate.tracking import require_store
 from ablate.ui_links import run_page_url
 
