@@ -33,6 +33,7 @@ from ablate.loop import TrainingLoop, to_device
 from ablate.methods.base import Batch, Method
 from ablate.methods.registry import build_method, check_dataset
 from ablate.serving import write_spec
+from ablate.shared_cache import SharedCache
 
 Split = str
 
@@ -143,7 +144,7 @@ class TrainingRun(TrainingLoop):
             for split in ("train", "val", "test")
         }
         try:
-            method.prepare(datasets["train"], cache_dir, trial.seed)
+            method.prepare(datasets["train"], SharedCache(cache_dir), trial.seed)
         except UserError as err:  # e.g. PMDM's stage 1: say which trial it was for
             raise type(err)(f"row '{trial.row_name}' seed {trial.seed}: {err}") from None
         train = trial.train

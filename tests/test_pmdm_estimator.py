@@ -15,6 +15,7 @@ from ablate.loop import NonFiniteLoss
 from ablate.methods.pmdm import ConditionalDDPM, EstimatorError, data_fingerprint
 from ablate.methods.registry import build_method
 from ablate.precision import autocast
+from ablate.shared_cache import SharedCache
 from tests.test_pmdm_rows import SIZE, PairDataset, batch_of, tiny_trial
 
 
@@ -36,7 +37,7 @@ def test_second_trial_loads_the_cached_estimator_instead_of_training(
     train_data: PairDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = new_pmdm()
-    first.prepare(train_data, tmp_path, seed=0)
+    first.prepare(train_data, SharedCache(tmp_path), seed=0)
     assert first.estimator_trained and first.estimator_path.is_file()
     assert first.estimator_path.parent == tmp_path
 
@@ -45,7 +46,7 @@ def test_second_trial_loads_the_cached_estimator_instead_of_training(
 
     monkeypatch.setattr(pmdm, "train_estimator", no_training)
     variant = new_pmdm(conditioning="r0+sinogram", sample_steps=5)  # another PMDM variant
-    variant.prepare(train_data, tmp_path, seed=0)
+    variant.prepare(train_data, SharedCache(tmp_path), seed=0)
     assert not variant.estimator_trained and variant.estimator_path == first.estimator_path
     for name, value in estimator_state(first).items():
         torch.testing.assert_close(variant.estimator.state_dict()[name], value)
@@ -63,14 +64,14 @@ def test_cache_key_follows_seed_split_and_settings(train_data: PairDataset, tmp_
     ]:
         trial = tiny_trial("pmdm", {"method": "pmdm"}, **{"estimator_steps": 3, **train})
         method = build_method(trial, SIZE)
-        method.prepare(data, tmp_path, seed)
+        method.prepare(data, SharedCache(tmp_path), seed)
         assert method.estimator_trained
         paths.add(method.estimator_path)
     assert len(paths) == 6
     # where and how fast stage 1 runs does not change what it trains: the same estimator
     trial = tiny_trial("pmdm", {"method": "pmdm"}, estimator_steps=3, loader_workers=1)
     method = build_method(trial, SIZE)
-    method.prepare(train_data, tmp_path, 0)
+    method.prepare(train_data, SharedCache(tmp_path), 0)
     assert not method.estimator_trained
 
 
@@ -89,7 +90,7 @@ def test_manifest_datasets_are_fingerprinted_by_path_manifest_and_split(tmp_path
 
 def test_estimator_is_frozen_during_stage_two(train_data: PairDataset, tmp_path: Path) -> None:
     method = new_pmdm()
-    method.prepare(train_data, tmp_path, seed=0)
+    method.prepare(train_data, SharedCache(tmp_path), seed=0)
     before = estimator_state(method)
     optimizers = method.configure_optimizers(1e-3, 0.0)
     trained = {id(p) for opt in optimizers for g in opt.param_groups for p in g["params"]}
@@ -104,7 +105,7 @@ def test_estimator_is_frozen_during_stage_two(train_data: PairDataset, tmp_path:
 
 def test_restored_trial_needs_no_prepare(train_data: PairDataset, tmp_path: Path) -> None:
     method = new_pmdm()
-    method.prepare(train_data, tmp_path, seed=0)
+    method.prepare(train_data, SharedCache(tmp_path), seed=0)
     restored = new_pmdm(sample_steps=3)
     restored.load_state_dict(method.state_dict())
     restored.eval()
@@ -114,37 +115,37 @@ def test_restored_trial_needs_no_prepare(train_data: PairDataset, tmp_path: Path
 
 def test_corrupt_cached_estimator_is_named(train_data: PairDataset, tmp_path: Path) -> None:
     method = new_pmdm()
-    method.prepare(train_data, tmp_path, seed=0)
+    method.prepare(train_data, SharedCache(tmp_path), seed=0)
     method.estimator_path.write_bytes(b"not a checkpoint")
     with pytest.raises(EstimatorError, match=str(method.estimator_path)):
-        new_pmdm().prepare(train_data, tmp_path, seed=0)
+        new_pmdm().prepare(train_data, SharedCache(tmp_path), seed=0)
 
 
 def test_explicit_checkpoint_is_checked(train_data: PairDataset, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     trained = new_pmdm()
-    trained.prepare(train_data, cache, seed=0)
+    trained.prepare(train_data, SharedCache(cache), seed=0)
     ckpt = str(trained.estimator_path)
 
     ok = new_pmdm(estimator_checkpoint=ckpt)
-    ok.prepare(train_data, tmp_path / "unused", seed=0)
+    ok.prepare(train_data, SharedCache(tmp_path / "unused"), seed=0)
     assert not ok.estimator_trained and not (tmp_path / "unused").exists()
 
     missing = str(tmp_path / "nowhere" / "deeppet.pt")
     with pytest.raises(EstimatorError, match="nowhere/deeppet.pt"):
-        new_pmdm(estimator_checkpoint=missing).prepare(train_data, cache, seed=0)
+        new_pmdm(estimator_checkpoint=missing).prepare(train_data, SharedCache(cache), seed=0)
 
     other_split = PairDataset(6, seed=1, split="val")
     with pytest.raises(EstimatorError, match=f"{ckpt} was trained with data.split='train'"):
-        new_pmdm(estimator_checkpoint=ckpt).prepare(other_split, cache, seed=0)
+        new_pmdm(estimator_checkpoint=ckpt).prepare(other_split, SharedCache(cache), seed=0)
 
     with pytest.raises(EstimatorError, match="needs seed=1"):
-        new_pmdm(estimator_checkpoint=ckpt).prepare(train_data, cache, seed=1)
+        new_pmdm(estimator_checkpoint=ckpt).prepare(train_data, SharedCache(cache), seed=1)
 
     wrong = tmp_path / "weights.pt"
     torch.save({"state_dict": {}}, wrong)
     with pytest.raises(EstimatorError, match="weights.pt is unreadable"):
-        new_pmdm(estimator_checkpoint=str(wrong)).prepare(train_data, cache, seed=0)
+        new_pmdm(estimator_checkpoint=str(wrong)).prepare(train_data, SharedCache(cache), seed=0)
 
 
 def test_diverging_estimator_names_the_step_and_the_fix(train_data: PairDataset) -> None:
@@ -189,7 +190,7 @@ def test_stage_one_trains_in_the_trial_loop_under_the_trials_precision(
 
     monkeypatch.setattr(loop, "autocast", spy)
     method = new_pmdm(precision="bf16")
-    method.prepare(train_data, tmp_path, seed=0)
+    method.prepare(train_data, SharedCache(tmp_path), seed=0)
     assert seen == ["bf16"] * 3  # estimator_steps
     saved = torch.load(method.estimator_path, weights_only=True)
     assert saved["meta"]["training"]["precision"] == "bf16"

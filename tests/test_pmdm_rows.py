@@ -29,6 +29,7 @@ from ablate.methods.base import Method
 from ablate.methods.registry import build_method
 from ablate.models.deeppet import DeepPET, resample_sinogram
 from ablate.paper import TABLE1
+from ablate.shared_cache import SharedCache
 from ablate.training import optimiser_settings
 from ablate.trials import row_trials
 
@@ -131,7 +132,7 @@ def built(
     trial = tiny_trial(name, row, **train)
     torch.manual_seed(0)
     method = build_method(trial, SIZE)
-    method.prepare(data, cache, trial.seed)
+    method.prepare(data, SharedCache(cache), trial.seed)
     return method
 
 
@@ -223,7 +224,7 @@ def test_pmdm_variants_build_the_right_conditioning(data: PairDataset, tmp_path:
     assert pmdm_off.estimator is None and pmdm_off.conditioning == "sinogram"
     both = build_method(tiny_trial("both", {"method": "pmdm", "conditioning": "r0+sinogram"}), SIZE)
     assert both.estimator is not None and both.unet.stem.in_channels == 3
-    both.prepare(data, tmp_path, 0)
+    both.prepare(data, SharedCache(tmp_path), 0)
     cond = both.condition(batch_of(data, 2))
     assert cond.shape == (2, 2, SIZE, SIZE)
     torch.testing.assert_close(cond[:, 1:], resample_sinogram(data.sinogram[:2], (SIZE, SIZE)))

@@ -13,6 +13,7 @@ from ablate.config import ConfigError, TrialConfig, parse_experiment
 from ablate.diffusion.samplers import ddim_sample, ddpm_sample, sample
 from ablate.diffusion.schedules import NoiseSchedule
 from ablate.methods.registry import build_method, required_keys
+from ablate.shared_cache import SharedCache
 from tests import test_methods_table2 as table2
 from tests import test_pmdm_rows as pmdm_rows
 from tests.conftest import tiny_experiment
@@ -155,7 +156,7 @@ def test_pmdm_rows_sample_with_ddim(name: str, tmp_path: Path) -> None:
     trial = _with_sampler(trial.model_copy(update={"row": row}), "ddim")
     torch.manual_seed(0)
     method = build_method(trial, pmdm_rows.SIZE)
-    method.prepare(data, tmp_path, trial.seed)
+    method.prepare(data, SharedCache(tmp_path), trial.seed)
     method.eval()
     assert "sampler='ddim'" in repr(method) and "sample_steps=5" in repr(method)
     calls: list[int] = []

@@ -14,6 +14,7 @@ import pytest
 
 from ablate import preflight, storage, tracking
 from ablate.errors import UserError
+from ablate.shared_cache import SharedCache
 from ablate.storage import StorageError
 
 
@@ -221,7 +222,7 @@ def test_pmdm_estimator_cache_travels_through_object_storage(
     data = PairDataset(6, seed=1, split="train")
     monkeypatch.setenv("ABLATE_CACHE_DIR", str(tmp_path / "node-a"))
     first = new_pmdm()
-    first.prepare(data, f"{s3}/cache", seed=0)
+    first.prepare(data, SharedCache(f"{s3}/cache"), seed=0)
     assert first.estimator_trained and first.estimator_path.is_relative_to(tmp_path / "node-a")
     assert storage.exists(f"{s3}/cache/{first.estimator_path.name}")
 
@@ -231,7 +232,7 @@ def test_pmdm_estimator_cache_travels_through_object_storage(
     monkeypatch.setattr(pmdm, "train_estimator", no_training)
     monkeypatch.setenv("ABLATE_CACHE_DIR", str(tmp_path / "node-b"))
     second = new_pmdm()
-    second.prepare(data, f"{s3}/cache", seed=0)
+    second.prepare(data, SharedCache(f"{s3}/cache"), seed=0)
     assert not second.estimator_trained
     assert second.estimator_path.is_relative_to(tmp_path / "node-b")
     for name, value in first.estimator.state_dict().items():

@@ -19,11 +19,12 @@ normalised scale where full-dose slices lie roughly in [0, 1]):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from pathlib import Path
 
 import torch
 import torch.utils.data
 from torch import nn
+
+from ablate.shared_cache import SharedCache
 
 Batch = dict[str, torch.Tensor]
 
@@ -76,9 +77,9 @@ class Method(nn.Module, ABC):
             opt.step()
         return {name: value.detach() for name, value in losses.items()}
 
-    def prepare(self, train_data: torch.utils.data.Dataset, cache_dir: Path, seed: int) -> None:
+    def prepare(self, train_data: torch.utils.data.Dataset, cache: SharedCache, seed: int) -> None:
         """Work a method needs before its own training loop (e.g. PMDM's frozen stage-1
-        estimator, trained once and cached by content hash under ``cache_dir``).
+        estimator, built once per content hash through ``cache``, which trials share).
 
         Most methods need nothing, hence the empty default.
         """

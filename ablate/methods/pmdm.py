@@ -12,11 +12,12 @@ so the pair is also the paper's estimator ablation.
 Stage 1 runs in :meth:`ConditionalDDPM.prepare`, once per (dataset, split, seed, estimator
 settings): a DeepPET row's method trained by the trial's own loop
 (:class:`~ablate.loop.TrainingLoop`: the same batch order, precision, device resolution and
-NaN report as any trial). The trained estimator is cached under ``cache_dir`` as
-``deeppet-<content hash>.pt`` and every later PMDM trial with the same key (a grid of PMDM
-variants, a retried trial) loads it instead of retraining. A file lock serialises concurrent
-trials that want the same estimator. A given ``estimator_checkpoint`` replaces the cache; it
-must have been written by :func:`save_estimator` for the same data and seed.
+NaN report as any trial). The trained estimator is kept in the trial's
+:class:`~ablate.shared_cache.SharedCache` as ``deeppet-<content hash>.pt``, and every later
+PMDM trial with the same key (a grid of PMDM variants, a retried trial) loads it instead of
+retraining; the cache, not the method, serialises trials and nodes that want the same one.
+A given ``estimator_checkpoint`` replaces the cache; it must have been written by
+:func:`save_estimator` for the same data and seed.
 
 Stage 2 is :class:`~ablate.diffusion.conditional.ConditionalDiffusion` with a uniform discrete
 step and MSE; this module says only how the condition is built. Images are diffused on the
@@ -26,7 +27,6 @@ sampler transports ``r0*`` to the data distribution on one scale.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -38,7 +38,6 @@ from typing import Any, Literal
 import torch
 import torch.utils.data
 
-from ablate import storage
 from ablate.config import PMDMRow, RowConfig, TrialConfig
 from ablate.data.staging import HASH_FILE
 from ablate.device import resolve_device
@@ -52,6 +51,7 @@ from ablate.methods.deeppet import DeepPETMethod, SinogramMethod
 from ablate.models.deeppet import DeepPET
 from ablate.models.unet import UNetShape
 from ablate.precision import Precision
+from ablate.shared_cache import SharedCache
 
 log = logging.getLogger(__name__)
 
@@ -288,15 +288,9 @@ class ConditionalDDPM(SinogramMethod):
 
     # -- stage 1 ---------------------------------------------------------------------------
 
-    def prepare(
-        self, train_data: torch.utils.data.Dataset, cache_dir: Path | str, seed: int
-    ) -> None:
-        """Load (or train once and cache) the frozen DeepPET estimator of this data and seed.
-
-        ``cache_dir`` is a local folder or a storage URI (``s3://.../cache``): then the node
-        keeps its copy in :func:`ablate.storage.node_dir`, fetches the estimator from the
-        storage when another node trained it, and uploads the one it trains. The lock is per
-        node: two nodes may both train the same (deterministic) estimator at the same time."""
+    def prepare(self, train_data: torch.utils.data.Dataset, cache: SharedCache, seed: int) -> None:
+        """Load (or train once, through ``cache``) the frozen DeepPET estimator of this data
+        and seed; the cache decides whether another trial or node has trained it already."""
         if self.estimator is None:
             return
         fingerprint = data_fingerprint(train_data)
@@ -306,26 +300,15 @@ class ConditionalDDPM(SinogramMethod):
             self.estimator_path, self.estimator_trained = Path(self.estimator_checkpoint), False
         else:
             training = self.estimator_training
+
+            def build(path: Path) -> None:
+                log.info("training the stage-1 DeepPET estimator -> %s", path)
+                net = train_estimator(train_data, seed, training, self.image_size)
+                save_estimator(path, net, {**expected, "training": training.key_fields()})
+
             name = f"deeppet-{estimator_key(fingerprint, seed, training)}.pt"
-            remote = storage.join(str(cache_dir), name) if storage.is_uri(cache_dir) else None
-            local = storage.node_dir() / "cache" if remote else Path(cache_dir)
-            path = local / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path.with_suffix(".lock"), "w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)  # one trial trains, the others wait and load
-                if remote and not path.exists() and storage.exists(remote):
-                    tmp = path.with_name(f".{path.name}.{os.getpid()}.fetch")
-                    storage.download(remote, tmp)
-                    os.replace(tmp, path)
-                trained = not path.exists()
-                if trained:
-                    log.info("training the stage-1 DeepPET estimator -> %s", path)
-                    net = train_estimator(train_data, seed, training, self.image_size)
-                    meta = {**expected, "training": training.key_fields()}
-                    save_estimator(path, net, meta)
-                    if remote:
-                        storage.upload(path, remote)
-                load_estimator(path, self.estimator, expected)
+            path, trained = cache.fetch_or_build(name, build)
+            load_estimator(path, self.estimator, expected)
             self.estimator_path, self.estimator_trained = path, trained
         self.estimator.eval()
         self.estimator_ready.fill_(True)
