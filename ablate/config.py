@@ -354,6 +354,20 @@ class TrainConfig(_Strict):
         default=0.0, ge=0, lt=1, description="EMA of weights for eval/export; 0 = off."
     )
 
+    @property
+    def validation_steps(self) -> list[int]:
+        """The steps at which a trial validates before its last one: every ``eval_every``
+        steps, strictly before ``steps`` (where the final evaluation always runs). The one
+        owner of the evaluation schedule: the trainable, ASHA's rungs and the plan read it."""
+        if not self.eval_every:
+            return []
+        return list(range(self.eval_every, self.steps, self.eval_every))
+
+    @property
+    def validations(self) -> int:
+        """How many validation results a trial reports: :attr:`validation_steps` and the end."""
+        return len(self.validation_steps) + 1
+
 
 class ResourcesConfig(_Strict):
     cpu: float = Field(default=1.0, gt=0)

@@ -554,7 +554,7 @@ def launch_search(
         study_name=study_name,
         storage=study_db,
     )
-    n_reports = len(range(base.train.eval_every, base.train.steps, base.train.eval_every)) + 1
+    n_reports = base.train.validations
     scheduler = None  # FIFO: several objectives, every trial runs to the end
     if not search.multi_objective:
         scheduler = ASHAScheduler(

@@ -858,9 +858,8 @@ def _finite(value: Any) -> Any:
 def _eval_counts(trial: TrialConfig, slices: dict[str, int]) -> tuple[int, int, int]:
     """(validations, images per validation, test images)."""
     train = trial.train
-    evals = len(range(train.eval_every, train.steps, train.eval_every)) if train.eval_every else 0
-    n = trial.train.eval_slices
-    return evals + 1, min(n, slices.get("val", n)), min(n, slices.get("test", n))
+    n = train.eval_slices
+    return train.validations, min(n, slices.get("val", n)), min(n, slices.get("test", n))
 
 
 def plan_trial(
@@ -1167,7 +1166,7 @@ def _asha(exp: ExperimentConfig, base: TrialConfig) -> dict[str, Any]:
     runs: a trial reaches validation m with probability reduction_factor^-(rungs below m)."""
     assert exp.search is not None
     s, train = exp.search, base.train
-    n_reports = len(range(train.eval_every, train.steps, train.eval_every)) + 1
+    n_reports = train.validations
     rungs, r = [], min(s.grace_period, n_reports)
     while r < n_reports:
         rungs.append(r)

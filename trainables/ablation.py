@@ -228,7 +228,7 @@ def _run(
         }
 
     train = trial.train
-    evals = list(range(train.eval_every, train.steps, train.eval_every)) if train.eval_every else []
+    evals = train.validation_steps
     session_s, session_steps = 0.0, 0
     poster = ProgressPoster(ctx.parent_run_id, tune.get_context().get_trial_id())
     progress, flushed = _Progress(run.step, poster), time.monotonic()
