@@ -33,6 +33,7 @@ from ablate.interrupts import reinstall as reinstall_stop_signals
 from ablate.launches import LAUNCH_RECORD, read_launch_record
 from ablate.search import PruningAwareOptunaSearch, optuna_distribution
 from ablate.shipped import shipped_space
+from ablate.sqlite_urls import sqlite_url
 from ablate.trials import (
     ROW,
     SEED,
@@ -514,7 +515,7 @@ def launch_search(
     row_exp = exp.model_copy(update={"rows": {search.row: exp.rows[search.row]}})
     objectives = [(f"val_{metric}", mode) for metric, mode in search.objectives]
     plan = _plan(exp, ws, search=True, gpu=gpu)
-    storage_url = study_storage or f"sqlite:///{(ws.workdir / 'optuna.db').resolve()}"
+    storage_url = study_storage or sqlite_url(ws.workdir / "optuna.db")
     preflight.check_study_url(storage_url)
     _preflight(ws.tracking_uri, ws.storage, address)
     study_db = preflight.open_study_storage(storage_url)

@@ -34,6 +34,7 @@ from ablate.mlflow_internals import (
     MLFLOW_RUN_NOTE,
     SOURCE_TAGS,
 )
+from ablate.sqlite_urls import sqlite_file
 from ablate.ui_links import VIEW_KEY, runs_page_url
 
 log = logging.getLogger(__name__)
@@ -245,9 +246,9 @@ def publish_study_view(tracking_uri: str, experiment_id: str) -> None:
 def study_links(tracking_uri: str, base_url: str) -> list[tuple[str, str]]:
     """(experiment name, study-view URL) of each study in a store; none when the store does
     not exist yet or cannot be read (the UI server creates or reports it)."""
-    if tracking_uri.startswith("sqlite:///"):
-        if not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
-            return []
+    db = sqlite_file(tracking_uri)
+    if db is not None and not db.is_file():
+        return []
     try:
         experiments = tracking.client(tracking_uri).search_experiments(max_results=50)
     except Exception:  # noqa: BLE001 - links are a convenience; the server reports problems

@@ -55,6 +55,7 @@ from ablate.analysis.study import contrasts_for, format_value
 from ablate.config import ExperimentConfig, TrialConfig, load_experiment
 from ablate.errors import UserError
 from ablate.shipped import benchmark_records_dir, search_spaces_dir
+from ablate.sqlite_urls import sqlite_file
 from ablate.trials import (
     ANY_TRIAL,
     ROW,
@@ -1304,7 +1305,9 @@ def dry_run_summary(
     """What ``ablate run/search --dry-run`` adds to the plan: the Ray resources each trial
     asks for and where MLflow would write; it creates nothing (not even ``workdir``)."""
     workdir = Path(workdir).resolve()
-    uri = tracking_uri or f"sqlite:///{workdir / 'mlflow.db'}"
+    from ablate import tracking  # MLflow loads only where a dry run reports on the store
+
+    uri = tracking_uri or tracking.default_tracking_uri(workdir)
     res = exp.resources
     concurrent = f", at most {res.max_concurrent} at a time" if res.max_concurrent else ""
     trials = plan.search["samples"] if plan.search else len(plan.trials)
@@ -1324,9 +1327,9 @@ def _experiment_state(tracking_uri: str, experiment: str) -> str:
     the store), read without creating either: a sqlite store that is not there is not opened."""
     from ablate import preflight, tracking
 
-    if tracking_uri.startswith("sqlite:///"):
-        if not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
-            return f"would be created, in a new store {tracking_uri}"
+    db = sqlite_file(tracking_uri)
+    if db is not None and not db.is_file():
+        return f"would be created, in a new store {tracking_uri}"
     try:
         preflight.check_tracking(tracking_uri)  # a server that does not answer: seconds
         mlf = tracking.client(tracking_uri)

@@ -26,7 +26,6 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,6 +33,7 @@ import torch
 from ablate import storage, tracking
 from ablate.config import DataConfig, TrialConfig
 from ablate.errors import UserError
+from ablate.sqlite_urls import sqlite_file
 
 
 def image_size(data: DataConfig) -> int:
@@ -193,9 +193,9 @@ def open_study_storage(url: str, study: str | None = None) -> Any:
     down or a sqlite file is on another machine."""
     import optuna
 
-    if study is not None and url.startswith("sqlite:///"):
-        path = url.removeprefix("sqlite:///")
-        if not Path(path).is_file():  # opening it would create an empty study database
+    path = sqlite_file(url)
+    if study is not None and path is not None:
+        if not path.is_file():  # opening it would create an empty study database
             raise UserError(
                 f"the Optuna study '{study}' is kept in {path}, which is not on this machine: "
                 f"resume the search where it was launched, or launch it with {STUDY_STORAGE_FIX}"

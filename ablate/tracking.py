@@ -24,6 +24,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from ablate.errors import UserError
+from ablate.sqlite_urls import sqlite_file, sqlite_url
 
 T = TypeVar("T")
 
@@ -65,7 +66,7 @@ _MLFLOW_STATUS = {"completed": "FINISHED", "pruned": "KILLED", "interrupted": "K
 
 def default_tracking_uri(workdir: Path) -> str:
     """The embedded store: a sqlite file in the work directory."""
-    return f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
+    return sqlite_url(workdir / "mlflow.db")
 
 
 def is_server(tracking_uri: str) -> bool:
@@ -121,8 +122,8 @@ def client(tracking_uri: str) -> MlflowClient:
 
 def require_store(tracking_uri: str) -> None:
     """Refuse a sqlite store that does not exist: reading one must not create it empty."""
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri.removeprefix("sqlite:///"))
+    db = sqlite_file(tracking_uri)
+    if db is not None:
         if not db.is_file():
             raise UserError(
                 f"no MLflow store at {db}: run `ablate demo` or `ablate run` first, "
@@ -163,10 +164,10 @@ def store_lock(tracking_uri: str) -> Iterator[None]:
     """Hold an exclusive lock on a sqlite store (a no-op for other stores): the first
     launches on a new work directory then create its tables and experiment exactly once,
     however many start at the same time."""
-    if not tracking_uri.startswith("sqlite:///"):
+    db = sqlite_file(tracking_uri)
+    if db is None:
         yield
         return
-    db = Path(tracking_uri.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(db.parent / f".{db.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -80,7 +80,7 @@ class Launch:
 
 def tracking_uri_for(workdir: str | Path) -> str:
     """The default store of a work directory: ``sqlite:///<workdir>/mlflow.db``."""
-    return f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
+    return tracking.default_tracking_uri(Path(workdir))
 
 
 def resolve_tracking_uri(workdir: str | Path = "runs", tracking_uri: str | None = None) -> str:

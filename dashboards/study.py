@@ -31,6 +31,7 @@ from rich.table import Table as RichTable
 
 from ablate.analysis.frame import is_tidy
 from ablate.errors import UserError
+from ablate.sqlite_urls import sqlite_file
 from dashboards import contrasts
 from dashboards.results import (
     Launch,
@@ -132,8 +133,8 @@ def load_study(storage: str, study_name: str) -> tuple[Any | None, str | None]:
             backend = optuna.storages.journal.JournalFileBackend(str(path))
             store: Any = optuna.storages.JournalStorage(backend)
         else:
-            if storage.startswith("sqlite:///"):
-                db = Path(storage.removeprefix("sqlite:///"))
+            db = sqlite_file(storage)
+            if db is not None:
                 if not db.exists():
                     raise FileNotFoundError(f"{db} not found")
             store = storage
