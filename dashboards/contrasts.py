@@ -13,7 +13,6 @@ the test (or model) and the correction.
 from __future__ import annotations
 
 import csv
-import html
 import io
 import math
 from dataclasses import dataclass
@@ -29,8 +28,10 @@ from ablate.analysis import Analysis, analyse
 from ablate.analysis.factorial import FactorEffect, Layout
 from ablate.analysis.study import Effect, format_value, unit
 from ablate.config import AnalysisConfig, Claim, ConfigError, DesignConfig, parse_row
+from dashboards.render import Cell, Grid, GridLine, render_as
+from dashboards.render import to_rich as grid_to_rich
 from dashboards.results import launch_yaml, load_launches
-from dashboards.tables import html_table, latex_escape, metric_title, render_with
+from dashboards.tables import metric_title
 from dashboards.tidy import tidy_frame
 
 Part = Literal["contrasts", "claims", "shares", "effects"]
@@ -451,37 +452,34 @@ def _share(value: float | None) -> str:
 # --- rendering -------------------------------------------------------------------------------
 
 
-def _md(t: AnalysisTable) -> str:
-    head = t.header()
-    out = [f"**{t.caption}**", "", "| " + " | ".join(head) + " |"]
-    out.append("|" + "|".join([":---"] + ["---:"] * (len(head) - 1)) + "|")
-    for row in t.rows():
-        out.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
-    out += [""] + [f"- {n}" for n in t.notes()]
-    return "\n".join(out).rstrip() + "\n"
+_VERDICT_STYLE = {"supported": "green", "contradicted": "red", "unresolved": "yellow"}
+_VERDICT = 4  # the claims table's verdict column
 
 
-def _latex(t: AnalysisTable) -> str:
-    head = t.header()
-    out = [
-        r"\begin{table}[t]",
-        r"\centering",
-        rf"\caption{{{latex_escape(t.caption)}}}",
-        rf"\label{{tab:{t.part}-{latex_escape(t.experiment)}}}",
-        r"\resizebox{\linewidth}{!}{%",
-        rf"\begin{{tabular}}{{l{'r' * (len(head) - 1)}}}",
-        r"\toprule",
-        " & ".join(latex_escape(h) for h in head) + r" \\",
-        r"\midrule",
-    ]
-    out += [" & ".join(latex_escape(c) for c in r) + r" \\" for r in t.rows()]
-    out += [r"\bottomrule", r"\end{tabular}}"]
-    notes = t.notes()
-    if notes:
-        out.append(r"\par\smallskip\footnotesize")
-        out += [latex_escape(n) + r"\par" for n in notes]
-    out.append(r"\end{table}")
-    return "\n".join(out) + "\n"
+def _cells(t: AnalysisTable, row: list[str]) -> list[Cell]:
+    cells = [Cell(text) for text in row]
+    if t.part == "claims" and row[_VERDICT] in _VERDICT_STYLE:
+        style = _VERDICT_STYLE[row[_VERDICT]]
+        cells[_VERDICT] = Cell(row[_VERDICT], rich=f"[{style}]{escape(row[_VERDICT])}[/]")
+    return cells
+
+
+def grid(t: AnalysisTable) -> Grid:
+    """The table's cells for :mod:`dashboards.render`; a claim's row is classed (HTML) and
+    coloured (terminal) by its verdict."""
+    header = t.header()
+    return Grid(
+        caption=t.caption,
+        label=f"{t.part}-{t.experiment}",
+        header=header,
+        align=["l", "l"] + ["r"] * (len(header) - 2),
+        lines=[
+            GridLine(_cells(t, row), css=row[_VERDICT] if t.part == "claims" else "")
+            for row in t.rows()
+        ],
+        notes=t.notes(),
+        classes=f"ablation {t.part}",
+    )
 
 
 def _csv(t: AnalysisTable) -> str:
@@ -494,34 +492,9 @@ def _csv(t: AnalysisTable) -> str:
     return buf.getvalue()
 
 
-def _html(t: AnalysisTable) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in t.header())
-    body = []
-    for row in t.rows():
-        cells = row
-        cls = f' class="{cells[4]}"' if t.part == "claims" else ""
-        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    return html_table(f"ablation {t.part}", t.caption, head, body, t.notes())
-
-
 def render(table: AnalysisTable, fmt: str) -> str:
-    return render_with({"md": _md, "latex": _latex, "csv": _csv, "html": _html}, table, fmt)
-
-
-_VERDICT_STYLE = {"supported": "green", "contradicted": "red", "unresolved": "yellow"}
+    return render_as(table, fmt, grid, _csv)
 
 
 def to_rich(table: AnalysisTable) -> RichTable:
-    out = RichTable(title=escape(table.caption), title_justify="left", caption_justify="left")
-    for i, head in enumerate(table.header()):
-        out.add_column(escape(head), justify="left" if i in (0, 1) else "right")
-    for row in table.rows():
-        cells = [escape(c) for c in row]
-        if table.part == "claims":
-            style = _VERDICT_STYLE.get(row[4])
-            cells[4] = f"[{style}]{cells[4]}[/]" if style else cells[4]
-        out.add_row(*cells)
-    notes = table.notes()
-    if notes:
-        out.caption = escape("\n".join(notes))
-    return out
+    return grid_to_rich(grid(table))

@@ -33,6 +33,8 @@ from ablate.analysis.frame import is_tidy
 from ablate.errors import UserError
 from ablate.sqlite_urls import sqlite_file
 from dashboards import contrasts
+from dashboards.render import Align, Cell, Grid, GridLine, render_as, wide_console
+from dashboards.render import to_rich as grid_to_rich
 from dashboards.results import (
     Launch,
     dataset_trials,
@@ -50,9 +52,7 @@ from dashboards.tables import (
     Format,
     PairedTest,
     ablation_table,
-    latex_escape,
     metric_title,
-    render_with,
     table_columns,
 )
 from dashboards.tables import print_table as print_ablation_table
@@ -493,29 +493,54 @@ def _objective_text(value: float | None) -> str:
     return "–" if value is None else f"{value:.4g}"
 
 
-def _cells(table: TrialsTable, line: TrialLine, run: str) -> list[str]:
-    cells = [_num(line), *(_short(line.params.get(k)) for k in table.params), line.state_text]
-    cells += [_objective_text(v) for v in line.objectives]
+_STATE_STYLE = {"pruned": "dim", "failed": "red", "running": "yellow"}
+
+
+def _grid_line(table: TrialsTable, line: TrialLine) -> GridLine:
+    cells = [Cell(_num(line), strong=line.best, sort=line.number)]
+    cells += [Cell(_short(line.params.get(k)), sort=line.params.get(k)) for k in table.params]
+    cells.append(Cell(line.state_text, sort=line.state_text))
+    cells += [Cell(_objective_text(v), sort=v) for v in line.objectives]
     if table.multi_objective:
-        cells.append("✓" if line.pareto else "")
+        cells.append(Cell("✓" if line.pareto else "", sort=int(line.pareto)))
     for col in table.columns:
         value = line.values.get(col.key)
-        cells.append("–" if value is None else col.format(value))
-    return [*cells, run]
+        cells.append(Cell("–" if value is None else col.format(value), sort=value))
+    link = html.escape(line.run_id[:8])
+    if line.url:
+        link = f'<a href="{html.escape(line.url)}" title="{line.run_id}">{link}</a>'
+    cells.append(Cell(line.run_id, sort=line.run_id, html=link, rich=escape(line.run_id[:8])))
+    return GridLine(
+        cells,
+        css=" ".join(c for c in (line.state, "best" if line.best else "") if c),
+        style="bold green" if line.best else _STATE_STYLE.get(line.state),
+    )
 
 
-def _md(table: TrialsTable) -> str:
-    head = _header(table)
-    out = [f"**{table.caption}**", "", "| " + " | ".join(head) + " |"]
-    aligns = ["---:"] + [":---"] * (len(table.params) + 1)
-    out.append("|" + "|".join(aligns + ["---:"] * (len(head) - len(aligns))) + "|")
-    for line in table.lines:
-        cells = _cells(table, line, line.run_id)
-        if line.best:
-            cells[0] = f"**{cells[0]}**"
-        out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    out += [""] + [f"- {note}" for note in table.notes]
-    return "\n".join(out).rstrip() + "\n"
+def trials_grid(table: TrialsTable) -> Grid:
+    """The trials table's cells for :mod:`dashboards.render`: sortable in HTML (the
+    dashboard sorts a column on a header click), the run ids left out of LaTeX."""
+
+    def numeric(key: str) -> bool:
+        return all(_finite(ln.params.get(key)) is not None for ln in table.lines)
+
+    kinds = ["num"] + ["num" if numeric(k) else "text" for k in table.params] + ["text"]
+    kinds += ["num"] * len(table.objectives)
+    kinds += ["text"] * table.multi_objective + ["num"] * len(table.columns) + ["text"]
+    header = _header(table)
+    align: list[Align] = ["r"] + ["l"] * (len(table.params) + 1)
+    align += ["r"] * (len(header) - len(align) - 1) + ["l"]
+    return Grid(
+        caption=table.caption,
+        label=f"search-{table.search}",
+        header=header,
+        align=align,
+        lines=[_grid_line(table, line) for line in table.lines],
+        notes=table.notes,
+        classes="ablation trials sortable",
+        sort_kinds=kinds,
+        screen_only=1,
+    )
 
 
 def _csv(table: TrialsTable) -> str:
@@ -541,96 +566,13 @@ def _csv(table: TrialsTable) -> str:
     return buf.getvalue()
 
 
-def _latex(table: TrialsTable) -> str:
-    head = _header(table)[:-1]  # run ids are no use on paper
-    spec = "r" + "l" * (len(table.params) + 1) + "r" * (len(head) - len(table.params) - 2)
-    out = [
-        r"% needs \usepackage{booktabs} (and graphicx for \resizebox)",
-        r"\begin{table}[t]",
-        r"\centering",
-        rf"\caption{{{latex_escape(table.caption)}}}",
-        rf"\label{{tab:search-{latex_escape(table.search)}}}",
-        r"\resizebox{\linewidth}{!}{%",
-        rf"\begin{{tabular}}{{{spec}}}",
-        r"\toprule",
-        " & ".join(latex_escape(h) for h in head) + r" \\",
-        r"\midrule",
-    ]
-    for line in table.lines:
-        cells = [latex_escape(c) for c in _cells(table, line, "")[:-1]]
-        if line.best:
-            cells = [rf"\textbf{{{c}}}" if c else c for c in cells]
-        out.append(" & ".join(cells).replace("✓", r"$\checkmark$") + r" \\")
-    out += [r"\bottomrule", r"\end{tabular}}"]
-    if table.notes:
-        out.append(r"\par\smallskip\footnotesize")
-        out += [latex_escape(note) + r"\par" for note in table.notes]
-    out.append(r"\end{table}")
-    return "\n".join(out) + "\n"
-
-
-def _html(table: TrialsTable) -> str:
-    """A sortable table (``table.sortable``: the dashboard sorts a column on a header click)."""
-
-    def numeric(key: str) -> bool:
-        return all(_finite(ln.params.get(key)) is not None for ln in table.lines)
-
-    kinds = ["num"] + ["num" if numeric(k) else "text" for k in table.params] + ["text"]
-    kinds += ["num"] * len(table.objectives)
-    kinds += ["text"] * table.multi_objective + ["num"] * len(table.columns) + ["text"]
-    head = "".join(
-        f'<th data-sort="{kind}" class="{kind}" title="click to sort">{html.escape(h)}</th>'
-        for h, kind in zip(_header(table), kinds, strict=True)
-    )
-    body = []
-    for line in table.lines:
-        link = (
-            f'<a href="{html.escape(line.url)}" title="{line.run_id}">{line.run_id[:8]}</a>'
-            if line.url
-            else html.escape(line.run_id[:8])
-        )
-        cells = [html.escape(c) for c in _cells(table, line, "")[:-1]] + [link]
-        raw = [line.number, *(line.params.get(k) for k in table.params), line.state_text]
-        raw += [*line.objectives] + ([int(line.pareto)] if table.multi_objective else [])
-        raw += [line.values.get(c.key) for c in table.columns] + [line.run_id]
-        tds = "".join(
-            f'<td class="{kind}" data-value="{html.escape(_sort_value(v))}">{c}</td>'
-            for c, v, kind in zip(cells, raw, kinds, strict=True)
-        )
-        cls = " ".join(c for c in (line.state, "best" if line.best else "") if c)
-        body.append(f'<tr class="{cls}">{tds}</tr>')
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in table.notes)
-    return (
-        f'<table class="ablation trials sortable"><caption>{html.escape(table.caption)}'
-        f"</caption><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-        + (f'<ul class="notes">{notes}</ul>' if notes else "")
-        + "\n"
-    )
-
-
-def _sort_value(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return str(value)
-
-
 def render_trials(table: TrialsTable, fmt: Format) -> str:
-    return render_with({"md": _md, "latex": _latex, "csv": _csv, "html": _html}, table, fmt)
+    return render_as(table, fmt, trials_grid, _csv)
 
 
 def trials_to_rich(table: TrialsTable) -> RichTable:
     """The trials table for the terminal: the best trial bold green, pruned dim, failed red."""
-    out = RichTable(title=escape(table.caption), title_justify="left", caption_justify="left")
-    for i, head in enumerate(_header(table)):
-        left = 0 < i <= len(table.params) + 1
-        out.add_column(escape(head), justify="left" if left else "right")
-    for line in table.lines:
-        cells = [escape(c) for c in _cells(table, line, line.run_id[:8])]
-        style = {"pruned": "dim", "failed": "red", "running": "yellow"}.get(line.state)
-        out.add_row(*cells, style="bold green" if line.best else style)
-    if table.notes:
-        out.caption = escape("\n".join(table.notes))
-    return out
+    return grid_to_rich(trials_grid(table))
 
 
 # --- confirm grids ---------------------------------------------------------------------------
@@ -817,10 +759,8 @@ def _kind(table: AnyTable) -> str:
 
 
 def print_tables(tables: list[AnyTable], console: Console | None = None) -> None:
-    """Print each table for the terminal (200 columns in a pipe, as the ablation table)."""
-    console = console or Console()
-    if not console.is_terminal:
-        console = Console(width=max(console.width, 200), file=console.file)
+    """Print each table for the terminal (200 columns wide in a pipe or CI log)."""
+    console = wide_console(console)
     for table in tables:
         if isinstance(table, TrialsTable):
             console.print(trials_to_rich(table))

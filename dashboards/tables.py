@@ -14,7 +14,6 @@ table says which.
 from __future__ import annotations
 
 import csv
-import html
 import io
 import math
 from collections.abc import Callable
@@ -24,13 +23,14 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table as RichTable
 from scipy import stats
 
 from ablate import confounds, metric_names
 from ablate.errors import UserError
 from ablate.paper import TABLE1, TABLE2, PaperRow
+from dashboards.render import Cell, Grid, GridLine, render_as, wide_console
+from dashboards.render import to_rich as grid_to_rich
 
 Convention = Literal["standard", "paper"]
 Format = Literal["md", "latex", "csv", "html"]
@@ -610,19 +610,12 @@ def _p_text(line: Line) -> str:
     return f"{line.p_value:.1e}" if line.p_value < 1e-3 else f"{line.p_value:.3f}"
 
 
-def _cells(line: Line, columns: list[Column], pm: str, bold: Callable[[str], str]) -> list[str]:
-    if line.kind == "measured" and line.n == 0:
-        return [f"{line.status}: {line.reason}"] + [""] * (len(columns) - 1)
-    cells = []
-    for col in columns:
-        if col.key not in line.values:
-            cells.append("–")
-            continue
-        mean, std = line.values[col.key]
-        spread = "" if std is None else f"{pm}{col.format(std) if std else '0'}"
-        text = col.format(mean) + spread
-        cells.append(bold(text) if col.key in line.best else text)
-    return cells
+def _value_text(line: Line, col: Column) -> str:
+    if col.key not in line.values:
+        return "–"
+    mean, std = line.values[col.key]
+    spread = "" if std is None else f" ± {col.format(std) if std else '0'}"
+    return col.format(mean) + spread
 
 
 def _n_text(line: Line) -> str:
@@ -634,80 +627,36 @@ def _header(columns: list[Column]) -> list[str]:
     return ["Row", "n"] + [f"{c.title} {arrows[c.better]}" for c in columns] + ["p", "test"]
 
 
-def _md(table: AblationTable) -> str:
-    head = _header(table.columns)
-    out = [f"**{table.caption}**", "", "| " + " | ".join(head) + " |"]
-    out.append("|" + "|".join([":---", "---:"] + ["---:"] * (len(head) - 2)) + "|")
-    for line in table.lines:
-        label = f"*{line.label}*" if line.kind == "paper" else line.label
-        cells = _cells(line, table.columns, " ± ", lambda s: f"**{s}**")
-        row = [label, _n_text(line), *cells, _p_text(line), line.test]
-        out.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
-    out += [""] + [f"- {note}" for note in table.notes]
-    return "\n".join(out).rstrip() + "\n"
-
-
-_LATEX_SPECIALS = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-}
-
-
-def latex_escape(text: str) -> str:
-    """Escape LaTeX's special characters (and the Unicode signs tables use)."""
-    out = "".join(_LATEX_SPECIALS.get(ch, ch) for ch in text)
-    return (
-        out.replace("±", r"$\pm$")
-        .replace("–", "--")
-        .replace("↑", r"$\uparrow$")
-        .replace("↓", r"$\downarrow$")
+def _grid_line(line: Line, columns: list[Column]) -> GridLine:
+    values = [Cell(_value_text(line, c), strong=c.key in line.best) for c in columns]
+    cells = [Cell(line.label), Cell(_n_text(line)), *values]
+    cells += [Cell(_p_text(line)), Cell(line.test)]
+    paper = line.kind == "paper"
+    message = None
+    if line.kind == "measured" and line.n == 0:
+        message = f"{line.status}: {line.reason}"
+    return GridLine(
+        cells,
+        css="paper" if paper else "failed" if line.status == "failed" else "",
+        style="dim italic" if paper else "red" if line.n == 0 else None,
+        italic=paper,
+        message=message,
+        # the notes below the table hold the full reason
+        short_message=f"{line.status} (see below)" if message and len(message) > 24 else None,
     )
 
 
-def _latex(table: AblationTable) -> str:
-    head = _header(table.columns)
-    spec = "ll" + "r" * (len(head) - 2)
-    ncols = len(head)
-    out = [
-        r"% needs \usepackage{booktabs} (and graphicx for \resizebox)",
-        r"\begin{table}[t]",
-        r"\centering",
-        rf"\caption{{{latex_escape(table.caption)}}}",
-        rf"\label{{tab:ablation-{latex_escape(table.experiment)}}}",
-        r"\resizebox{\linewidth}{!}{%",
-        rf"\begin{{tabular}}{{{spec}}}",
-        r"\toprule",
-        " & ".join(latex_escape(h) for h in head) + r" \\",
-        r"\midrule",
-    ]
-    for line in table.lines:
-        if line.kind == "measured" and line.n == 0:
-            reason = latex_escape(f"{line.status}: {line.reason}")
-            cells = [rf"\multicolumn{{{ncols - 2}}}{{l}}{{{reason}}}"]
-        else:
-            cells = [
-                latex_escape(c)
-                for c in _cells(line, table.columns, " ± ", lambda s: "\x00" + s + "\x01")
-            ]
-            cells = [c.replace("\x00", r"\textbf{").replace("\x01", "}") for c in cells]
-            cells += [latex_escape(_p_text(line)), latex_escape(line.test)]
-        label = latex_escape(line.label)
-        label = rf"\textit{{{label}}}" if line.kind == "paper" else label
-        out.append(" & ".join([label, _n_text(line), *cells]) + r" \\")
-    out += [r"\bottomrule", r"\end{tabular}}"]
-    if table.notes:
-        out.append(r"\par\smallskip\footnotesize")
-        out += [latex_escape(note) + r"\par" for note in table.notes]
-    out.append(r"\end{table}")
-    return "\n".join(out) + "\n"
+def grid(table: AblationTable) -> Grid:
+    """The table's cells for :mod:`dashboards.render`."""
+    header = _header(table.columns)
+    return Grid(
+        caption=table.caption,
+        label=f"ablation-{table.experiment}",
+        header=header,
+        align=["l"] + ["r"] * (len(header) - 2) + ["l"],
+        lines=[_grid_line(line, table.columns) for line in table.lines],
+        notes=table.notes,
+    )
 
 
 def _csv(table: AblationTable) -> str:
@@ -732,76 +681,16 @@ def _csv(table: AblationTable) -> str:
     return buf.getvalue()
 
 
-def _html(table: AblationTable) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in _header(table.columns))
-    body = []
-    for line in table.lines:
-        cells = _cells(line, table.columns, " ± ", lambda s: "\x00" + s + "\x01")
-        cells = [
-            html.escape(c).replace("\x00", "<strong>").replace("\x01", "</strong>") for c in cells
-        ]
-        row = [html.escape(line.label), _n_text(line), *cells]
-        row += [html.escape(_p_text(line)), html.escape(line.test)]
-        if line.kind == "measured" and line.n == 0:
-            span = len(table.columns)
-            row = row[:2] + [f'<td colspan="{span}" class="failed">{cells[0]}</td>'] + row[-2:]
-            tds = "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in row)
-        else:
-            tds = "".join(f"<td>{c}</td>" for c in row)
-        cls = {"paper": "paper", "failed": "failed"}.get(
-            line.kind if line.kind == "paper" else line.status, ""
-        )
-        body.append(f'<tr class="{cls}">{tds}</tr>' if cls else f"<tr>{tds}</tr>")
-    return html_table("ablation", table.caption, head, body, table.notes)
-
-
-def html_table(classes: str, caption: str, head: str, body: list[str], notes: list[str]) -> str:
-    """An HTML table with its caption and its notes below: every table of a report (ablation,
-    contrasts, claims, shares) is laid out the same way, so the dashboard styles them alike."""
-    items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
-    return (
-        f'<table class="{classes}"><caption>{html.escape(caption)}</caption>'
-        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-        + (f'<ul class="notes">{items}</ul>' if items else "")
-        + "\n"
-    )
-
-
-def render_with(renderers: dict[str, Callable[[Any], str]], table: Any, fmt: str) -> str:
-    """``table`` as text by the renderer of ``fmt``; an unknown format is a one-line error
-    naming the ones there are (the one check every table kind's ``render`` goes through)."""
-    if fmt not in renderers:
-        raise UserError(f"unknown table format '{fmt}': use one of {', '.join(renderers)}")
-    return renderers[fmt](table)
-
-
 def render(table: AblationTable, fmt: Format) -> str:
     """The table as text in one of the file formats."""
-    return render_with({"md": _md, "latex": _latex, "csv": _csv, "html": _html}, table, fmt)
+    return render_as(table, fmt, grid, _csv)
 
 
 def to_rich(table: AblationTable) -> RichTable:
     """The table for the terminal: best values bold green, paper lines dim, failures red."""
-    out = RichTable(title=escape(table.caption), title_justify="left", caption_justify="left")
-    for i, head in enumerate(_header(table.columns)):
-        out.add_column(head, justify="left" if i == 0 else "right", no_wrap=i == 0)
-    for line in table.lines:
-        cells = _cells(line, table.columns, " ± ", lambda s: "\x00" + s + "\x01")
-        cells = [escape(c).replace("\x00", "[bold green]").replace("\x01", "[/]") for c in cells]
-        if line.kind == "measured" and line.n == 0 and len(cells[0]) > 24:
-            cells[0] = escape(f"{line.status} (see below)")  # the notes hold the full reason
-        style = "dim italic" if line.kind == "paper" else "red" if line.n == 0 else None
-        label = escape(line.label)
-        out.add_row(label, _n_text(line), *cells, _p_text(line), line.test, style=style)
-    if table.notes:
-        out.caption = escape("\n".join(table.notes))
-    return out
+    return grid_to_rich(grid(table))
 
 
 def print_table(table: AblationTable, console: Console | None = None) -> None:
-    """Print the terminal table; a pipe or CI log (no width of its own) gets 200 columns
-    instead of rich's 80, which would squeeze every cell onto several lines."""
-    console = console or Console()
-    if not console.is_terminal:
-        console = Console(width=max(console.width, 200), file=console.file)
-    console.print(to_rich(table))
+    """Print the terminal table (200 columns wide in a pipe or CI log)."""
+    wide_console(console).print(to_rich(table))
