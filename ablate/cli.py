@@ -18,6 +18,7 @@ from rich.console import Console
 
 from ablate.errors import UserError
 from ablate.interrupts import Interrupted
+from ablate.workspace import Workspace, storage_of, tracking_uri_of
 
 app = typer.Typer(
     help="Ablation studies and hyperparameter searches of diffusion-based PET reconstruction.",
@@ -96,45 +97,6 @@ STRICT_OPT = typer.Option(
 GPU_OPT = typer.Option(
     None, "--gpu", help="Plan for this device: H100, H200, A100 or cpu (default: by resources)."
 )
-
-
-def _workspace(workdir: Path, tracking_uri: str | None, storage: str | None = None) -> Any:
-    from ablate.experiment import Workspace
-
-    return Workspace.create(workdir, tracking_uri, storage)
-
-
-def _existing_workspace(workdir: Path, tracking_uri: str | None, storage: str | None = None) -> Any:
-    """The workspace of earlier launches, read as it is: a mistyped --workdir creates nothing."""
-    from ablate import storage as storage_mod
-    from ablate import tracking
-    from ablate.experiment import Workspace
-
-    workdir = workdir.resolve()
-    uri = tracking_uri or tracking.default_tracking_uri(workdir)
-    tracking.require_store(uri)
-    return Workspace(workdir, uri, storage_mod.location(storage, workdir))
-
-
-def _launch_workspace(workdir: Path, storage: str | None) -> Any:
-    """The workspace of ``status``/``resume``: its launch records must exist (each names its
-    own MLflow store), and nothing is created when they do not."""
-    from ablate import tracking
-    from ablate.experiment import Workspace
-
-    workdir = workdir.resolve()
-    from ablate import storage as storage_mod
-
-    ws = Workspace(
-        workdir,
-        tracking.default_tracking_uri(workdir),
-        storage_mod.location(storage, workdir),
-    )
-    if not storage_mod.exists(ws.storage):
-        raise UserError(
-            f"no launches under {ws.storage}: run `ablate run` first, or fix --workdir/--storage"
-        )
-    return ws
 
 
 def _quiet_mlflow() -> None:
@@ -357,10 +319,9 @@ def _pilot(name: str | None, workdir: Path, tracking_uri: str | None) -> tuple[A
 
         record = json.loads((benchmark_records_dir() / "pilot-demo.json").read_text())
         return frame_from_record(record), "committed record pilot-demo.json (toy study)"
-    from dashboards.results import resolve_tracking_uri
     from dashboards.study import tidy_for
 
-    return tidy_for(name, resolve_tracking_uri(workdir, tracking_uri)), f"pilot '{name}'"
+    return tidy_for(name, tracking_uri_of(workdir, tracking_uri)), f"pilot '{name}'"
 
 
 @app.command()
@@ -390,7 +351,7 @@ def run(
     _like_for_like(exp, strict, show=not dry_run)  # a dry run's plan prints it
     if dry_run:
         return _dry_run(exp, "grid", name, workdir, tracking_uri, gpu)
-    ws = _workspace(workdir, tracking_uri, storage)
+    ws = Workspace.create(workdir, tracking_uri, storage)
     result = launch_grid(exp, ws, address=address, name=name, overrides=settings, gpu=gpu)
     _print_launch(result, workdir)
     _exit_for(result)
@@ -430,7 +391,7 @@ def search(
         check_study_url(study_storage)  # before the workspace: a bad URL creates nothing
     if dry_run:
         return _dry_run(exp, "search", name, workdir, tracking_uri, gpu)
-    ws = _workspace(workdir, tracking_uri, storage)
+    ws = Workspace.create(workdir, tracking_uri, storage)
     result = launch_search(
         exp, ws, address=address, name=name, overrides=settings, gpu=gpu,
         study_storage=study_storage,
@@ -469,7 +430,7 @@ def resume(
     from ablate.experiment import resume as resume_launch
     from ablate.launches import resolve_launch
 
-    ws = _launch_workspace(workdir, storage)
+    ws = Workspace.of_launches(workdir, storage)
     launch = resolve_launch(name, ws.storage, ws.tracking_uri)
     result = resume_launch(ws, launch, address=address)
     _print_launch(result, workdir)
@@ -493,7 +454,7 @@ def status(
     def secs(value: float | None) -> str:
         return "-" if value is None else f"{value:.0f} s"
 
-    ws = _launch_workspace(workdir, storage)
+    ws = Workspace.of_launches(workdir, storage)
     launch = resolve_launch(name, ws.storage, ws.tracking_uri)
     rows = launch_status(ws, launch)
     table = Table(title=f"launch {launch}")
@@ -561,13 +522,13 @@ def export(
     if tracking_uri is None and records and is_launch(records, name):
         # another machine: the launch record in the storage names the tracking server
         tracking_uri = read_launch_record(records, name)["context"]["tracking_uri"]
-    ws = _existing_workspace(workdir, tracking_uri, storage)
+    ws = Workspace.existing(workdir, tracking_uri, storage)
     study = resolve_study(name, ws.storage, ws.tracking_uri)
     metric, mode = ranking(study.tracking_uri, study.experiment, metric, mode)
     dataset = study_dataset(study, data)
     model_name = model_name or default_model_name(name, dataset)
     if out is None:
-        out = ws.workdir / "exports" / (name if dataset.first else f"{name}-{dataset.label}")
+        out = ws.export_folder(name if dataset.first else f"{name}-{dataset.label}")
         out.parent.mkdir(parents=True, exist_ok=True)
     result = export_best(study, metric, mode, model_name, out, row, dataset)
     for alias, version in result.versions.items():
@@ -624,11 +585,10 @@ def predict(
     workdir: Path = WORKDIR_OPT,
 ) -> None:
     """Run an exported model on a volume; the output keeps the input's grid and header."""
-    from ablate import tracking
     from ablate.predict import predict_volume
 
     _quiet_mlflow()
-    uri = tracking_uri or tracking.default_tracking_uri(workdir)
+    uri = tracking_uri_of(workdir, tracking_uri)
     info = predict_volume(
         model, input_path, output_path, uri, samples, scale, seed, series=series, clamp=clamp
     )
@@ -657,7 +617,7 @@ def demo(
     exp, settings = _experiment(
         search_space_path("demo.yaml"), overrides, rows=rows, seeds=seeds, steps=steps
     )
-    ws = _workspace(workdir, None)
+    ws = Workspace.create(workdir, None)
     console.print(
         f"[bold]ablate demo[/]: {len(exp.rows)} rows x {len(exp.seeds)} seeds on an embedded "
         f"Ray, MLflow store {ws.tracking_uri}"
@@ -720,10 +680,9 @@ def _study(name: str, workdir: str, tracking_uri: str, storage: str | None = Non
     """The experiment or launch ``name`` refers to; launch records are read from
     ``--storage`` (default <workdir>/ray_results), so a machine that shares nothing with the
     launch's driver finds a cluster launch through the bucket and its tracking server."""
-    from ablate import storage as storage_mod
     from ablate.launches import resolve_study
 
-    return resolve_study(name, storage_mod.location(storage, workdir), tracking_uri)
+    return resolve_study(name, storage_of(workdir, storage), tracking_uri)
 
 
 @app.command()
@@ -735,9 +694,9 @@ def results(
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help=_URI_HELP),
 ) -> None:
     """Export a study's trials (config, metrics, run ids) as one Parquet table."""
-    from dashboards.results import load_results, resolve_tracking_uri, save_results
+    from dashboards.results import load_results, save_results
 
-    df = load_results(resolve_tracking_uri(workdir, tracking_uri), experiment)
+    df = load_results(tracking_uri_of(workdir, tracking_uri), experiment)
     path = save_results(df, out)
     console.print(f"{len(df)} trials of '{experiment}' -> {path}")
 
@@ -773,7 +732,6 @@ def table(
     For an Optuna search: its trials sorted by the objective, then its confirm grid."""
     from pathlib import Path
 
-    from dashboards.results import resolve_tracking_uri
     from dashboards.study import print_tables, render_tables, tables_for
 
     if convention not in ("standard", "paper"):
@@ -783,7 +741,7 @@ def table(
     if out and not fmt:
         suffixes = {".tex": "latex", ".csv": "csv", ".html": "html", ".parquet": "parquet"}
         fmt = suffixes.get(Path(out).suffix, "md")
-    uri, parent = resolve_tracking_uri(workdir, tracking_uri), None
+    uri, parent = tracking_uri_of(workdir, tracking_uri), None
     if not experiment.endswith(".parquet"):
         study = _study(experiment, workdir, uri, storage)
         experiment, uri, parent = study.experiment, study.tracking_uri, study.parent_run_id
@@ -910,15 +868,13 @@ def dashboard(
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help=_URI_HELP),
 ) -> None:
     """A self-contained static HTML dashboard of a study (works offline)."""
-    from pathlib import Path
 
     from dashboards.html import build_dashboard
-    from dashboards.results import resolve_tracking_uri
 
     if convention not in ("standard", "paper"):
         raise UserError(f"--convention '{convention}' is not one of: standard, paper")
-    folder = out or str(Path(workdir) / "dashboards" / experiment)
-    study = _study(experiment, workdir, resolve_tracking_uri(workdir, tracking_uri), storage)
+    folder = out or str(Workspace.at(workdir).dashboard_folder(experiment))
+    study = _study(experiment, workdir, tracking_uri_of(workdir, tracking_uri), storage)
     index = build_dashboard(
         study.experiment,
         study.tracking_uri,
@@ -943,7 +899,7 @@ def ui(
     Ctrl-C or SIGTERM stops the server and every process it started."""
     from ablate.mlflow_ui import serve, study_links
     from ablate.ui_links import runs_page_url
-    from dashboards.results import mlflow_ui_command, resolve_tracking_uri
+    from dashboards.results import mlflow_ui_command
 
     cmd = mlflow_ui_command(workdir, host, port, tracking_uri)
     if host not in ("127.0.0.1", "localhost", "::1"):
@@ -952,7 +908,7 @@ def ui(
         )
     base = f"http://{host}:{port}"
     console.print(f"MLflow UI on {runs_page_url(base)} (Ctrl-C stops it)", highlight=False)
-    for name, url in study_links(resolve_tracking_uri(workdir, tracking_uri), base):
+    for name, url in study_links(tracking_uri_of(workdir, tracking_uri), base):
         console.print(f"  study '{name}': {url}", highlight=False, soft_wrap=True)
     raise typer.Exit(serve(cmd))
 

@@ -33,7 +33,6 @@ from ablate.interrupts import reinstall as reinstall_stop_signals
 from ablate.launches import LAUNCH_RECORD, read_launch_record
 from ablate.search import PruningAwareOptunaSearch, optuna_distribution
 from ablate.shipped import shipped_space
-from ablate.sqlite_urls import sqlite_url
 from ablate.trials import (
     ROW,
     SEED,
@@ -43,6 +42,7 @@ from ablate.trials import (
     search_base,
     search_trials,
 )
+from ablate.workspace import Workspace
 from trainables.ablation import LaunchContext, train_trial, trial_params
 
 #: Run the next trial in the worker process of a finished one (Tune's ``reuse_actors``):
@@ -50,41 +50,6 @@ from trainables.ablation import LaunchContext, train_trial, trial_params
 #: (``benchmarks/trial_overhead.py`` measures it).
 REUSE_ACTORS = True
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Workspace:
-    """Where a launch keeps its things: MLflow store, Ray results, datasets, caches."""
-
-    workdir: Path
-    tracking_uri: str
-    storage: str
-
-    @classmethod
-    def create(
-        cls, workdir: Path, tracking_uri: str | None = None, storage: str | None = None
-    ) -> Workspace:
-        workdir = workdir.resolve()
-        workdir.mkdir(parents=True, exist_ok=True)
-        return cls(
-            workdir,
-            tracking_uri or tracking.default_tracking_uri(workdir),
-            storage_mod.location(storage, workdir),
-        )
-
-    @property
-    def shared_nothing(self) -> bool:
-        """Object-store storage: nodes share no disk with the driver (see
-        :mod:`ablate.data.staging`)."""
-        return storage_mod.is_uri(self.storage)
-
-    @property
-    def datasets(self) -> Path:
-        return self.workdir / "datasets"
-
-    @property
-    def cache(self) -> Path:
-        return self.workdir / "cache"
 
 
 @dataclass
@@ -217,9 +182,7 @@ def _prepare(
         tracking.TAG_DATASET: mlflow_ui.dataset_name(exp.data),
         tracking.TAG_DATASET_SHA256: sha,
     }
-    experiment_id = tracking.ensure_experiment(
-        ws.tracking_uri, exp.name, tracking.artifact_root(ws.workdir, ws.tracking_uri)
-    )
+    experiment_id = tracking.ensure_experiment(ws.tracking_uri, exp.name, ws.artifact_root)
     mlflow_ui.publish_study_view(ws.tracking_uri, experiment_id)
     parent = tracking.start_parent(
         ws.tracking_uri,
@@ -245,7 +208,7 @@ def _prepare(
         experiment_id=experiment_id,
         parent_run_id=parent,
         dataset_root=str(dataset_root),
-        cache_dir=storage_mod.join(ws.storage, "cache") if ws.shared_nothing else str(ws.cache),
+        cache_dir=ws.cache_location,
         kind=kind,
         storage=ws.storage,
         dataset_sha256=sha,
@@ -298,7 +261,7 @@ def _with_plan(ctx: LaunchContext, ws: Workspace, name: str, plan: Any) -> Launc
 
 
 def _write_record(ws: Workspace, name: str, record: dict[str, Any]) -> None:
-    location = storage_mod.join(ws.storage, name, LAUNCH_RECORD)
+    location = storage_mod.join(ws.launch_results(name), LAUNCH_RECORD)
     storage_mod.write_text(location, json.dumps(record, indent=2, default=str))
 
 
@@ -343,8 +306,7 @@ def _trainable(exp: ExperimentConfig, ctx: LaunchContext) -> Any:
 
 def resume_hint(ws: Workspace, name: str) -> str:
     """The command that continues launch ``name``."""
-    default = ws.storage == storage_mod.location(None, ws.workdir)
-    storage = "" if default else f" --storage {ws.storage}"
+    storage = "" if ws.default_storage else f" --storage {ws.storage}"
     return f"ablate resume {name} --workdir {ws.workdir}{storage}"
 
 
@@ -515,7 +477,7 @@ def launch_search(
     row_exp = exp.model_copy(update={"rows": {search.row: exp.rows[search.row]}})
     objectives = [(f"val_{metric}", mode) for metric, mode in search.objectives]
     plan = _plan(exp, ws, search=True, gpu=gpu)
-    storage_url = study_storage or sqlite_url(ws.workdir / "optuna.db")
+    storage_url = study_storage or ws.study_storage
     preflight.check_study_url(storage_url)
     _preflight(ws.tracking_uri, ws.storage, address)
     study_db = preflight.open_study_storage(storage_url)
@@ -628,7 +590,7 @@ def resume(ws: Workspace, name: str, *, address: str | None = None) -> LaunchRes
     record = read_record(ws, name)
     ctx = LaunchContext(**record["context"])
     exp, total = _launch_trials(record)
-    path = storage_mod.join(ws.storage, name)
+    path = ws.launch_results(name)
     if not storage_mod.is_uri(path):
         storage_mod.check_private(path)  # Tuner.restore unpickles what is there
     if not tune.Tuner.can_restore(path):

@@ -67,6 +67,7 @@ from ablate.trials import (
     trial_config,
     trial_key,
 )
+from ablate.workspace import Workspace
 
 RESULTS = benchmark_records_dir()
 SEARCH_SPACES = search_spaces_dir()
@@ -375,7 +376,7 @@ def plan_data(exp: ExperimentConfig, results_dir: Path, workdir: Path | None) ->
     if workdir is not None:
         from ablate.data.store import dataset_key
 
-        folder = Path(workdir) / "datasets" / dataset_key(data)
+        folder = Workspace.at(workdir).datasets / dataset_key(data)
         if (folder / "provenance.json").is_file():
             done = f"already built: {folder}"
             return DataPlan(source, cfg.image_size, slices, 0.0, done, cfg.split[2])
@@ -1304,10 +1305,7 @@ def dry_run_summary(
 ) -> list[str]:
     """What ``ablate run/search --dry-run`` adds to the plan: the Ray resources each trial
     asks for and where MLflow would write; it creates nothing (not even ``workdir``)."""
-    workdir = Path(workdir).resolve()
-    from ablate import tracking  # MLflow loads only where a dry run reports on the store
-
-    uri = tracking_uri or tracking.default_tracking_uri(workdir)
+    ws = Workspace.at(workdir, tracking_uri)
     res = exp.resources
     concurrent = f", at most {res.max_concurrent} at a time" if res.max_concurrent else ""
     trials = plan.search["samples"] if plan.search else len(plan.trials)
@@ -1315,9 +1313,9 @@ def dry_run_summary(
     return [
         f"Ray: {trials} {what}, each asking tune.with_resources("
         f"{{'cpu': {res.cpu:g}, 'gpu': {res.gpu:g}}}){concurrent}",
-        f"MLflow: experiment '{exp.name}' {_experiment_state(uri, exp.name)}; parent run "
-        f"'{name or exp.name}-<time>', one child run per trial",
-        f"Ray results: {workdir / 'ray_results' / (name or exp.name)}",
+        f"MLflow: experiment '{exp.name}' {_experiment_state(ws.tracking_uri, exp.name)}; "
+        f"parent run '{name or exp.name}-<time>', one child run per trial",
+        f"Ray results: {ws.launch_results(name or exp.name)}",
         "dry run: nothing started, no dataset built, no MLflow run created",
     ]
 

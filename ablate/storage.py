@@ -51,11 +51,6 @@ def normalize(location: str | os.PathLike) -> str:
     return str(Path(text.removeprefix("file://")).expanduser().resolve())
 
 
-def location(storage: str | os.PathLike | None, workdir: str | os.PathLike) -> str:
-    """``--storage`` normalised, or the workspace's default: ``WORKDIR/ray_results``."""
-    return normalize(storage or Path(workdir) / "ray_results")
-
-
 def join(base: str, *parts: str) -> str:
     """``base/part/...`` for a URI or a local path (a URI keeps its query string last)."""
     if is_uri(base):

@@ -24,7 +24,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from ablate.errors import UserError
-from ablate.sqlite_urls import sqlite_file, sqlite_url
+from ablate.sqlite_urls import sqlite_file
 
 T = TypeVar("T")
 
@@ -64,11 +64,6 @@ _MAX_PARAM_LEN = 6000
 _MLFLOW_STATUS = {"completed": "FINISHED", "pruned": "KILLED", "interrupted": "KILLED"}
 
 
-def default_tracking_uri(workdir: Path) -> str:
-    """The embedded store: a sqlite file in the work directory."""
-    return sqlite_url(workdir / "mlflow.db")
-
-
 def is_server(tracking_uri: str) -> bool:
     """An ``mlflow server`` (``http(s)://``), as opposed to an embedded store (sqlite, files)."""
     return tracking_uri.startswith(("http://", "https://"))
@@ -88,16 +83,6 @@ def parse_objectives(text: str | None) -> list[tuple[str, str]]:
             return []
         out.append((metric, mode))
     return out
-
-
-def artifact_root(workdir: Path, tracking_uri: str | None = None) -> str | None:
-    """Where a new experiment keeps its artifacts: a local folder next to an embedded store;
-    with a tracking server, ``None``: the server's default (its artifact proxy,
-    ``mlflow-artifacts:/`` under ``mlflow server --artifacts-destination``), so a worker on
-    another machine never writes to a path of the driver's disk."""
-    if tracking_uri is not None and is_server(tracking_uri):
-        return None
-    return (workdir / "mlartifacts").resolve().as_uri()
 
 
 def _retry(call: Callable[[], T], attempts: int = 6) -> T:

@@ -23,6 +23,7 @@ from ablate.errors import UserError
 from ablate.mlflow_internals import MLFLOW_GIT_COMMIT
 from ablate.tracking import require_store
 from ablate.ui_links import run_page_url
+from ablate.workspace import Workspace
 
 #: Columns every results frame has, in this order, before the ``params.*``/``metrics.*`` ones.
 BASE_COLUMNS = [
@@ -76,16 +77,6 @@ class Launch:
     #: they were recorded).
     row_order: list[str] = field(default_factory=list)
     reference: str | None = None
-
-
-def tracking_uri_for(workdir: str | Path) -> str:
-    """The default store of a work directory: ``sqlite:///<workdir>/mlflow.db``."""
-    return tracking.default_tracking_uri(Path(workdir))
-
-
-def resolve_tracking_uri(workdir: str | Path = "runs", tracking_uri: str | None = None) -> str:
-    """``--tracking-uri`` when given, else the default store of ``--workdir``."""
-    return tracking_uri or tracking_uri_for(workdir)
 
 
 def _client(tracking_uri: str) -> Any:
@@ -390,16 +381,16 @@ def mlflow_ui_command(
     """The ``mlflow ui`` command line serving a work directory's store (artifacts included)."""
     import sys
 
-    artifacts = (Path(workdir).resolve() / "mlartifacts").as_uri()
+    ws = Workspace.at(workdir, tracking_uri)
     return [
         sys.executable,
         "-m",
         "mlflow",
         "ui",
         "--backend-store-uri",
-        resolve_tracking_uri(workdir, tracking_uri),
+        ws.tracking_uri,
         "--default-artifact-root",
-        artifacts,
+        ws.artifacts.as_uri(),
         "--host",
         host,
         "--port",

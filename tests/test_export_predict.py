@@ -28,6 +28,7 @@ from ablate.serving import pyfunc_arguments
 from ablate.training import TrainingRun
 from ablate.trials import expand
 from ablate.volumes import read_volume, slices_to_volume, volume_to_slices, write_like
+from ablate.workspace import Workspace, default_tracking_uri
 from tests.conftest import tiny_experiment
 from trainables.ablation import LaunchContext
 
@@ -46,10 +47,10 @@ def _train(trial, data: Path, cache: Path, folder: Path) -> TrainingRun:
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A work directory with experiment 'exp-it' (launch 'mylaunch': cpm x seeds 0, 1)."""
     work = tmp_path_factory.mktemp("work")
-    uri = tracking.default_tracking_uri(work)
+    uri = default_tracking_uri(work)
     data = build_dataset(DataConfig(preset="tiny"), work / "datasets")
     exp = parse_experiment(tiny_experiment("exp-it", {"cpm": {"method": "coarse_to_fine"}}))
-    eid = tracking.ensure_experiment(uri, "exp-it", tracking.artifact_root(work))
+    eid = tracking.ensure_experiment(uri, "exp-it", Workspace.at(work).artifact_root)
     parent = tracking.start_parent(uri, eid, "launch", "mylaunch-1", {"dataset": str(data)})
     for trial in expand(exp):
         tags = {tracking.TAG_ROW: "cpm", tracking.TAG_SEED: str(trial.seed)}
@@ -98,7 +99,7 @@ def _error(*args: str) -> str:
 
 
 def _versions(store: Path, name: str) -> list[str]:
-    client = MlflowClient(tracking.default_tracking_uri(store))
+    client = MlflowClient(default_tracking_uri(store))
     return sorted(str(v.version) for v in client.search_model_versions(f"name = '{name}'"))
 
 
@@ -205,7 +206,7 @@ def test_predict_bad_inputs_are_one_line_and_write_nothing(
 def test_a_trial_from_before_serving_json_exports_from_its_dataset(
     store: Path, tmp_path: Path
 ) -> None:
-    uri = tracking.default_tracking_uri(store)
+    uri = default_tracking_uri(store)
     source = MlflowClient(uri).search_runs(
         [MlflowClient(uri).get_experiment_by_name("exp-it").experiment_id],
         "tags.`ablate.kind` = 'trial'",
@@ -216,7 +217,7 @@ def test_a_trial_from_before_serving_json_exports_from_its_dataset(
     for name in ("serving.json", "input_example.npy"):
         (checkpoint / name).unlink()
     dataset = build_dataset(DataConfig(preset="tiny"), store / "datasets")
-    eid = tracking.ensure_experiment(uri, "legacy-it", tracking.artifact_root(store))
+    eid = tracking.ensure_experiment(uri, "legacy-it", Workspace.at(store).artifact_root)
     parent = tracking.start_parent(uri, eid, "launch", "legacy-1", {"dataset": str(dataset)})
     run_id, _ = tracking.find_or_start_child(uri, eid, parent, "t", "cpm-s0", {})
     tracking.log_metrics(uri, run_id, {"psnr": 10.0})

@@ -30,10 +30,11 @@ from mlflow.artifacts import download_artifacts
 
 from ablate.config import DataConfig, parse_experiment
 from ablate.data.store import build_dataset
-from ablate.experiment import Workspace, launch_grid, launch_status
+from ablate.experiment import launch_grid, launch_status
 from ablate.export import EXPORT_FILE
 from ablate.predict import predict_volume
 from ablate.volumes import evaluate_files, slices_to_ras
+from ablate.workspace import Workspace
 from tests.conftest import tiny_experiment, trial_runs
 
 pytestmark = pytest.mark.slow

@@ -24,6 +24,7 @@ import yaml
 from mlflow import MlflowClient
 
 from ablate import tracking
+from ablate.workspace import default_tracking_uri
 from tests.conftest import tiny_experiment
 
 pytestmark = pytest.mark.slow
@@ -51,7 +52,7 @@ def _space(folder: Path, **extra: object) -> Path:
 
 
 def _champion(folder: Path, model: str) -> str:
-    client = MlflowClient(tracking.default_tracking_uri(folder / "runs"))
+    client = MlflowClient(default_tracking_uri(folder / "runs"))
     return str(client.get_model_version_by_alias(model, "champion").version)
 
 
@@ -117,7 +118,7 @@ def test_other_data_leaves_table_and_champion_as_they_were(study: SimpleNamespac
     assert _champion(folder, f"{NAME}-best") == version
 
     _ablate(["export", NAME, "--data", "other"], folder)
-    client = MlflowClient(tracking.default_tracking_uri(folder / "runs"))
+    client = MlflowClient(default_tracking_uri(folder / "runs"))
     mine = client.get_model_version_by_alias(f"{NAME}-best", "champion")
     theirs = client.get_model_version_by_alias(f"{NAME}-other-best", "champion")
     assert mine.tags[tracking.TAG_DATASET] == "tiny-seed0"

@@ -13,6 +13,7 @@ from scipy import ndimage
 
 from ablate.data.format import read_provenance
 from ablate.lesions import per_lesion, summarise
+from ablate.workspace import default_tracking_uri
 from tests.own_data import SUBJECTS, write_scans
 
 BACKGROUND, CONTRAST, SIDE = 1.0, 3.0, 8  # a square lesion of 8 x 8 pixels at 4x uptake
@@ -106,7 +107,6 @@ def test_the_demo_table_shows_lesion_columns(tmp_path: Path) -> None:
     metrics and a per-lesion artifact, and the table has the lesion columns."""
     from mlflow import MlflowClient
 
-    from ablate import tracking
     from tests.conftest import trial_runs
 
     cmd = ["ablate", "demo", "--steps", "10", "--seeds", "1", "--rows", "cpm"]
@@ -115,13 +115,13 @@ def test_the_demo_table_shows_lesion_columns(tmp_path: Path) -> None:
     table = " ".join(done.stdout.split())
     assert "SUVmax err" in table and "SUVmean err" in table and "CRC err" in table
     assert "Lesion columns: mean over the test lesions" in table
-    runs = trial_runs(tracking.default_tracking_uri(tmp_path / "runs"), "demo")
+    runs = trial_runs(default_tracking_uri(tmp_path / "runs"), "demo")
     assert len(runs) == 1
     trial = runs.iloc[0]
     assert trial["metrics.lesion_n"] >= 1
     for name in ("lesion_suvmax_bias", "lesion_suvmean_bias", "lesion_abs_suvmax_bias"):
         assert np.isfinite(trial[f"metrics.{name}"])
-    uri = tracking.default_tracking_uri(tmp_path / "runs")
+    uri = default_tracking_uri(tmp_path / "runs")
     local = MlflowClient(uri).download_artifacts(
         trial["run_id"], "test_lesions.parquet", str(tmp_path)
     )

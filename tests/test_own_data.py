@@ -14,6 +14,7 @@ import pytest
 
 from ablate.data.format import read_manifest, read_provenance
 from ablate.suv import SUV_UNITS
+from ablate.workspace import default_tracking_uri
 from tests.own_data import SUBJECTS, write_scans
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -56,10 +57,9 @@ def test_your_own_data_section_runs_verbatim(tmp_path: Path) -> None:
     # the trial's MLflow dataset input says the units
     from mlflow import MlflowClient
 
-    from ablate import tracking
     from tests.conftest import trial_runs
 
-    uri = tracking.default_tracking_uri(tmp_path / "runs")
+    uri = default_tracking_uri(tmp_path / "runs")
     (run_id,) = trial_runs(uri, "my-study")["run_id"]
     inputs = MlflowClient(uri).get_run(run_id).inputs.dataset_inputs
     assert [json.loads(i.dataset.profile)["units"] for i in inputs] == [SUV_UNITS]

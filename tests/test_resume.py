@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ablate.experiment import Workspace, launch_status, resume
+from ablate.experiment import launch_status, resume
+from ablate.workspace import Workspace
 from tests.conftest import tiny_experiment, trial_runs
 
 pytestmark = pytest.mark.slow

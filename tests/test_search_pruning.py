@@ -10,8 +10,9 @@ from optuna.trial import TrialState
 from ray import tune
 
 from ablate.config import parse_experiment
-from ablate.experiment import Workspace, launch_search, read_record
+from ablate.experiment import launch_search, read_record
 from ablate.search import PruningAwareOptunaSearch
+from ablate.workspace import Workspace
 from tests.conftest import tiny_experiment, trial_runs
 
 

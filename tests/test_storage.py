@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from ablate import preflight, storage, tracking
+from ablate import preflight, storage
 from ablate.errors import UserError
 from ablate.shared_cache import SharedCache
 from ablate.storage import StorageError
+from ablate.workspace import Workspace
 
 
 def _free_port() -> int:
@@ -255,8 +256,8 @@ def test_tracking_server_unreachable_is_one_line() -> None:
 
 
 def test_server_mode_leaves_artifacts_to_the_server(tmp_path: Path) -> None:
-    assert tracking.artifact_root(tmp_path, "http://127.0.0.1:5000") is None
-    assert tracking.artifact_root(tmp_path, "sqlite:///x.db").startswith("file://")
+    assert Workspace.at(tmp_path, "http://127.0.0.1:5000").artifact_root is None
+    assert Workspace.at(tmp_path, "sqlite:///x.db").artifact_root.startswith("file://")
 
 
 def test_dataset_content_hash_is_stable_and_remembered(tmp_path: Path) -> None:
