@@ -111,6 +111,17 @@ def launch_settings(tracking_uri: str, experiment: str, launch_ids: set[str]) ->
     return settings_from(launch_yaml(tracking_uri, latest), f"launch '{latest.run_name}'")
 
 
+def replication_notes(tracking_uri: str, experiment: str, launch_ids: set[str]) -> list[str]:
+    """Why the seed waves of each replicated launch among ``launch_ids`` stopped
+    (``ablate run --until-resolved``): one note line each."""
+    return [
+        f"seed waves of launch '{la.run_name}': {la.replication_waves}; stopped: "
+        f"{la.replication_stop}"
+        for la in load_launches(tracking_uri, experiment)
+        if la.run_id in launch_ids and la.replication_stop
+    ]
+
+
 def study_analysis(
     tidy: pd.DataFrame, settings: Settings, reference: str | None = None
 ) -> Analysis:
@@ -139,8 +150,11 @@ def tidy_with_settings(
 def grid_analysis(tracking_uri: str, experiment: str, grid: pd.DataFrame) -> Analysis:
     """The analysis of some grid trials (a results frame) with their latest launch's
     settings: the parent run's report and the dashboard."""
-    settings = launch_settings(tracking_uri, experiment, set(grid["parent_run_id"].dropna()))
-    return study_analysis(tidy_with_settings(grid, tracking_uri, settings), settings)
+    launches = set(grid["parent_run_id"].dropna())
+    settings = launch_settings(tracking_uri, experiment, launches)
+    found = study_analysis(tidy_with_settings(grid, tracking_uri, settings), settings)
+    found.notes += replication_notes(tracking_uri, experiment, launches)
+    return found
 
 
 def launch_analysis(tracking_uri: str, experiment: str, parent_run_id: str) -> Analysis:

@@ -93,7 +93,9 @@ def test_a_strong_contrast_resolves_before_the_cap_a_null_one_stops_with_its_rea
 def test_a_null_contrast_stops_at_the_cap_without_enough_seeds_to_project() -> None:
     """At a cap of 3, the MDE rule never has 3 seeds before the cap: the cap stops it."""
     last = _replicate(0, max_seeds=3)[-1]
-    assert last.stop == "seed_cap" and "1 at the seed cap (3)" in last.reason
+    assert last.stop == "seed_cap"
+    assert last.reason.startswith("after wave 2, unresolved at the seed cap (3): ")
+    assert "null − ref" in last.reason
 
 
 def test_the_budget_stops_a_wave_it_cannot_pay() -> None:

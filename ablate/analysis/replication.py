@@ -170,7 +170,7 @@ def _next_wave(
     growing = [t for t in out.targets if t.state == "unresolved"]
     if all(s == "resolved" for s in states):
         out.stop = "resolved"
-        out.reason = f"every claim and contrast resolved after wave {out.wave}"
+        out.reason = f"after wave {out.wave}, every claim and contrast resolved"
         return out
     if left <= 0:
         out.stop = "budget"
@@ -180,11 +180,15 @@ def _next_wave(
         )
         return out
     if not growing:
-        capped, futile = states.count("capped"), states.count("futile")
+        capped = [t.name for t in out.targets if t.state == "capped"]
+        futile = [t.name for t in out.targets if t.state == "futile"]
         out.stop = "mde" if futile else "seed_cap"
-        parts = [f"{capped} at the seed cap ({max_seeds})"] if capped else []
-        parts += [f"{futile} cannot resolve within the budget by the MDE rule"] if futile else []
-        out.reason = f"after wave {out.wave}, of the unresolved: " + ", ".join(parts)
+        parts = [f"at the seed cap ({max_seeds}): {', '.join(capped)}"] if capped else []
+        if futile:
+            parts.append(
+                f"cannot resolve within the cap and budget (MDE rule): {', '.join(futile)}"
+            )
+        out.reason = f"after wave {out.wave}, unresolved " + "; ".join(parts)
         return out
     rows = [r for r in seeds_by_row if any(r in t.rows for t in growing)]
     room = min(max_seeds - len(seeds_by_row[r]) for r in rows)
