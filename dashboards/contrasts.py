@@ -273,10 +273,13 @@ def interaction_plot(analysis: Analysis, metric: str) -> Any:
 
 def effect_metrics(analysis: Analysis) -> dict[str, float]:
     """The tested effects and claims as MLflow metrics: ``effect/<contrast>/<metric>`` with
-    ``.low``/``.high`` (95% CI) and ``.p_adjusted``; ``claim/<i>/effect`` likewise."""
+    ``.low``/``.high`` (95% CI) and ``.p_adjusted``; ``claim/<i>/effect`` likewise; a factorial
+    or fractional design's terms as ``factorial/<term>/<metric>`` (``irm:spectrum``)."""
     out: dict[str, float] = {}
     named = [(f"effect/{e.contrast.key}/{e.metric}", e) for e in analysis.effects]
     named += [(f"claim/{i}/effect", c.effect) for i, c in enumerate(analysis.claims)]
+    terms = analysis.factorial.effects if analysis.factorial else []
+    named += [(f"factorial/{e.term}/{e.metric}", e) for e in terms]
     for name, e in named:
         if e.tested:
             out |= {name: e.effect, f"{name}.low": e.low, f"{name}.high": e.high}
