@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -103,8 +104,9 @@ def launch_waves(
     Signals: as :func:`ablate.experiment.launch_grid`."""
     check_replicable(exp)
     name = name or exp.name
+    started = time.perf_counter()
     first = launch_grid(exp, ws, address=address, name=name, overrides=overrides, gpu=gpu)
-    return _drive(ws, name, address, first, report)
+    return _drive(ws, name, address, first, report, started)
 
 
 @stoppable
@@ -113,10 +115,11 @@ def resume_waves(
 ) -> LaunchResult:
     """Continue a replicated launch where it stopped: the wave it was in (restored, or started
     if the driver stopped before it had), then the waves that follow."""
+    started = time.perf_counter()
     record = read_record(ws, name)
     ctx = LaunchContext(**record["context"])
     _preflight(ctx.tracking_uri, ws.storage, address)
-    return _drive(ws, name, address, None, report)
+    return _drive(ws, name, address, None, report, started)
 
 
 def is_replicated(record: dict[str, Any]) -> bool:
@@ -136,15 +139,17 @@ def _drive(
     address: str | None,
     result: LaunchResult | None,
     report: Report | None,
+    started: float,
 ) -> LaunchResult:
     """The wave loop from the record's state. ``result``: how wave 1 just ended, if it ran in
-    this process; ``report`` is shown each decision. A signal between waves ends the parent
-    run ``interrupted`` with the resume command, as a signal inside a wave does."""
+    this process (which began the launch at ``started``); ``report`` is shown each decision.
+    A signal between waves ends the parent run ``interrupted`` with the resume command, as a
+    signal inside a wave does."""
     record = read_record(ws, name)
     exp = parse_experiment(record["experiment"], source="launch record")
     ctx = LaunchContext(**record["context"])
     try:
-        return _waves(exp, ws, name, ctx, record, address, result, report)
+        return _waves(exp, ws, name, ctx, record, address, result, report, started)
     except Interrupted as stop:
         if stop.hint:  # stopped in a wave's fit, which ended the runs and named the resume
             raise
@@ -163,6 +168,7 @@ def _waves(
     address: str | None,
     result: LaunchResult | None,
     report: Report | None,
+    started: float,
 ) -> LaunchResult:
     """The loop of :func:`_drive`: decide after each wave, run the next."""
     replicate = check_replicable(exp)
@@ -172,7 +178,7 @@ def _waves(
         if len(decisions) == len(waves):  # the last wave is decided
             last = decisions[-1]
             if last["stop"]:
-                return _final(ctx, name, result, state, last["reason"])
+                return _final(ctx, name, result, state, last["reason"], started)
             waves.append(
                 {
                     "wave": len(waves) + 1,
@@ -301,8 +307,10 @@ def _final(
     result: LaunchResult | None,
     state: dict[str, Any],
     reason: str,
+    started: float,
 ) -> LaunchResult:
-    """Tag the stop reason on the parent run; the launch's result counts every wave's trials."""
+    """Tag the stop reason on the parent run; the launch's result counts every wave's trials
+    and the time since this process began it."""
     tracking.set_tags(ctx.tracking_uri, ctx.parent_run_id, {tracking.TAG_REPLICATION_STOP: reason})
     total = sum(len(w["rows"]) * len(w["seeds"]) for w in state["waves"])
     if result is None:  # resumed after the last decision: nothing ran
@@ -310,7 +318,8 @@ def _final(
         done = sum(r.data.tags.get(tracking.TAG_STATUS) == "completed" for r in runs)
         return LaunchResult(
             name=name, tracking_uri=ctx.tracking_uri, parent_run_id=ctx.parent_run_id,
-            experiment_id=ctx.experiment_id, n_trials=total, n_errors=0, wall_s=0.0,
+            experiment_id=ctx.experiment_id, n_trials=total, n_errors=0,
+            wall_s=time.perf_counter() - started,
             n_completed=done,
         )  # fmt: skip
-    return dataclasses.replace(result, n_trials=total)
+    return dataclasses.replace(result, n_trials=total, wall_s=time.perf_counter() - started)
