@@ -80,11 +80,12 @@ def check_replicable(exp: ExperimentConfig) -> ReplicateConfig:
 
 def describe(replicate: ReplicateConfig) -> str:
     """The replication a launch will do, in one line (printed before it starts)."""
-    budget = f"{replicate.budget_hours:g} trial-hours" if replicate.budget else "no budget"
+    budget = "no budget"
+    if replicate.budget_hours is not None:
+        budget = f"{replicate.budget_hours:g} trial-hours (the summed wall time of its trials)"
     return (
-        f"replication: seed waves until every contrast and claim resolves, at most "
-        f"{replicate.max_seeds} seeds per row, {budget} (the summed wall time of finished "
-        "trials)"
+        "replication: seed waves until every contrast and claim resolves, at most "
+        f"{replicate.max_seeds} seeds per row, {budget}"
     )
 
 
