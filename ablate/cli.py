@@ -192,6 +192,26 @@ def _print_launch(result: Any, workdir: Path) -> None:
         )
 
 
+def _print_decision(decision: Any) -> None:
+    """One replicated launch's decision after a wave: the states, then the next wave or why
+    replication stops."""
+    states = ", ".join(f"{t.name}: {t.state}" for t in decision.targets)
+    console.print(
+        f"[bold]wave {decision.wave}[/] ({decision.spent_hours:.3g} trial-hours so far): {states}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if decision.stop:
+        console.print(f"replication stopped: {decision.reason}", highlight=False, soft_wrap=True)
+    else:
+        console.print(
+            f"wave {decision.wave + 1}: seeds {decision.next_seeds} for rows "
+            f"{', '.join(decision.next_rows)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 def _exit_for(result: Any) -> None:
     """Exit 1 when some trials failed, 130/143 when a signal stopped the launch."""
     if result.exit_code:
@@ -340,19 +360,44 @@ def run(
     dry_run: bool = DRY_RUN_OPT,
     gpu: str | None = GPU_OPT,
     strict: bool = STRICT_OPT,
+    until_resolved: bool = typer.Option(
+        False,
+        "--until-resolved",
+        help="Add seed waves to the rows of unresolved contrasts until they resolve, the cap "
+        "or the budget is reached (analysis.replicate in the YAML does the same).",
+    ),
+    max_seeds: int | None = typer.Option(
+        None, "--max-seeds", help="--until-resolved: the most seeds any row gets."
+    ),
+    budget: str | None = typer.Option(
+        None, "--budget", help="--until-resolved: trial-hours to spend at most, e.g. 200h, 90m."
+    ),
 ) -> None:
     """Run an ablation grid: rows x seeds (x grid axes) as Ray Tune trials.
 
     Exit code 0 when every trial finished, 1 when some failed, 130/143 on Ctrl-C/SIGTERM."""
     _ray_driver(address)
     from ablate.experiment import launch_grid
+    from ablate.replicate import check_replicable, describe, launch_waves
 
-    exp, settings = _experiment(space, overrides, rows=rows, seeds=seeds, resources=resources)
+    if (max_seeds is not None or budget is not None) and not until_resolved:
+        raise UserError("--max-seeds and --budget go with --until-resolved: add it")
+    replicate = [f"analysis.replicate.{key}={value}" for key, value in
+                 (("max_seeds", max_seeds), ("budget", budget)) if value is not None]  # fmt: skip
+    exp, settings = _experiment(
+        space, [*(overrides or []), *replicate], rows=rows, seeds=seeds, resources=resources
+    )
+    if until_resolved or exp.analysis.replicate is not None:
+        console.print(describe(check_replicable(exp)), highlight=False, soft_wrap=True)
     _like_for_like(exp, strict, show=not dry_run)  # a dry run's plan prints it
     if dry_run:
         return _dry_run(exp, "grid", name, workdir, tracking_uri, gpu)
     ws = Workspace.create(workdir, tracking_uri, storage)
-    result = launch_grid(exp, ws, address=address, name=name, overrides=settings, gpu=gpu)
+    options = dict(address=address, name=name, overrides=settings, gpu=gpu)
+    if exp.analysis.replicate is not None:
+        result = launch_waves(exp, ws, **options, report=_print_decision)
+    else:
+        result = launch_grid(exp, ws, **options)
     _print_launch(result, workdir)
     _exit_for(result)
 
@@ -427,12 +472,18 @@ def resume(
 ) -> None:
     """Resume an interrupted grid or search; no MLflow run is duplicated."""
     _ray_driver(address)
+    from ablate.experiment import read_record
     from ablate.experiment import resume as resume_launch
     from ablate.launches import resolve_launch
+    from ablate.replicate import is_replicated, resume_waves
 
     ws = Workspace.of_launches(workdir, storage)
     launch = resolve_launch(name, ws.storage, ws.tracking_uri)
-    result = resume_launch(ws, launch, address=address)
+    replicated = is_replicated(read_record(ws, launch))
+    if replicated:
+        result = resume_waves(ws, launch, address=address, report=_print_decision)
+    else:
+        result = resume_launch(ws, launch, address=address)
     _print_launch(result, workdir)
     _exit_for(result)
 

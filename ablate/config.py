@@ -27,6 +27,7 @@ from pydantic import (
     PrivateAttr,
     TypeAdapter,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -441,6 +442,47 @@ class SearchConfig(_Strict):
 
 Correction = Literal["holm", "bh"]
 
+#: Units a replication budget is given in: trial-hours, as hours, minutes or seconds.
+BUDGET_UNITS = {"h": 1.0, "m": 1 / 60, "s": 1 / 3600}
+
+
+def budget_hours(text: str) -> float:
+    """``"200h"`` / ``"90m"`` / ``"30s"`` -> trial-hours. A number without its unit is refused:
+    a budget of "200" could be hours or GPU-hours or seconds."""
+    value, unit = text.strip()[:-1], text.strip()[-1:].lower()
+    try:
+        hours = float(value) * BUDGET_UNITS[unit]
+    except (KeyError, ValueError):
+        raise ValueError(
+            f"budget '{text}': write trial-hours as a number and its unit, e.g. 200h, 90m or 600s"
+        ) from None
+    if hours <= 0:
+        raise ValueError(f"budget '{text}' must be more than 0")
+    return hours
+
+
+class ReplicateConfig(_Strict):
+    """Adaptive replication (``ablate run --until-resolved``, :mod:`ablate.replicate`): seed
+    waves until the contrasts and claims resolve, ``max_seeds`` seeds per row are reached or
+    ``budget`` (trial-hours: the summed wall time of the launch's finished trials) is spent."""
+
+    max_seeds: int = Field(ge=2, description="The most seeds any row gets (the seed cap).")
+    budget: str | None = Field(
+        default=None, description="Trial-hours the launch may spend, with a unit: 200h, 90m."
+    )
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _budget(cls, value: Any) -> str | None:
+        if value is None:
+            return None
+        budget_hours(str(value))  # a bare number (budget: 200) is refused with the units
+        return str(value)
+
+    @property
+    def budget_hours(self) -> float | None:
+        return None if self.budget is None else budget_hours(self.budget)
+
 
 class AnalysisConfig(_Strict):
     """Which contrasts the table tests, and how it corrects for testing several.
@@ -454,6 +496,9 @@ class AnalysisConfig(_Strict):
     contrasts: Literal["additive", "reference"] | list[tuple[str, str]] = "reference"
     correction: Correction = Field(
         default="holm", description="holm (family-wise, default) or bh (Benjamini-Hochberg)."
+    )
+    replicate: ReplicateConfig | None = Field(
+        default=None, description="Seed waves until the contrasts resolve (max_seeds, budget)."
     )
 
 

@@ -112,6 +112,17 @@ def launch_settings(tracking_uri: str, experiment: str, launch_ids: set[str]) ->
     return settings_from(launch_yaml(tracking_uri, latest), f"launch '{latest.run_name}'")
 
 
+def replication_notes(tracking_uri: str, experiment: str, launch_ids: set[str]) -> list[str]:
+    """Why the seed waves of each replicated launch among ``launch_ids`` stopped
+    (``ablate run --until-resolved``): one note line each."""
+    return [
+        f"seed waves of launch '{la.run_name}': {la.replication_waves}; stopped: "
+        f"{la.replication_stop}"
+        for la in load_launches(tracking_uri, experiment)
+        if la.run_id in launch_ids and la.replication_stop
+    ]
+
+
 def study_analysis(
     tidy: pd.DataFrame, settings: Settings, reference: str | None = None
 ) -> Analysis:
@@ -140,8 +151,11 @@ def tidy_with_settings(
 def grid_analysis(tracking_uri: str, experiment: str, grid: pd.DataFrame) -> Analysis:
     """The analysis of some grid trials (a results frame) with their latest launch's
     settings: the parent run's report and the dashboard."""
-    settings = launch_settings(tracking_uri, experiment, set(grid["parent_run_id"].dropna()))
-    return study_analysis(tidy_with_settings(grid, tracking_uri, settings), settings)
+    launches = set(grid["parent_run_id"].dropna())
+    settings = launch_settings(tracking_uri, experiment, launches)
+    found = study_analysis(tidy_with_settings(grid, tracking_uri, settings), settings)
+    found.notes += replication_notes(tracking_uri, experiment, launches)
+    return found
 
 
 def launch_analysis(tracking_uri: str, experiment: str, parent_run_id: str) -> Analysis:
@@ -260,10 +274,13 @@ def interaction_plot(analysis: Analysis, metric: str) -> Any:
 
 def effect_metrics(analysis: Analysis) -> dict[str, float]:
     """The tested effects and claims as MLflow metrics: ``effect/<contrast>/<metric>`` with
-    ``.low``/``.high`` (95% CI) and ``.p_adjusted``; ``claim/<i>/effect`` likewise."""
+    ``.low``/``.high`` (95% CI) and ``.p_adjusted``; ``claim/<i>/effect`` likewise; a factorial
+    or fractional design's terms as ``factorial/<term>/<metric>`` (``irm:spectrum``)."""
     out: dict[str, float] = {}
     named = [(f"effect/{e.contrast.key}/{e.metric}", e) for e in analysis.effects]
     named += [(f"claim/{i}/effect", c.effect) for i, c in enumerate(analysis.claims)]
+    terms = analysis.factorial.effects if analysis.factorial else []
+    named += [(f"factorial/{e.term}/{e.metric}", e) for e in terms]
     for name, e in named:
         if e.tested:
             out |= {name: e.effect, f"{name}.low": e.low, f"{name}.high": e.high}

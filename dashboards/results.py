@@ -77,6 +77,9 @@ class Launch:
     #: they were recorded).
     row_order: list[str] = field(default_factory=list)
     reference: str | None = None
+    #: Why a replicated launch's seed waves stopped (``--until-resolved``), with their count.
+    replication_stop: str | None = None
+    replication_waves: int = 0
 
 
 def _client(tracking_uri: str) -> Any:
@@ -139,6 +142,8 @@ def _launch(run: Any) -> Launch:
         confirm_role=tags.get(tracking.TAG_CONFIRM_ROLE),
         row_order=[r for r in tags.get(tracking.TAG_ROW_ORDER, "").split(",") if r],
         reference=tags.get(tracking.TAG_REFERENCE),
+        replication_stop=tags.get(tracking.TAG_REPLICATION_STOP),
+        replication_waves=int(tags.get(tracking.TAG_REPLICATION_WAVES, 0)),
     )
 
 

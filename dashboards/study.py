@@ -668,6 +668,9 @@ def tables_for(
         grid_tidy = tidy_of_grid(source, tracking_uri, grid, tidy)
         settings = contrasts.settings_from(grid_tidy.attrs.get(contrasts.SETTINGS_KEY), source)
         found = contrasts.study_analysis(grid_tidy, settings, options.get("reference"))
+        if not source.endswith(".parquet"):
+            launches = set(grid["parent_run_id"].dropna())
+            found.notes += contrasts.replication_notes(tracking_uri, source, launches)
         analysis = contrasts.tables(table.experiment, found)
         if part in contrasts.PARTS:
             out += [t for t in analysis if t.part == part]

@@ -206,6 +206,23 @@ def test_factorial_effects_recover_a_planted_main_effect_and_interaction() -> No
     assert all(found[t].p_adjusted >= 0.05 for t in ("irm", "spectrum", "irm:nas", "nas:spectrum"))
 
 
+def test_the_parent_runs_metrics_hold_the_factorial_terms() -> None:
+    """What ``attach_report`` logs on a launch's parent run: each tested term with its CI."""
+    from ablate.analysis import analyse
+    from dashboards.contrasts import effect_metrics
+
+    layout = _layout(designs.generate(_spec("factorial"), _rows()))
+    frame = _synthetic(layout.levels, seeds=5, subjects=6, rng_seed=1)
+    found = analyse(frame, metrics=["psnr"], layout=layout)
+    metrics = effect_metrics(found)
+    terms = {e.term: e for e in found.factorial.effects}
+    for term in ("nas", "irm:spectrum"):
+        assert metrics[f"factorial/{term}/psnr"] == terms[term].effect
+        low, high = metrics[f"factorial/{term}/psnr.low"], metrics[f"factorial/{term}/psnr.high"]
+        assert low <= 1.0 <= high  # the planted 1 dB
+        assert metrics[f"factorial/{term}/psnr.p_adjusted"] < 0.05
+
+
 def test_effects_equal_statsmodels_ols_with_seed_and_subject_blocks() -> None:
     layout = _layout(designs.generate(_spec("factorial"), _rows()))
     frame = _synthetic(layout.levels, seeds=3, subjects=4, rng_seed=2)
