@@ -82,6 +82,9 @@ OVERRIDES_ARG = typer.Argument(
     None, help="Settings as dotted key=value, e.g. train.steps=50 loss.k=1e-4.", show_default=False
 )
 ROWS_OPT = typer.Option(None, "--rows", help="Only these rows, e.g. --rows cpm,full.")
+FOLDS_OPT = typer.Option(
+    None, "--folds", help="With data.folds: only these folds (0-based), e.g. --folds 1,3."
+)
 ADDRESS_OPT = typer.Option(
     None, "--address", help="Ray cluster: auto, HOST:PORT or ray://... (default: embedded)."
 )
@@ -170,14 +173,17 @@ def _experiment(
     resources: str | None = None,
     steps: int | None = None,
     design: dict[str, Any] | None = None,
+    folds: str | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """The experiment of ``space`` with the command line's settings applied, and those
     settings as dotted overrides (recorded with the launch). ``--seeds``, ``--resources``
     and ``--steps`` are shorthands for ``seeds=``, ``resources.*=`` and ``train.steps=``;
+    ``--folds 1,3`` runs those folds of ``data.folds`` (``run_folds=``);
     ``--rows`` keeps the named rows; ``design.*=`` (and ``design``) replace keys of the YAML's
     ``design:`` before its rows are generated. Everything is checked here, before anything
     starts."""
     from ablate.config import ExperimentConfig, check_row_names, load_experiment
+    from ablate.data.folds import check_folds
     from ablate.overrides import apply_overrides, parse_assignments
     from ablate.trials import select_rows
 
@@ -187,6 +193,8 @@ def _experiment(
             raise UserError("--seeds must be at least 1")
         overrides["seeds"] = list(range(seeds))
     overrides.update(_parse_resources(resources))
+    if folds is not None:
+        overrides["run_folds"] = _parse_folds(folds)
     if steps is not None:
         overrides["train.steps"] = steps
     # design.* keys change which rows the YAML generates: applied where it is read
@@ -195,9 +203,18 @@ def _experiment(
     loaded = load_experiment(space, design={**keys, **(design or {})} or None)
     exp = apply_overrides(ExperimentConfig, loaded, settings, "command line")
     check_row_names(exp, "command line")
+    check_folds(exp.data)
     if rows is not None:
         exp = select_rows(exp, [name.strip() for name in rows.split(",") if name.strip()])
     return exp, overrides
+
+
+def _parse_folds(text: str) -> list[int]:
+    """``--folds 1,3``: fold numbers (0-based, like seeds)."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--folds '{text}': name fold numbers, e.g. --folds 0,2") from None
 
 
 def _print_launch(result: Any, workdir: Path) -> None:
@@ -274,6 +291,7 @@ def plan(
     overrides: list[str] | None = OVERRIDES_ARG,
     rows: str | None = ROWS_OPT,
     seeds: int | None = typer.Option(None, "--seeds", help="Seeds per row: 0..N-1."),
+    folds: str | None = FOLDS_OPT,
     resources: str | None = RESOURCES_OPT,
     gpu: str | None = GPU_OPT,
     gpus: int | None = typer.Option(
@@ -316,7 +334,7 @@ def plan(
         raise UserError("--effect and --pilot go with --power: add --power")
     if power and effect is None:
         raise UserError("--power needs --effect: the effect to detect, e.g. --effect 0.3")
-    options = dict(rows=rows, seeds=seeds, resources=resources)
+    options = dict(rows=rows, seeds=seeds, resources=resources, folds=folds)
     exp, _ = _experiment(space, overrides, **options)
     plan_options = dict(gpu=gpu, devices=gpus, mfu=mfu, workdir=workdir)
     if compare_designs:
@@ -371,6 +389,7 @@ def run(
     rows: str | None = ROWS_OPT,
     address: str | None = ADDRESS_OPT,
     seeds: int | None = typer.Option(None, "--seeds", help="Seeds per row: 0..N-1."),
+    folds: str | None = FOLDS_OPT,
     resources: str | None = RESOURCES_OPT,
     storage: str | None = STORAGE_OPT,
     tracking_uri: str | None = TRACKING_OPT,
@@ -386,7 +405,9 @@ def run(
     _ray_driver(address)
     from ablate.experiment import launch_grid
 
-    exp, settings = _experiment(space, overrides, rows=rows, seeds=seeds, resources=resources)
+    exp, settings = _experiment(
+        space, overrides, rows=rows, seeds=seeds, resources=resources, folds=folds
+    )
     _like_for_like(exp, strict, show=not dry_run)  # a dry run's plan prints it
     if dry_run:
         return _dry_run(exp, "grid", name, workdir, tracking_uri, gpu)
