@@ -8,6 +8,7 @@ MLflow child run.
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 import time
@@ -31,6 +32,8 @@ from ablate.training import TrainingRun
 from ablate.trials import lookup_estimate, trial_config
 
 CHECKPOINT_FILE = "state.pt"
+#: The trial artifact naming the subjects of its train, val and test splits.
+SPLITS_FILE = "splits.json"
 #: Seconds between a trial's progress reports to the driver (step, steps, it/s), sent at
 #: ``train.log_every`` boundaries to the driver's progress board, not as Tune results.
 PROGRESS_EVERY_S = 2.0
@@ -293,6 +296,10 @@ def _run(
     tracking.log_metrics(ctx.tracking_uri, run_id, _unlogged(final, run.step, logged), run.step)
     with tempfile.TemporaryDirectory() as folder:
         write_evaluation_artifacts(test, Path(folder))
+        # which subjects the trial trained, validated and tested on: with data.folds, the
+        # evidence that no test subject reached training or checkpoint choice
+        splits = {split: data.subjects for split, data in run.datasets.items()}
+        (Path(folder) / SPLITS_FILE).write_text(json.dumps(splits, indent=1))
         if not lesion_table.empty:
             lesion_table.to_parquet(Path(folder) / "test_lesions.parquet", index=False)
         run.export_weights(Path(folder) / "checkpoint")
