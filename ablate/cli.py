@@ -517,16 +517,26 @@ def status(
     ws = _launch_workspace(workdir, storage)
     launch = resolve_launch(name, ws.storage, ws.tracking_uri)
     rows = launch_status(ws, launch)
-    table = Table(title=f"launch {launch}")
-    for col in ("run", "status", "psnr", "estimated", "actual", "error"):
-        right = col in ("estimated", "actual")
-        table.add_column(col, justify="right" if right else "left", no_wrap=col != "error")
-    for r in rows:
-        table.add_row(
-            r["run"], r["status"], r["psnr"], secs(r["est_s"]), secs(r["actual_s"]), r["error"]
-        )
+    # a cross-validated launch: one table per fold, each saying how many of its trials finished
+    folds = sorted({r["fold"] for r in rows if r["fold"] is not None}, key=int)
+    groups = [(f, [r for r in rows if r["fold"] == f]) for f in folds]
+    rest = [r for r in rows if r["fold"] is None]
+    groups += [(None, rest)] if rest or not groups else []
+    for fold, group in groups:
+        title = f"launch {launch}"
+        if fold is not None:
+            done = sum(r["status"] == "completed" for r in group)
+            title += f", fold {fold}: {done} of {len(group)} trials completed"
+        table = Table(title=title)
+        for col in ("run", "status", "psnr", "estimated", "actual", "error"):
+            right = col in ("estimated", "actual")
+            table.add_column(col, justify="right" if right else "left", no_wrap=col != "error")
+        for r in group:
+            table.add_row(
+                r["run"], r["status"], r["psnr"], secs(r["est_s"]), secs(r["actual_s"]), r["error"]
+            )
+        console.print(table)
     both = [r for r in rows if r["est_s"] is not None and r["actual_s"] is not None]
-    console.print(table)
     if both:
         est, actual = sum(r["est_s"] for r in both), sum(r["actual_s"] for r in both)
         console.print(

@@ -713,6 +713,7 @@ def _status_line(run: Any) -> dict[str, Any]:
         "est_s": metrics.get("est_wall_s"),
         "actual_s": actual,
         "error": run.data.tags.get(tracking.TAG_ERROR, ""),
+        "fold": run.data.tags.get(tracking.TAG_FOLD),  # cross-validated: ablate status groups
     }
 
 
@@ -739,15 +740,17 @@ def launch_status(ws: Workspace, name: str) -> list[dict[str, Any]]:
             None,
         )
         if run is None:
-            lines.append(_not_started(f"{trial.row_name}-s{trial.seed}"))
+            fold = None if trial.fold is None else str(trial.fold)
+            lines.append(_not_started(f"{trial.row_name}-s{trial.seed}", fold))
         else:
             unmatched.remove(run)
             lines.append(_status_line(run))
     return lines + [_status_line(run) for run in unmatched]
 
 
-def _not_started(name: str) -> dict[str, Any]:
+def _not_started(name: str, fold: str | None = None) -> dict[str, Any]:
     return {
+        "fold": fold,
         "run": name,
         "status": "not started",
         "psnr": "-",

@@ -17,6 +17,7 @@ import yaml
 from ablate.data.folds import assign_folds, fold_file
 from ablate.data.format import read_manifest
 from ablate.data.importing import import_dataset, pairs_by_name
+from dashboards.results import load_results
 from tests.conftest import TINY_MODEL, trial_runs
 from tests.own_data import write_scans
 
@@ -114,27 +115,33 @@ def test_three_folds_on_six_subjects(tmp_path: Path) -> None:
     assert set(runs["tags.ablate.fold_hash"]) == {record["hash"]}
     subjects = set(read_manifest(data)["subject"])
     assert len(subjects) == SUBJECTS
-    tested: dict[tuple[str, str], list[str]] = {}
-    for _, run in runs.iterrows():
+    assert (runs["tags.ablate.fold"] == runs["params.fold"]).all()
+    tested: dict[tuple[str, int], list[str]] = {}
+    for _, run in load_results(uri, "cv").iterrows():
         folder = Path(run["artifact_uri"].removeprefix("file://"))
         splits = json.loads((folder / "splits.json").read_text())
         scored = set(pd.read_parquet(folder / "test_subjects.parquet")["subject"])
-        fold = run["params.fold"]
-        assert run["tags.ablate.fold"] == fold
+        fold = str(run["fold"])
+        assert run["fold_hash"] == record["hash"]
         # the fold's subjects are tested, and none of them trained or validated
         assert set(splits["test"]) == scored == set(record["test"][fold])
         assert not set(splits["test"]) & (set(splits["train"]) | set(splits["val"]))
         assert set(splits["val"]) == set(record["val"][fold])
-        tested.setdefault((run["params.row"], run["params.seed"]), []).extend(scored)
+        tested.setdefault((run["row"], run["seed"]), []).extend(scored)
     # every subject is tested exactly once per (row, seed)
     assert len(tested) == 4
     assert all(sorted(s) == sorted(subjects) for s in tested.values())
 
     table = _ablate("table", "cv", "--format", "csv", cwd=tmp_path, timeout=300)
     assert table.returncode == 0, table.stderr[-3000:]
-    lines = pd.read_csv(io.StringIO(table.stdout), comment="#")
-    assert dict(zip(lines["row"], lines["n"], strict=True)) == {"cpm": 6, "cpm_irm": 6}
+    lines = pd.read_csv(io.StringIO(table.stdout), comment="#").set_index("row")
+    # n counts (seed, fold) trials: 2 seeds x 3 folds per row, paired on all 6
+    assert lines.loc[["cpm", "cpm_irm"], "n"].tolist() == [6, 6]
+    assert lines.loc["cpm_irm", "test"] == "6 pairs"
     shown = _ablate("table", "cv", cwd=tmp_path, timeout=300)
-    assert "cross-validated" in shown.stdout and "(seed, fold)" in shown.stdout
+    assert "cross-validated over 3 subject folds" in shown.stdout, shown.stdout
+    assert "Fold is a block" in shown.stdout and "fold is a block" in shown.stdout
+    # the contrasts pool each seed's subjects across folds: 2 seeds x 6 subjects
+    assert "2 seeds × 6 subj." in shown.stdout
     status = _ablate("status", "cv", cwd=tmp_path, timeout=300)
     assert status.returncode == 0 and all(f"fold {f}" in status.stdout for f in range(3))

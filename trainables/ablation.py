@@ -26,6 +26,7 @@ from ablate.config import TrialConfig, flatten, parse_experiment
 from ablate.errors import UserError
 from ablate.evaluation import evaluate_method, write_evaluation_artifacts
 from ablate.lesions import lesion_summary
+from ablate.metric_names import TEST_SUBJECTS
 from ablate.progress import ProgressPoster
 from ablate.seeding import capture_rng, restore_rng, seed_everything
 from ablate.training import TrainingRun
@@ -290,6 +291,9 @@ def _run(
     final.update(lesion_metrics)
     final.update(run.complexity())
     final["train_s"] = train_s
+    # how many subjects the trial tested: the weight of its scores when a cross-validated
+    # table pools the subjects of a seed's folds (dashboards.tables)
+    final[TEST_SUBJECTS] = float(len(run.data("test").subjects))
     if session_steps:
         final["train_it_per_s"] = session_steps / max(session_s, 1e-9)
     final = {k: v for k, v in final.items() if math.isfinite(v)}
