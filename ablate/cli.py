@@ -560,6 +560,12 @@ def export(
     data: str | None = typer.Option(
         None, "--data", help="The dataset whose trials compete (needed when there are several)."
     ),
+    fold: int | None = typer.Option(
+        None,
+        "--fold",
+        help="Cross-validated study: export this fold's model of the best row instead of the "
+        "ensemble of all folds (the default).",
+    ),
     model_name: str | None = typer.Option(
         None,
         "--model-name",
@@ -600,7 +606,7 @@ def export(
     if out is None:
         out = ws.workdir / "exports" / (name if dataset.first else f"{name}-{dataset.label}")
         out.parent.mkdir(parents=True, exist_ok=True)
-    result = export_best(study, metric, mode, model_name, out, row, dataset)
+    result = export_best(study, metric, mode, model_name, out, row, dataset, fold)
     for alias, version in result.versions.items():
         state = "new" if result.changed[alias] else "unchanged"
         console.print(
@@ -608,9 +614,9 @@ def export(
             f"run {result.run_ids[alias]})",
             soft_wrap=True,
         )
+    what = "MLflow model + model.pt, config.yaml" if not result.ensemble else result.ensemble
     console.print(
-        f"best {metric} {result.value:.4f}; standalone copy (MLflow model + model.pt, "
-        f"config.yaml) in {result.folder}",
+        f"best {result.metric} {result.value:.4f}; standalone copy ({what}) in {result.folder}",
         soft_wrap=True,
     )
     where = f" --tracking-uri {shlex.quote(tracking_uri)}" if tracking_uri else ""

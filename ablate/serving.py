@@ -155,6 +155,37 @@ class Reconstructor(mlflow.pyfunc.PythonModel):
         return (out.numpy() * multiplier).astype(np.float32)
 
 
+class Ensemble(Reconstructor):
+    """The pyfunc of a cross-validated study's k fold models (``ablate export``'s default
+    for a study with ``data.folds``): each fold's model reconstructs the stack, and the
+    prediction is the mean of their outputs (nnU-Net's fold ensemble). The folds share the
+    row, so they share the serving contract; artifacts ``checkpoint_<fold>``."""
+
+    def load_context(self, context: Any) -> None:
+        folders = [Path(context.artifacts[k]) for k in sorted(context.artifacts)]
+        self.spec = ServingSpec.read(folders[0])
+        device = resolve_device("auto")
+        self.methods = [load_method(folder, self.spec, device) for folder in folders]
+
+    def predict(
+        self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None
+    ) -> np.ndarray:
+        params = {**default_params(self.spec), **(params or {})}
+        stack = np.asarray(model_input, dtype=np.float32)
+        divisor, multiplier = intensity.scales(stack, self.spec.intensity, params["scale"])
+        outs = [
+            reconstruct_stack(
+                method,
+                torch.from_numpy(stack / divisor),
+                self.spec.input,
+                int(params["samples"]),
+                int(params["seed"]),
+            )
+            for method in self.methods
+        ]
+        return (torch.stack(outs).mean(dim=0).numpy() * multiplier).astype(np.float32)
+
+
 def default_params(spec: ServingSpec) -> dict[str, Any]:
     return {"samples": spec.samples, "scale": 0.0, "seed": 0}
 
@@ -181,10 +212,18 @@ def _pinned(package: str) -> str:
     return f"{package}=={version(package).split('+')[0]}"
 
 
-def pyfunc_arguments(checkpoint: Path) -> dict[str, Any]:
+def pyfunc_arguments(checkpoint: Path, folds: dict[int, Path] | None = None) -> dict[str, Any]:
     """Keyword arguments of ``mlflow.pyfunc.log_model`` / ``save_model`` for a checkpoint
-    folder holding ``serving.json``: model, artifacts, signature, input example, metadata."""
+    folder holding ``serving.json``: model, artifacts, signature, input example, metadata.
+    ``folds`` (fold -> checkpoint folder): the :class:`Ensemble` of those folds instead."""
     spec = ServingSpec.read(checkpoint)
+    if folds:
+        return {
+            **pyfunc_arguments(checkpoint),
+            "python_model": Ensemble(),
+            "artifacts": {f"{CHECKPOINT}_{f}": str(path) for f, path in sorted(folds.items())},
+            "metadata": {"ablate": spec.to_dict(), "folds": sorted(folds)},
+        }
     return {
         "python_model": Reconstructor(),
         "artifacts": {CHECKPOINT: str(checkpoint)},

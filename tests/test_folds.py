@@ -9,14 +9,20 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import mlflow.pyfunc
+import nibabel as nib
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from mlflow import MlflowClient
 
 from ablate.data.folds import assign_folds, fold_file
 from ablate.data.format import read_manifest
 from ablate.data.importing import import_dataset, pairs_by_name
+from ablate.serving import CHECKPOINT, Reconstructor
 from dashboards.results import load_results
 from tests.conftest import TINY_MODEL, trial_runs
 from tests.own_data import write_scans
@@ -145,3 +151,34 @@ def test_three_folds_on_six_subjects(tmp_path: Path) -> None:
     assert "2 seeds × 6 subj." in shown.stdout
     status = _ablate("status", "cv", cwd=tmp_path, timeout=300)
     assert status.returncode == 0 and all(f"fold {f}" in status.stdout for f in range(3))
+
+    # export: the best row by its cross-validated score, as the ensemble of its 3 fold models
+    exported = _ablate("export", "cv", cwd=tmp_path, timeout=600)
+    assert exported.returncode == 0, exported.stdout[-3000:] + exported.stderr[-3000:]
+    (line,) = [x for x in exported.stdout.splitlines() if x.startswith("Use it with: ")]
+    command = line.removeprefix("Use it with: ablate ").replace(
+        "INPUT OUTPUT", "scans/sub01_low.nii.gz pred.nii.gz"
+    )
+    predicted = _ablate(*command.split(), cwd=tmp_path, timeout=300)
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    assert np.isfinite(nib.load(tmp_path / "pred.nii.gz").get_fdata()).all()
+    best = lines.loc[["cpm", "cpm_irm"], "psnr_mean"].idxmax()
+    version = MlflowClient(uri).get_model_version_by_alias("cv-best", "champion")
+    assert version.tags["row"] == best and version.tags["folds"] == "0,1,2"
+    assert version.tags["fold_hash"] == record["hash"]
+    folder = tmp_path / "runs" / "exports" / "cv"
+    assert json.loads((folder / "ablate-export.json").read_text())["folds"] == "0,1,2"
+    # the ensemble's prediction is the mean of its folds' predictions
+    stack = np.load(folder / "artifacts" / "checkpoint_0" / "input_example.npy")
+    ensemble = mlflow.pyfunc.load_model(str(folder)).predict(stack)
+    singles = []
+    for fold in range(3):
+        model = Reconstructor()
+        model.load_context(
+            SimpleNamespace(
+                artifacts={CHECKPOINT: str(folder / "artifacts" / f"checkpoint_{fold}")}
+            )
+        )
+        singles.append(model.predict(None, stack))
+    np.testing.assert_allclose(ensemble, np.mean(singles, axis=0), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(singles[0], singles[1])  # three models, not one
