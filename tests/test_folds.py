@@ -169,16 +169,14 @@ def test_three_folds_on_six_subjects(tmp_path: Path) -> None:
     folder = tmp_path / "runs" / "exports" / "cv"
     assert json.loads((folder / "ablate-export.json").read_text())["folds"] == "0,1,2"
     # the ensemble's prediction is the mean of its folds' predictions
-    stack = np.load(folder / "artifacts" / "checkpoint_0" / "input_example.npy")
+    checkpoints = sorted((folder / "artifacts").glob("*/checkpoint"))
+    assert len(checkpoints) == 3
+    stack = np.load(checkpoints[0] / "input_example.npy")
     ensemble = mlflow.pyfunc.load_model(str(folder)).predict(stack)
     singles = []
-    for fold in range(3):
+    for checkpoint in checkpoints:
         model = Reconstructor()
-        model.load_context(
-            SimpleNamespace(
-                artifacts={CHECKPOINT: str(folder / "artifacts" / f"checkpoint_{fold}")}
-            )
-        )
+        model.load_context(SimpleNamespace(artifacts={CHECKPOINT: str(checkpoint)}))
         singles.append(model.predict(None, stack))
     np.testing.assert_allclose(ensemble, np.mean(singles, axis=0), rtol=1e-5, atol=1e-6)
     assert not np.allclose(singles[0], singles[1])  # three models, not one
