@@ -77,8 +77,16 @@ class ServingSpec:
         return {**asdict(self), "input_shape": list(self.input_shape)}
 
 
-def write_spec(folder: Path, trial: TrialConfig, method: Method, dataset_root: Path) -> None:
-    """Write ``serving.json`` and a small input example (two test slices)."""
+def write_spec(
+    folder: Path,
+    trial: TrialConfig,
+    method: Method,
+    dataset_root: Path,
+    train_subjects: list[str] | None = None,
+) -> None:
+    """Write ``serving.json`` and a small input example (two test slices). The intensity
+    calibration is measured on ``train_subjects`` when given (a fold's), else on the
+    dataset's training split."""
     model_input = intensity.SINOGRAM if "sinogram" in method.required_keys else intensity.LOW_DOSE
     test = SliceDataset(dataset_root, "test", keys=[model_input])
     first = test[0][model_input]
@@ -89,7 +97,7 @@ def write_spec(folder: Path, trial: TrialConfig, method: Method, dataset_root: P
         image_size=test.image_size,
         stochastic=method.stochastic,
         samples=trial.diffusion.ams_samples if method.stochastic else 1,
-        intensity=intensity.calibrate(dataset_root, model_input),
+        intensity=intensity.calibrate(dataset_root, model_input, among=train_subjects),
         units=str(read_provenance(dataset_root).get("units") or "unknown"),
     )
     (folder / SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=2))
@@ -157,33 +165,27 @@ class Reconstructor(mlflow.pyfunc.PythonModel):
 
 class Ensemble(Reconstructor):
     """The pyfunc of a cross-validated study's k fold models (``ablate export``'s default
-    for a study with ``data.folds``): each fold's model reconstructs the stack, and the
+    for a study with ``data.folds``): each fold's model reconstructs the stack as its own
+    export would (its own intensity calibration, measured on its training subjects), and the
     prediction is the mean of their outputs (nnU-Net's fold ensemble). The folds share the
-    row, so they share the serving contract; artifacts ``checkpoint_<fold>``."""
+    row, so they share the input contract; artifacts ``checkpoint_<fold>``."""
 
     def load_context(self, context: Any) -> None:
         folders = [Path(context.artifacts[k]) for k in sorted(context.artifacts)]
-        self.spec = ServingSpec.read(folders[0])
         device = resolve_device("auto")
-        self.methods = [load_method(folder, self.spec, device) for folder in folders]
+        self.folds = []
+        for folder in folders:
+            single = Reconstructor()
+            single.spec = ServingSpec.read(folder)
+            single.method = load_method(folder, single.spec, device)
+            self.folds.append(single)
+        self.spec = self.folds[0].spec
 
     def predict(
         self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None
     ) -> np.ndarray:
-        params = {**default_params(self.spec), **(params or {})}
-        stack = np.asarray(model_input, dtype=np.float32)
-        divisor, multiplier = intensity.scales(stack, self.spec.intensity, params["scale"])
-        outs = [
-            reconstruct_stack(
-                method,
-                torch.from_numpy(stack / divisor),
-                self.spec.input,
-                int(params["samples"]),
-                int(params["seed"]),
-            )
-            for method in self.methods
-        ]
-        return (torch.stack(outs).mean(dim=0).numpy() * multiplier).astype(np.float32)
+        outs = [fold.predict(context, model_input, params) for fold in self.folds]
+        return np.mean(outs, axis=0).astype(np.float32)
 
 
 def default_params(spec: ServingSpec) -> dict[str, Any]:

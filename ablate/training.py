@@ -240,4 +240,6 @@ class TrainingRun(TrainingLoop):
             folder / "model.pt",
         )
         (folder / "config.yaml").write_text(yaml.safe_dump(self.trial.model_dump(mode="json")))
-        write_spec(folder, self.trial, self.eval_method, self.datasets["train"].root)
+        train = self.datasets["train"]
+        # a fold's own training subjects calibrate its serving (never its test subjects)
+        write_spec(folder, self.trial, self.eval_method, train.root, train.subjects)
