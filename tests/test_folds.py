@@ -19,6 +19,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from ablate.config import DataConfig
 from ablate.data.folds import assign_folds, fold_file
 from ablate.data.format import read_manifest
 from ablate.data.importing import import_dataset, pairs_by_name
@@ -87,6 +88,13 @@ def test_fold_assignment_is_seeded_stratified_and_complete() -> None:
         assert "train" in splits.values()
     assert assign_folds(manifest, 3, 5, "site").hash == folds.hash
     assert assign_folds(manifest, 3, 6, "site").hash != folds.hash
+
+
+def test_folds_none_keeps_the_split_and_one_fold_is_refused() -> None:
+    assert DataConfig(folds="none").folds is None and DataConfig().folds is None
+    assert DataConfig(folds=4).folds == 4
+    with pytest.raises(ValueError, match="not cross-validation"):
+        DataConfig(folds=1)
 
 
 def test_bad_fold_settings_are_one_line_errors_before_anything_starts(tmp_path: Path) -> None:

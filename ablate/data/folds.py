@@ -185,12 +185,10 @@ def check_folds(data: DataConfig) -> None:
         return
     from ablate.data.simulate import resolve_config
 
+    # a preset's subjects are counted here; its columns (stratify) are checked once it is
+    # built, before the launch opens its MLflow run (ablate.experiment)
     subjects = [f"s{i}" for i in range(sum(resolve_config(data.preset, data.overrides).split))]
-    manifest = pd.DataFrame({"subject": subjects})
-    if data.stratify is None:
-        assign_folds(manifest, data.folds, data.fold_seed, None)
-    elif data.folds > len(subjects):
-        assign_folds(manifest, data.folds, data.fold_seed, None)  # its error names the counts
+    assign_folds(pd.DataFrame({"subject": subjects}), data.folds, data.fold_seed, None)
 
 
 def trial_splits(
