@@ -689,15 +689,17 @@ def demo(
     """Simulate a tiny PET dataset, run every Table-2 row x 2 seeds, print the table."""
     _ray_driver(None)
     from ablate.experiment import launch_grid, search_space_path
+    from ablate.trials import fold_values
     from dashboards.tables import print_table, table_for
 
     exp, settings = _experiment(
         search_space_path("demo.yaml"), overrides, rows=rows, seeds=seeds, steps=steps
     )
     ws = _workspace(workdir, None)
+    folds = f" x {len(fold_values(exp))} folds" if exp.data.folds else ""
     console.print(
-        f"[bold]ablate demo[/]: {len(exp.rows)} rows x {len(exp.seeds)} seeds on an embedded "
-        f"Ray, MLflow store {ws.tracking_uri}"
+        f"[bold]ablate demo[/]: {len(exp.rows)} rows x {len(exp.seeds)} seeds{folds} on an "
+        f"embedded Ray, MLflow store {ws.tracking_uri}"
     )
     result = launch_grid(exp, ws, overrides=settings)
     if result.n_completed:
