@@ -83,6 +83,9 @@ OVERRIDES_ARG = typer.Argument(
     None, help="Settings as dotted key=value, e.g. train.steps=50 loss.k=1e-4.", show_default=False
 )
 ROWS_OPT = typer.Option(None, "--rows", help="Only these rows, e.g. --rows cpm,full.")
+FOLDS_OPT = typer.Option(
+    None, "--folds", help="With data.folds: only these folds (0-based), e.g. --folds 1,3."
+)
 ADDRESS_OPT = typer.Option(
     None, "--address", help="Ray cluster: auto, HOST:PORT or ray://... (default: embedded)."
 )
@@ -132,14 +135,17 @@ def _experiment(
     resources: str | None = None,
     steps: int | None = None,
     design: dict[str, Any] | None = None,
+    folds: str | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """The experiment of ``space`` with the command line's settings applied, and those
     settings as dotted overrides (recorded with the launch). ``--seeds``, ``--resources``
     and ``--steps`` are shorthands for ``seeds=``, ``resources.*=`` and ``train.steps=``;
+    ``--folds 1,3`` runs those folds of ``data.folds`` (``run_folds=``);
     ``--rows`` keeps the named rows; ``design.*=`` (and ``design``) replace keys of the YAML's
     ``design:`` before its rows are generated. Everything is checked here, before anything
     starts."""
     from ablate.config import ExperimentConfig, check_row_names, load_experiment
+    from ablate.data.folds import check_folds
     from ablate.overrides import apply_overrides, parse_assignments
     from ablate.trials import select_rows
 
@@ -149,6 +155,8 @@ def _experiment(
             raise UserError("--seeds must be at least 1")
         overrides["seeds"] = list(range(seeds))
     overrides.update(_parse_resources(resources))
+    if folds is not None:
+        overrides["run_folds"] = _parse_folds(folds)
     if steps is not None:
         overrides["train.steps"] = steps
     # design.* keys change which rows the YAML generates: applied where it is read
@@ -157,9 +165,18 @@ def _experiment(
     loaded = load_experiment(space, design={**keys, **(design or {})} or None)
     exp = apply_overrides(ExperimentConfig, loaded, settings, "command line")
     check_row_names(exp, "command line")
+    check_folds(exp.data)
     if rows is not None:
         exp = select_rows(exp, [name.strip() for name in rows.split(",") if name.strip()])
     return exp, overrides
+
+
+def _parse_folds(text: str) -> list[int]:
+    """``--folds 1,3``: fold numbers (0-based, like seeds)."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--folds '{text}': name fold numbers, e.g. --folds 0,2") from None
 
 
 def _print_launch(result: Any, workdir: Path) -> None:
@@ -256,6 +273,7 @@ def plan(
     overrides: list[str] | None = OVERRIDES_ARG,
     rows: str | None = ROWS_OPT,
     seeds: int | None = typer.Option(None, "--seeds", help="Seeds per row: 0..N-1."),
+    folds: str | None = FOLDS_OPT,
     resources: str | None = RESOURCES_OPT,
     gpu: str | None = GPU_OPT,
     gpus: int | None = typer.Option(
@@ -298,7 +316,7 @@ def plan(
         raise UserError("--effect and --pilot go with --power: add --power")
     if power and effect is None:
         raise UserError("--power needs --effect: the effect to detect, e.g. --effect 0.3")
-    options = dict(rows=rows, seeds=seeds, resources=resources)
+    options = dict(rows=rows, seeds=seeds, resources=resources, folds=folds)
     exp, _ = _experiment(space, overrides, **options)
     plan_options = dict(gpu=gpu, devices=gpus, mfu=mfu, workdir=workdir)
     if compare_designs:
@@ -352,6 +370,7 @@ def run(
     rows: str | None = ROWS_OPT,
     address: str | None = ADDRESS_OPT,
     seeds: int | None = typer.Option(None, "--seeds", help="Seeds per row: 0..N-1."),
+    folds: str | None = FOLDS_OPT,
     resources: str | None = RESOURCES_OPT,
     storage: str | None = STORAGE_OPT,
     tracking_uri: str | None = TRACKING_OPT,
@@ -385,7 +404,12 @@ def run(
     replicate = [f"analysis.replicate.{key}={value}" for key, value in
                  (("max_seeds", max_seeds), ("budget", budget)) if value is not None]  # fmt: skip
     exp, settings = _experiment(
-        space, [*(overrides or []), *replicate], rows=rows, seeds=seeds, resources=resources
+        space,
+        [*(overrides or []), *replicate],
+        rows=rows,
+        seeds=seeds,
+        resources=resources,
+        folds=folds,
     )
     if until_resolved or exp.analysis.replicate is not None:
         console.print(describe(check_replicable(exp)), highlight=False, soft_wrap=True)
@@ -508,16 +532,26 @@ def status(
     ws = Workspace.of_launches(workdir, storage)
     launch = resolve_launch(name, ws.storage, ws.tracking_uri)
     rows = launch_status(ws, launch)
-    table = Table(title=f"launch {launch}")
-    for col in ("run", "status", "psnr", "estimated", "actual", "error"):
-        right = col in ("estimated", "actual")
-        table.add_column(col, justify="right" if right else "left", no_wrap=col != "error")
-    for r in rows:
-        table.add_row(
-            r["run"], r["status"], r["psnr"], secs(r["est_s"]), secs(r["actual_s"]), r["error"]
-        )
+    # a cross-validated launch: one table per fold, each saying how many of its trials finished
+    folds = sorted({r["fold"] for r in rows if r["fold"] is not None}, key=int)
+    groups = [(f, [r for r in rows if r["fold"] == f]) for f in folds]
+    rest = [r for r in rows if r["fold"] is None]
+    groups += [(None, rest)] if rest or not groups else []
+    for fold, group in groups:
+        title = f"launch {launch}"
+        if fold is not None:
+            done = sum(r["status"] == "completed" for r in group)
+            title += f", fold {fold}: {done} of {len(group)} trials completed"
+        table = Table(title=title)
+        for col in ("run", "status", "psnr", "estimated", "actual", "error"):
+            right = col in ("estimated", "actual")
+            table.add_column(col, justify="right" if right else "left", no_wrap=col != "error")
+        for r in group:
+            table.add_row(
+                r["run"], r["status"], r["psnr"], secs(r["est_s"]), secs(r["actual_s"]), r["error"]
+            )
+        console.print(table)
     both = [r for r in rows if r["est_s"] is not None and r["actual_s"] is not None]
-    console.print(table)
     if both:
         est, actual = sum(r["est_s"] for r in both), sum(r["actual_s"] for r in both)
         console.print(
@@ -540,6 +574,12 @@ def export(
     row: str | None = typer.Option(None, "--row", help="Only trials of this row."),
     data: str | None = typer.Option(
         None, "--data", help="The dataset whose trials compete (needed when there are several)."
+    ),
+    fold: int | None = typer.Option(
+        None,
+        "--fold",
+        help="Cross-validated study: export this fold's model of the best row instead of the "
+        "ensemble of all folds (the default).",
     ),
     model_name: str | None = typer.Option(
         None,
@@ -581,7 +621,7 @@ def export(
     if out is None:
         out = ws.export_folder(name if dataset.first else f"{name}-{dataset.label}")
         out.parent.mkdir(parents=True, exist_ok=True)
-    result = export_best(study, metric, mode, model_name, out, row, dataset)
+    result = export_best(study, metric, mode, model_name, out, row, dataset, fold)
     for alias, version in result.versions.items():
         state = "new" if result.changed[alias] else "unchanged"
         console.print(
@@ -589,9 +629,9 @@ def export(
             f"run {result.run_ids[alias]})",
             soft_wrap=True,
         )
+    what = "MLflow model + model.pt, config.yaml" if not result.ensemble else result.ensemble
     console.print(
-        f"best {metric} {result.value:.4f}; standalone copy (MLflow model + model.pt, "
-        f"config.yaml) in {result.folder}",
+        f"best {result.metric} {result.value:.4f}; standalone copy ({what}) in {result.folder}",
         soft_wrap=True,
     )
     where = f" --tracking-uri {shlex.quote(tracking_uri)}" if tracking_uri else ""
@@ -663,15 +703,17 @@ def demo(
     """Simulate a tiny PET dataset, run every Table-2 row x 2 seeds, print the table."""
     _ray_driver(None)
     from ablate.experiment import launch_grid, search_space_path
+    from ablate.trials import fold_values
     from dashboards.tables import print_table, table_for
 
     exp, settings = _experiment(
         search_space_path("demo.yaml"), overrides, rows=rows, seeds=seeds, steps=steps
     )
     ws = Workspace.create(workdir, None)
+    folds = f" x {len(fold_values(exp))} folds" if exp.data.folds else ""
     console.print(
-        f"[bold]ablate demo[/]: {len(exp.rows)} rows x {len(exp.seeds)} seeds on an embedded "
-        f"Ray, MLflow store {ws.tracking_uri}"
+        f"[bold]ablate demo[/]: {len(exp.rows)} rows x {len(exp.seeds)} seeds{folds} on an "
+        f"embedded Ray, MLflow store {ws.tracking_uri}"
     )
     result = launch_grid(exp, ws, overrides=settings)
     if result.n_completed:

@@ -156,6 +156,29 @@ class DataConfig(_Strict):
     overrides: dict[str, Any] = Field(
         default_factory=dict, description="Simulator knobs overriding the preset."
     )
+    folds: int | None = Field(
+        default=None,
+        description="k-fold cross-validation over subjects (ablate.data.folds); none: the "
+        "dataset's own train/val/test split.",
+    )
+    fold_seed: int = Field(default=0, description="Seeds the deal of subjects into folds.")
+    stratify: str | None = Field(
+        default=None, description="A subject column of the manifest to balance the folds by."
+    )
+
+    @field_validator("folds", mode="before")
+    @classmethod
+    def _folds(cls, value: Any) -> Any:
+        """``folds: none`` (YAML text, or ``data.folds=none``) keeps the dataset's split; one
+        fold would test on the subjects it trained on."""
+        if isinstance(value, str) and value.strip().lower() in ("none", "null", ""):
+            return None
+        if isinstance(value, int) and not isinstance(value, bool) and value < 2:
+            raise ValueError(
+                f"{value} fold(s) is not cross-validation: use 2 or more, or none to keep the "
+                "dataset's split"
+            )
+        return value
 
     @model_validator(mode="after")
     def _absolute_path(self) -> DataConfig:
@@ -570,6 +593,10 @@ class ExperimentConfig(_Strict):
         "first row).",
     )
     seeds: list[int] = Field(default_factory=lambda: [0, 1])
+    run_folds: list[int] | None = Field(
+        default=None,
+        description="With data.folds: the folds to run (--folds 1,3); default all of them.",
+    )
     grid: dict[str, list[Any]] = Field(
         default_factory=dict, description="Extra grid axes: dotted config path -> values."
     )
@@ -594,6 +621,15 @@ class ExperimentConfig(_Strict):
             raise ValueError("'rows' is empty: list at least one row")
         if self.search is not None and self.search.row not in self.rows:
             raise ValueError(f"search.row '{self.search.row}' is not one of the rows")
+        if self.run_folds is not None:
+            k = self.data.folds
+            if k is None:
+                raise ValueError("--folds (run_folds) needs data.folds: k: set data.folds=K")
+            outside = [f for f in self.run_folds if not 0 <= f < k]
+            if outside or not self.run_folds:
+                raise ValueError(
+                    f"run_folds {self.run_folds}: name folds among 0..{k - 1} (data.folds: {k})"
+                )
         _check_analysis(self)
         self._yaml_rows = list(self.rows)
         return self
@@ -638,6 +674,7 @@ class TrialConfig(_Strict):
     row_name: str
     row: RowConfig
     seed: int
+    fold: int | None = None
     data: DataConfig
     model: ModelConfig
     loss: LossConfig

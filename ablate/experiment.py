@@ -34,6 +34,7 @@ from ablate.launches import LAUNCH_RECORD, read_launch_record
 from ablate.search import PruningAwareOptunaSearch, optuna_distribution
 from ablate.shipped import shipped_space
 from ablate.trials import (
+    FOLD,
     ROW,
     SEED,
     check_search,
@@ -166,6 +167,7 @@ def _prepare(
     tags: dict[str, str] | None = None,
 ) -> LaunchContext:
     """Build the dataset once, check it feeds every row, open the MLflow parent run."""
+    from ablate.data.folds import dataset_folds
     from ablate.data.staging import content_hash, stage_dataset
     from ablate.data.store import build_dataset
     from ablate.methods.registry import check_dataset
@@ -173,6 +175,8 @@ def _prepare(
     dataset_root = build_dataset(exp.data, ws.datasets)
     for row_name, row in exp.rows.items():
         check_dataset(row_name, row, dataset_root)
+    folds = dataset_folds(exp.data, dataset_root)  # frozen beside the dataset on first use
+    fold_hash = "" if folds is None else folds.hash
     # the launch's identity (its trials are tagged with it); with object-store storage the
     # nodes rebuild or fetch the data and check it by this hash
     sha, staged = content_hash(dataset_root, remember=exp.data.path is None), ""
@@ -192,6 +196,7 @@ def _prepare(
         params={
             "rows": ",".join(exp.rows),
             "dataset": str(dataset_root),
+            **({"data.fold_hash": fold_hash} if fold_hash else {}),
             **{f"override.{key}": value for key, value in overrides.items()},
         },
         tags={
@@ -214,6 +219,7 @@ def _prepare(
         dataset_sha256=sha,
         dataset_staged=staged,
         dataset_name=dataset[tracking.TAG_DATASET],
+        fold_hash=fold_hash,
     )
     try:
         mlflow_ui.log_dataset(ws.tracking_uri, parent, exp.data, dataset_root)
@@ -288,7 +294,9 @@ def _run_config(exp: ExperimentConfig, ws: Workspace, name: str, ctx: LaunchCont
 
 
 def _trial_name(trial: Any) -> str:
-    return f"{trial.config.get(ROW, 'trial')}-s{trial.config.get(SEED, '')}-{trial.trial_id}"
+    fold = trial.config.get(FOLD)
+    name = f"{trial.config.get(ROW, 'trial')}-s{trial.config.get(SEED, '')}"
+    return f"{name}{'' if fold is None else f'-f{fold}'}-{trial.trial_id}"
 
 
 def _trainable(exp: ExperimentConfig, ctx: LaunchContext) -> Any:
@@ -668,6 +676,7 @@ def _status_line(run: Any) -> dict[str, Any]:
         "est_s": metrics.get("est_wall_s"),
         "actual_s": actual,
         "error": run.data.tags.get(tracking.TAG_ERROR, ""),
+        "fold": run.data.tags.get(tracking.TAG_FOLD),  # cross-validated: ablate status groups
     }
 
 
@@ -694,15 +703,17 @@ def launch_status(ws: Workspace, name: str) -> list[dict[str, Any]]:
             None,
         )
         if run is None:
-            lines.append(_not_started(f"{trial.row_name}-s{trial.seed}"))
+            fold = None if trial.fold is None else str(trial.fold)
+            lines.append(_not_started(f"{trial.row_name}-s{trial.seed}", fold))
         else:
             unmatched.remove(run)
             lines.append(_status_line(run))
     return lines + [_status_line(run) for run in unmatched]
 
 
-def _not_started(name: str) -> dict[str, Any]:
+def _not_started(name: str, fold: str | None = None) -> dict[str, Any]:
     return {
+        "fold": fold,
         "run": name,
         "status": "not started",
         "psnr": "-",

@@ -45,12 +45,15 @@ from ablate.data.dataset import SliceDataset
 from ablate.errors import UserError
 from ablate.launches import Study, dataset_labels, pick_dataset
 from ablate.methods.registry import build_method
+from ablate.metric_names import TEST_SUBJECTS
 from ablate.serving import SPEC_FILE, ServingSpec, pyfunc_arguments, write_spec
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 EXPORT_FILE = "ablate-export.json"
 #: Name of the logged model in each exported run, and its model type.
 LOGGED_MODEL = "reconstruction"
+#: Name of the logged ensemble of a cross-validated study's fold models.
+ENSEMBLE_MODEL = "fold-ensemble"
 MODEL_TYPE = "pet-reconstruction"
 ALIASES = ("champion", "challenger")
 #: Files of the checkpoint also placed at the top of the standalone folder.
@@ -67,6 +70,8 @@ class ExportResult:
     run_ids: dict[str, str] = field(default_factory=dict)
     #: alias -> True when this export created its version or moved it
     changed: dict[str, bool] = field(default_factory=dict)
+    #: A cross-validated study's ensemble: what it averages ("" for one trial's model)
+    ensemble: str = ""
 
 
 @dataclass(frozen=True)
@@ -233,24 +238,34 @@ def export_best(
     out: Path,
     row: str | None = None,
     dataset: ExportDataset | None = None,
+    fold: int | None = None,
 ) -> ExportResult:
     """Register the best (and second-best) trial of one dataset (default: the study's only
-    one, see :func:`study_dataset`) and write the standalone folder ``out``."""
+    one, see :func:`study_dataset`) and write the standalone folder ``out``.
+
+    A cross-validated study (``data.folds``) is ranked by row, never by trial: see
+    :func:`cross_validated`; its champion is the ensemble of the best row's k fold models,
+    or with ``fold`` that one fold's model."""
     dataset = dataset or study_dataset(study, None)
     runs = _ranked_runs(study, metric, mode, row, dataset)
+    if runs[0].data.tags.get(tracking.TAG_FOLD) is not None:
+        picked = cross_validated(study, metric, mode, row, dataset)
+        if fold is None:
+            return _export_ensemble(study, picked, model_name, out, dataset)
+        if fold not in picked.folds:
+            raise UserError(
+                f"--fold {fold}: the study's folds are {', '.join(map(str, picked.folds))}"
+            )
+        runs = [picked.folds[fold]]
+    elif fold is not None:
+        raise UserError(f"--fold {fold}: '{study.name}' is not cross-validated (no data.folds)")
     mlf = tracking.client(study.tracking_uri)
     _check_model_dataset(mlf, model_name, dataset)
     check_out(out, model_name)
     best = runs[0]
     result = ExportResult(model_name, metric, float(best.data.metrics[metric]), out)
     with tracking.global_store(study.tracking_uri):
-        if not mlf.search_registered_models(filter_string=f"name = '{model_name}'"):
-            mlf.create_registered_model(
-                model_name, tags=_dataset_tags(best), description=_description(study, metric)
-            )
-        else:  # a model registered before models recorded their dataset gets it now
-            for key, value in _dataset_tags(best).items():
-                mlf.set_registered_model_tag(model_name, key, value)
+        _ensure_registered(mlf, study, model_name, best, metric)
         model_ids = {}
         for alias, run in zip(ALIASES, runs, strict=False):
             model_ids[alias] = _logged_model(study, run)
@@ -261,6 +276,163 @@ def export_best(
             result.changed[alias] = created or moved
         _write_folder(study, best, model_ids["champion"], result)
     return result
+
+
+def _ensure_registered(mlf: Any, study: Study, model_name: str, best: Any, metric: str) -> None:
+    if not mlf.search_registered_models(filter_string=f"name = '{model_name}'"):
+        mlf.create_registered_model(
+            model_name, tags=_dataset_tags(best), description=_description(study, metric)
+        )
+    else:  # a model registered before models recorded their dataset gets it now
+        for key, value in _dataset_tags(best).items():
+            mlf.set_registered_model_tag(model_name, key, value)
+
+
+@dataclass(frozen=True)
+class CrossValidated:
+    """The best row of a cross-validated study and the k fold trials that stand for it."""
+
+    metric: str
+    row: str
+    seed: int
+    score: float  # the row's cross-validated score: mean over its test subjects and seeds
+    folds: dict[int, Any]  # fold -> its completed trial run (of ``seed``)
+    fold_hash: str
+
+
+def cross_validated(
+    study: Study, metric: str, mode: str, row: str | None, dataset: ExportDataset
+) -> CrossValidated:
+    """Rank a cross-validated study's rows by their cross-validated score: per seed, the
+    metric over the test subjects pooled across all k folds (each fold weighted by its
+    ``test_subjects``), averaged over the seeds whose k folds all completed. Trials are
+    never ranked one by one: a fold's score is of its own subjects, so picking the best
+    fold's trial would pick on the test data. The exported seed is the row's first complete
+    one (not the best scoring: that too would choose on the test folds)."""
+    clauses = [f"tags.`{tracking.TAG_STATUS}` = 'completed'", f"metrics.`{metric}` > -1e300"]
+    if study.parent_run_id:
+        clauses.append(f"tags.`{tracking.TAG_PARENT}` = '{study.parent_run_id}'")
+    if row:
+        clauses.append(f"tags.`{tracking.TAG_ROW}` = '{row}'")
+    if dataset.sha256:
+        clauses.append(f"tags.`{tracking.TAG_DATASET_SHA256}` = '{dataset.sha256}'")
+    runs = tracking.client(study.tracking_uri).search_runs(
+        [_experiment_id(study)],
+        filter_string=" and ".join(clauses),
+        order_by=["start_time ASC"],  # a rerun of a (row, seed, fold) supersedes
+        max_results=50000,
+    )
+    groups: dict[tuple[str, int], dict[int, Any]] = {}
+    hashes, k = set(), 0
+    for run in runs:
+        tags = run.data.tags
+        if tags.get(tracking.TAG_FOLD) is None:
+            continue
+        key = (tags[tracking.TAG_ROW], int(tags[tracking.TAG_SEED]))
+        groups.setdefault(key, {})[int(tags[tracking.TAG_FOLD])] = run
+        hashes.add(tags.get(tracking.TAG_FOLD_HASH, ""))
+        k = max(k, int(run.data.params.get("data.folds", 0)))
+    if len(hashes) > 1:
+        raise UserError(
+            f"'{study.name}' holds trials on differently dealt folds: export one launch "
+            "(ablate export LAUNCH_NAME)"
+        )
+    complete = {key: folds for key, folds in groups.items() if len(folds) == k}
+    if not complete:
+        raise UserError(
+            f"'{study.name}': no (row, seed) has all {k} folds completed with metric "
+            f"'{metric}': run the missing folds first (ablate resume, or run --folds)"
+        )
+    scores: dict[str, list[float]] = {}
+    for (name, _), folds in sorted(complete.items()):
+        values = [
+            (r.data.metrics[metric], r.data.metrics.get(TEST_SUBJECTS, 1.0)) for r in folds.values()
+        ]
+        pooled = sum(v * n for v, n in values) / sum(n for _, n in values)
+        scores.setdefault(name, []).append(pooled)
+    pick = max if mode == "max" else min
+    best = pick(scores, key=lambda name: sum(scores[name]) / len(scores[name]))
+    seed = min(s for name, s in complete if name == best)
+    score = sum(scores[best]) / len(scores[best])
+    return CrossValidated(metric, best, seed, score, complete[(best, seed)], next(iter(hashes)))
+
+
+def _export_ensemble(
+    study: Study, picked: CrossValidated, model_name: str, out: Path, dataset: ExportDataset
+) -> ExportResult:
+    """Register the ensemble of ``picked``'s k fold models as ``champion`` (its version
+    records the folds, their runs and the fold hash) and write the standalone folder."""
+    mlf = tracking.client(study.tracking_uri)
+    _check_model_dataset(mlf, model_name, dataset)
+    check_out(out, model_name)
+    first = picked.folds[min(picked.folds)]
+    result = ExportResult(model_name, f"cv_{picked.metric}", picked.score, out)
+    result.ensemble = (
+        f"ensemble of folds {', '.join(map(str, sorted(picked.folds)))} of row "
+        f"'{picked.row}' seed {picked.seed}"
+    )
+    record = {
+        "folds": ",".join(map(str, sorted(picked.folds))),
+        "fold_runs": ",".join(picked.folds[f].info.run_id for f in sorted(picked.folds)),
+        "fold_hash": picked.fold_hash,
+        "row": picked.row,
+        "seed": str(picked.seed),
+    }
+    with tracking.global_store(study.tracking_uri):
+        _ensure_registered(mlf, study, model_name, first, picked.metric)
+        model_id = _ensemble_model(study, picked, first, record)
+        source = f"models:/{model_id}"
+        found = [
+            v for v in mlf.search_model_versions(f"name = '{model_name}'") if v.source == source
+        ]
+        created = not found
+        if found:
+            version = str(found[0].version)
+        else:
+            tags = {result.metric: str(picked.score), **record, **_dataset_tags(first)}
+            made = mlf.create_model_version(
+                model_name, source, run_id=first.info.run_id, model_id=model_id, tags=tags
+            )
+            version = str(made.version)
+        moved = _point_alias(mlf, model_name, ALIASES[0], version)
+        result.versions[ALIASES[0]] = version
+        result.run_ids[ALIASES[0]] = record["fold_runs"]
+        result.changed[ALIASES[0]] = created or moved
+        _write_folder(study, first, model_id, result, extra=record)
+    return result
+
+
+def _ensemble_model(
+    study: Study, picked: CrossValidated, first: Any, record: dict[str, str]
+) -> str:
+    """The id of the logged ensemble model of ``picked``'s folds: the one already logged
+    (same fold runs), else a new one, logged beside the first fold's run."""
+    mlf = tracking.client(study.tracking_uri)
+    held = mlf.search_logged_models(
+        [first.info.experiment_id],
+        filter_string=f"source_run_id = '{first.info.run_id}' AND name = '{ENSEMBLE_MODEL}'",
+    )
+    for model in held:
+        if (
+            model.status == LoggedModelStatus.READY
+            and model.tags.get("fold_runs") == record["fold_runs"]
+        ):
+            return model.model_id
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = {
+            f: _checkpoint(study, run, Path(tmp) / f"fold{f}") for f, run in picked.folds.items()
+        }
+        model = mlf.create_logged_model(
+            first.info.experiment_id,
+            name=ENSEMBLE_MODEL,
+            source_run_id=first.info.run_id,
+            params={"row": picked.row, "folds": record["folds"]},
+            tags={tracking.TAG_ROW: picked.row, **record, **_dataset_tags(first)},
+            model_type=MODEL_TYPE,
+        )
+        arguments = pyfunc_arguments(folders[min(folders)], folds=folders)
+        mlflow.pyfunc.log_model(name=ENSEMBLE_MODEL, model_id=model.model_id, **arguments)
+    return model.model_id
 
 
 def _dataset_tags(run: Any) -> dict[str, str]:
@@ -378,14 +550,21 @@ def _point_alias(mlf: Any, model_name: str, alias: str, version: str) -> bool:
     return True
 
 
-def _write_folder(study: Study, best: Any, model_id: str, result: ExportResult) -> None:
-    """Write the standalone folder next to ``out`` and rename it into place."""
+def _write_folder(
+    study: Study,
+    best: Any,
+    model_id: str,
+    result: ExportResult,
+    extra: dict[str, str] | None = None,
+) -> None:
+    """Write the standalone folder next to ``out`` and rename it into place; ``extra``
+    joins the export record (an ensemble's folds)."""
     out = result.folder
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         download_artifacts(artifact_uri=f"models:/{model_id}", dst_path=str(tmp))
         checkpoint = tmp / "artifacts" / CHECKPOINT_ARTIFACT
-        for name in _TOP_FILES:
+        for name in _TOP_FILES if checkpoint.is_dir() else ():  # an ensemble has k of them
             _link_or_copy(checkpoint / name, tmp / name)
         (tmp / "metrics.json").write_text(json.dumps(best.data.metrics, indent=2, sort_keys=True))
         dataset = _dataset(study, best)
@@ -405,6 +584,7 @@ def _write_folder(study: Study, best: Any, model_id: str, result: ExportResult) 
             "value": result.value,
             "dataset": best.data.tags.get(tracking.TAG_DATASET, ""),
             "dataset_sha256": best.data.tags.get(tracking.TAG_DATASET_SHA256, ""),
+            **(extra or {}),
         }
         record["files"] = _files(tmp) + [EXPORT_FILE]
         (tmp / EXPORT_FILE).write_text(json.dumps(record, indent=2))

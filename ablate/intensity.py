@@ -39,11 +39,15 @@ def _spread(values: list[float]) -> dict[str, float]:
     }
 
 
-def calibrate(dataset_root: Path, model_input: str, split: str = "train") -> dict[str, Any]:
+def calibrate(
+    dataset_root: Path, model_input: str, split: str = "train", among: list[str] | None = None
+) -> dict[str, Any]:
     """What inference needs to normalise ``model_input`` (``lpet`` or ``sinogram``) like
-    training did, measured on the ``split`` subjects of the dataset."""
+    training did, measured on the ``split`` subjects of the dataset, or on the subjects
+    ``among`` (a cross-validation fold's training subjects, not the manifest's split)."""
     manifest = read_manifest(Path(dataset_root))
-    subjects = manifest[manifest["split"] == split].groupby("subject", sort=False).first()
+    chosen = manifest["split"] == split if among is None else manifest["subject"].isin(among)
+    subjects = manifest[chosen].groupby("subject", sort=False).first()
     if model_input == SINOGRAM:
         ratios = (subjects["scale"] / subjects["sinogram_scale"]).tolist()
         return {

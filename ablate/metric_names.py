@@ -18,6 +18,9 @@ TEST_METRICS = (
     *(f"ams_paper_{q}" for q in QUALITY[:3]),
     "sd",
 )
+#: How many subjects a trial tested (a count, not a quality): the weight of its scores when
+#: a cross-validated table pools a seed's folds (``dashboards.tables``).
+TEST_SUBJECTS = "test_subjects"
 
 
 def better(metric: str) -> Literal["max", "min"]:

@@ -77,8 +77,16 @@ class ServingSpec:
         return {**asdict(self), "input_shape": list(self.input_shape)}
 
 
-def write_spec(folder: Path, trial: TrialConfig, method: Method, dataset_root: Path) -> None:
-    """Write ``serving.json`` and a small input example (two test slices)."""
+def write_spec(
+    folder: Path,
+    trial: TrialConfig,
+    method: Method,
+    dataset_root: Path,
+    train_subjects: list[str] | None = None,
+) -> None:
+    """Write ``serving.json`` and a small input example (two test slices). The intensity
+    calibration is measured on ``train_subjects`` when given (a fold's), else on the
+    dataset's training split."""
     model_input = intensity.SINOGRAM if "sinogram" in method.required_keys else intensity.LOW_DOSE
     test = SliceDataset(dataset_root, "test", keys=[model_input])
     first = test[0][model_input]
@@ -89,7 +97,7 @@ def write_spec(folder: Path, trial: TrialConfig, method: Method, dataset_root: P
         image_size=test.image_size,
         stochastic=method.stochastic,
         samples=trial.diffusion.ams_samples if method.stochastic else 1,
-        intensity=intensity.calibrate(dataset_root, model_input),
+        intensity=intensity.calibrate(dataset_root, model_input, among=train_subjects),
         units=str(read_provenance(dataset_root).get("units") or "unknown"),
     )
     (folder / SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=2))
@@ -155,6 +163,31 @@ class Reconstructor(mlflow.pyfunc.PythonModel):
         return (out.numpy() * multiplier).astype(np.float32)
 
 
+class Ensemble(Reconstructor):
+    """The pyfunc of a cross-validated study's k fold models (``ablate export``'s default
+    for a study with ``data.folds``): each fold's model reconstructs the stack as its own
+    export would (its own intensity calibration, measured on its training subjects), and the
+    prediction is the mean of their outputs (nnU-Net's fold ensemble). The folds share the
+    row, so they share the input contract; artifacts ``checkpoint_<fold>``."""
+
+    def load_context(self, context: Any) -> None:
+        folders = [Path(context.artifacts[k]) for k in sorted(context.artifacts)]
+        device = resolve_device("auto")
+        self.folds = []
+        for folder in folders:
+            single = Reconstructor()
+            single.spec = ServingSpec.read(folder)
+            single.method = load_method(folder, single.spec, device)
+            self.folds.append(single)
+        self.spec = self.folds[0].spec
+
+    def predict(
+        self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None
+    ) -> np.ndarray:
+        outs = [fold.predict(context, model_input, params) for fold in self.folds]
+        return np.mean(outs, axis=0).astype(np.float32)
+
+
 def default_params(spec: ServingSpec) -> dict[str, Any]:
     return {"samples": spec.samples, "scale": 0.0, "seed": 0}
 
@@ -181,10 +214,18 @@ def _pinned(package: str) -> str:
     return f"{package}=={version(package).split('+')[0]}"
 
 
-def pyfunc_arguments(checkpoint: Path) -> dict[str, Any]:
+def pyfunc_arguments(checkpoint: Path, folds: dict[int, Path] | None = None) -> dict[str, Any]:
     """Keyword arguments of ``mlflow.pyfunc.log_model`` / ``save_model`` for a checkpoint
-    folder holding ``serving.json``: model, artifacts, signature, input example, metadata."""
+    folder holding ``serving.json``: model, artifacts, signature, input example, metadata.
+    ``folds`` (fold -> checkpoint folder): the :class:`Ensemble` of those folds instead."""
     spec = ServingSpec.read(checkpoint)
+    if folds:
+        return {
+            **pyfunc_arguments(checkpoint),
+            "python_model": Ensemble(),
+            "artifacts": {f"{CHECKPOINT}_{f}": str(path) for f, path in sorted(folds.items())},
+            "metadata": {"ablate": spec.to_dict(), "folds": sorted(folds)},
+        }
     return {
         "python_model": Reconstructor(),
         "artifacts": {CHECKPOINT: str(checkpoint)},

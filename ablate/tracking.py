@@ -32,6 +32,10 @@ T = TypeVar("T")
 TAG_KIND = "ablate.kind"
 TAG_ROW = "ablate.row"
 TAG_SEED = "ablate.seed"
+#: A cross-validated trial's fold, and the hash of its dataset's frozen folds
+#: (:mod:`ablate.data.folds`): equal on every trial of a study whose rows share the folds.
+TAG_FOLD = "ablate.fold"
+TAG_FOLD_HASH = "ablate.fold_hash"
 TAG_STATUS = "ablate.status"
 TAG_ERROR = "ablate.error"
 TAG_TRIAL_ID = "ablate.trial_id"

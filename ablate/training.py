@@ -26,6 +26,7 @@ from torch import nn
 from ablate.complexity import count_macs, count_params
 from ablate.config import TrialConfig
 from ablate.data.dataset import SliceDataset
+from ablate.data.folds import trial_splits
 from ablate.device import resolve_device
 from ablate.ema import WeightEMA
 from ablate.errors import UserError
@@ -125,10 +126,16 @@ class TrainingRun(TrainingLoop):
     compiled: list[nn.Module] = field(default_factory=list)
 
     @classmethod
-    def build(cls, trial: TrialConfig, dataset_root: Path, cache_dir: Path) -> TrainingRun:
+    def build(
+        cls, trial: TrialConfig, dataset_root: Path, cache_dir: Path, fold_hash: str = ""
+    ) -> TrainingRun:
+        """The trial's run on ``dataset_root``: with ``data.folds`` its splits are its fold's
+        (test: the fold's subjects; train and val: the other folds'), checked against the
+        launch's ``fold_hash``."""
         device = resolve_device(trial.train.device)
         check_dataset(trial.row_name, trial.row, dataset_root)
-        probe = SliceDataset(dataset_root, "train", keys=["spet"])
+        splits = trial_splits(trial.data, trial.fold, dataset_root, fold_hash)
+        probe = SliceDataset(dataset_root, "train", keys=["spet"], splits=splits)
         method = build_method(trial, probe.image_size)
         # Negatives feed the contrastive *training* loss only: evaluation splits never need them
         # (and a small val/test split may have too few subjects to draw them from).
@@ -140,6 +147,7 @@ class TrainingRun(TrainingLoop):
                 keys=sorted(keys if split == "train" else keys - {"negatives"}),
                 negatives=trial.loss.negatives if split == "train" and "negatives" in keys else 0,
                 seed=trial.seed,
+                splits=splits,
             )
             for split in ("train", "val", "test")
         }
@@ -233,4 +241,6 @@ class TrainingRun(TrainingLoop):
             folder / "model.pt",
         )
         (folder / "config.yaml").write_text(yaml.safe_dump(self.trial.model_dump(mode="json")))
-        write_spec(folder, self.trial, self.eval_method, self.datasets["train"].root)
+        train = self.datasets["train"]
+        # a fold's own training subjects calibrate its serving (never its test subjects)
+        write_spec(folder, self.trial, self.eval_method, train.root, train.subjects)

@@ -1,6 +1,7 @@
-"""What a trial is: one row and one seed of an experiment, with dotted overrides on top.
+"""What a trial is: one row, one seed (and one fold) of an experiment, with dotted overrides.
 
-A launch's Ray ``param_space`` holds flat dotted axes, ``row``, ``seed`` and any grid axis or
+A launch's Ray ``param_space`` holds flat dotted axes, ``row``, ``seed``, with ``data.folds``
+``fold`` (:mod:`ablate.data.folds`), and any grid axis or
 searched setting (``loss.k``), so Ray's trial table, the MLflow params and the dashboards all
 see the same names. :func:`trial_config` turns one point of that space back into a validated
 :class:`TrialConfig`, on the driver (to check every trial before anything starts) and in the
@@ -23,13 +24,28 @@ from ablate.config import (
 )
 from ablate.overrides import apply_overrides, check_key
 
-#: The axes every launch has, besides the experiment's grid axes and searched settings.
-ROW, SEED = "row", "seed"
+#: The axes every launch has, besides the experiment's grid axes and searched settings;
+#: ``fold`` only with ``data.folds``.
+ROW, SEED, FOLD = "row", "seed", "fold"
+
+
+def fold_values(exp: ExperimentConfig) -> list[int]:
+    """The folds a launch runs: ``run_folds`` (``--folds``), else all ``data.folds`` of
+    them; none without cross-validation."""
+    if exp.data.folds is None:
+        return []
+    return list(exp.run_folds) if exp.run_folds is not None else list(range(exp.data.folds))
 
 
 def grid_axes(exp: ExperimentConfig) -> dict[str, list[Any]]:
-    """The values each axis of a grid launch takes: rows, seeds, then ``exp.grid``."""
-    return {ROW: list(exp.rows), SEED: list(exp.seeds), **exp.grid}
+    """The values each axis of a grid launch takes: rows, seeds, folds, then ``exp.grid``."""
+    folds = fold_values(exp)
+    return {
+        ROW: list(exp.rows),
+        SEED: list(exp.seeds),
+        **({FOLD: folds} if folds else {}),
+        **exp.grid,
+    }
 
 
 #: The key of an estimate that every sample of a search shares (their points differ).
@@ -51,7 +67,11 @@ def trial_config(exp: ExperimentConfig, point: Mapping[str, Any]) -> TrialConfig
     """The trial at ``point`` of a launch's param space (``{"row": "full", "seed": 0,
     "loss.k": 3e-5}``): the row and the experiment's shared settings, then every other key
     of ``point`` as a dotted override of the trial (``row.<switch>`` addresses the row)."""
-    row_name, seed = point[ROW], point[SEED]
+    row_name, seed, fold = point[ROW], point[SEED], point.get(FOLD)
+    if (fold is None) != (exp.data.folds is None):
+        raise ConfigError(
+            f"row '{row_name}' seed {seed}: a trial has a fold exactly when data.folds is set"
+        )
     if row_name not in exp.rows:
         raise ConfigError(f"experiment '{exp.name}' has no row '{row_name}'")
     base = {
@@ -59,10 +79,12 @@ def trial_config(exp: ExperimentConfig, point: Mapping[str, Any]) -> TrialConfig
         "row_name": row_name,
         "row": exp.rows[row_name].model_dump(mode="json"),
         "seed": seed,
+        "fold": fold,
         **{section: getattr(exp, section).model_dump(mode="json") for section in SHARED_SECTIONS},
     }
-    overrides = {key: value for key, value in point.items() if key not in (ROW, SEED)}
-    return apply_overrides(TrialConfig, base, overrides, f"row '{row_name}' seed {seed}")
+    overrides = {key: value for key, value in point.items() if key not in (ROW, SEED, FOLD)}
+    where = f"row '{row_name}' seed {seed}" + ("" if fold is None else f" fold {fold}")
+    return apply_overrides(TrialConfig, base, overrides, where)
 
 
 def expand(exp: ExperimentConfig) -> list[TrialConfig]:
@@ -75,10 +97,16 @@ def expand(exp: ExperimentConfig) -> list[TrialConfig]:
 
 
 def search_base(exp: ExperimentConfig) -> dict[str, Any]:
-    """The fixed axes of a search: its row and the experiment's first seed."""
+    """The fixed axes of a search: its row, the experiment's first seed and first fold (whose
+    validation subjects, from its training folds, are what the search optimises)."""
     if exp.search is None:
         raise ConfigError(f"experiment '{exp.name}' has no 'search' section: add one to search")
-    return {ROW: exp.search.row, SEED: exp.seeds[0]}
+    return {ROW: exp.search.row, SEED: exp.seeds[0], **_first_fold(exp)}
+
+
+def _first_fold(exp: ExperimentConfig) -> dict[str, int]:
+    folds = fold_values(exp)
+    return {FOLD: folds[0]} if folds else {}
 
 
 def check_search(exp: ExperimentConfig) -> TrialConfig:
@@ -132,4 +160,5 @@ def select_rows(exp: ExperimentConfig, names: list[str]) -> ExperimentConfig:
 def row_trials(exp: ExperimentConfig) -> dict[str, TrialConfig]:
     """Each row's trial at the experiment's first seed, grid axes left at their base values
     (what counting and benchmarks measure)."""
-    return {name: trial_config(exp, {ROW: name, SEED: exp.seeds[0]}) for name in exp.rows}
+    first = {SEED: exp.seeds[0], **_first_fold(exp)}
+    return {name: trial_config(exp, {ROW: name, **first}) for name in exp.rows}

@@ -35,6 +35,8 @@ BASE_COLUMNS = [
     "row_index",
     "label",
     "seed",
+    "fold",
+    "fold_hash",
     "dataset",
     "dataset_sha256",
     "launch",
@@ -186,6 +188,7 @@ def _trial_line(run: Any, experiment: str, launches: dict[str, Launch]) -> dict[
     name = run.info.run_name or run.info.run_id
     row = params.get("row") or tags.get(tracking.TAG_ROW) or name.rsplit("-s", 1)[0]
     seed = params.get("seed", tags.get(tracking.TAG_SEED))
+    fold = params.get("fold", tags.get(tracking.TAG_FOLD))
     line: dict[str, Any] = {
         "experiment": experiment,
         "run_id": run.info.run_id,
@@ -194,6 +197,9 @@ def _trial_line(run: Any, experiment: str, launches: dict[str, Launch]) -> dict[
         "row": row,
         "label": _label(params.get("row.label")),
         "seed": int(seed) if seed not in (None, "") else None,
+        # a cross-validated trial's fold (ablate.data.folds); None: the dataset's own split
+        "fold": int(fold) if fold not in (None, "") else None,
+        "fold_hash": tags.get(tracking.TAG_FOLD_HASH, ""),
         # trials from before datasets were recorded: one unnamed dataset
         "dataset": tags.get(tracking.TAG_DATASET, ""),
         "dataset_sha256": tags.get(tracking.TAG_DATASET_SHA256, ""),
@@ -219,7 +225,7 @@ def load_launches(tracking_uri: str, experiment: str) -> list[Launch]:
 
 
 def load_results(tracking_uri: str, experiment: str) -> pd.DataFrame:
-    """One line per trial of ``experiment``, rows in search-space order then by seed.
+    """One line per trial of ``experiment``, rows in search-space order then by seed and fold.
 
     Columns: :data:`BASE_COLUMNS`, then ``params.<name>`` (strings, as logged) and
     ``metrics.<name>`` (final values, floats; NaN where a trial did not log one).
@@ -242,7 +248,9 @@ def load_results(tracking_uri: str, experiment: str) -> pd.DataFrame:
     order = _row_order(launches, df["row"].tolist())
     df["row_index"] = df["row"].map({row: i for i, row in enumerate(order)}).astype(int)
     df["seed"] = df["seed"].astype("Int64")
-    df = df.sort_values(["row_index", "seed", "start_time"], kind="stable").reset_index(drop=True)
+    df["fold"] = df["fold"].astype("Int64")
+    order = ["row_index", "seed", "fold", "start_time"]
+    df = df.sort_values(order, kind="stable").reset_index(drop=True)
     extra = sorted(c for c in df.columns if c.startswith("params."))
     extra += sorted(c for c in df.columns if c.startswith("metrics."))
     return df[BASE_COLUMNS + extra]

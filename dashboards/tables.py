@@ -28,6 +28,7 @@ from scipy import stats
 
 from ablate import confounds, metric_names
 from ablate.errors import UserError
+from ablate.metric_names import TEST_SUBJECTS
 from ablate.paper import TABLE1, TABLE2, PaperRow
 from dashboards.render import Cell, Grid, GridLine, render_as, wide_console
 from dashboards.render import to_rich as grid_to_rich
@@ -41,10 +42,12 @@ SliceLoader = Callable[[list[str]], pd.DataFrame]
 _QUALITY = ["psnr", "ssim", "nmse"]
 _TITLES = {"psnr": "PSNR", "ssim": "SSIM", "nmse": "NMSE", "nrmse": "NRMSE", "sd": "SD"}
 _TEST_NAMES = {"t": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test"}
+#: What a line's paired test matched, by the last word of its 'test' column.
+_BASES = {"seeds": "seeds", "pairs": "(seed, fold) pairs", "slices": "test slices"}
 #: Params that never make a line of their own. ``data.path`` names a folder, not data: the
 #: dataset is told by its content hash, and a table holds one dataset
 #: (``dashboards.results.dataset_trials``), so trials on other data are never in it at all.
-_PARAM_NAMES_NOT_VARIANTS = ("seed", "row.label", "data.path")
+_PARAM_NAMES_NOT_VARIANTS = ("seed", "fold", "row.label", "data.path")
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,8 @@ class Line:
     reason: str = ""
     run_ids: list[str] = field(default_factory=list)
     seeds: list[int | None] = field(default_factory=list)
+    #: The fold of each of ``run_ids`` (None: not cross-validated)
+    folds: list[int | None] = field(default_factory=list)
     #: Every trial of the line, finished or not, as (run id, seed, status as the table counts
     #: it): the dashboard's counts and training curves show the same trials as the table.
     trials: list[tuple[str, int | None, str]] = field(default_factory=list)
@@ -107,6 +112,9 @@ class AblationTable:
     #: The study's other datasets, each a table of its own (``ablate table NAME --data ...``)
     other_datasets: list[str] = field(default_factory=list)
     like_for_like: str = ""  # what rows differ in beyond their switches (ablate.confounds)
+    #: Cross-validated trials: the number of folds (0: the dataset's own split) and their hash
+    folds: int = 0
+    fold_hash: str = ""
 
     def __rich__(self) -> RichTable:
         """So ``console.print(table)`` prints the terminal table."""
@@ -125,10 +133,18 @@ class AblationTable:
         name, sha = self.dataset
         if name:
             subject += f" on dataset '{name}' (sha256 {sha[:8]})"
-        text = (
-            f"{subject}, {conv}. Mean ± std over seeds (n: completed "
-            "trials / all); best measured value per column in bold."
-        )
+        if self.folds:
+            text = (
+                f"{subject}, {conv}, cross-validated over {self.folds} subject folds "
+                f"(fold hash {self.fold_hash[:8]}): each test subject scored once per seed. "
+                "Mean over the test subjects pooled across folds ± std over seeds (n: completed "
+                "(seed, fold) trials / all); best measured value per column in bold."
+            )
+        else:
+            text = (
+                f"{subject}, {conv}. Mean ± std over seeds (n: completed "
+                "trials / all); best measured value per column in bold."
+            )
         if any(line.kind == "input" for line in self.lines):
             text += f" {INPUT_LABEL}: the low-dose image itself, scored the same way (not bolded)."
         if any(c in self.columns for c in LESION_COLUMNS):
@@ -140,15 +156,21 @@ class AblationTable:
                 return text + " No significance test: the reference row has no completed trial."
             return text + " No significance test: no line has completed trials."
         title = metric_title(self.metric)
-        over = " and ".join({"seeds": "seeds", "slices": "test slices"}[b] for b in bases)
+        over = " and ".join(_BASES[b] for b in bases)
         if not over:
             return (
                 f"{text} p: n/a, no line shares two seeds or per-slice metrics with the "
                 f"reference '{self.reference}'."
             )
+        block = (
+            " Fold is a block: each pair is the same seed on the same fold's test subjects, so "
+            "differences between folds' subjects cancel."
+            if "pairs" in bases
+            else ""
+        )
         return (
             f"{text} p: {_TEST_NAMES[self.paired_test]} of {title} against "
-            f"'{self.reference}' over matched {over} (the 'test' column says which)."
+            f"'{self.reference}' over matched {over} (the 'test' column says which).{block}"
         )
 
 
@@ -244,19 +266,19 @@ def _check_metrics(df: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def _dedupe(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """Keep the latest trial per line and seed (a later launch supersedes an earlier one);
-    the notes name each replaced trial's run and launch, and the run that replaced it."""
+    """Keep the latest trial per line, seed and fold (a later launch supersedes an earlier
+    one); the notes name each replaced trial's run and launch, and the run that replaced it."""
     ordered = df.sort_values("start_time", kind="stable", na_position="first")
-    keep = ordered.drop_duplicates(["line", "seed"], keep="last")
+    keep = ordered.drop_duplicates(["line", "seed", "fold"], keep="last")
     notes = []
     dropped = ordered[~ordered.index.isin(keep.index)]
-    for (line, seed), new in keep.groupby(["line", "seed"], sort=False, dropna=False):
+    for (line, seed, fold), new in keep.groupby(["line", "seed", "fold"], sort=False, dropna=False):
         same_seed = dropped["seed"].isna() if pd.isna(seed) else dropped["seed"] == seed
-        old = dropped[(dropped["line"] == line) & same_seed.fillna(False)]
+        same_fold = dropped["fold"].isna() if pd.isna(fold) else dropped["fold"] == fold
+        old = dropped[(dropped["line"] == line) & same_seed.fillna(False) & same_fold.fillna(False)]
         if len(old):
-            notes.append(
-                f"{line} seed {seed}: rerun {_trials_text(new)} replaces {_trials_text(old)}"
-            )
+            where = f"seed {seed}" + ("" if pd.isna(fold) else f" fold {fold}")
+            notes.append(f"{line} {where}: rerun {_trials_text(new)} replaces {_trials_text(old)}")
     return df.loc[df.index.isin(keep.index)], notes
 
 
@@ -291,6 +313,7 @@ def _summarise(name: str, trials: pd.DataFrame, columns: list[Column]) -> tuple[
     line = Line(name=name, row=first["row"], label=label, n=len(done), total=len(trials))
     line.run_ids = done["run_id"].tolist()
     line.seeds = [int(s) if pd.notna(s) else None for s in done["seed"]]
+    line.folds = [int(f) if pd.notna(f) else None for f in done["fold"]]
     line.trials = [
         (t["run_id"], int(t["seed"]) if pd.notna(t["seed"]) else None, t["status"])
         for _, t in trials.iterrows()
@@ -299,7 +322,8 @@ def _summarise(name: str, trials: pd.DataFrame, columns: list[Column]) -> tuple[
         key = f"metrics.{col.key}"
         if key not in done:
             continue
-        vals = done[key].dropna().to_numpy(dtype=float)
+        vals = _per_seed(done, key) if done["fold"].notna().any() else done[key].dropna()
+        vals = vals.to_numpy(dtype=float)
         if len(vals):
             mean = float(vals.mean())
             std = float(vals.std(ddof=1)) if len(vals) > 1 and col.spread else None
@@ -310,7 +334,8 @@ def _summarise(name: str, trials: pd.DataFrame, columns: list[Column]) -> tuple[
     notes = []
     for _, trial in trials[trials["status"] != "completed"].iterrows():
         why = f": {trial['error']}" if trial["status"] == "failed" and trial["error"] else ""
-        notes.append(f"{name} seed {trial['seed']}: {trial['status']}{why}")
+        fold = "" if pd.isna(trial["fold"]) else f" fold {trial['fold']}"
+        notes.append(f"{name} seed {trial['seed']}{fold}: {trial['status']}{why}")
     if line.n == 0:
         statuses = set(trials["status"])
         line.status = "failed" if "failed" in statuses else sorted(statuses)[0]
@@ -319,6 +344,16 @@ def _summarise(name: str, trials: pd.DataFrame, columns: list[Column]) -> tuple[
     elif line.n < line.total:
         line.status = "partial"
     return line, notes
+
+
+def _per_seed(done: pd.DataFrame, key: str) -> pd.Series:
+    """A cross-validated line's value per seed: its folds' scores weighted by their test
+    subjects (``test_subjects``), i.e. the mean over the subjects pooled across the folds."""
+    weights = f"metrics.{TEST_SUBJECTS}"
+    scored = done[done[key].notna()]
+    w = scored[weights].fillna(1.0) if weights in scored else pd.Series(1.0, index=scored.index)
+    total = (scored[key] * w).groupby(scored["seed"]).sum()
+    return total / w.groupby(scored["seed"]).sum()
 
 
 def _paired_p(a: np.ndarray, b: np.ndarray, test: PairedTest) -> float | None:
@@ -353,8 +388,13 @@ def _significance(
 ) -> None:
     col = f"metrics.{metric}"
     by_run = df.set_index("run_id")[col] if col in df else pd.Series(dtype=float)
+    # matched by (seed, fold): a cross-validated pair shares its seed and its test subjects
     by_seed = {
-        ln.name: {s: by_run[r] for s, r in zip(ln.seeds, ln.run_ids, strict=True) if s is not None}
+        ln.name: {
+            (s, f): by_run[r]
+            for s, f, r in zip(ln.seeds, ln.folds, ln.run_ids, strict=True)
+            if s is not None
+        }
         for ln in lines
     }
     need_slices = []
@@ -366,7 +406,8 @@ def _significance(
         if len(matched) >= 2:
             a = np.array([by_seed[line.name][s] for s in matched])
             b = np.array([by_seed[ref.name][s] for s in matched])
-            line.p_value, line.test = _paired_p(a, b, test), f"{len(matched)} seeds"
+            unit = "seeds" if all(f is None for _, f in matched) else "pairs"
+            line.p_value, line.test = _paired_p(a, b, test), f"{len(matched)} {unit}"
         elif line.n:
             need_slices.append(line)
     if not need_slices or slices is None:
@@ -464,6 +505,8 @@ def ablation_table(
             "these trials trained on several datasets: tabulate one at a time "
             "(dashboards.results.dataset_trials; `ablate table NAME --data NAME`)"
         )
+    # frames saved before folds existed: every trial on the dataset's own split
+    df = df.assign(**{c: df[c] if c in df else pd.NA for c in ("fold", "fold_hash")})
     variants = [k.removeprefix("params.") for k in _variant_params(df)]
     df = _with_variants(_check_metrics(df, key))
     df, replaced = _dedupe(df)
@@ -512,8 +555,28 @@ def ablation_table(
         notes=notes,
         title=title,
         dataset=_dataset_of(df),
+        folds=_fold_count(df),
+        fold_hash=_fold_hash(df),
         like_for_like=confounds.of_results(df, ref.name, variants).caption() if ref else "",
     )
+
+
+def _fold_count(df: pd.DataFrame) -> int:
+    """k of a cross-validated study (its trials' ``data.folds``); 0 without folds."""
+    if not df["fold"].notna().any() or "params.data.folds" not in df:
+        return 0
+    return int(pd.to_numeric(df["params.data.folds"], errors="coerce").max())
+
+
+def _fold_hash(df: pd.DataFrame) -> str:
+    """The trials' fold hash; several (folds dealt differently) cannot share a table."""
+    hashes = set(df["fold_hash"].dropna()) - {""}
+    if len(hashes) > 1:
+        raise UserError(
+            f"these trials were tested on differently dealt folds ({', '.join(sorted(hashes))}): "
+            "tabulate one launch, or rerun with the same data.folds/fold_seed/stratify"
+        )
+    return next(iter(hashes), "")
 
 
 def _dataset_of(df: pd.DataFrame) -> tuple[str, str]:

@@ -33,9 +33,11 @@ def _dataset(trial: pd.Series) -> str:
 
 
 def _latest(results: pd.DataFrame) -> pd.DataFrame:
-    """The latest trial per row and seed: a rerun supersedes (as in the ablation table)."""
+    """The latest trial per row, seed and fold: a rerun supersedes (as in the ablation table)."""
     ordered = results.sort_values("start_time", kind="stable", na_position="first")
-    return ordered.drop_duplicates(["row", "seed"], keep="last").sort_index()
+    fold = results["fold"] if "fold" in results else pd.Series(pd.NA, index=results.index)
+    ordered = ordered.assign(fold=fold)
+    return ordered.drop_duplicates(["row", "seed", "fold"], keep="last").sort_index()
 
 
 def tidy_frame(results: pd.DataFrame, tracking_uri: str | None = None) -> pd.DataFrame:
@@ -57,6 +59,7 @@ def tidy_frame(results: pd.DataFrame, tracking_uri: str | None = None) -> pd.Dat
             "row_index": trial["row_index"],
             "label": trial["label"],
             "seed": trial["seed"],
+            "fold": trial["fold"],
             "dataset": _dataset(trial),
             "dataset_sha256": _text(trial.get("dataset_sha256")),
             "reference": _text(trial.get("reference")),
@@ -85,6 +88,7 @@ def tidy_frame(results: pd.DataFrame, tracking_uri: str | None = None) -> pd.Dat
     frame["subject"] = frame["subject"].astype("string")
     frame["sample"] = frame["sample"].astype("Int64")
     frame["seed"] = frame["seed"].astype("Int64")
+    frame["fold"] = frame["fold"].astype("Int64")
     frame["n_slices"] = frame["n_slices"].astype("Int64")
     metrics_cols = [c for c in frame.columns if c not in KEY_COLUMNS]
     order = {level: i for i, level in enumerate(LEVELS)}
@@ -110,6 +114,8 @@ def results_from_tidy(frame: pd.DataFrame) -> pd.DataFrame:
             "row_index": trials["row_index"],
             "label": trials["label"],
             "seed": trials["seed"],
+            "fold": trials["fold"],
+            "fold_hash": "",
             "dataset": trials["dataset"],
             "dataset_sha256": trials["dataset_sha256"],
             "launch": trials["launch"],

@@ -26,13 +26,13 @@ def _activity(rng: np.random.Generator) -> np.ndarray:
     return 5000.0 * body + 15000.0 * hot
 
 
-def write_scans(folder: Path, seed: int = 0) -> Path:
+def write_scans(folder: Path, seed: int = 0, subjects: int = SUBJECTS) -> Path:
     """Write the scans (full and low dose per subject, with sidecars) into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     affine = np.diag([-2.0, 2.0, 3.0, 1.0])  # LAS, as many scanners' NIfTI exports
     affine[:3, 3] = [27.0, -23.0, -10.5]
-    for k in range(1, SUBJECTS + 1):
+    for k in range(1, subjects + 1):
         activity = _activity(rng)
         weight = float(rng.uniform(55, 95))
         for dose, fraction in (("full", 1.0), ("low", 1.0 / DOSE_REDUCTION)):

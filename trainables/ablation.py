@@ -8,6 +8,7 @@ MLflow child run.
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 import time
@@ -25,12 +26,15 @@ from ablate.config import TrialConfig, flatten, parse_experiment
 from ablate.errors import UserError
 from ablate.evaluation import evaluate_method, write_evaluation_artifacts
 from ablate.lesions import lesion_summary
+from ablate.metric_names import TEST_SUBJECTS
 from ablate.progress import ProgressPoster
 from ablate.seeding import capture_rng, restore_rng, seed_everything
 from ablate.training import TrainingRun
 from ablate.trials import lookup_estimate, trial_config
 
 CHECKPOINT_FILE = "state.pt"
+#: The trial artifact naming the subjects of its train, val and test splits.
+SPLITS_FILE = "splits.json"
 #: Seconds between a trial's progress reports to the driver (step, steps, it/s), sent at
 #: ``train.log_every`` boundaries to the driver's progress board, not as Tune results.
 PROGRESS_EVERY_S = 2.0
@@ -64,6 +68,9 @@ class LaunchContext:
     dataset_sha256: str = ""
     dataset_staged: str = ""
     dataset_name: str = ""  # with ``dataset_sha256``, tagged on every trial run
+    #: With ``data.folds``: the hash of the dataset's frozen folds, tagged on every trial run
+    #: and checked on each node (:func:`ablate.data.folds.trial_splits`).
+    fold_hash: str = ""
     val_samples: int = 1  # K per validation slice: > 1 when a search optimises sd / ams_*
     #: The plan's estimated wall seconds per trial, by :func:`ablate.trials.trial_key`.
     estimates: dict[str, float] = field(default_factory=dict)
@@ -76,15 +83,19 @@ class LaunchContext:
 
 
 def _run_name(trial: TrialConfig, trial_id: str, searched: bool) -> str:
-    """``<row>-s<seed>``; search samples share row and seed, so they add the trial id."""
-    name = f"{trial.row_name}-s{trial.seed}"
+    """``<row>-s<seed>`` (``-f<fold>`` when cross-validated); search samples share row and
+    seed, so they add the trial id."""
+    name = f"{trial.row_name}-s{trial.seed}" + ("" if trial.fold is None else f"-f{trial.fold}")
     return f"{name}-{trial_id}" if searched else name
 
 
 def trial_params(trial: TrialConfig) -> dict[str, Any]:
-    """A trial's MLflow params: ``row``, ``seed`` and every setting as a dotted key."""
+    """A trial's MLflow params: ``row``, ``seed``, ``fold`` (cross-validated) and every
+    setting as a dotted key."""
     params: dict[str, Any] = {"row": trial.row_name, "seed": trial.seed}
-    params.update(flatten(trial.model_dump(mode="json", exclude={"row_name", "seed"})))
+    if trial.fold is not None:
+        params["fold"] = trial.fold
+    params.update(flatten(trial.model_dump(mode="json", exclude={"row_name", "seed", "fold"})))
     return params
 
 
@@ -144,6 +155,7 @@ def train_trial(
             tracking.TAG_SEED: str(trial.seed),
             tracking.TAG_DATASET: ctx.dataset_name,
             tracking.TAG_DATASET_SHA256: ctx.dataset_sha256,
+            **_fold_tags(trial, ctx),
             **mlflow_ui.inherited_tags(ctx.tracking_uri, ctx.parent_run_id),
         },
     )
@@ -164,6 +176,13 @@ def train_trial(
             reason = f"{type(exc).__name__}: {reason}"
         tracking.finish_run(ctx.tracking_uri, run_id, "failed", reason)
         raise
+
+
+def _fold_tags(trial: TrialConfig, ctx: LaunchContext) -> dict[str, str]:
+    """A cross-validated trial's fold and its launch's fold hash; nothing otherwise."""
+    if trial.fold is None:
+        return {}
+    return {tracking.TAG_FOLD: str(trial.fold), tracking.TAG_FOLD_HASH: ctx.fold_hash}
 
 
 class _Progress:
@@ -208,7 +227,7 @@ def _run(
     dataset_root = node_dataset(
         trial.data, ctx.dataset_root, ctx.storage, ctx.dataset_sha256, ctx.dataset_staged
     )
-    run = TrainingRun.build(trial, dataset_root, ctx.cache_dir)  # type: ignore[arg-type]
+    run = TrainingRun.build(trial, dataset_root, ctx.cache_dir, ctx.fold_hash)  # type: ignore[arg-type]
     train_s = 0.0  # pure training time (no evaluation), carried across restarts
     wall_s = 0.0  # the trial's wall time before this session, carried across restarts
     if saved is not None:
@@ -272,12 +291,19 @@ def _run(
     final.update(lesion_metrics)
     final.update(run.complexity())
     final["train_s"] = train_s
+    # how many subjects the trial tested: the weight of its scores when a cross-validated
+    # table pools the subjects of a seed's folds (dashboards.tables)
+    final[TEST_SUBJECTS] = float(len(run.data("test").subjects))
     if session_steps:
         final["train_it_per_s"] = session_steps / max(session_s, 1e-9)
     final = {k: v for k, v in final.items() if math.isfinite(v)}
     tracking.log_metrics(ctx.tracking_uri, run_id, _unlogged(final, run.step, logged), run.step)
     with tempfile.TemporaryDirectory() as folder:
         write_evaluation_artifacts(test, Path(folder))
+        # which subjects the trial trained, validated and tested on: with data.folds, the
+        # evidence that no test subject reached training or checkpoint choice
+        splits = {split: data.subjects for split, data in run.datasets.items()}
+        (Path(folder) / SPLITS_FILE).write_text(json.dumps(splits, indent=1))
         if not lesion_table.empty:
             lesion_table.to_parquet(Path(folder) / "test_lesions.parquet", index=False)
         run.export_weights(Path(folder) / "checkpoint")

@@ -11,9 +11,11 @@ One line per (trial, ``level``): ``level`` says what a line holds.
   ``test_samples.parquet``.
 
 Columns, before the metrics: ``experiment, launch`` (the launch's name, else its parent run
-id), ``parent_run_id, run_id, row, row_index, label, seed, dataset, dataset_sha256,
+id), ``parent_run_id, run_id, row, row_index, label, seed, fold, dataset, dataset_sha256,
 reference, code_version, status, error, start_time, level, subject, sample, n_slices``.
-Metric columns carry their MLflow names. The analysis
+``fold`` is a cross-validated trial's fold (empty: the dataset's own split): a subject is
+tested in one fold per seed, so its subject lines pool across folds as they stand (the subject
+is nested in its fold). Metric columns carry their MLflow names. The analysis
 (``ablate.analysis.study``) reads subject lines where a metric has them, else trial lines (a
 trial mean is the seed-level datum of the same test). The frame is self-contained: written as
 Parquet, it is read back without the tracking store. This module owns the frame's schema;
@@ -35,6 +37,7 @@ KEY_COLUMNS = [
     "row_index",
     "label",
     "seed",
+    "fold",
     "dataset",
     "dataset_sha256",
     "reference",

@@ -285,6 +285,14 @@ def shares_for(frame: pd.DataFrame, row: str, metric: str) -> Share | None:
 
 # --- the whole analysis ----------------------------------------------------------------------
 
+#: How a cross-validated study's contrasts treat the fold (``data.folds``).
+FOLD_BLOCK = (
+    "cross-validated: fold is a block. Each subject is tested in one fold per seed, so its "
+    "difference between rows compares models of the same seed trained on the same folds; "
+    "what a fold's training subjects do to every row cancels in it. Subjects, nested in their "
+    "folds, are pooled across folds as the test subjects of the seed x subject estimate."
+)
+
 
 def analyse(
     frame: pd.DataFrame,
@@ -304,6 +312,8 @@ def analyse(
     ``row_index`` order. ``claims`` are ``ablate.config`` claims (``BetterClaim``,
     ``TrendClaim``). A frame of several datasets is analysed on the latest trial's."""
     notes: list[str] = []
+    if "fold" in frame and frame["fold"].notna().any():
+        notes.append(FOLD_BLOCK)
     datasets = frame["dataset"].dropna().unique()
     if len(datasets) > 1:
         latest = frame.sort_values("start_time", kind="stable")["dataset"].dropna().iloc[-1]

@@ -22,7 +22,7 @@ must not be pickled into DataLoader workers), so reading a slice costs a page-ca
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -67,6 +67,8 @@ class SliceDataset(Dataset):
         keys: batch keys to return (see the module docstring).
         negatives: N, the number of negatives when ``"negatives"`` is requested.
         seed: seeds the draw of negatives (together with the item index).
+        splits: subject -> split replacing the manifest's ``split`` column: a cross-validation
+            fold's assignment (:func:`ablate.data.folds.trial_splits`).
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class SliceDataset(Dataset):
         keys: Iterable[str],
         negatives: int = 0,
         seed: int = 0,
+        splits: Mapping[str, str] | None = None,
     ) -> None:
         self.root = Path(root)
         if split not in SPLITS:
@@ -95,10 +98,14 @@ class SliceDataset(Dataset):
                 f"dataset {self.root} cannot provide '{key}' (it has {sorted(have)}): "
                 f"use a dataset with it, e.g. preset {_MAKES.get(key, 'tiny')}"
             )
-        rows = manifest[manifest["split"] == split]
+        of = manifest["split"] if splits is None else manifest["subject"].astype(str).map(splits)
+        rows = manifest[of == split]
         if rows.empty:
             raise UserError(f"dataset {self.root} has no '{split}' subjects")
         self.split = split
+        #: True when ``splits`` replaced the manifest's split (a cross-validation fold): the
+        #: split's name then no longer identifies its subjects, the subject list does.
+        self.refolded = splits is not None
         self.subjects: list[str] = list(dict.fromkeys(rows["subject"].astype(str)))
         self._slices = rows.groupby("subject", sort=False).size().to_dict()
         self._index = [

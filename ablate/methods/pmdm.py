@@ -108,6 +108,8 @@ def data_fingerprint(dataset: torch.utils.data.Dataset) -> dict[str, Any]:
     root, split = getattr(dataset, "root", None), getattr(dataset, "split", None)
     manifest = Path(root) / "manifest.parquet" if root is not None else None
     content = Path(root) / HASH_FILE if root is not None else None
+    # a cross-validation fold's split: its subjects, so no fold reuses another's estimator
+    fold = {"subjects": sorted(dataset.subjects)} if getattr(dataset, "refolded", False) else {}
     if content is not None and content.is_file() and manifest is not None:
         # a dataset with a known content hash (rebuilt or fetched per node): the same key on
         # every node, wherever the node keeps its copy
@@ -115,12 +117,14 @@ def data_fingerprint(dataset: torch.utils.data.Dataset) -> dict[str, Any]:
             "dataset_sha256": content.read_text().strip(),
             "manifest_sha256": _sha256_file(manifest),
             "split": str(split),
+            **fold,
         }
     if manifest is not None and manifest.is_file():
         return {
             "root": str(Path(root).resolve()),
             "manifest_sha256": _sha256_file(manifest),
             "split": str(split),
+            **fold,
         }
     digest = hashlib.sha256()
     for i in range(len(dataset)):  # type: ignore[arg-type]
@@ -333,7 +337,7 @@ class ConditionalDDPM(SinogramMethod):
             if not bool(self.estimator_ready):
                 raise UserError(
                     "PMDM's stage-1 estimator is not loaded: the training loop must call "
-                    "method.prepare(train_data, cache_dir, seed) before training or sampling"
+                    "method.prepare(train_data, cache, seed) before training or sampling"
                 )
             self._estimator_seen_ready = True
         with torch.no_grad():
