@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from ablate.analysis import analyse
-from ablate.analysis.replication import decide
+from ablate.analysis.replication import decide, planned_looks
 from ablate.config import ConfigError, budget_hours, load_experiment
 
 #: The planted truth: ``strong`` is 1.5 dB better than ``ref``, ``null`` the same as ``ref``.
@@ -103,7 +103,8 @@ def test_the_budget_stops_a_wave_it_cannot_pay() -> None:
     three unresolved rows costs 0.2 or 0.3: more than the 0.15 left."""
     decisions = _replicate(0, max_seeds=10, budget=0.75)
     assert len(decisions) == 1 and decisions[0].stop == "budget"
-    assert re.search(r"0.6 of 0.75 trial-hours spent, .* costs 0\.[23]$", decisions[0].reason)
+    spent = r"0.6 of 0.75 trial-hours spent, .* costs 0\.[23] \(resolved: "
+    assert re.search(spent, decisions[0].reason)
 
 
 def test_the_mde_rule_names_the_seeds_a_null_contrast_needs() -> None:
@@ -131,3 +132,18 @@ def test_the_budget_needs_its_units_and_a_wrong_key_is_one_line(tmp_path: Path) 
         with pytest.raises(ConfigError) as err:
             load_experiment(space)
         assert str(err.value) == f"{space}: {message}"
+
+
+def test_a_target_resolves_only_below_alpha_over_the_planned_looks() -> None:
+    """Waves of 2 seeds up to 10 are 5 looks: resolved means a corrected p below 0.05 / 5
+    (Bonferroni over the looks; benchmarks/optional_stopping.py shows why)."""
+    assert planned_looks(10, 2) == 5 and planned_looks(9, 3) == 3 and planned_looks(4, 4) == 1
+    decisions = _replicate(1, max_seeds=10)
+    checked = 0
+    for decision in decisions:
+        assert decision.level == pytest.approx(0.01)
+        for target in decision.targets:
+            if target.p_adjusted is not None:
+                checked += 1
+                assert (target.state == "resolved") == (target.p_adjusted < 0.01), target
+    assert checked and "over 5 planned looks" in decisions[-1].reason

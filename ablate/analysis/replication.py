@@ -4,12 +4,17 @@ After each wave, ``ablate run --until-resolved`` (:mod:`ablate.replicate`) analy
 as ``ablate table`` does (:func:`ablate.analysis.analyse`) and :func:`decide` reads it. The
 *targets* are the YAML's claims and the table's contrasts on the launch's metric. A target is
 
-- ``resolved``: a claim with a verdict, or a contrast whose corrected p (Holm by default, as
-  the table prints it) is below alpha, i.e. whose CI at the corrected level excludes 0;
+- ``resolved``: a claim or a contrast whose corrected p (Holm by default, as the table
+  prints it) is below alpha / K, where K is the number of looks the launch may take (one per
+  wave: :func:`planned_looks`). Stopping a target at the first look where it passes would
+  otherwise spend alpha at every look (optional stopping: ``benchmarks/optional_stopping.py``
+  finds 15.9% of null contrasts "resolved" over 5 looks of 2 seeds at a nominal 5%, 3.6% at
+  5%/5); Bonferroni over the planned looks keeps the chance that any look resolves a null
+  target at or below alpha, whatever the waves turn out to be;
 - ``capped``: unresolved, but a row of it has ``max_seeds`` seeds already;
 - ``futile``: unresolved, and by the MDE rule it cannot resolve within what is left: with its
   variance components as measured now, detecting its observed effect with 80% power at Holm's
-  strictest level (alpha / the family's tests, as the table's MDE) needs more seeds
+  strictest level over the looks (alpha / (the family's tests x K)) needs more seeds
   (:func:`ablate.analysis.estimates.seeds_needed`, on the launch's test subjects) than the seed
   cap and the budget allow. Judged from :data:`MIN_SEEDS_TO_PROJECT` paired seeds on: with 2
   seeds a variance has 1 degree of freedom, too few to project anything from;
@@ -70,6 +75,8 @@ class Decision:
     next_seeds: list[int] = field(default_factory=list)
     stop: StopKind | None = None
     reason: str = ""
+    #: The corrected p a target must be below to resolve: alpha over the planned looks.
+    level: float = 0.05
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,19 +97,30 @@ def _target(effect: Effect, name: str, kind: str, resolved: bool) -> Target:
     )
 
 
-def targets_of(analysis: Analysis, metric: str) -> list[tuple[Target, Effect, int]]:
+def planned_looks(max_seeds: int, wave_size: int) -> int:
+    """How many waves (looks at the data) a launch may take: the first wave's ``wave_size``
+    seeds, then at most ``wave_size`` more per wave up to ``max_seeds``."""
+    return max(math.ceil(max_seeds / max(wave_size, 1)), 1)
+
+
+def _passes(effect: Effect, level: float) -> bool:
+    return effect.tested and effect.p_adjusted is not None and effect.p_adjusted < level
+
+
+def targets_of(analysis: Analysis, metric: str, looks: int = 1) -> list[tuple[Target, Effect, int]]:
     """The claims and the contrasts on ``metric``, each with its effect and the size of the
-    family it was corrected in (for Holm's strictest level)."""
+    family it was corrected in (for Holm's strictest level); resolved at alpha / ``looks``."""
+    level = analysis.alpha / looks
     contrast_family = sum(e.tested for e in analysis.effects)
     out = []
     for c in analysis.claims:
-        target = _target(c.effect, c.text, "claim", c.verdict != "unresolved")
+        target = _target(c.effect, c.text, "claim", _passes(c.effect, level))
         out.append((target, c.effect, len(analysis.claims)))
     for e in analysis.effects:
         if e.metric != metric:
             continue
-        resolved = e.tested and e.p_adjusted is not None and e.p_adjusted < analysis.alpha
-        out.append((_target(e, e.contrast.name, "contrast", resolved), e, contrast_family))
+        target = _target(e, e.contrast.name, "contrast", _passes(e, level))
+        out.append((target, e, contrast_family))
     return out
 
 
@@ -130,8 +148,9 @@ def decide(
     row has run so far, in the YAML's row order; ``hours_per_trial``: each row's mean trial
     wall time in hours."""
     left = math.inf if budget_hours is None else budget_hours - spent_hours
-    out = Decision(wave, spent_hours, budget_hours, [])
-    for target, effect, family in targets_of(analysis, metric):
+    looks = planned_looks(max_seeds, wave_size)
+    out = Decision(wave, spent_hours, budget_hours, [], level=analysis.alpha / looks)
+    for target, effect, family in targets_of(analysis, metric, looks):
         out.targets.append(target)
         if target.state == "resolved":
             continue
@@ -140,7 +159,7 @@ def decide(
             target.state, target.why = "capped", f"a row has the cap's {max_seeds} seeds"
             continue
         if effect.tested and effect.n_seeds >= MIN_SEEDS_TO_PROJECT:
-            level = analysis.alpha / max(family, 1)
+            level = out.level / max(family, 1)
             target.seeds_needed = estimates.seeds_needed(
                 effect.effect, *effect.components, max(effect.n_subjects, 1), level
             )
@@ -155,7 +174,13 @@ def decide(
                 target.why = f"its {size} needs {needed} seeds at 80% power, {reachable} reachable"
                 continue
         target.why = "replicated next"
-    return _next_wave(out, seeds_by_row, max_seeds, wave_size, left, hours_per_trial)
+    out = _next_wave(out, seeds_by_row, max_seeds, wave_size, left, hours_per_trial)
+    if out.stop is not None:
+        out.reason += (
+            f" (resolved: corrected p < {out.level:.3g}, alpha {analysis.alpha:g} over {looks} "
+            "planned looks, Bonferroni; the table's p values are each one look's)"
+        )
+    return out
 
 
 def _next_wave(
