@@ -32,7 +32,10 @@ ROWS = {
     "cpm_irm": {"method": "coarse_to_fine", "irm": True},
     "cpm_copy": {"method": "coarse_to_fine", "label": "CPM again"},
 }
-STOP = "after wave 2, unresolved at the seed cap (4): cpm_copy − cpm"
+STOP = (
+    "after wave 2, unresolved at the seed cap (4): cpm_copy − cpm (resolved: corrected p < 0.025,"
+    " alpha 0.05 over 2 planned looks, Bonferroni; the table's p values are each one look's)"
+)
 
 
 def _ablate(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:

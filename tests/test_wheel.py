@@ -38,6 +38,7 @@ def wheel_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     )  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PATH"] = f"{env_dir / 'bin'}{os.pathsep}{env['PATH']}"
+    env["COLUMNS"] = "250"  # the table's rows on one line each, whatever the runner's terminal
     return env
 
 
