@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 
 from ablate.errors import UserError
-from ablate.interrupts import Interrupted
+from ablate.launch.interrupts import Interrupted
 from ablate.workspace import Workspace, storage_of, tracking_uri_of
 
 app = typer.Typer(
@@ -52,16 +52,16 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             )
             raise typer.Exit(code=stop.exit_code) from None
         finally:
-            if "ablate.experiment" in sys.modules:
-                sys.modules["ablate.experiment"].stop_ray()
+            if "ablate.launch.driver" in sys.modules:
+                sys.modules["ablate.launch.driver"].stop_ray()
 
     return wrapper
 
 
 def _ray_driver(address: str | None) -> None:
-    """Before anything imports Ray (see :mod:`ablate.local_ray`): SIGTERM reaches ablate's
+    """Before anything imports Ray (see :mod:`ablate.launch.local_ray`): SIGTERM reaches ablate's
     handler; without ``--address`` the embedded Ray binds 127.0.0.1."""
-    from ablate.local_ray import prepare_driver
+    from ablate.launch.local_ray import prepare_driver
 
     prepare_driver(embedded=address is None)
 
@@ -258,7 +258,7 @@ def _dry_run(
 ) -> None:
     """What ``run``/``search`` would do, without doing it: the plan, the Ray resources
     of each trial and the MLflow experiment it would write to (nothing is created)."""
-    from ablate.plan import dry_run_summary, plan_launch, print_plan
+    from ablate.planning.plan import dry_run_summary, plan_launch, print_plan
 
     plan = plan_launch(exp, gpu=gpu, search=kind == "search", workdir=workdir)
     print_plan(plan, console)
@@ -310,7 +310,7 @@ def plan(
     says how many seeds and test subjects detect --effect at 80% power."""
     import json
 
-    from ablate import plan as planning
+    from ablate.planning import plan as planning
 
     if (effect is not None or pilot is not None) and not power:
         raise UserError("--effect and --pilot go with --power: add --power")
@@ -396,8 +396,8 @@ def run(
 
     Exit code 0 when every trial finished, 1 when some failed, 130/143 on Ctrl-C/SIGTERM."""
     _ray_driver(address)
-    from ablate.experiment import launch_grid
-    from ablate.replicate import check_replicable, describe, launch_waves
+    from ablate.launch.driver import launch_grid
+    from ablate.launch.replicate import check_replicable, describe, launch_waves
 
     if (max_seeds is not None or budget is not None) and not until_resolved:
         raise UserError("--max-seeds and --budget go with --until-resolved: add it")
@@ -450,8 +450,13 @@ def search(
 ) -> None:
     """Optuna (TPE) search with ASHA pruning over the knobs declared in 'search'."""
     _ray_driver(address)
-    from ablate.experiment import best_search_config, confirm_best, confirm_defaults, launch_search
-    from ablate.preflight import check_study_url
+    from ablate.launch.driver import (
+        best_search_config,
+        confirm_best,
+        confirm_defaults,
+        launch_search,
+    )
+    from ablate.launch.preflight import check_study_url
 
     if confirm_seeds < 0:
         raise UserError("--confirm-seeds must be 0 (no confirm grid) or more")
@@ -496,10 +501,10 @@ def resume(
 ) -> None:
     """Resume an interrupted grid or search; no MLflow run is duplicated."""
     _ray_driver(address)
-    from ablate.experiment import read_record
-    from ablate.experiment import resume as resume_launch
+    from ablate.launch.driver import read_record
+    from ablate.launch.driver import resume as resume_launch
+    from ablate.launch.replicate import is_replicated, resume_waves
     from ablate.launches import resolve_launch
-    from ablate.replicate import is_replicated, resume_waves
 
     ws = Workspace.of_launches(workdir, storage)
     launch = resolve_launch(name, ws.storage, ws.tracking_uri)
@@ -523,7 +528,7 @@ def status(
     time, failures (MLflow)."""
     from rich.table import Table
 
-    from ablate.experiment import launch_status
+    from ablate.launch.driver import launch_status
     from ablate.launches import resolve_launch
 
     def secs(value: float | None) -> str:
@@ -702,7 +707,7 @@ def demo(
 ) -> None:
     """Simulate a tiny PET dataset, run every Table-2 row x 2 seeds, print the table."""
     _ray_driver(None)
-    from ablate.experiment import launch_grid, search_space_path
+    from ablate.launch.driver import launch_grid, search_space_path
     from ablate.trials import fold_values
     from dashboards.tables import print_table, table_for
 
@@ -914,7 +919,7 @@ def count(
     from rich import box
     from rich.table import Table
 
-    from ablate.complexity import count_rows
+    from ablate.planning.complexity import count_rows
 
     with console.status("building rows at paper scale and counting on the meta device..."):
         result = count_rows(rows or None)

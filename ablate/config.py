@@ -485,7 +485,7 @@ def budget_hours(text: str) -> float:
 
 
 class ReplicateConfig(_Strict):
-    """Adaptive replication (``ablate run --until-resolved``, :mod:`ablate.replicate`): seed
+    """Adaptive replication (``ablate run --until-resolved``, :mod:`ablate.launch.replicate`): seed
     waves until the contrasts and claims resolve, ``max_seeds`` seeds per row are reached or
     ``budget`` (trial-hours: the summed wall time of the launch's finished trials) is spent."""
 

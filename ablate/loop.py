@@ -1,6 +1,6 @@
 """The step loop: trains a method on one dataset for N steps, without Ray or evaluation.
 
-A trial (:class:`ablate.training.TrainingRun`) and PMDM's stage-1 estimator both train
+A trial (:class:`ablate.training.trial.TrainingRun`) and PMDM's stage-1 estimator both train
 through :class:`TrainingLoop`, so batch order, precision, batch placement and the report of
 a NaN loss are one code path. Loss values stay on the device between log points (no host
 sync per step); at each log point the buffered values are checked, and a NaN/inf names the

@@ -127,7 +127,7 @@ def _montage(slices: np.ndarray, low: float, high: float) -> np.ndarray:
 
 
 def sample_images(images: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The evaluation's images (``ablate.evaluation.Evaluation.images``) as 8-bit montages
+    """The evaluation's images (``ablate.training.evaluation.Evaluation.images``) as 8-bit montages
     keyed ``test/input``, ``test/reference``, ``test/sample``, ``test/error`` and
     ``test/sd``. Input (the LPET slice), reference and sample share the reference's range;
     the error |sample - reference| and the SD map are scaled to their own maximum."""

@@ -58,7 +58,7 @@ TAG_DATASET_SHA256 = "ablate.dataset_sha256"
 #: ``--rows`` left out) and the row its tables test against (``reference:``, default the first).
 TAG_ROW_ORDER = "ablate.row_order"
 TAG_REFERENCE = "ablate.reference"
-#: On a replicated launch's parent run (``--until-resolved``, :mod:`ablate.replicate`): its
+#: On a replicated launch's parent run (``--until-resolved``, :mod:`ablate.launch.replicate`): its
 #: number of seed waves so far, and why replication stopped (the table's notes show it).
 TAG_REPLICATION_WAVES = "ablate.replication_waves"
 TAG_REPLICATION_STOP = "ablate.replication_stop"

@@ -37,10 +37,10 @@ from ablate.data.dataset import SliceDataset
 from ablate.data.store import build_dataset
 from ablate.diffusion.samplers import Sampling
 from ablate.diffusion.schedules import NoiseSchedule
-from ablate.evaluation import evaluation_indices
 from ablate.methods.sr3 import SR3
 from ablate.metrics import psnr
 from ablate.models.unet import UNetShape
+from ablate.training.evaluation import evaluation_indices
 
 ROOT = Path(__file__).resolve().parents[1]
 

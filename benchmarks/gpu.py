@@ -8,7 +8,7 @@ rows: ``--config search_spaces/pmdm_table1.yaml --image-size 256``), on random d
   ``fp32`` (the switches off: a plain eager PyTorch trial), ``bf16`` (bf16 autocast,
   channels_last, fused Adam) and ``bf16+compile`` (plus ``torch.compile``,
   ``--compile-mode``, default ``reduce-overhead``), each applied with the same helpers
-  ``ablate.training.TrainingRun`` uses;
+  ``ablate.training.trial.TrainingRun`` uses;
 - the saturating batch of the last variant: batches 4, 8, 16, ... (up to ``--max-batch``)
   until images/s gains less than 5% or memory runs out; images/s, peak memory and MFU at
   the best one. MFU = training FLOPs (3 x forward MACs x 2 per image) x images/s / the
@@ -45,13 +45,13 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ablate.complexity import count_macs  # noqa: E402
 from ablate.config import TrialConfig  # noqa: E402
 from ablate.loop import to_device  # noqa: E402
 from ablate.methods.base import Method  # noqa: E402
 from ablate.methods.registry import build_method  # noqa: E402
+from ablate.planning.complexity import count_macs  # noqa: E402
 from ablate.precision import autocast  # noqa: E402
-from ablate.training import compile_networks, place_and_optimise  # noqa: E402
+from ablate.training.trial import compile_networks, place_and_optimise  # noqa: E402
 from benchmarks.throughput import (  # noqa: E402
     BATCH,
     benchmark_parser,

@@ -39,9 +39,9 @@ from ablate.config import (
     load_experiment,
 )
 from ablate.data.store import build_dataset
-from ablate.evaluation import evaluate_method
 from ablate.paper import TABLE1
-from ablate.training import TrainingRun
+from ablate.training.evaluation import evaluate_method
+from ablate.training.trial import TrainingRun
 
 ROOT = Path(__file__).resolve().parents[1]
 DETERMINISTIC = ("deeppet", "cgan", "pix2pix", "vqvae")

@@ -30,10 +30,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from ablate.complexity import count_params
 from ablate.config import TrialConfig, load_experiment
 from ablate.methods.base import Method
 from ablate.methods.registry import build_method
+from ablate.planning.complexity import count_params
 from ablate.trials import row_trials
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -50,9 +50,9 @@ from pmdm_ordering import ci95  # this script's folder, as `python benchmarks/..
 from ablate.analysis import analyse
 from ablate.config import BetterClaim, TrendClaim, parse_experiment
 from ablate.data.store import build_dataset
-from ablate.evaluation import evaluate_method, evaluation_indices
 from ablate.metrics import image_metrics
-from ablate.training import TrainingRun
+from ablate.training.evaluation import evaluate_method, evaluation_indices
+from ablate.training.trial import TrainingRun
 from ablate.trials import expand
 from dashboards.contrasts import AnalysisTable, render
 

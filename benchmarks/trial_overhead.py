@@ -7,7 +7,7 @@ On one embedded Ray instance, in one run, back to back:
 
 - ``plain``: a trivial function trainable (one ``tune.report``), Tune's defaults; run first
   and again last, the mean of both is the reference (the machine's load drifts);
-- ``ablate``: ``ablate.experiment.launch_grid`` of the demo's CPM row, one training step,
+- ``ablate``: ``ablate.launch.driver.launch_grid`` of the demo's CPM row, one training step,
   ``--trials`` seeds (the dataset is built first and not timed), as ``ablate run`` launches
   it: workers reused across trials (Tune's ``reuse_actors``);
 - ``ablate, fresh workers``: the same with ``reuse_actors`` off (a new worker process per
@@ -61,7 +61,7 @@ def plain_tune(trials: int, storage: Path) -> float:
 
 def ablate_grid(trials: int, workdir: Path, reuse: bool) -> float:
     """Seconds of ``Tuner.fit`` of a grid of ``trials`` one-step demo CPM trials."""
-    import ablate.experiment as experiment
+    import ablate.launch.driver as experiment
     from ablate.config import ExperimentConfig, load_experiment
     from ablate.data.store import build_dataset
     from ablate.overrides import apply_overrides
@@ -102,7 +102,7 @@ def main() -> None:
 
     import ray
 
-    from ablate.experiment import start_ray
+    from ablate.launch.driver import start_ray
 
     console = Console()
     start_ray(None, num_cpus=args.cpus)

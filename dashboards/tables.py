@@ -256,7 +256,7 @@ def _check_metrics(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     values = df[col] if col in df else pd.Series(np.nan, index=df.index)
     missing = (df["status"] == "completed") & values.isna()
     df.loc[missing, "status"] = "failed"
-    # trials now fail when a metric is undefined (ablate.evaluation); an older ablate
+    # trials now fail when a metric is undefined (ablate.training.evaluation); an older ablate
     # dropped it and called the trial completed
     df.loc[missing, "error"] = f"no metric '{metric}' (a trial of an older ablate: rerun it)"
     nonfinite = (df["status"] == "completed") & ~np.isfinite(values.astype(float))

@@ -144,7 +144,7 @@ def test_count_table_and_unknown_row() -> None:
 def test_count_pmdm_includes_its_frozen_estimator_in_gmacs_only() -> None:
     """PMDM = Palette's DDPM + one DeepPET pass: its GMACs exceed Palette's by DeepPET's,
     while its (trainable) parameters equal Palette's."""
-    from ablate.complexity import count_rows
+    from ablate.planning.complexity import count_rows
 
     rows = {r["row"]: r for r in count_rows(["deeppet", "palette", "pmdm"])}
     extra = rows["pmdm"]["gmacs"] - rows["palette"]["gmacs"]

@@ -41,7 +41,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ablate.local_ray import SINGLE_NODE_ENV
+from ablate.launch.local_ray import SINGLE_NODE_ENV
 from tests.conftest import tiny_experiment
 
 pytestmark = pytest.mark.slow

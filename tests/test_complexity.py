@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from ablate.complexity import count_macs, count_params
+from ablate.planning.complexity import count_macs, count_params
 
 
 class Tiny(nn.Module):

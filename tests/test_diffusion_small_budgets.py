@@ -16,12 +16,12 @@ from ablate.data.store import build_dataset
 from ablate.diffusion.conditional import ConditionalDiffusion, min_snr_weight
 from ablate.diffusion.samplers import Sampling, model_x0
 from ablate.diffusion.schedules import NoiseSchedule
-from ablate.evaluation import X0_GAMMA, X0_PSNR, evaluate_method
 from ablate.methods.registry import build_method
 from ablate.methods.sr3 import SR3
 from ablate.metrics import psnr
 from ablate.models.unet import UNetShape
-from ablate.training import TrainingRun
+from ablate.training.evaluation import X0_GAMMA, X0_PSNR, evaluate_method
+from ablate.training.trial import TrainingRun
 from ablate.trials import expand
 from tests.conftest import tiny_experiment
 

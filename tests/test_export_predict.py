@@ -20,12 +20,12 @@ from ablate import tracking
 from ablate.cli import app
 from ablate.config import DataConfig, parse_experiment
 from ablate.data.store import build_dataset
-from ablate.evaluation import evaluate_method, write_evaluation_artifacts
 from ablate.export import EXPORT_FILE
 from ablate.launches import LAUNCH_RECORD
-from ablate.seeding import seed_everything
 from ablate.serving import pyfunc_arguments
-from ablate.training import TrainingRun
+from ablate.training.evaluation import evaluate_method, write_evaluation_artifacts
+from ablate.training.seeding import seed_everything
+from ablate.training.trial import TrainingRun
 from ablate.trials import expand
 from ablate.volumes import read_volume, slices_to_volume, volume_to_slices, write_like
 from ablate.workspace import Workspace, default_tracking_uri

@@ -29,7 +29,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from ablate.local_ray import token_path
+from ablate.launch.local_ray import token_path
 from ablate.mlflow_ui import group_members
 from tests.conftest import mlflow_runs, tiny_experiment
 from tests.test_dashboards_html import chromium_url, needs_chromium

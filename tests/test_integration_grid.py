@@ -30,8 +30,8 @@ from mlflow.artifacts import download_artifacts
 
 from ablate.config import DataConfig, parse_experiment
 from ablate.data.store import build_dataset
-from ablate.experiment import launch_grid, launch_status
 from ablate.export import EXPORT_FILE
+from ablate.launch.driver import launch_grid, launch_status
 from ablate.predict import predict_volume
 from ablate.volumes import evaluate_files, slices_to_ras
 from ablate.workspace import Workspace
@@ -229,7 +229,7 @@ def test_export_predict_pyfunc_and_serve_as_a_user(grid: Grid) -> None:
         "mlflow.set_tracking_uri(sys.argv[1])\n"
         f"model = mlflow.pyfunc.load_model('{MODEL}')\n"
         "np.save(sys.argv[3], model.predict(np.load(sys.argv[2])))\n"
-        "training = ('ray', 'ablate.training', 'trainables.ablation')\n"
+        "training = ('ray', 'ablate.training.trial', 'trainables.ablation')\n"
         "assert not [m for m in training if m in sys.modules]\n"
     )
     _run([sys.executable, "-c", script, ws.tracking_uri, "stack.npy", "pyfunc.npy"], home)

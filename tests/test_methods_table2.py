@@ -17,10 +17,10 @@ from ablate.config import (
     load_experiment,
     parse_row,
 )
-from ablate.ema import WeightEMA
 from ablate.errors import UserError
 from ablate.methods.registry import build_method, required_keys
-from ablate.training import fuse_adam
+from ablate.training.ema import WeightEMA
+from ablate.training.trial import fuse_adam
 
 SIZE = 32
 PAPER_ROWS = load_experiment("search_spaces/paper_table2.yaml").rows

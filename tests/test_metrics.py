@@ -165,7 +165,7 @@ def test_a_dim_slice_no_longer_decides_a_splits_nmse() -> None:
     """Issue 24: one slice with reference maximum 0.046 had NMSE 612 and made CPM's NMSE
     38.28. The split's NMSE is now its subjects' volume NMSE: the dim slice is a few voxels
     among many, and the value stays that of the bright slices."""
-    from ablate.evaluation import score
+    from ablate.training.evaluation import score
 
     pred, ref = _volume_with_a_dim_slice()
     per_slice = metrics.image_metrics(pred, ref)["nmse"]
@@ -179,7 +179,7 @@ def test_a_dim_slice_no_longer_decides_a_splits_nmse() -> None:
 
 
 def test_split_metrics_are_the_mean_over_subjects_of_their_volumes() -> None:
-    from ablate.evaluation import score
+    from ablate.training.evaluation import score
 
     pred, ref = _pair(batch=5, seed=4)
     subjects = ["a", "a", "b", "b", "b"]
@@ -195,7 +195,7 @@ def test_split_metrics_are_the_mean_over_subjects_of_their_volumes() -> None:
 
 
 def test_evaluation_slices_are_shared_out_evenly_per_subject() -> None:
-    from ablate.evaluation import _shares
+    from ablate.training.evaluation import _shares
 
     assert _shares([20, 20], 16) == [8, 8]
     assert _shares([3, 20, 20], 16) == [3, 7, 6]  # what a short subject cannot take moves on

@@ -10,12 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ablate.complexity import count_macs, count_params
 from ablate.config import load_experiment
 from ablate.methods.registry import build_method
 from ablate.models.feature_extractor import GuidanceExtractor
 from ablate.models.unet import UNet
 from ablate.paper import TABLE2
+from ablate.planning.complexity import count_macs, count_params
 from ablate.trials import row_trials
 
 #: (MParam, GMACs) measured from the reference settings (DESIGN.md sec. 3); the paper rounds

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ablate.config import parse_experiment
-from ablate.experiment import launch_grid
+from ablate.launch.driver import launch_grid
 from ablate.workspace import Workspace
 from tests.conftest import tiny_experiment, trial_runs
 

@@ -18,7 +18,7 @@ from ablate.config import ExperimentConfig, load_experiment
 from ablate.errors import UserError
 from ablate.methods.registry import build_method
 from ablate.overrides import apply_overrides
-from ablate.plan import RESULTS, plan_launch, profile
+from ablate.planning.plan import RESULTS, plan_launch, profile
 from ablate.trials import row_trials
 
 REPO = Path(__file__).resolve().parents[1]

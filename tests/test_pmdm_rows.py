@@ -30,7 +30,7 @@ from ablate.methods.registry import build_method
 from ablate.models.deeppet import DeepPET, resample_sinogram
 from ablate.paper import TABLE1
 from ablate.shared_cache import SharedCache
-from ablate.training import optimiser_settings
+from ablate.training.trial import optimiser_settings
 from ablate.trials import row_trials
 
 SIZE = 32

@@ -20,9 +20,9 @@ import pytest
 import yaml
 from scipy import stats
 
-from ablate import plan
 from ablate.analysis import power
 from ablate.config import load_experiment
+from ablate.planning import plan
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "search_spaces" / "demo.yaml"

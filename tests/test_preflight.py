@@ -11,7 +11,7 @@ import pytest
 
 from ablate.config import parse_experiment
 from ablate.errors import UserError
-from ablate.preflight import check_networks, image_size
+from ablate.launch.preflight import check_networks, image_size
 from ablate.trials import expand, search_trials
 from tests.conftest import tiny_experiment
 from tests.test_cli_overrides import DEMO, LOSS_WEIGHTS, ablate, one_error_line

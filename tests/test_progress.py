@@ -17,8 +17,8 @@ import optuna
 import pytest
 from ray import tune
 
-from ablate.callbacks import TrialProgress
-from ablate.search import PruningAwareOptunaSearch
+from ablate.launch.callbacks import TrialProgress
+from ablate.launch.searcher import PruningAwareOptunaSearch
 from ablate.trials import trial_key
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""The Ray internals that :mod:`ablate.ray_internals` writes, checked on the installed Ray.
+"""The Ray internals that :mod:`ablate.launch.ray_internals` writes, checked on the installed Ray.
 
 These run on a stub trial (no cluster): the checkpoint bookkeeping is driver-side Python.
 A failure here after a Ray upgrade means the adapter must be rewritten for the new Ray,
@@ -21,8 +21,8 @@ from ray.tune import CheckpointConfig
 from ray.tune.experiment import Trial
 from ray.tune.trainable.metadata import _TrainingRunMetadata
 
-from ablate.callbacks import CheckpointGuard
-from ablate.ray_internals import keep_checkpoints
+from ablate.launch.callbacks import CheckpointGuard
+from ablate.launch.ray_internals import keep_checkpoints
 
 RAY_CHECKED = "2.60.0"
 
@@ -44,7 +44,7 @@ def _exists(checkpoint: Checkpoint) -> bool:
 
 def test_ray_is_the_version_the_adapter_was_checked_against() -> None:
     assert ray.__version__ == RAY_CHECKED, (
-        f"Ray {ray.__version__} is installed, ablate/ray_internals.py was written against "
+        f"Ray {ray.__version__} is installed, ablate/launch/ray_internals.py was written against "
         f"{RAY_CHECKED}: re-check the checkpoint manager's private attributes, then update "
         "RAY_CHECKED"
     )
@@ -103,7 +103,7 @@ def test_gcs_token_error_reaches_rays_token_loader(tmp_path: Path) -> None:
     """The token probe's private imports exist and a missing token file is Ray's
     AuthenticationError before any network call (in a fresh process: Ray caches the token)."""
     probe = (
-        "from ablate.ray_internals import gcs_token_error\n"
+        "from ablate.launch.ray_internals import gcs_token_error\n"
         "error = gcs_token_error('127.0.0.1:1', 1.0)\n"
         "print(type(error).__name__, error)"
     )

@@ -1,5 +1,5 @@
 """Adaptive replication's decisions on synthetic tidy frames with planted answers (issue 28
-part 4): fast, no Ray, no MLflow. The wave loop here is the driver's (``ablate.replicate``)
+part 4): fast, no Ray, no MLflow. The wave loop here is the driver's (``ablate.launch.replicate``)
 with the trials replaced by draws from the crossed model the analysis assumes."""
 
 from __future__ import annotations

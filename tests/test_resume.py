@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ablate.experiment import launch_status, resume
+from ablate.launch.driver import launch_status, resume
 from ablate.workspace import Workspace
 from tests.conftest import tiny_experiment, trial_runs
 

@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 
 from ablate.config import DataConfig
-from ablate.interrupts import Interrupted, StopSignals, stoppable
-from ablate.local_ray import private_token
+from ablate.launch.interrupts import Interrupted, StopSignals, stoppable
+from ablate.launch.local_ray import private_token
 from ablate.mlflow_ui import dataset_entity, sample_images, study_view_state
 from ablate.ui_links import runs_page_url
 
@@ -36,7 +36,7 @@ def test_a_signal_inside_the_tuner_asks_ray_tune_to_stop_then_a_second_stops_at_
 
     @stoppable
     def launch() -> None:
-        from ablate.interrupts import active_stop_signals
+        from ablate.launch.interrupts import active_stop_signals
 
         stop = active_stop_signals()
         with stop.graceful():

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablate.complexity import count_method
 from ablate.config import ConfigError, TrialConfig, parse_experiment
 from ablate.diffusion.samplers import ddim_sample, ddpm_sample, sample
 from ablate.diffusion.schedules import NoiseSchedule
 from ablate.methods.registry import build_method, required_keys
+from ablate.planning.complexity import count_method
 from ablate.shared_cache import SharedCache
 from tests import test_methods_table2 as table2
 from tests import test_pmdm_rows as pmdm_rows

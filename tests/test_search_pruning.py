@@ -10,8 +10,8 @@ from optuna.trial import TrialState
 from ray import tune
 
 from ablate.config import parse_experiment
-from ablate.experiment import launch_search, read_record
-from ablate.search import PruningAwareOptunaSearch
+from ablate.launch.driver import launch_search, read_record
+from ablate.launch.searcher import PruningAwareOptunaSearch
 from ablate.workspace import Workspace
 from tests.conftest import tiny_experiment, trial_runs
 

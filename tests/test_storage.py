@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from ablate import preflight, storage
+from ablate import storage
 from ablate.errors import UserError
+from ablate.launch import preflight
 from ablate.shared_cache import SharedCache
 from ablate.storage import StorageError
 from ablate.workspace import Workspace

@@ -12,10 +12,10 @@ import torch
 
 from ablate.config import DataConfig, parse_experiment
 from ablate.data.store import build_dataset
-from ablate.ema import WeightEMA
-from ablate.evaluation import evaluate_method
-from ablate.seeding import seed_everything
-from ablate.training import TrainingRun, compile_networks, networks, uncompile
+from ablate.training.ema import WeightEMA
+from ablate.training.evaluation import evaluate_method
+from ablate.training.seeding import seed_everything
+from ablate.training.trial import TrainingRun, compile_networks, networks, uncompile
 from ablate.trials import expand
 from tests.conftest import tiny_experiment
 

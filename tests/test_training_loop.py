@@ -10,10 +10,10 @@ import torch
 
 from ablate.config import DataConfig, parse_experiment
 from ablate.data.store import build_dataset
-from ablate.evaluation import evaluate_method
 from ablate.loop import NonFiniteLoss
-from ablate.seeding import seed_everything
-from ablate.training import TrainingRun
+from ablate.training.evaluation import evaluate_method
+from ablate.training.seeding import seed_everything
+from ablate.training.trial import TrainingRun
 from ablate.trials import expand
 from tests.conftest import tiny_experiment
 
@@ -148,7 +148,7 @@ def test_restored_run_trains_on_the_batches_of_the_uninterrupted_one(
 
 
 def test_sinogram_row_shows_its_sinogram_as_the_input(dataset: Path, tmp_path: Path) -> None:
-    from ablate.evaluation import write_evaluation_artifacts
+    from ablate.training.evaluation import write_evaluation_artifacts
     from dashboards.plots import sample_panels
 
     trial = _trial({"method": "deeppet"})

@@ -24,12 +24,12 @@ from ablate import mlflow_ui, tracking
 from ablate import storage as storage_mod
 from ablate.config import TrialConfig, flatten, parse_experiment
 from ablate.errors import UserError
-from ablate.evaluation import evaluate_method, write_evaluation_artifacts
 from ablate.lesions import lesion_summary
 from ablate.metric_names import TEST_SUBJECTS
-from ablate.progress import ProgressPoster
-from ablate.seeding import capture_rng, restore_rng, seed_everything
-from ablate.training import TrainingRun
+from ablate.training.evaluation import evaluate_method, write_evaluation_artifacts
+from ablate.training.progress import ProgressPoster
+from ablate.training.seeding import capture_rng, restore_rng, seed_everything
+from ablate.training.trial import TrainingRun
 from ablate.trials import lookup_estimate, trial_config
 
 CHECKPOINT_FILE = "state.pt"
@@ -53,7 +53,7 @@ class TrialFailed(UserError):
 
 @dataclass(frozen=True)
 class LaunchContext:
-    """What every trial of one launch shares; created by the driver (``ablate.experiment``)."""
+    """What every trial of one launch shares; created by the driver (``ablate.launch.driver``)."""
 
     tracking_uri: str
     experiment_id: str
@@ -196,7 +196,7 @@ class _Progress:
         self.train_s += seconds
 
     def report(self, step: int, steps: int) -> None:
-        """Post step / steps / it/s to the driver's progress board (:mod:`ablate.progress`;
+        """Post step / steps / it/s to the driver's progress board (:mod:`ablate.training.progress`;
         never a Tune result: Tune results are the validations ASHA and the searcher score)
         at most every ``PROGRESS_EVERY_S``."""
         now = time.monotonic()

@@ -1,8 +1,9 @@
 """Which rows the next seed wave replicates, and when replication stops (issue 28, part 4).
 
-After each wave, ``ablate run --until-resolved`` (:mod:`ablate.replicate`) analyses the launch
-as ``ablate table`` does (:func:`ablate.analysis.analyse`) and :func:`decide` reads it. The
-*targets* are the YAML's claims and the table's contrasts on the launch's metric. A target is
+After each wave, ``ablate run --until-resolved`` (:mod:`ablate.launch.replicate`) analyses
+the launch as ``ablate table`` does (:func:`ablate.analysis.analyse`) and :func:`decide`
+reads it. The *targets* are the YAML's claims and the table's contrasts on the launch's
+metric. A target is
 
 - ``resolved``: a claim or a contrast whose corrected p (Holm by default, as the table
   prints it) is below alpha / K, where K is the number of looks the launch may take (one per

@@ -186,7 +186,7 @@ def check_folds(data: DataConfig) -> None:
     from ablate.data.simulate import resolve_config
 
     # a preset's subjects are counted here; its columns (stratify) are checked once it is
-    # built, before the launch opens its MLflow run (ablate.experiment)
+    # built, before the launch opens its MLflow run (ablate.launch.driver)
     subjects = [f"s{i}" for i in range(sum(resolve_config(data.preset, data.overrides).split))]
     assign_folds(pd.DataFrame({"subject": subjects}), data.folds, data.fold_seed, None)
 

@@ -53,7 +53,7 @@ class Method(nn.Module, ABC):
         """The optimisers :meth:`training_step` steps; one Adam over every trainable parameter
         (frozen parts, such as PMDM's estimator, are left out).
 
-        ``lr`` and ``weight_decay`` arrive resolved (``ablate.training.optimiser_settings``:
+        ``lr`` and ``weight_decay`` arrive resolved (``ablate.training.trial.optimiser_settings``:
         the row's over ``train``'s); use them as given. GANs override this for their two
         optimisers.
         """

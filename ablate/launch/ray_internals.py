@@ -4,7 +4,7 @@ and the token probe a driver runs before ``ray.init`` joins a cluster.
 Ray 2.60 (pinned) keeps the checkpoints it knows of a trial in
 ``trial.run_metadata.checkpoint_manager``, a ``ray.train._internal`` ``_CheckpointManager``.
 Its public surface only adds checkpoints (``register_checkpoint``) and reads them
-(``Trial.checkpoint``); nothing public forgets one. :class:`ablate.callbacks.CheckpointGuard`
+(``Trial.checkpoint``); nothing public forgets one. :class:`ablate.launch.callbacks.CheckpointGuard`
 has to forget checkpoints the driver deleted before it was killed, so it writes the manager's
 private lists here and nowhere else. ``tests/test_ray_internals.py`` runs this against the
 installed Ray and fails loudly when an upgrade moves or renames what it relies on.

@@ -109,7 +109,7 @@ def check_ray_token(address: str, timeout_s: float = 5.0) -> None:
     addresses are left to ``ray.init``."""
     if address.startswith("ray://"):
         return
-    from ablate.ray_internals import gcs_token_error
+    from ablate.launch.ray_internals import gcs_token_error
 
     error = gcs_token_error(address, timeout_s)
     if error is not None:

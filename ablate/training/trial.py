@@ -23,18 +23,18 @@ import torch
 import yaml
 from torch import nn
 
-from ablate.complexity import count_macs, count_params
 from ablate.config import TrialConfig
 from ablate.data.dataset import SliceDataset
 from ablate.data.folds import trial_splits
 from ablate.device import resolve_device
-from ablate.ema import WeightEMA
 from ablate.errors import UserError
 from ablate.loop import TrainingLoop, to_device
 from ablate.methods.base import Batch, Method
 from ablate.methods.registry import build_method, check_dataset
+from ablate.planning.complexity import count_macs, count_params
 from ablate.serving import write_spec
 from ablate.shared_cache import SharedCache
+from ablate.training.ema import WeightEMA
 
 Split = str
 

@@ -23,9 +23,9 @@ from ray.tune.experiment import Trial
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 
-from ablate import progress as progress_board
 from ablate import tracking
-from ablate.ray_internals import keep_checkpoints
+from ablate.launch.ray_internals import keep_checkpoints
+from ablate.training import progress as progress_board
 from ablate.trials import ANY_TRIAL, lookup_estimate
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class TrialProgress(Callback):
     ETA, and one line per running trial with its row, seed, step / steps, it/s and ETA.
 
     Trials post step, steps and it/s to the launch's progress board every few seconds
-    (:mod:`ablate.progress`, read here at most every ``POLL_EVERY_S`` without waiting), and
+    (:mod:`ablate.training.progress`, read here at most every ``POLL_EVERY_S`` without waiting), and
     their validation results carry step and steps. The launch ETA schedules
     the remaining work on as many slots as trials run at once: each running trial's
     remaining steps at its it/s, then each pending trial at the plan's estimate
@@ -368,7 +368,7 @@ class CheckpointGuard(Callback):
     deleted checkpoint; restored from it, the trial would fail on every retry. Before such
     a trial starts, this drops the missing checkpoints from its bookkeeping, so it resumes
     from the newest surviving one, or from step 0 (into the same MLflow run) if none is
-    left. Ray has no public way to drop them: :mod:`ablate.ray_internals` does it.
+    left. Ray has no public way to drop them: :mod:`ablate.launch.ray_internals` does it.
 
     While the storage is unreachable nothing is decided (the trial itself waits for the
     storage when it restores, see ``trainables.ablation``); the driver must not die of it.

@@ -23,15 +23,16 @@ from typing import Any
 
 import yaml
 
-from ablate import mlflow_internals, mlflow_ui, preflight, tracking
+from ablate import mlflow_internals, mlflow_ui, tracking
 from ablate import storage as storage_mod
-from ablate.callbacks import CheckpointGuard, MlflowTrialStates, PlanVsActual, TrialProgress
 from ablate.config import ExperimentConfig, ResourcesConfig, parse_experiment
 from ablate.errors import UserError
-from ablate.interrupts import Interrupted, active_stop_signals, stoppable
-from ablate.interrupts import reinstall as reinstall_stop_signals
+from ablate.launch import preflight
+from ablate.launch.callbacks import CheckpointGuard, MlflowTrialStates, PlanVsActual, TrialProgress
+from ablate.launch.interrupts import Interrupted, active_stop_signals, stoppable
+from ablate.launch.interrupts import reinstall as reinstall_stop_signals
+from ablate.launch.searcher import PruningAwareOptunaSearch, optuna_distribution
 from ablate.launches import LAUNCH_RECORD, read_launch_record
-from ablate.search import PruningAwareOptunaSearch, optuna_distribution
 from ablate.shipped import shipped_space
 from ablate.trials import (
     FOLD,
@@ -84,10 +85,10 @@ _EMBEDDED: list[bool] = []  # set while this process runs an embedded Ray it sta
 
 def start_ray(address: str | None, num_cpus: int | None = None) -> None:
     """Connect to a cluster (``auto``, ``HOST:PORT``, ``ray://...``) or start an embedded one
-    (see :mod:`ablate.local_ray`: bound to 127.0.0.1, its token file private)."""
+    (see :mod:`ablate.launch.local_ray`: bound to 127.0.0.1, its token file private)."""
     import ray
 
-    from ablate import local_ray
+    from ablate.launch import local_ray
 
     if ray.is_initialized():
         if not (address and _EMBEDDED):
@@ -115,7 +116,7 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> None:
             _EMBEDDED.append(True)
             local_ray.check_bound(ray.util.get_node_ip_address())
     except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
-        from ablate.preflight import ray_connect_error
+        from ablate.launch.preflight import ray_connect_error
 
         raise ray_connect_error(address, exc) from None
     reinstall_stop_signals()  # ray.init replaced the SIGINT/SIGTERM handlers
@@ -146,7 +147,7 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
 
 
 def _preflight(tracking_uri: str, storage: str, address: str | None) -> None:
-    """Fail in seconds, before any run or record exists (:mod:`ablate.preflight`)."""
+    """Fail in seconds, before any run or record exists (:mod:`ablate.launch.preflight`)."""
     preflight.check_tracking(tracking_uri)
     preflight.check_storage(storage)
     start_ray(address)
@@ -234,9 +235,9 @@ def _prepare(
 
 
 def _plan(exp: ExperimentConfig, ws: Workspace, search: bool, gpu: str | None) -> Any:
-    """The launch's cost plan (``ablate.plan``), or None when it cannot be made: a plan
+    """The launch's cost plan (``ablate.planning.plan``), or None when it cannot be made: a plan
     never stops a launch, except for a ``--gpu`` name it does not know."""
-    from ablate.plan import launch_device, plan_launch
+    from ablate.planning.plan import launch_device, plan_launch
 
     device = gpu or launch_device(exp)
     try:
@@ -335,8 +336,8 @@ def launch_grid(
     they are recorded in the launch record and as the parent run's ``override.*`` params.
     ``parent_tags`` go on the parent run (a confirm grid names its search there).
     ``gpu``: the device the plan's estimates are for (default:
-    :func:`ablate.plan.launch_device`).
-    SIGINT/SIGTERM stop it cleanly (:mod:`ablate.interrupts`): the result then says
+    :func:`ablate.planning.plan.launch_device`).
+    SIGINT/SIGTERM stop it cleanly (:mod:`ablate.launch.interrupts`): the result then says
     ``interrupted``; a signal before the trials start raises :class:`Interrupted`."""
     from ray import tune
 

@@ -11,7 +11,7 @@ trial is passed on without its result (its intermediate values are already in th
 ``tests/test_search_pruning.py`` fails if a Ray upgrade changes that rule.
 
 Every Tune result of a trial is a validation (live progress goes to the driver's progress
-board, :mod:`ablate.progress`, not through Tune, whose strict metric check and ASHA would
+board, :mod:`ablate.training.progress`, not through Tune, whose strict metric check and ASHA would
 reject a result without the metric). The study records each as the intermediate value of its
 validation round (``val_round``), and ASHA counts rounds (``time_attr="val_round"``).
 """

@@ -428,9 +428,9 @@ class Profile:
 def _profile_cached(trial_json: str, image_size: int) -> Profile:
     import torch
 
-    from ablate.complexity import count_params, count_training, training_batch
     from ablate.config import TrialConfig
     from ablate.methods.registry import build_method
+    from ablate.planning.complexity import count_params, count_training, training_batch
 
     trial = TrialConfig.model_validate_json(trial_json)
     try:
@@ -491,8 +491,8 @@ def _reconstruction_macs(trial: TrialConfig, method: Any, image_size: int) -> in
     """MACs of one reconstruction of one image. A sampler's MACs are linear in its steps
     (the same denoiser each step), so a long one is counted at 1 and 2 steps and
     extrapolated: walking 1000 meta-device steps costs seconds, this milliseconds."""
-    from ablate.complexity import count_method
     from ablate.methods.registry import build_method
+    from ablate.planning.complexity import count_method
 
     steps = sample_steps(trial)
     if steps <= 2:
@@ -1323,7 +1323,8 @@ def dry_run_summary(
 def _experiment_state(tracking_uri: str, experiment: str) -> str:
     """Whether the launch would add to an existing experiment of the store or create it (and
     the store), read without creating either: a sqlite store that is not there is not opened."""
-    from ablate import preflight, tracking
+    from ablate import tracking
+    from ablate.launch import preflight
 
     db = sqlite_file(tracking_uri)
     if db is not None and not db.is_file():

@@ -15,7 +15,7 @@ readable by every user (mode 0644). For the embedded instance ablate starts:
 
 And in every launch's driver, Ray's C++ crash handler is left out (documented switch
 ``RAY_DISABLE_FAILURE_SIGNAL_HANDLER``, for the driver only): it would take SIGTERM from
-:mod:`ablate.interrupts` and abort the driver with a stack dump, leaving runs RUNNING.
+:mod:`ablate.launch.interrupts` and abort the driver with a stack dump, leaving runs RUNNING.
 
 This module does not import Ray at import time.
 """

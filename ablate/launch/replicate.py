@@ -2,7 +2,7 @@
 
 ``ablate run SPACE --until-resolved --max-seeds 10 --budget 200h`` (or ``analysis.replicate:``
 in the YAML) is one launch: one MLflow parent run, whose trials are the waves' trials. Wave 1
-is the YAML's rows x seeds, run as any grid launch (:func:`ablate.experiment.launch_grid`).
+is the YAML's rows x seeds, run as any grid launch (:func:`ablate.launch.driver.launch_grid`).
 After each wave the launch is analysed as ``ablate table`` analyses it
 (:func:`dashboards.contrasts.launch_analysis`) and :func:`ablate.analysis.replication.decide`
 says which rows the next wave gives which new seeds, or why replication stops.
@@ -30,7 +30,7 @@ from ablate import tracking
 from ablate.analysis.replication import Decision, decide
 from ablate.config import ExperimentConfig, ReplicateConfig, parse_experiment
 from ablate.errors import UserError
-from ablate.experiment import (
+from ablate.launch.driver import (
     REUSE_ACTORS,
     LaunchResult,
     _fit,
@@ -43,7 +43,7 @@ from ablate.experiment import (
     read_record,
     resume_hint,
 )
-from ablate.interrupts import Interrupted, stoppable
+from ablate.launch.interrupts import Interrupted, stoppable
 from ablate.trials import ROW, SEED, expand
 from ablate.workspace import Workspace
 from trainables.ablation import LaunchContext
@@ -102,7 +102,7 @@ def launch_waves(
 ) -> LaunchResult:
     """Run wave 1 (the YAML's rows x seeds) as a grid launch, then waves until the decision
     stops (the module's rule); ``report`` is called with each decision (the CLI prints it).
-    Signals: as :func:`ablate.experiment.launch_grid`."""
+    Signals: as :func:`ablate.launch.driver.launch_grid`."""
     check_replicable(exp)
     name = name or exp.name
     started = time.perf_counter()
