@@ -18,6 +18,7 @@ from rich.console import Console
 
 from ablate.errors import UserError
 from ablate.launch.interrupts import Interrupted
+from ablate.launch.job import Job
 from ablate.workspace import Workspace, storage_of, tracking_uri_of
 
 app = typer.Typer(
@@ -56,6 +57,17 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                 sys.modules["ablate.launch.driver"].stop_ray()
 
     return wrapper
+
+
+def standard_job() -> Job:
+    """What every launch of the CLI runs: the project's Ray trainable, the report on the parent
+    run and the table's analysis (for seed waves). The CLI is the layer above both the driver
+    and them, so it is the one that hands them over (:mod:`ablate.launch.job`)."""
+    from dashboards.contrasts import launch_analysis
+    from dashboards.mlflow_report import attach_report
+    from trainables.ablation import train_trial
+
+    return Job(train=train_trial, attach_report=attach_report, analyse=launch_analysis)
 
 
 def _ray_driver(address: str | None) -> None:
@@ -417,7 +429,7 @@ def run(
     if dry_run:
         return _dry_run(exp, "grid", name, workdir, tracking_uri, gpu)
     ws = Workspace.create(workdir, tracking_uri, storage)
-    options = dict(address=address, name=name, overrides=settings, gpu=gpu)
+    options = dict(address=address, name=name, overrides=settings, gpu=gpu, job=standard_job())
     if exp.analysis.replicate is not None:
         result = launch_waves(exp, ws, **options, report=_print_decision)
     else:
@@ -468,7 +480,7 @@ def search(
     ws = Workspace.create(workdir, tracking_uri, storage)
     result = launch_search(
         exp, ws, address=address, name=name, overrides=settings, gpu=gpu,
-        study_storage=study_storage,
+        study_storage=study_storage, job=standard_job(),
     )  # fmt: skip
     _print_launch(result, workdir)
     if result.status == "interrupted" or not result.n_completed:
@@ -482,10 +494,14 @@ def search(
     )
     console.print(f"best by validation {ranked}: {best}")
     if confirm_seeds and result.status == "completed":
-        confirmed = confirm_best(exp, ws, result.name, confirm_seeds, address=address)
+        confirmed = confirm_best(
+            exp, ws, result.name, confirm_seeds, address=address, job=standard_job()
+        )
         _print_launch(confirmed, workdir)
         _exit_for(confirmed)
-        defaults = confirm_defaults(exp, ws, result.name, confirm_seeds, address=address)
+        defaults = confirm_defaults(
+            exp, ws, result.name, confirm_seeds, address=address, job=standard_job()
+        )
         _print_launch(defaults, workdir)
         _exit_for(defaults)
     _exit_for(result)
@@ -510,9 +526,11 @@ def resume(
     launch = resolve_launch(name, ws.storage, ws.tracking_uri)
     replicated = is_replicated(read_record(ws, launch))
     if replicated:
-        result = resume_waves(ws, launch, address=address, report=_print_decision)
+        result = resume_waves(
+            ws, launch, address=address, report=_print_decision, job=standard_job()
+        )
     else:
-        result = resume_launch(ws, launch, address=address)
+        result = resume_launch(ws, launch, address=address, job=standard_job())
     _print_launch(result, workdir)
     _exit_for(result)
 
@@ -720,7 +738,7 @@ def demo(
         f"[bold]ablate demo[/]: {len(exp.rows)} rows x {len(exp.seeds)} seeds{folds} on an "
         f"embedded Ray, MLflow store {ws.tracking_uri}"
     )
-    result = launch_grid(exp, ws, overrides=settings)
+    result = launch_grid(exp, ws, overrides=settings, job=standard_job())
     if result.n_completed:
         table = table_for(exp.name, ws.tracking_uri, parent_run_id=result.parent_run_id)
         print_table(table, console)

@@ -8,9 +8,10 @@ Ray workers) does not use. This module follows the same conventions with public 
   commit of the code that ran), set on the parent run by the driver and copied to each child;
 - the training dataset as an MLflow dataset input (name, digest, source: the simulator preset
   and seed, or the imported folder), on the parent and on every child;
-- test images (input, reference, sample, error, SD) logged with ``log_image``;
-- at the end of a launch, the ablation table (markdown and HTML, also as the parent run's
-  description) and the study dashboard as artifacts of the parent run.
+- test images (input, reference, sample, error, SD) logged with ``log_image``.
+
+At the end of a launch, the ablation table and the study dashboard are attached to the parent
+run by :mod:`dashboards.mlflow_report` (a report, handed to the driver by the CLI).
 
 The experiment itself is tagged as a model-training one (:data:`ablate.tracking.EXPERIMENT_TAGS`).
 """
@@ -20,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,6 @@ from ablate import tracking
 from ablate.config import DataConfig
 from ablate.mlflow_internals import (
     MLFLOW_DATASET_CONTEXT,
-    MLFLOW_RUN_NOTE,
     SOURCE_TAGS,
 )
 from ablate.sqlite_urls import sqlite_file
@@ -41,7 +40,6 @@ log = logging.getLogger(__name__)
 
 #: Run tags a child copies from its parent: who ran the launch, from which code.
 INHERITED_TAGS = SOURCE_TAGS
-_MAX_NOTE = 7000  # MLflow caps a tag value at 8000 characters
 
 
 def inherited_tags(tracking_uri: str, parent_run_id: str) -> dict[str, str]:
@@ -158,55 +156,6 @@ def log_sample_images(
                 run_id, image, key=key, step=step, synchronous=True
             )
         )
-
-
-# --- the launch's report -----------------------------------------------------------------------
-
-
-def attach_report(
-    tracking_uri: str, experiment: str, parent_run_id: str, launch: str | None = None
-) -> list[str]:
-    """Log the launch's ablation table with its contrasts and claims
-    (``report/ablation_table.md`` and ``.html``, and as the parent run's description), its
-    effects and CI bounds as metrics (``dashboards.contrasts.effect_metrics``) and the study
-    dashboard (``report/dashboard/index.html``, titled with the ``launch`` name) to the parent
-    run. Returns what was attached; a report that cannot be made (no trial finished) is
-    logged as a warning and never changes how the launch ended."""
-    from dashboards import contrasts
-    from dashboards.html import build_dashboard
-    from dashboards.tables import render, table_for
-
-    attached: list[str] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "report"
-        folder.mkdir()
-        try:
-            table = table_for(experiment, tracking_uri, parent_run_id=parent_run_id)
-            markdown, page = render(table, "md"), render(table, "html")
-            try:
-                analysis = contrasts.launch_analysis(tracking_uri, experiment, parent_run_id)
-                below = contrasts.tables(table.experiment, analysis)
-                markdown = "\n".join([markdown] + [contrasts.render(t, "md") for t in below])
-                page = "\n".join([page] + [contrasts.render(t, "html") for t in below])
-                effects = contrasts.effect_metrics(analysis)
-                tracking.log_metrics(tracking_uri, parent_run_id, effects)
-            except Exception as err:  # noqa: BLE001 - the table is reported without them
-                log.warning("no contrasts for run %s: %s", parent_run_id, err)
-            (folder / "ablation_table.md").write_text(markdown, encoding="utf-8")
-            (folder / "ablation_table.html").write_text(page, encoding="utf-8")
-            note = markdown if len(markdown) <= _MAX_NOTE else markdown[:_MAX_NOTE] + "\n..."
-            tracking.set_tags(tracking_uri, parent_run_id, {MLFLOW_RUN_NOTE: note})
-            attached += ["report/ablation_table.md", "report/ablation_table.html"]
-            build_dashboard(
-                experiment, tracking_uri, folder / "dashboard", parent_run_id=parent_run_id,
-                name=launch,
-            )  # fmt: skip
-            attached.append("report/dashboard/index.html")
-        except Exception as err:  # noqa: BLE001 - a report never decides the launch's status
-            log.warning("no ablation report for run %s: %s", parent_run_id, err)
-        if attached:
-            tracking.log_artifacts(tracking_uri, parent_run_id, folder, "report")
-    return attached
 
 
 # --- the runs page ---------------------------------------------------------------------------

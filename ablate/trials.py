@@ -21,6 +21,7 @@ from ablate.config import (
     ExperimentConfig,
     SearchParam,
     TrialConfig,
+    flatten,
 )
 from ablate.overrides import apply_overrides, check_key
 
@@ -162,3 +163,13 @@ def row_trials(exp: ExperimentConfig) -> dict[str, TrialConfig]:
     (what counting and benchmarks measure)."""
     first = {SEED: exp.seeds[0], **_first_fold(exp)}
     return {name: trial_config(exp, {ROW: name, **first}) for name in exp.rows}
+
+
+def trial_params(trial: TrialConfig) -> dict[str, Any]:
+    """A trial's MLflow params: ``row``, ``seed``, ``fold`` (cross-validated) and every
+    setting as a dotted key."""
+    params: dict[str, Any] = {"row": trial.row_name, "seed": trial.seed}
+    if trial.fold is not None:
+        params["fold"] = trial.fold
+    params.update(flatten(trial.model_dump(mode="json", exclude={"row_name", "seed", "fold"})))
+    return params

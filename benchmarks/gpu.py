@@ -46,8 +46,8 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ablate.config import TrialConfig  # noqa: E402
-from ablate.loop import to_device  # noqa: E402
 from ablate.methods.base import Method  # noqa: E402
+from ablate.methods.loop import to_device  # noqa: E402
 from ablate.methods.registry import build_method  # noqa: E402
 from ablate.planning.complexity import count_macs  # noqa: E402
 from ablate.precision import autocast  # noqa: E402

@@ -61,10 +61,12 @@ def plain_tune(trials: int, storage: Path) -> float:
 
 def ablate_grid(trials: int, workdir: Path, reuse: bool) -> float:
     """Seconds of ``Tuner.fit`` of a grid of ``trials`` one-step demo CPM trials."""
-    import ablate.launch.driver as experiment
+    import ablate.launch.driver as driver
+    from ablate.cli import standard_job
     from ablate.config import ExperimentConfig, load_experiment
     from ablate.data.store import build_dataset
     from ablate.overrides import apply_overrides
+    from ablate.workspace import Workspace
 
     exp = apply_overrides(
         ExperimentConfig,
@@ -79,14 +81,16 @@ def ablate_grid(trials: int, workdir: Path, reuse: bool) -> float:
         "benchmark",
     )
     exp = exp.model_copy(update={"rows": {"cpm": exp.rows["cpm"]}})
-    ws = experiment.Workspace.create(workdir)
+    ws = Workspace.create(workdir)
     build_dataset(exp.data, ws.datasets)  # built once, outside the timing
-    original = experiment.REUSE_ACTORS
-    experiment.REUSE_ACTORS = reuse
+    original = driver.REUSE_ACTORS
+    driver.REUSE_ACTORS = reuse
     try:
-        result = experiment.launch_grid(exp, ws, name=f"overhead-{'reuse' if reuse else 'fresh'}")
+        result = driver.launch_grid(
+            exp, ws, name=f"overhead-{'reuse' if reuse else 'fresh'}", job=standard_job()
+        )
     finally:
-        experiment.REUSE_ACTORS = original
+        driver.REUSE_ACTORS = original
     if result.n_errors:
         raise SystemExit(f"{result.n_errors} ablate trials failed: see {ws.workdir}")
     return result.wall_s

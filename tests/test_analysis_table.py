@@ -155,7 +155,8 @@ def test_csv_parts_and_the_tidy_frame_round_trip(store: tuple[Path, str]) -> Non
 
 
 def test_parent_run_holds_effects_and_claims(store: tuple[Path, str]) -> None:
-    from ablate.mlflow_ui import MLFLOW_RUN_NOTE, attach_report
+    from ablate.mlflow_internals import MLFLOW_RUN_NOTE
+    from dashboards.mlflow_report import attach_report
 
     _, uri = store
     client = MlflowClient(tracking_uri=uri)

@@ -28,6 +28,7 @@ import torch
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
 
+from ablate.cli import standard_job
 from ablate.config import DataConfig, parse_experiment
 from ablate.data.store import build_dataset
 from ablate.export import EXPORT_FILE
@@ -56,7 +57,7 @@ def grid(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> Grid:
     raw = tiny_experiment("grid-it", ROWS)
     raw["train"]["eval_slices"] = 28
     ws = Workspace.create(tmp_path_factory.mktemp("user") / "runs")
-    result = launch_grid(parse_experiment(raw), ws)
+    result = launch_grid(parse_experiment(raw), ws, job=standard_job())
     return Grid(ws, result.n_trials, result.n_errors)
 
 
@@ -244,7 +245,7 @@ def test_nan_trial_fails_with_its_reason_and_the_grid_goes_on(ray_cluster, workd
     raw = tiny_experiment("nan-it", {"cpm": {"method": "coarse_to_fine"}})
     raw.update({"seeds": [0], "grid": {"train.lr": [1e-3, 1e30]}, "max_failures": 0})
     ws = Workspace.create(workdir)
-    result = launch_grid(parse_experiment(raw), ws)
+    result = launch_grid(parse_experiment(raw), ws, job=standard_job())
     assert result.n_trials == 2 and result.n_errors == 1
 
     runs = trial_runs(ws.tracking_uri, "nan-it")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ablate.cli import standard_job
 from ablate.config import parse_experiment
 from ablate.launch.driver import launch_grid
 from ablate.workspace import Workspace
@@ -36,7 +37,7 @@ def test_grid_survives_a_lost_node(ray_cluster, workdir: Path) -> None:
     killer = threading.Thread(target=kill_worker_after_first_checkpoint, daemon=True)
     killer.start()
     try:
-        result = launch_grid(parse_experiment(raw), ws)
+        result = launch_grid(parse_experiment(raw), ws, job=standard_job())
     finally:
         killer.join(timeout=5)
         if killed.is_set():  # give the session's cluster its second node back

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import ablate.loop as loop
+import ablate.methods.loop as loop
 import ablate.methods.pmdm as pmdm
 from ablate.errors import UserError
-from ablate.loop import NonFiniteLoss
+from ablate.methods.loop import NonFiniteLoss
 from ablate.methods.pmdm import ConditionalDDPM, EstimatorError, data_fingerprint
 from ablate.methods.registry import build_method
 from ablate.precision import autocast

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ablate.cli import standard_job
 from ablate.launch.driver import launch_status, resume
 from ablate.workspace import Workspace
 from tests.conftest import tiny_experiment, trial_runs
@@ -88,7 +89,7 @@ def test_killed_driver_then_resume_completes_without_duplicates(ray_cluster, wor
     for folder in (Path(ws.storage) / "resume-it" / checkpointed[0]).glob("checkpoint_*"):
         shutil.rmtree(folder)
 
-    result = resume(ws, "resume-it")
+    result = resume(ws, "resume-it", job=standard_job())
     assert result.n_errors == 0
     after = trial_runs(ws.tracking_uri, "resume-it")
     assert len(after) == 4  # one run per trial, none duplicated by the restart

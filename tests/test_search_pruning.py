@@ -9,6 +9,7 @@ import pytest
 from optuna.trial import TrialState
 from ray import tune
 
+from ablate.cli import standard_job
 from ablate.config import parse_experiment
 from ablate.launch.driver import launch_search, read_record
 from ablate.launch.searcher import PruningAwareOptunaSearch
@@ -56,7 +57,7 @@ def test_search_records_consistent_states(ray_cluster, workdir: Path) -> None:
         },
     }
     ws = Workspace.create(workdir)
-    result = launch_search(parse_experiment(raw), ws)
+    result = launch_search(parse_experiment(raw), ws, job=standard_job())
     assert result.n_trials == 4 and result.n_errors == 0
 
     record = read_record(ws, "search-it")

@@ -307,6 +307,6 @@ def test_launch_preflight_fails_before_any_run_or_record(tmp_path: Path) -> None
 
 @pytest.mark.slow
 def test_a_node_without_the_project_is_named_before_any_trial(ray_cluster) -> None:
-    preflight.check_nodes()  # every node of the test cluster has it
+    preflight.check_nodes("trainables.ablation")  # every node of the test cluster has it
     with pytest.raises(UserError, match=r"Ray node\(s\) .*No module named 'no_such_pkg'.*install"):
         preflight.check_nodes(module="no_such_pkg.trainable")

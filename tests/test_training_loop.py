@@ -10,7 +10,7 @@ import torch
 
 from ablate.config import DataConfig, parse_experiment
 from ablate.data.store import build_dataset
-from ablate.loop import NonFiniteLoss
+from ablate.methods.loop import NonFiniteLoss
 from ablate.training.evaluation import evaluate_method
 from ablate.training.seeding import seed_everything
 from ablate.training.trial import TrainingRun

@@ -12,7 +12,6 @@ import json
 import math
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +21,16 @@ from ray import tune
 
 from ablate import mlflow_ui, tracking
 from ablate import storage as storage_mod
-from ablate.config import TrialConfig, flatten, parse_experiment
+from ablate.config import TrialConfig, parse_experiment
 from ablate.errors import UserError
 from ablate.lesions import lesion_summary
 from ablate.metric_names import TEST_SUBJECTS
+from ablate.training.context import LaunchContext
 from ablate.training.evaluation import evaluate_method, write_evaluation_artifacts
 from ablate.training.progress import ProgressPoster
 from ablate.training.seeding import capture_rng, restore_rng, seed_everything
 from ablate.training.trial import TrainingRun
-from ablate.trials import lookup_estimate, trial_config
+from ablate.trials import trial_config, trial_params
 
 CHECKPOINT_FILE = "state.pt"
 #: The trial artifact naming the subjects of its train, val and test splits.
@@ -51,52 +51,11 @@ class TrialFailed(UserError):
     """A trial stopped for a reason the user must see (NaN loss, bad data for the row...)."""
 
 
-@dataclass(frozen=True)
-class LaunchContext:
-    """What every trial of one launch shares; created by the driver (``ablate.launch.driver``)."""
-
-    tracking_uri: str
-    experiment_id: str
-    parent_run_id: str
-    dataset_root: str
-    cache_dir: str
-    kind: str  # "launch" (a grid) or "search"
-    #: The launch's ``--storage``; with an object store, nodes rebuild or fetch the dataset
-    #: (checked by ``dataset_sha256``; an imported one staged at ``dataset_staged``) and
-    #: ``cache_dir`` is a location in the storage (see :mod:`ablate.data.staging`).
-    storage: str = ""
-    dataset_sha256: str = ""
-    dataset_staged: str = ""
-    dataset_name: str = ""  # with ``dataset_sha256``, tagged on every trial run
-    #: With ``data.folds``: the hash of the dataset's frozen folds, tagged on every trial run
-    #: and checked on each node (:func:`ablate.data.folds.trial_splits`).
-    fold_hash: str = ""
-    val_samples: int = 1  # K per validation slice: > 1 when a search optimises sd / ams_*
-    #: The plan's estimated wall seconds per trial, by :func:`ablate.trials.trial_key`.
-    estimates: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    def estimate(self, point: dict[str, Any]) -> float | None:
-        return lookup_estimate(self.estimates, point)
-
-
 def _run_name(trial: TrialConfig, trial_id: str, searched: bool) -> str:
     """``<row>-s<seed>`` (``-f<fold>`` when cross-validated); search samples share row and
     seed, so they add the trial id."""
     name = f"{trial.row_name}-s{trial.seed}" + ("" if trial.fold is None else f"-f{trial.fold}")
     return f"{name}-{trial_id}" if searched else name
-
-
-def trial_params(trial: TrialConfig) -> dict[str, Any]:
-    """A trial's MLflow params: ``row``, ``seed``, ``fold`` (cross-validated) and every
-    setting as a dotted key."""
-    params: dict[str, Any] = {"row": trial.row_name, "seed": trial.seed}
-    if trial.fold is not None:
-        params["fold"] = trial.fold
-    params.update(flatten(trial.model_dump(mode="json", exclude={"row_name", "seed", "fold"})))
-    return params
 
 
 def _load_checkpoint(storage: str) -> dict[str, Any] | None:

@@ -31,9 +31,11 @@ from ablate.launch import preflight
 from ablate.launch.callbacks import CheckpointGuard, MlflowTrialStates, PlanVsActual, TrialProgress
 from ablate.launch.interrupts import Interrupted, active_stop_signals, stoppable
 from ablate.launch.interrupts import reinstall as reinstall_stop_signals
+from ablate.launch.job import Job
 from ablate.launch.searcher import PruningAwareOptunaSearch, optuna_distribution
 from ablate.launches import LAUNCH_RECORD, read_launch_record
 from ablate.shipped import shipped_space
+from ablate.training.context import LaunchContext
 from ablate.trials import (
     FOLD,
     ROW,
@@ -43,9 +45,9 @@ from ablate.trials import (
     grid_axes,
     search_base,
     search_trials,
+    trial_params,
 )
 from ablate.workspace import Workspace
-from trainables.ablation import LaunchContext, train_trial, trial_params
 
 #: Run the next trial in the worker process of a finished one (Tune's ``reuse_actors``):
 #: a short trial then skips importing torch, MLflow and ablate again
@@ -146,13 +148,13 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
         ) from None
 
 
-def _preflight(tracking_uri: str, storage: str, address: str | None) -> None:
+def preflight_launch(tracking_uri: str, storage: str, address: str | None, job: Job) -> None:
     """Fail in seconds, before any run or record exists (:mod:`ablate.launch.preflight`)."""
     preflight.check_tracking(tracking_uri)
     preflight.check_storage(storage)
     start_ray(address)
     if address:  # an embedded Ray runs in this very environment
-        preflight.check_nodes()
+        preflight.check_nodes(module=job.module)
 
 
 def _resources(res: ResourcesConfig) -> dict[str, float]:
@@ -267,12 +269,12 @@ def _with_plan(ctx: LaunchContext, ws: Workspace, name: str, plan: Any) -> Launc
     return dataclasses.replace(ctx, estimates=plan.estimates())
 
 
-def _write_record(ws: Workspace, name: str, record: dict[str, Any]) -> None:
+def write_record(ws: Workspace, name: str, record: dict[str, Any]) -> None:
     location = storage_mod.join(ws.launch_results(name), LAUNCH_RECORD)
     storage_mod.write_text(location, json.dumps(record, indent=2, default=str))
 
 
-def _run_config(exp: ExperimentConfig, ws: Workspace, name: str, ctx: LaunchContext, total: int):
+def run_config(exp: ExperimentConfig, ws: Workspace, name: str, ctx: LaunchContext, total: int):
     from ray import tune
 
     return tune.RunConfig(
@@ -294,20 +296,20 @@ def _run_config(exp: ExperimentConfig, ws: Workspace, name: str, ctx: LaunchCont
     )
 
 
-def _trial_name(trial: Any) -> str:
+def trial_name(trial: Any) -> str:
     fold = trial.config.get(FOLD)
     name = f"{trial.config.get(ROW, 'trial')}-s{trial.config.get(SEED, '')}"
     return f"{name}{'' if fold is None else f'-f{fold}'}-{trial.trial_id}"
 
 
-def _trainable(exp: ExperimentConfig, ctx: LaunchContext) -> Any:
+def trainable(exp: ExperimentConfig, ctx: LaunchContext, job: Job) -> Any:
     """The Ray trainable of a launch: every trial resolves its settings from ``exp`` and
     its point of the param space, with the launch's resources."""
     from ray import tune
 
     return tune.with_resources(
         tune.with_parameters(
-            train_trial, context=ctx.to_dict(), experiment=exp.model_dump(mode="json")
+            job.train, context=ctx.to_dict(), experiment=exp.model_dump(mode="json")
         ),
         _resources(exp.resources),
     )
@@ -329,6 +331,7 @@ def launch_grid(
     overrides: dict[str, Any] | None = None,
     parent_tags: dict[str, str] | None = None,
     gpu: str | None = None,
+    job: Job,
 ) -> LaunchResult:
     """Run every row x seed (x grid axes) as one Ray Tune experiment; return how it ended.
 
@@ -346,9 +349,9 @@ def launch_grid(
     trials = expand(exp)  # every trial checked before anything starts
     preflight.check_networks(trials)  # and its networks built on the meta device
     plan = _plan(exp, ws, search=False, gpu=gpu)
-    _preflight(ws.tracking_uri, ws.storage, address)
+    preflight_launch(ws.tracking_uri, ws.storage, address, job)
     ctx = _with_plan(_prepare(exp, ws, "launch", name, overrides, parent_tags), ws, name, plan)
-    _write_record(
+    write_record(
         ws,
         name,
         {
@@ -360,21 +363,27 @@ def launch_grid(
         },
     )
     tuner = tune.Tuner(
-        _trainable(exp, ctx),
+        trainable(exp, ctx, job),
         param_space={axis: tune.grid_search(values) for axis, values in grid_axes(exp).items()},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=exp.resources.max_concurrent or None,
             reuse_actors=REUSE_ACTORS,
-            trial_name_creator=_trial_name,
-            trial_dirname_creator=_trial_name,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
         ),
-        run_config=_run_config(exp, ws, name, ctx, len(trials)),
+        run_config=run_config(exp, ws, name, ctx, len(trials)),
     )
-    return _fit(tuner, ctx, exp.name, name, len(trials), resume_hint(ws, name))
+    return fit(tuner, ctx, exp.name, name, len(trials), resume_hint(ws, name), job)
 
 
-def _fit(
-    tuner: Any, ctx: LaunchContext, experiment: str, name: str, total: int, hint: str
+def fit(
+    tuner: Any,
+    ctx: LaunchContext,
+    experiment: str,
+    name: str,
+    total: int,
+    hint: str,
+    job: Job,
 ) -> LaunchResult:
     """Run a launch's Tuner and end its MLflow runs truthfully: the parent FINISHED only when
     every trial finished, FAILED with the count when some failed, KILLED when a signal
@@ -388,7 +397,7 @@ def _fit(
         errors = sum(1 for r in grid if r.error is not None)
         n_trials = max(len(grid), total)
         if stop.signum is None:
-            mlflow_ui.attach_report(ctx.tracking_uri, experiment, ctx.parent_run_id, name)
+            job.attach_report(ctx.tracking_uri, experiment, ctx.parent_run_id, name)
     except BaseException as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else stop.signum
         if signum is None and isinstance(exc, KeyboardInterrupt):
@@ -461,6 +470,7 @@ def launch_search(
     overrides: dict[str, Any] | None = None,
     gpu: str | None = None,
     study_storage: str | None = None,
+    job: Job,
 ) -> LaunchResult:
     """Optuna TPE (multivariate) over ``exp.search.params`` of one row, with ASHA pruning.
 
@@ -488,7 +498,7 @@ def launch_search(
     plan = _plan(exp, ws, search=True, gpu=gpu)
     storage_url = study_storage or ws.study_storage
     preflight.check_study_url(storage_url)
-    _preflight(ws.tracking_uri, ws.storage, address)
+    preflight_launch(ws.tracking_uri, ws.storage, address, job)
     study_db = preflight.open_study_storage(storage_url)
     ctx = _with_plan(_prepare(row_exp, ws, "search", name, overrides), ws, name, plan)
     if any(m == "sd" or m.startswith("ams_") for m, _ in search.objectives):
@@ -505,7 +515,7 @@ def launch_search(
             tracking.TAG_SEARCH_PARAMS: ",".join(search.params),
         },
     )
-    _write_record(
+    write_record(
         ws,
         name,
         {
@@ -538,7 +548,7 @@ def launch_search(
             reduction_factor=search.reduction_factor,
         )
     tuner = tune.Tuner(
-        _trainable(row_exp, ctx),
+        trainable(row_exp, ctx, job),
         param_space={
             **search_base(exp),
             **{key: optuna_distribution(p) for key, p in search.params.items()},
@@ -550,9 +560,9 @@ def launch_search(
             max_concurrent_trials=exp.resources.max_concurrent or None,
             reuse_actors=REUSE_ACTORS,
         ),
-        run_config=_run_config(exp, ws, name, ctx, search.num_samples),
+        run_config=run_config(exp, ws, name, ctx, search.num_samples),
     )
-    return _fit(tuner, ctx, exp.name, name, search.num_samples, resume_hint(ws, name))
+    return fit(tuner, ctx, exp.name, name, search.num_samples, resume_hint(ws, name), job)
 
 
 def best_search_config(ws: Workspace, name: str) -> dict[str, Any]:
@@ -591,7 +601,7 @@ def _launch_trials(record: dict[str, Any]) -> tuple[ExperimentConfig, int]:
 
 
 @stoppable
-def resume(ws: Workspace, name: str, *, address: str | None = None) -> LaunchResult:
+def resume(ws: Workspace, name: str, *, job: Job, address: str | None = None) -> LaunchResult:
     """Restore an interrupted grid or search: errored and unfinished trials run again,
     each into its own MLflow child run (found by trial id), under the same parent run."""
     from ray import tune
@@ -606,16 +616,22 @@ def resume(ws: Workspace, name: str, *, address: str | None = None) -> LaunchRes
         raise UserError(f"Ray has no restorable state at {path}: the launch never started")
     if record["kind"] == "search":  # the restored searcher reopens its study database
         preflight.open_study_storage(record["optuna_storage"], record["optuna_study"])
-    _preflight(ctx.tracking_uri, ws.storage, address)
+    preflight_launch(ctx.tracking_uri, ws.storage, address, job)
     tracking.reopen_run(ctx.tracking_uri, ctx.parent_run_id)
     tuner = tune.Tuner.restore(
-        path, trainable=_trainable(exp, ctx), resume_unfinished=True, resume_errored=True
+        path, trainable=trainable(exp, ctx, job), resume_unfinished=True, resume_errored=True
     )
-    return _fit(tuner, ctx, exp.name, name, total, resume_hint(ws, name))
+    return fit(tuner, ctx, exp.name, name, total, resume_hint(ws, name), job)
 
 
 def confirm_best(
-    exp: ExperimentConfig, ws: Workspace, search_name: str, n_seeds: int, *, address: str | None
+    exp: ExperimentConfig,
+    ws: Workspace,
+    search_name: str,
+    n_seeds: int,
+    *,
+    address: str | None,
+    job: Job,
 ) -> LaunchResult:
     """Re-run the best configuration of a search over ``n_seeds`` seeds as a grid launch:
     the searched row (as ``<row>_best``) with each best value as a one-value grid axis, so the
@@ -633,12 +649,18 @@ def confirm_best(
     )
     tags = _confirm_tags(ws, search_name, "best")
     return launch_grid(
-        confirm, ws, address=address, name=f"{search_name}-confirm", parent_tags=tags
+        confirm, ws, address=address, name=f"{search_name}-confirm", parent_tags=tags, job=job
     )
 
 
 def confirm_defaults(
-    exp: ExperimentConfig, ws: Workspace, search_name: str, n_seeds: int, *, address: str | None
+    exp: ExperimentConfig,
+    ws: Workspace,
+    search_name: str,
+    n_seeds: int,
+    *,
+    address: str | None,
+    job: Job,
 ) -> LaunchResult:
     """The searched row as its YAML declares it (``<row>_defaults``) over the same seeds as
     :func:`confirm_best`, so the best configuration has a paired baseline."""
@@ -653,7 +675,7 @@ def confirm_defaults(
     )
     tags = _confirm_tags(ws, search_name, "defaults")
     return launch_grid(
-        defaults, ws, address=address, name=f"{search_name}-defaults", parent_tags=tags
+        defaults, ws, address=address, name=f"{search_name}-defaults", parent_tags=tags, job=job
     )
 
 

@@ -213,9 +213,9 @@ def open_study_storage(url: str, study: str | None = None) -> Any:
     return opened
 
 
-def check_nodes(timeout_s: float = 60.0, module: str = "trainables.ablation") -> None:
+def check_nodes(module: str, timeout_s: float = 60.0) -> None:
     """Run a task on every alive node that imports ``module`` (the trainable, and with it
-    the project); name the nodes that fail."""
+    the project: :attr:`ablate.launch.job.Job.module`); name the nodes that fail."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 

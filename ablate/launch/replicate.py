@@ -3,9 +3,10 @@
 ``ablate run SPACE --until-resolved --max-seeds 10 --budget 200h`` (or ``analysis.replicate:``
 in the YAML) is one launch: one MLflow parent run, whose trials are the waves' trials. Wave 1
 is the YAML's rows x seeds, run as any grid launch (:func:`ablate.launch.driver.launch_grid`).
-After each wave the launch is analysed as ``ablate table`` analyses it
-(:func:`dashboards.contrasts.launch_analysis`) and :func:`ablate.analysis.replication.decide`
-says which rows the next wave gives which new seeds, or why replication stops.
+After each wave the launch is analysed as ``ablate table`` analyses it (the job's
+``analyse``, which the CLI sets to :func:`dashboards.contrasts.launch_analysis`) and
+:func:`ablate.analysis.replication.decide` says which rows the next wave gives which new
+seeds, or why replication stops.
 
 Each wave is its own Ray Tune experiment (wave 1 at ``<storage>/<name>``, wave k at
 ``<storage>/<name>/wave<k>``), all under the one parent run. The waves and decisions are kept
@@ -33,20 +34,21 @@ from ablate.errors import UserError
 from ablate.launch.driver import (
     REUSE_ACTORS,
     LaunchResult,
-    _fit,
-    _preflight,
-    _run_config,
-    _trainable,
-    _trial_name,
-    _write_record,
+    fit,
     launch_grid,
+    preflight_launch,
     read_record,
     resume_hint,
+    run_config,
+    trainable,
+    trial_name,
+    write_record,
 )
 from ablate.launch.interrupts import Interrupted, stoppable
+from ablate.launch.job import Job
+from ablate.training.context import LaunchContext
 from ablate.trials import ROW, SEED, expand
 from ablate.workspace import Workspace
-from trainables.ablation import LaunchContext
 
 #: The launch record's key of the waves and decisions.
 RECORD_KEY = "replication"
@@ -99,6 +101,7 @@ def launch_waves(
     overrides: dict[str, Any] | None = None,
     gpu: str | None = None,
     report: Report | None = None,
+    job: Job,
 ) -> LaunchResult:
     """Run wave 1 (the YAML's rows x seeds) as a grid launch, then waves until the decision
     stops (the module's rule); ``report`` is called with each decision (the CLI prints it).
@@ -106,21 +109,26 @@ def launch_waves(
     check_replicable(exp)
     name = name or exp.name
     started = time.perf_counter()
-    first = launch_grid(exp, ws, address=address, name=name, overrides=overrides, gpu=gpu)
-    return _drive(ws, name, address, first, report, started)
+    first = launch_grid(exp, ws, address=address, name=name, overrides=overrides, gpu=gpu, job=job)
+    return _drive(ws, name, address, first, report, started, job)
 
 
 @stoppable
 def resume_waves(
-    ws: Workspace, name: str, *, address: str | None = None, report: Report | None = None
+    ws: Workspace,
+    name: str,
+    *,
+    job: Job,
+    address: str | None = None,
+    report: Report | None = None,
 ) -> LaunchResult:
     """Continue a replicated launch where it stopped: the wave it was in (restored, or started
     if the driver stopped before it had), then the waves that follow."""
     started = time.perf_counter()
     record = read_record(ws, name)
     ctx = LaunchContext(**record["context"])
-    _preflight(ctx.tracking_uri, ws.storage, address)
-    return _drive(ws, name, address, None, report, started)
+    preflight_launch(ctx.tracking_uri, ws.storage, address, job)
+    return _drive(ws, name, address, None, report, started, job)
 
 
 def is_replicated(record: dict[str, Any]) -> bool:
@@ -141,6 +149,7 @@ def _drive(
     result: LaunchResult | None,
     report: Report | None,
     started: float,
+    job: Job,
 ) -> LaunchResult:
     """The wave loop from the record's state. ``result``: how wave 1 just ended, if it ran in
     this process (which began the launch at ``started``); ``report`` is shown each decision.
@@ -150,7 +159,7 @@ def _drive(
     exp = parse_experiment(record["experiment"], source="launch record")
     ctx = LaunchContext(**record["context"])
     try:
-        return _waves(exp, ws, name, ctx, record, address, result, report, started)
+        return _waves(exp, ws, name, ctx, record, address, result, report, started, job)
     except Interrupted as stop:
         if stop.hint:  # stopped in a wave's fit, which ended the runs and named the resume
             raise
@@ -170,6 +179,7 @@ def _waves(
     result: LaunchResult | None,
     report: Report | None,
     started: float,
+    job: Job,
 ) -> LaunchResult:
     """The loop of :func:`_drive`: decide after each wave, run the next."""
     replicate = check_replicable(exp)
@@ -191,10 +201,10 @@ def _waves(
             _save(ws, name, record, ctx)
             continue
         if result is None or len(waves) > 1:
-            result = _run_wave(exp, ws, name, ctx, waves, address)
+            result = _run_wave(exp, ws, name, ctx, waves, address, job)
         if result.status != "completed":  # interrupted or failed: `ablate resume` goes on
             return result
-        decision = _decide(exp, replicate, ctx, waves)
+        decision = _decide(exp, replicate, ctx, waves, job)
         decisions.append(decision.to_dict())
         _save(ws, name, record, ctx)
         if report is not None:
@@ -202,12 +212,14 @@ def _waves(
 
 
 def _decide(
-    exp: ExperimentConfig, replicate: ReplicateConfig, ctx: LaunchContext, waves: list[dict]
+    exp: ExperimentConfig,
+    replicate: ReplicateConfig,
+    ctx: LaunchContext,
+    waves: list[dict],
+    job: Job,
 ) -> Decision:
     """The decision after the last wave, from the launch's analysis and its trials' wall time."""
-    from dashboards.contrasts import launch_analysis
-
-    analysis = launch_analysis(ctx.tracking_uri, exp.name, ctx.parent_run_id)
+    analysis = job.analyse(ctx.tracking_uri, exp.name, ctx.parent_run_id)
     seeds: dict[str, list[int]] = {row: [] for row in exp.rows}
     for wave in waves:
         for row in wave["rows"]:
@@ -245,6 +257,7 @@ def _run_wave(
     ctx: LaunchContext,
     waves: list[dict],
     address: str | None,
+    job: Job,
 ) -> LaunchResult:
     """Run the last wave under the launch's parent run: restored where Ray saved its state,
     else started; the parent's trial count is every wave's so far."""
@@ -259,7 +272,7 @@ def _run_wave(
         storage_mod.check_private(path)  # Tuner.restore unpickles what is there
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(
-            path, trainable=_trainable(exp, ctx), resume_unfinished=True, resume_errored=True
+            path, trainable=trainable(exp, ctx, job), resume_unfinished=True, resume_errored=True
         )
     else:
         if not wave["ray_name"]:
@@ -267,7 +280,7 @@ def _run_wave(
         wave_exp = exp.model_copy(update={"rows": {r: exp.rows[r] for r in wave["rows"]}})
         expand(wave_exp.model_copy(update={"seeds": wave["seeds"]}))  # checked before it starts
         tuner = tune.Tuner(
-            _trainable(exp, ctx),
+            trainable(exp, ctx, job),
             param_space={
                 ROW: tune.grid_search(wave["rows"]),
                 SEED: tune.grid_search(wave["seeds"]),
@@ -275,10 +288,10 @@ def _run_wave(
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=exp.resources.max_concurrent or None,
                 reuse_actors=REUSE_ACTORS,
-                trial_name_creator=_trial_name,
-                trial_dirname_creator=_trial_name,
+                trial_name_creator=trial_name,
+                trial_dirname_creator=trial_name,
             ),
-            run_config=_run_config(
+            run_config=run_config(
                 exp,
                 dataclasses.replace(ws, storage=home),
                 wave["ray_name"],
@@ -286,13 +299,13 @@ def _run_wave(
                 len(wave["rows"]) * len(wave["seeds"]),
             ),
         )
-    return _fit(tuner, ctx, exp.name, name, total, resume_hint(ws, name))
+    return fit(tuner, ctx, exp.name, name, total, resume_hint(ws, name), job)
 
 
 def _save(ws: Workspace, name: str, record: dict[str, Any], ctx: LaunchContext) -> None:
     """The waves and decisions into the launch record (what resume reads) and onto the
     parent run (tag: the number of waves; artifact: ``<name>.replication.json``)."""
-    _write_record(ws, name, record)
+    write_record(ws, name, record)
     state = record[RECORD_KEY]
     path = ws.workdir / f"{name}.replication.json"
     path.write_text(json.dumps(state, indent=2, default=str))

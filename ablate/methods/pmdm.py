@@ -11,7 +11,7 @@ so the pair is also the paper's estimator ablation.
 
 Stage 1 runs in :meth:`ConditionalDDPM.prepare`, once per (dataset, split, seed, estimator
 settings): a DeepPET row's method trained by the trial's own loop
-(:class:`~ablate.loop.TrainingLoop`: the same batch order, precision, device resolution and
+(:class:`~ablate.methods.loop.TrainingLoop`: the same batch order, precision, device resolution and
 NaN report as any trial). The trained estimator is kept in the trial's
 :class:`~ablate.shared_cache.SharedCache` as ``deeppet-<content hash>.pt``, and every later
 PMDM trial with the same key (a grid of PMDM variants, a retried trial) loads it instead of
@@ -45,9 +45,9 @@ from ablate.diffusion.conditional import ConditionalDiffusion, to_model_scale
 from ablate.diffusion.samplers import Prediction, Sampling
 from ablate.diffusion.schedules import NoiseSchedule
 from ablate.errors import UserError
-from ablate.loop import TrainingLoop
 from ablate.methods.base import Batch
 from ablate.methods.deeppet import DeepPETMethod, SinogramMethod
+from ablate.methods.loop import TrainingLoop
 from ablate.models.deeppet import DeepPET
 from ablate.models.unet import UNetShape
 from ablate.precision import Precision

@@ -1,7 +1,7 @@
 """One trial, independent of Ray: build its method and data, train N steps, save, restore.
 
 Kept apart from the Ray trainable so it is testable (and benchmarkable) on its own. The
-steps themselves run in :class:`ablate.loop.TrainingLoop` (the loop PMDM's stage 1 uses
+steps themselves run in :class:`ablate.methods.loop.TrainingLoop` (the loop PMDM's stage 1 uses
 too); a :class:`TrainingRun` adds what only a trial has: its splits, the settings it
 resolves from the trial config, checkpoint state, complexity and export.
 
@@ -28,8 +28,8 @@ from ablate.data.dataset import SliceDataset
 from ablate.data.folds import trial_splits
 from ablate.device import resolve_device
 from ablate.errors import UserError
-from ablate.loop import TrainingLoop, to_device
 from ablate.methods.base import Batch, Method
+from ablate.methods.loop import TrainingLoop, to_device
 from ablate.methods.registry import build_method, check_dataset
 from ablate.planning.complexity import count_macs, count_params
 from ablate.serving import write_spec
