@@ -11,7 +11,12 @@ from typing import Any
 import pytest
 import torch
 
+from ablate.launch.local_ray import LOOPBACK, SINGLE_NODE_ENV
+
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Before anything imports Ray: the test clusters are single-machine ones, so Ray keeps their
+# 127.0.0.1 (it would swap in the machine's address and listen on every interface).
+os.environ.setdefault(SINGLE_NODE_ENV, "0")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -35,7 +40,8 @@ def one_torch_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[Any]:
-    """A real Ray cluster of two nodes (head + worker raylet) on this machine."""
+    """A real Ray cluster of two nodes (head + worker raylet) on this machine, every server
+    bound to 127.0.0.1 as the embedded Ray is (:mod:`ablate.launch.local_ray`)."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -43,9 +49,9 @@ def ray_cluster() -> Iterator[Any]:
         ray.shutdown()
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 1, "include_dashboard": False},
+        head_node_args={"num_cpus": 1, "include_dashboard": False, "node_ip_address": LOOPBACK},
     )
-    worker = cluster.add_node(num_cpus=1)
+    worker = cluster.add_node(num_cpus=1, node_ip_address=LOOPBACK)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
     cluster.worker_node = worker

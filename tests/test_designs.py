@@ -268,14 +268,16 @@ def test_leave_one_out_shows_contrasts_not_effects(tmp_path: Path) -> None:
 def test_command_line_design_keys_change_the_generated_rows() -> None:
     """``design.kind=...`` on the command line applies before the rows are generated (and
     ``--rows`` keeps some of them, marked in the plan's design lines)."""
-    from ablate.cli import _experiment
+    from ablate.cli.settings import experiment_with_settings
     from ablate.planning.plan import design_lines
 
     space = REPO / "search_spaces" / "demo_factorial.yaml"
-    exp, overrides = _experiment(space, ["design.kind=leave_one_out", "train.steps=10"])
+    exp, overrides = experiment_with_settings(
+        space, ["design.kind=leave_one_out", "train.steps=10"]
+    )
     assert list(exp.rows) == ["full", "full-irm", "full-nas", "full-spectrum", "full-contrastive"]
     assert exp.train.steps == 10 and overrides["design.kind"] == "leave_one_out"
-    exp, _ = _experiment(space, [], rows="irm,full")
+    exp, _ = experiment_with_settings(space, [], rows="irm,full")
     lines = design_lines(exp)
     assert lines[0].startswith("design: factorial") and "12 rows" in lines[0]
     assert sum("(not launched: --rows)" in line for line in lines) == 10

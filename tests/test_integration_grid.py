@@ -241,6 +241,15 @@ def test_export_predict_pyfunc_and_serve_as_a_user(grid: Grid) -> None:
     assert not (home / "mlflow.db").exists()
 
 
+def test_the_test_cluster_listens_on_loopback_only(ray_cluster) -> None:
+    """Every node of the test cluster is 127.0.0.1, as the embedded Ray is: nothing the suite
+    starts listens on the machine's network."""
+    import ray
+
+    assert {node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]} == {"127.0.0.1"}
+    assert ray_cluster.address.startswith("127.0.0.1:")
+
+
 def test_nan_trial_fails_with_its_reason_and_the_grid_goes_on(ray_cluster, workdir: Path) -> None:
     raw = tiny_experiment("nan-it", {"cpm": {"method": "coarse_to_fine"}})
     raw.update({"seeds": [0], "grid": {"train.lr": [1e-3, 1e30]}, "max_failures": 0})

@@ -12,6 +12,7 @@ import pytest
 from ablate.cli import standard_job
 from ablate.config import parse_experiment
 from ablate.launch.driver import launch_grid
+from ablate.launch.local_ray import LOOPBACK
 from ablate.workspace import Workspace
 from tests.conftest import tiny_experiment, trial_runs
 
@@ -41,7 +42,7 @@ def test_grid_survives_a_lost_node(ray_cluster, workdir: Path) -> None:
     finally:
         killer.join(timeout=5)
         if killed.is_set():  # give the session's cluster its second node back
-            ray_cluster.worker_node = ray_cluster.add_node(num_cpus=1)
+            ray_cluster.worker_node = ray_cluster.add_node(num_cpus=1, node_ip_address=LOOPBACK)
             ray_cluster.wait_for_nodes()
     assert killed.is_set(), "the worker node was never killed"
     assert result.n_errors == 0
