@@ -5,8 +5,9 @@ from tags that its fluent API resolves in ``mlflow.tracking.context.registry`` a
 ``mlflow.utils.git_utils``, under names kept in ``mlflow.utils.mlflow_tags``. ablate makes its
 runs through ``MlflowClient`` with explicit run ids (many in Ray workers), so it resolves the
 same tags itself, here and nowhere else. The tag *names* are documented ("system tags"); the
-modules that hold them and the resolvers are not. ``tests/test_mlflow_internals.py`` checks
-all of it against the installed MLflow and fails loudly when an upgrade moves or renames it.
+modules that hold them and the resolvers are not.
+``tests/unit/core/test_mlflow_internals.py`` checks all of it against the installed MLflow and
+fails loudly when an upgrade moves or renames it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A tiny folder of a user's own scans, as README "Your own data" expects: ``scans/`` holding
 ``sub01_full.nii.gz`` / ``sub01_low.nii.gz`` ... (LAS, int16 with ``scl_slope``, Bq/mL) with
 PET-BIDS ``_pet.json``-style sidecars (``sub01_full.json``) giving dose, weight and times, so
-``--units suv`` works. Used by tests/test_own_data.py and the README-verbatim test."""
+``--units suv`` works. Used by tests/integration/test_own_data.py and the README-verbatim test."""
 
 from __future__ import annotations
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.paths import REPO
+
+ROOT = REPO
 PACKAGES = ("ablate", "trainables", "dashboards")
 #: Top to bottom; a layer's packages, most specific first within the whole list.
 LAYERS: tuple[tuple[str, ...], ...] = (

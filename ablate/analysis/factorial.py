@@ -10,13 +10,13 @@ over the other factors (in the metric's units), and ``b_ij`` the interaction, ho
 effect of one factor changes when the other is on. Three-factor and higher interactions are
 assumed absent. The seed and the subject are blocks: whatever a seed or a subject adds to every
 row falls into ``b0`` and cancels from each effect, and the estimate is the same as statsmodels'
-OLS of ``value ~ C(seed) + C(subject) + terms`` on complete data (``tests/test_designs.py``
-checks that). The CI is not OLS's: its residual pools what a seed does to one row but not
-another with per-subject noise and counts every subject of every seed as a replicate, the
-slice-as-replicate error one level up. Each effect is a contrast of the rows (a row of the
-design matrix's pseudo-inverse), so its block values ``b[s, j]`` go through the same crossed
-seed x subject estimator as every contrast of the table (``ablate.analysis.estimates``), and
-the effects x metrics are one family for the correction.
+OLS of ``value ~ C(seed) + C(subject) + terms`` on complete data
+(``tests/unit/core/test_designs.py`` checks that). The CI is not OLS's: its residual pools what
+a seed does to one row but not another with per-subject noise and counts every subject of every
+seed as a replicate, the slice-as-replicate error one level up. Each effect is a contrast of
+the rows (a row of the design matrix's pseudo-inverse), so its block values ``b[s, j]`` go
+through the same crossed seed x subject estimator as every contrast of the table
+(``ablate.analysis.estimates``), and the effects x metrics are one family for the correction.
 
 A term the rows cannot separate from the terms before it (main effects first, then
 interactions in order) is not estimated: the notes say which terms it is aliased with on

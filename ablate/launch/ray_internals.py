@@ -6,8 +6,8 @@ Ray 2.60 (pinned) keeps the checkpoints it knows of a trial in
 Its public surface only adds checkpoints (``register_checkpoint``) and reads them
 (``Trial.checkpoint``); nothing public forgets one. :class:`ablate.launch.callbacks.CheckpointGuard`
 has to forget checkpoints the driver deleted before it was killed, so it writes the manager's
-private lists here and nowhere else. ``tests/test_ray_internals.py`` runs this against the
-installed Ray and fails loudly when an upgrade moves or renames what it relies on.
+private lists here and nowhere else. ``tests/unit/launch/test_ray_internals.py`` runs this
+against the installed Ray and fails loudly when an upgrade moves or renames what it relies on.
 
 A driver whose token the cluster rejects waits in ``ray.init`` for 20 connection attempts a
 second apart (``ray._private.node.Node._init_gcs_client``) before a generic "Failed to

@@ -8,7 +8,7 @@ that ends without it was stopped early and is told to the study as PRUNED.
 Only the searcher's public interface is used: ``OptunaSearch.on_trial_complete`` tells the
 study PRUNED for a trial that ended without a result and without an error, so an early-stopped
 trial is passed on without its result (its intermediate values are already in the study).
-``tests/test_search_pruning.py`` fails if a Ray upgrade changes that rule.
+``tests/integration/test_search_pruning.py`` fails if a Ray upgrade changes that rule.
 
 Every Tune result of a trial is a validation (live progress goes to the driver's progress
 board, :mod:`ablate.training.progress`, not through Tune, whose strict metric check and ASHA would
