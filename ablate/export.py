@@ -94,12 +94,12 @@ def _experiment_id(study: Study) -> str:
 def study_dataset(study: Study, data: str | None) -> ExportDataset:
     """The dataset ``--data`` names, or the study's only one; with several and no
     ``--data``, a one-line error listing them (:func:`ablate.launches.pick_dataset`)."""
-    clauses = [f"tags.`{tracking.TAG_KIND}` = 'trial'"]
+    tags = {tracking.TAG_KIND: "trial"}
     if study.parent_run_id:
-        clauses.append(f"tags.`{tracking.TAG_PARENT}` = '{study.parent_run_id}'")
+        tags[tracking.TAG_PARENT] = study.parent_run_id
     trials = tracking.client(study.tracking_uri).search_runs(
         [_experiment_id(study)],
-        filter_string=" and ".join(clauses),
+        filter_string=tracking.run_filter(tags),
         order_by=["start_time ASC"],
         max_results=50000,
     )
@@ -124,21 +124,26 @@ def default_model_name(name: str, dataset: ExportDataset) -> str:
     return f"{name}-best" if dataset.first else f"{name}-{dataset.label}-best"
 
 
+def _completed(study: Study, metric: str, row: str | None, dataset: ExportDataset) -> str:
+    """The filter of the study's completed trials with ``metric`` (of ``row``, on ``dataset``)."""
+    tags = {tracking.TAG_STATUS: "completed"}
+    if study.parent_run_id:
+        tags[tracking.TAG_PARENT] = study.parent_run_id
+    if row:
+        tags[tracking.TAG_ROW] = row
+    if dataset.sha256:
+        tags[tracking.TAG_DATASET_SHA256] = dataset.sha256
+    return tracking.run_filter(tags, has_metric=metric)
+
+
 def _ranked_runs(
     study: Study, metric: str, mode: str, row: str | None, dataset: ExportDataset
 ) -> list[Any]:
     mlf = tracking.client(study.tracking_uri)
     experiment_id = _experiment_id(study)
-    clauses = [f"tags.`{tracking.TAG_STATUS}` = 'completed'", f"metrics.`{metric}` > -1e300"]
-    if study.parent_run_id:
-        clauses.append(f"tags.`{tracking.TAG_PARENT}` = '{study.parent_run_id}'")
-    if row:
-        clauses.append(f"tags.`{tracking.TAG_ROW}` = '{row}'")
-    if dataset.sha256:
-        clauses.append(f"tags.`{tracking.TAG_DATASET_SHA256}` = '{dataset.sha256}'")
     runs = mlf.search_runs(
         [experiment_id],
-        filter_string=" and ".join(clauses),
+        filter_string=_completed(study, metric, row, dataset),
         order_by=[f"metrics.`{metric}` {'DESC' if mode == 'max' else 'ASC'}"],
         max_results=len(ALIASES),
     )
@@ -160,7 +165,7 @@ def _search_objectives(tracking_uri: str, experiment: str) -> list[list[tuple[st
         return []
     parents = mlf.search_runs(
         [exp.experiment_id],
-        filter_string=f"tags.`{tracking.TAG_KIND}` = 'search'",
+        filter_string=tracking.run_filter({tracking.TAG_KIND: "search"}),
         order_by=["start_time ASC"],
         max_results=1000,
     )
@@ -309,16 +314,9 @@ def cross_validated(
     never ranked one by one: a fold's score is of its own subjects, so picking the best
     fold's trial would pick on the test data. The exported seed is the row's first complete
     one (not the best scoring: that too would choose on the test folds)."""
-    clauses = [f"tags.`{tracking.TAG_STATUS}` = 'completed'", f"metrics.`{metric}` > -1e300"]
-    if study.parent_run_id:
-        clauses.append(f"tags.`{tracking.TAG_PARENT}` = '{study.parent_run_id}'")
-    if row:
-        clauses.append(f"tags.`{tracking.TAG_ROW}` = '{row}'")
-    if dataset.sha256:
-        clauses.append(f"tags.`{tracking.TAG_DATASET_SHA256}` = '{dataset.sha256}'")
     runs = tracking.client(study.tracking_uri).search_runs(
         [_experiment_id(study)],
-        filter_string=" and ".join(clauses),
+        filter_string=_completed(study, metric, row, dataset),
         order_by=["start_time ASC"],  # a rerun of a (row, seed, fold) supersedes
         max_results=50000,
     )

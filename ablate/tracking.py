@@ -72,6 +72,16 @@ _MAX_PARAM_LEN = 6000
 _MLFLOW_STATUS = {"completed": "FINISHED", "pruned": "KILLED", "interrupted": "KILLED"}
 
 
+def run_filter(tags: Mapping[str, str] | None = None, *, has_metric: str | None = None) -> str:
+    """MLflow's run filter for runs holding every tag value of ``tags`` (and, with
+    ``has_metric``, a finite value of that metric): the one place the filter syntax is
+    written, so a tag name is never quoted differently by two readers."""
+    clauses = [f"tags.`{key}` = '{value}'" for key, value in (tags or {}).items()]
+    if has_metric is not None:
+        clauses.append(f"metrics.`{has_metric}` > -1e300")
+    return " and ".join(clauses)
+
+
 def is_server(tracking_uri: str) -> bool:
     """An ``mlflow server`` (``http(s)://``), as opposed to an embedded store (sqlite, files)."""
     return tracking_uri.startswith(("http://", "https://"))
@@ -228,8 +238,7 @@ def find_or_start_child(
     found = _retry(
         lambda: mlf.search_runs(
             [experiment_id],
-            filter_string=f"tags.`{TAG_TRIAL_ID}` = '{trial_id}' "
-            f"and tags.`{TAG_PARENT}` = '{parent_run_id}'",
+            filter_string=run_filter({TAG_TRIAL_ID: trial_id, TAG_PARENT: parent_run_id}),
             max_results=2,
         )
     )
@@ -334,7 +343,7 @@ def child_runs(tracking_uri: str, experiment_id: str, parent_run_id: str) -> lis
         _retry(
             lambda: mlf.search_runs(
                 [experiment_id],
-                filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
+                filter_string=run_filter({TAG_PARENT: parent_run_id}),
                 max_results=5000,
             )
         )

@@ -331,8 +331,9 @@ class MlflowTrialStates(Callback):
     def _run_of(self, trial: Any) -> Any | None:
         runs = tracking.client(self.tracking_uri).search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`{tracking.TAG_TRIAL_ID}` = '{trial.trial_id}' and "
-            f"tags.`{tracking.TAG_PARENT}` = '{self.parent_run_id}'",
+            filter_string=tracking.run_filter(
+                {tracking.TAG_TRIAL_ID: trial.trial_id, tracking.TAG_PARENT: self.parent_run_id}
+            ),
             max_results=1,
         )
         return runs[0] if runs else None
