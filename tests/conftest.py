@@ -19,7 +19,15 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault(SINGLE_NODE_ENV, "0")
 
 
+#: Integration tests (the CLI and real Ray / MLflow, as a user runs them) are the slow lane:
+#: ``pytest -m "not slow"`` runs the unit tests, less the few marked slow themselves.
+INTEGRATION = Path(__file__).resolve().parent / "integration"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if INTEGRATION in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from tests.paths import REPO
 
-ROOT = REPO
 PACKAGES = ("ablate", "trainables", "dashboards")
 #: Top to bottom; a layer's packages, most specific first within the whole list.
 LAYERS: tuple[tuple[str, ...], ...] = (
@@ -32,7 +31,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 
 
 def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
@@ -42,7 +41,7 @@ def _modules() -> dict[str, Path]:
     return {
         _module_name(path): path
         for package in PACKAGES
-        for path in sorted((ROOT / package).rglob("*.py"))
+        for path in sorted((REPO / package).rglob("*.py"))
     }
 
 

@@ -10,13 +10,11 @@ from pathlib import Path
 
 from tests.paths import REPO
 
-ROOT = REPO
-
 
 def test_gpu_benchmark_measures_every_section_and_checks_the_targets(tmp_path: Path) -> None:
     command = [
-        sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--quick", "--device", "cpu",
-        "--config", str(ROOT / "search_spaces" / "demo.yaml"), "--image-size", "32",
+        sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--quick", "--device", "cpu",
+        "--config", str(REPO / "search_spaces" / "demo.yaml"), "--image-size", "32",
         "--rows", "sr3", "full", "--variants", "fp32", "bf16", "--max-batch", "8",
         "--pack", "1", "2", "--window-s", "2", "--pack-setup-s", "60",
         "--results-dir", str(tmp_path),

@@ -14,8 +14,6 @@ import pytest
 
 from tests.paths import REPO
 
-ROOT = REPO
-
 pytestmark = pytest.mark.slow
 
 
@@ -27,7 +25,7 @@ def wheel_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     wheels = base / "dist"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(wheels), str(ROOT)],
+         "-w", str(wheels), str(REPO)],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     (wheel,) = wheels.glob("ablate_pet-*.whl")
@@ -59,7 +57,7 @@ def test_the_wheel_imports_ablate_from_site_packages(wheel_env: dict[str, str], 
         cwd=tmp_path, env=wheel_env, capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
     assert all("site-packages" in line for line in where), where
-    assert not any(str(ROOT) in line for line in where), where
+    assert not any(str(REPO) in line for line in where), where
 
 
 def test_plan_and_count_run_from_an_empty_folder(wheel_env: dict[str, str], tmp_path: Path):

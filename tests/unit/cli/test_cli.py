@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from ablate.cli import app
@@ -71,6 +72,7 @@ def test_status_and_resume_in_a_workdir_without_a_store_create_nothing(tmp_path:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # waits for the connection timeout
 def test_unreachable_cluster_fails_fast_without_recording(tmp_path: Path) -> None:
     import socket
 

@@ -55,6 +55,7 @@ def test_a_row_reads_its_own_familys_knobs_and_overrides() -> None:
     assert report.differing["prediction"] == {"a": "v", "c": "eps"}
 
 
+@pytest.mark.slow  # three CLI processes (plan, run --dry-run, run --strict)
 def test_plan_warns_about_the_demos_unequal_rows_and_strict_refuses(tmp_path: Path) -> None:
     before = _ablate(tmp_path, "plan", "demo", *UNEQUAL)
     assert before.returncode == 0, before.stderr

@@ -26,8 +26,6 @@ from ablate.trials import expand
 from tests.conftest import tiny_experiment
 from tests.paths import REPO
 
-ROOT = REPO
-
 
 def test_cosine_schedule_runs_from_clean_to_noise() -> None:
     s = NoiseSchedule.cosine(1000)
@@ -134,6 +132,7 @@ def test_evaluation_logs_the_noise_level_diagnostic_of_diffusion_rows(
     assert again.summary == result.summary  # fixed slices, fixed noise: rows and seeds compare
 
 
+@pytest.mark.slow  # 1000 training steps of SR3 (about 20 s on 2 cores)
 def test_memorising_one_slice_samples_it(dataset: Path) -> None:
     """The known answer beyond the exact denoiser: trained on one slice, SR3 must sample that
     slice (every sample >= 30 dB) with AMS >= the single sample, given the condition.
@@ -180,7 +179,7 @@ def test_memorising_one_slice_samples_it_through_the_irm(dataset: Path) -> None:
     to 3.5, -2.5 and -10.7 dB at the three noisiest levels."""
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    raw = yaml.safe_load((ROOT / "search_spaces" / "demo.yaml").read_text())
+    raw = yaml.safe_load((REPO / "search_spaces" / "demo.yaml").read_text())
     raw["rows"] = {"c": {"method": "coarse_to_fine", "irm": True}}
     raw["diffusion"]["irm"] = {"sample_steps": 10, "prediction": "v", "schedule": "cosine"}
     raw["loss"]["cpm"] = 0.0

@@ -35,7 +35,6 @@ from ablate.trials import row_trials
 from tests.paths import REPO
 
 SIZE = 32
-ROOT = REPO
 
 ROWS: dict[str, dict] = {
     "deeppet": {"method": "deeppet", "weight_decay": 1e-5},
@@ -275,7 +274,7 @@ def test_rows_reject_switches_they_cannot_honour(row: dict, message: str) -> Non
 
 
 def test_table1_yaml_has_every_paper_row_at_paper_scale() -> None:
-    exp = load_experiment(ROOT / "search_spaces" / "pmdm_table1.yaml")
+    exp = load_experiment(REPO / "search_spaces" / "pmdm_table1.yaml")
     assert set(exp.rows) == set(TABLE1)
     assert exp.data.preset == "sinogram-256"
     trials = row_trials(exp)

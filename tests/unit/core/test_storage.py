@@ -72,6 +72,7 @@ def test_unreachable_object_store_fails_in_seconds(monkeypatch: pytest.MonkeyPat
     assert time.perf_counter() - started < 10
 
 
+@pytest.mark.slow  # waits out a real outage
 def test_an_object_store_outage_is_waited_out_then_one_line(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
