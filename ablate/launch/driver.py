@@ -235,9 +235,10 @@ def _prepare(
 
 
 def _plan(exp: ExperimentConfig, ws: Workspace, search: bool, gpu: str | None) -> Any:
-    """The launch's cost plan (``ablate.planning.plan``), or None when it cannot be made: a plan
-    never stops a launch, except for a ``--gpu`` name it does not know."""
-    from ablate.planning.plan import launch_device, plan_launch
+    """The launch's cost plan (``ablate.planning.estimates``), or None when it cannot be made:
+    a plan never stops a launch, except for a ``--gpu`` name it does not know."""
+    from ablate.planning.devices import launch_device
+    from ablate.planning.estimates import plan_launch
 
     device = gpu or launch_device(exp)
     try:
@@ -336,7 +337,7 @@ def launch_grid(
     they are recorded in the launch record and as the parent run's ``override.*`` params.
     ``parent_tags`` go on the parent run (a confirm grid names its search there).
     ``gpu``: the device the plan's estimates are for (default:
-    :func:`ablate.planning.plan.launch_device`).
+    :func:`ablate.planning.devices.launch_device`).
     SIGINT/SIGTERM stop it cleanly (:mod:`ablate.launch.interrupts`): the result then says
     ``interrupted``; a signal before the trials start raises :class:`Interrupted`."""
     from ray import tune
