@@ -14,6 +14,8 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,6 +87,27 @@ def run_filter(tags: Mapping[str, str] | None = None, *, has_metric: str | None 
 def is_server(tracking_uri: str) -> bool:
     """An ``mlflow server`` (``http(s)://``), as opposed to an embedded store (sqlite, files)."""
     return tracking_uri.startswith(("http://", "https://"))
+
+
+def check_server(tracking_uri: str, timeout_s: float = 5.0) -> None:
+    """An ``http(s)://`` tracking URI must answer ``GET /health`` (an embedded store has
+    nothing to reach): checked before a launch creates anything, and by a dry run."""
+    if not is_server(tracking_uri):
+        return
+    url = tracking_uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310
+            if response.status == 200:
+                return
+            reason = f"HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        reason = f"HTTP {exc.code}"
+    except (OSError, ValueError) as exc:
+        reason = str(getattr(exc, "reason", exc)) or type(exc).__name__
+    raise UserError(
+        f"cannot reach the MLflow tracking server at {tracking_uri} ({reason}): start it "
+        "(mlflow server --backend-store-uri ... --host 127.0.0.1) or fix --tracking-uri"
+    )
 
 
 def format_objectives(objectives: Iterable[tuple[str, str]]) -> str:

@@ -126,7 +126,8 @@ def _dry_run(
 ) -> None:
     """What ``run``/``search`` would do, without doing it: the plan, the Ray resources
     of each trial and the MLflow experiment it would write to (nothing is created)."""
-    from ablate.planning.plan import dry_run_summary, plan_launch, print_plan
+    from ablate.planning.estimates import plan_launch
+    from ablate.planning.printing import dry_run_summary, print_plan
 
     plan = plan_launch(exp, gpu=gpu, search=kind == "search", workdir=workdir)
     print_plan(plan, console)
@@ -177,7 +178,7 @@ def plan(
     says how many seeds and test subjects detect --effect at 80% power."""
     import json
 
-    from ablate.planning import plan as planning
+    from ablate.planning import estimates, printing
 
     if (effect is not None or pilot is not None) and not power:
         raise UserError("--effect and --pilot go with --power: add --power")
@@ -196,21 +197,21 @@ def plan(
         def load(keys: dict[str, Any]) -> Any:
             return experiment_with_settings(space, overrides, **options, design=keys)[0]
 
-        costs = planning.compare_designs(load, exp.design, **plan_options)
-        planning.print_design_costs(costs, console)
+        costs = estimates.compare_designs(load, exp.design, **plan_options)
+        printing.print_design_costs(costs, console)
         return
     if power:
         assert effect is not None
         frame, source = _pilot(pilot, workdir, tracking_uri)
-        found = planning.power_plan(exp, frame, source, effect, metric, **plan_options)
-        planning.print_power(found, console)
+        found = estimates.power_plan(exp, frame, source, effect, metric, **plan_options)
+        printing.print_power(found, console)
         return
     _like_for_like(exp, strict and not search, show=False)  # the plan prints it
-    result = planning.plan_launch(exp, search=search, **plan_options)
+    result = estimates.plan_launch(exp, search=search, **plan_options)
     if as_json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
         return
-    planning.print_plan(result, console)
+    printing.print_plan(result, console)
 
 
 def _pilot(name: str | None, workdir: Path, tracking_uri: str | None) -> tuple[Any, str]:

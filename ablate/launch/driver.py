@@ -150,7 +150,7 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
 
 def preflight_launch(tracking_uri: str, storage: str, address: str | None, job: Job) -> None:
     """Fail in seconds, before any run or record exists (:mod:`ablate.launch.preflight`)."""
-    preflight.check_tracking(tracking_uri)
+    tracking.check_server(tracking_uri)
     preflight.check_storage(storage)
     start_ray(address)
     if address:  # an embedded Ray runs in this very environment
@@ -237,9 +237,10 @@ def _prepare(
 
 
 def _plan(exp: ExperimentConfig, ws: Workspace, search: bool, gpu: str | None) -> Any:
-    """The launch's cost plan (``ablate.planning.plan``), or None when it cannot be made: a plan
-    never stops a launch, except for a ``--gpu`` name it does not know."""
-    from ablate.planning.plan import launch_device, plan_launch
+    """The launch's cost plan (``ablate.planning.estimates``), or None when it cannot be made:
+    a plan never stops a launch, except for a ``--gpu`` name it does not know."""
+    from ablate.planning.devices import launch_device
+    from ablate.planning.estimates import plan_launch
 
     device = gpu or launch_device(exp)
     try:
@@ -339,7 +340,7 @@ def launch_grid(
     they are recorded in the launch record and as the parent run's ``override.*`` params.
     ``parent_tags`` go on the parent run (a confirm grid names its search there).
     ``gpu``: the device the plan's estimates are for (default:
-    :func:`ablate.planning.plan.launch_device`).
+    :func:`ablate.planning.devices.launch_device`).
     SIGINT/SIGTERM stop it cleanly (:mod:`ablate.launch.interrupts`): the result then says
     ``interrupted``; a signal before the trials start raises :class:`Interrupted`."""
     from ray import tune

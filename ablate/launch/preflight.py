@@ -23,14 +23,12 @@ each failure one line naming the fix, in seconds:
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 
-from ablate import storage, tracking
+from ablate import storage
 from ablate.config import DataConfig, TrialConfig
 from ablate.errors import UserError
 from ablate.sqlite_urls import sqlite_file
@@ -134,26 +132,6 @@ def ray_connect_error(address: str | None, exc: BaseException) -> UserError:
             f"machine hold its token? {TOKEN_FIX})"
         )
     return UserError(f"cannot start/connect Ray ({where}): {reason}")
-
-
-def check_tracking(tracking_uri: str, timeout_s: float = 5.0) -> None:
-    """An ``http(s)://`` tracking URI must answer ``GET /health``."""
-    if not tracking.is_server(tracking_uri):
-        return
-    url = tracking_uri.rstrip("/") + "/health"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310
-            if response.status == 200:
-                return
-            reason = f"HTTP {response.status}"
-    except urllib.error.HTTPError as exc:
-        reason = f"HTTP {exc.code}"
-    except (OSError, ValueError) as exc:
-        reason = str(getattr(exc, "reason", exc)) or type(exc).__name__
-    raise UserError(
-        f"cannot reach the MLflow tracking server at {tracking_uri} ({reason}): start it "
-        "(mlflow server --backend-store-uri ... --host 127.0.0.1) or fix --tracking-uri"
-    )
 
 
 def check_storage(location: str) -> None:

@@ -269,7 +269,7 @@ def test_command_line_design_keys_change_the_generated_rows() -> None:
     """``design.kind=...`` on the command line applies before the rows are generated (and
     ``--rows`` keeps some of them, marked in the plan's design lines)."""
     from ablate.cli.settings import experiment_with_settings
-    from ablate.planning.plan import design_lines
+    from ablate.planning.estimates import design_lines
 
     space = REPO / "search_spaces" / "demo_factorial.yaml"
     exp, overrides = experiment_with_settings(

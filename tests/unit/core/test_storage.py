@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ablate import storage
+from ablate import storage, tracking
 from ablate.errors import UserError
 from ablate.launch import preflight
 from ablate.shared_cache import SharedCache
@@ -253,9 +253,9 @@ def test_pmdm_estimator_cache_travels_through_object_storage(
 def test_tracking_server_unreachable_is_one_line() -> None:
     started = time.perf_counter()
     with pytest.raises(UserError, match="cannot reach the MLflow tracking server"):
-        preflight.check_tracking(f"http://127.0.0.1:{_free_port()}")
+        tracking.check_server(f"http://127.0.0.1:{_free_port()}")
     assert time.perf_counter() - started < 10
-    preflight.check_tracking("sqlite:///x.db")  # embedded: nothing to reach
+    tracking.check_server("sqlite:///x.db")  # embedded: nothing to reach
 
 
 def test_server_mode_leaves_artifacts_to_the_server(tmp_path: Path) -> None:

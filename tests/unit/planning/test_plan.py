@@ -18,7 +18,8 @@ from ablate.config import ExperimentConfig, load_experiment
 from ablate.errors import UserError
 from ablate.methods.registry import build_method
 from ablate.overrides import apply_overrides
-from ablate.planning.plan import RESULTS, plan_launch, profile
+from ablate.planning.estimates import plan_launch, profile
+from ablate.planning.records import RESULTS
 from ablate.trials import row_trials
 from tests.paths import REPO
 

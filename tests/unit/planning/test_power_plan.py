@@ -22,7 +22,7 @@ from scipy import stats
 
 from ablate.analysis import power
 from ablate.config import load_experiment
-from ablate.planning import plan
+from ablate.planning import estimates
 from tests.paths import REPO
 
 DEMO = REPO / "search_spaces" / "demo.yaml"
@@ -93,9 +93,9 @@ def test_power_plan_costs_each_contrast_at_its_seeds(monkeypatch: pytest.MonkeyP
     launch = SimpleNamespace(
         trials=[None] * 12, gpu_hours=0.2, device="cpu", data=SimpleNamespace(test_subjects=2)
     )
-    monkeypatch.setattr(plan, "plan_launch", lambda *a, **k: launch)
+    monkeypatch.setattr(estimates, "plan_launch", lambda *a, **k: launch)
     frame = power.frame_from_record(json.loads(RECORD.read_text()))
-    found = plan.power_plan(exp, frame, "record", effect=0.3)
+    found = estimates.power_plan(exp, frame, "record", effect=0.3)
     assert [n.name for n in found.needs][0] == "cpm − sr3"  # the demo's additive contrasts
     assert found.alpha == pytest.approx(0.05 / 5)
     by = {n.name: n for n in found.needs}

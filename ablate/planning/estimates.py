@@ -1,4 +1,5 @@
-"""What a launch will cost, before it runs: ``ablate plan``, ``ablate run/search --dry-run``.
+"""What a launch will cost, before it runs: the numbers of ``ablate plan`` and ``ablate
+run/search --dry-run`` (:mod:`ablate.planning.printing` prints them).
 
 For every trial of a launch (row x seed x grid point, as :func:`ablate.trials.expand` makes
 them, or the samples of a search), at the launch's settings:
@@ -15,12 +16,12 @@ them, or the samples of a search), at the launch's settings:
   (leaf-module outputs at the batch size, an upper bound); beside it what
   ``benchmarks/results`` measured when a record of that row exists;
 - wall time: training steps / iterations per second and evaluation images x seconds per
-  image, *measured* when a record in ``benchmarks/results`` has the same row settings,
-  image size, batch, precision / compile switches and device (it says which file), else an
-  *estimate* from FLOPs at an assumed MFU (model FLOPs utilisation) that it states. The
-  assumed MFU is the median of what the measured records on that device and precision
-  achieve, or, with no such record, a default taken from the H100 measurements of
-  DESIGN.md section 8;
+  image, *measured* when a record in ``benchmarks/results`` (:mod:`ablate.planning.records`)
+  has the same row settings, image size, batch, precision / compile switches and device (it
+  says which file), else an *estimate* from FLOPs at an assumed MFU (model FLOPs
+  utilisation) that it states. The assumed MFU is the median of what the measured records
+  on that device and precision achieve, or, with no such record, a default taken from the
+  H100 measurements of DESIGN.md section 8 (:mod:`ablate.planning.devices`);
 - a suggested ``--resources gpu=`` fraction: how many such trials fit in the GPU's memory
   (at most :data:`MAX_PACK`);
 - launch totals: trials, GPU-hours (each trial alone on a whole device), the dataset's
@@ -38,7 +39,6 @@ Nothing here starts Ray, builds a dataset or touches MLflow.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import statistics
@@ -51,11 +51,28 @@ from ablate import confounds, designs
 from ablate.analysis import power
 from ablate.analysis.estimates import ALPHA
 from ablate.analysis.factorial import Layout, alias_lines, term_weights
-from ablate.analysis.study import contrasts_for, format_value
-from ablate.config import ExperimentConfig, TrialConfig, load_experiment
+from ablate.analysis.study import contrasts_for
+from ablate.config import ExperimentConfig, TrialConfig
 from ablate.errors import UserError
-from ablate.shipped import benchmark_records_dir, search_spaces_dir
-from ablate.sqlite_urls import sqlite_file
+from ablate.planning.devices import (
+    DEFAULT_MFU,
+    DEVICES,
+    SAMPLING_MFU_FACTOR,
+    Device,
+    device_spec,
+)
+from ablate.planning.records import (
+    RESULTS,
+    RowRecord,
+    data_records,
+    find_match,
+    load_records,
+    on_device,
+    record_config,
+    sample_steps,
+    variant,
+    variant_label,
+)
 from ablate.trials import (
     ANY_TRIAL,
     ROW,
@@ -68,9 +85,6 @@ from ablate.trials import (
     trial_key,
 )
 from ablate.workspace import Workspace
-
-RESULTS = benchmark_records_dir()
-SEARCH_SPACES = search_spaces_dir()
 
 #: At most this many trials share one GPU in a suggested ``--resources gpu=`` fraction.
 MAX_PACK = 4
@@ -86,246 +100,6 @@ COMPILE_WARMUP_S = 200.0
 SIM_SETUP_S = 2.0
 
 
-@dataclass(frozen=True)
-class Device:
-    """A device to plan for: its memory and dense peak TFLOP/s per precision."""
-
-    name: str
-    kind: str  # "gpu" or "cpu"
-    memory_gb: float
-    peak_tflops: dict[str, float]
-    #: Substrings of ``torch.cuda.get_device_name()`` that identify this device in records.
-    aliases: tuple[str, ...] = ()
-    note: str = ""
-
-
-def _host_memory_gb() -> float:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError, AttributeError):
-        return 16.0
-
-
-#: Dense peaks (no sparsity), SXM parts. "fp32" is the TF32 tensor-core peak: cuDNN runs
-#: fp32 convolutions in TF32 by default (``torch.backends.cudnn.allow_tf32``). A CPU's
-#: "peak" is per thread (an assumed 50 GFLOP/s: AVX2 FMA at ~3 GHz), times the trial's
-#: ``train.num_threads``.
-DEVICES: dict[str, Device] = {
-    "H100": Device("H100", "gpu", 80.0, {"fp32": 494.7, "bf16": 989.4}, ("H100",)),
-    "H200": Device("H200", "gpu", 141.0, {"fp32": 494.7, "bf16": 989.4}, ("H200",)),
-    "A100": Device("A100", "gpu", 80.0, {"fp32": 156.0, "bf16": 312.0}, ("A100",)),
-    "cpu": Device(
-        "cpu",
-        "cpu",
-        round(_host_memory_gb(), 1),
-        {"fp32": 0.05, "bf16": 0.05},
-        ("cpu",),
-        note="peak per thread",
-    ),
-}
-
-#: MFU assumed when no record of the device and precision exists, by switches. From the
-#: H100 facts of DESIGN.md section 8 (row f, batch 4): fp32 eager 8.5 it/s = 2% of the TF32
-#: peak; bf16 autocast alone no faster than fp32 (1% of the bf16 peak); bf16 +
-#: ``torch.compile`` with CUDA graphs (``reduce-overhead``) 36.8 it/s = 4.5%; compile
-#: without CUDA graphs gave no gain. A CPU reaches about 20% of its assumed peak.
-DEFAULT_MFU = {
-    ("gpu", "fp32", False): 0.02,
-    ("gpu", "fp32", True): 0.02,
-    ("gpu", "bf16", False): 0.01,
-    ("gpu", "bf16", True): 0.045,
-    ("cpu", "fp32", False): 0.2,
-    ("cpu", "fp32", True): 0.2,
-    ("cpu", "bf16", False): 0.1,
-    ("cpu", "bf16", True): 0.1,
-}
-#: Sampling reaches about half the training MFU (small per-step batches, no backward).
-SAMPLING_MFU_FACTOR = 0.5
-
-
-def launch_device(exp: ExperimentConfig) -> str:
-    """The device a launch's trials run on, for its plan: a CPU when they ask for no GPU,
-    else the driver's GPU if it is a known one, else an H100 (the records' GPU)."""
-    if exp.resources.gpu == 0:
-        return "cpu"
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            name = torch.cuda.get_device_name(0)
-            for dev in DEVICES.values():
-                if dev.kind == "gpu" and any(a.lower() in name.lower() for a in dev.aliases):
-                    return dev.name
-    except Exception:  # noqa: BLE001 - no usable CUDA on the driver: plan for the default
-        pass
-    return "H100"
-
-
-def device_spec(name: str) -> Device:
-    """The :class:`Device` called ``name`` (case-insensitive); a one-line error otherwise."""
-    for key, dev in DEVICES.items():
-        if key.lower() == name.strip().lower():
-            return dev
-    raise UserError(
-        f"--gpu '{name}': no benchmark record and no known peak for it; known: {', '.join(DEVICES)}"
-    )
-
-
-# --- what a trial's switches are called, and how records describe theirs ------------------
-
-_SWITCHES = ("precision", "channels_last", "fused_adam", "compile", "compile_mode")
-
-
-def variant(train: Any) -> dict[str, Any]:
-    """The speed-relevant training switches of a trial (``compile_mode`` only with compile)."""
-    out = {key: getattr(train, key) for key in _SWITCHES}
-    if not out["compile"]:
-        out["compile_mode"] = None
-    return out
-
-
-def variant_label(switches: dict[str, Any]) -> str:
-    parts = [switches["precision"]]
-    parts += [key for key in ("channels_last", "fused_adam") if switches[key]]
-    if switches["compile"]:
-        parts.append(f"compile({switches['compile_mode']})")
-    return "+".join(parts) if len(parts) > 1 else f"{parts[0]} eager"
-
-
-_PLAIN = {
-    "precision": "fp32",
-    "channels_last": False,
-    "fused_adam": False,
-    "compile": False,
-    "compile_mode": None,
-}
-
-
-# --- benchmark records --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RowRecord:
-    """One row of a benchmark record: what one configuration measured on one device."""
-
-    file: str
-    device: str
-    switches: tuple[tuple[str, Any], ...]
-    config: str | None  # the search-space YAML the benchmark built its rows from
-    image_size: int
-    batch: int
-    threads: int | None
-    quick: bool
-    row: str
-    params_m: float | None
-    it_per_s: float
-    single_ms: float | None
-    ams_ms: float | None
-    ams_k: int | None
-    peak_mem_mb: float | None
-
-    @property
-    def variant(self) -> dict[str, Any]:
-        return dict(self.switches)
-
-
-def _config_of(stem: str, prefix: str, device_part: bool) -> str:
-    """``throughput-cuda`` -> ``paper_table2.yaml``; ``throughput-pmdm_table1-cuda`` ->
-    ``pmdm_table1.yaml`` (the benchmarks' naming rule)."""
-    rest = stem.removeprefix(prefix)
-    if device_part:
-        rest = rest.rpartition("-")[0] if "-" in rest else ""
-    return f"{rest}.yaml" if rest else "paper_table2.yaml"
-
-
-def _throughput_rows(path: Path, data: dict[str, Any]) -> list[RowRecord]:
-    if data.get("dtype", "float32") != "float32":
-        return []
-    config = _config_of(path.stem, "throughput-", device_part=True)
-    return [
-        RowRecord(
-            file=path.name,
-            device=str(data.get("device", "")),
-            switches=tuple(_PLAIN.items()),
-            config=config,
-            image_size=int(data["image_size"]),
-            batch=int(r.get("batch", 4)),
-            threads=data.get("threads"),
-            quick=bool(data.get("quick", False)),
-            row=str(r["row"]),
-            params_m=r.get("params_m"),
-            it_per_s=float(r["train_it_per_s"]),
-            single_ms=r.get("sample_ms_per_image"),
-            ams_ms=r.get("ams_ms"),
-            ams_k=r.get("ams_k"),
-            peak_mem_mb=r.get("peak_mem_mb"),
-        )
-        for r in data.get("rows", [])
-        if r.get("train_it_per_s")
-    ]
-
-
-def _gpu_rows(path: Path, data: dict[str, Any]) -> list[RowRecord]:
-    """``benchmarks/gpu.py`` records: one entry per row and variant, at batch 4."""
-    out = []
-    for name, switches in (data.get("variants") or {}).items():
-        full = {**_PLAIN, **switches}
-        if full["compile"]:
-            full["compile_mode"] = data.get("compile_mode", "default")
-        for r in data.get("rows", []):
-            its = (r.get("it_per_s_b4") or {}).get(name)
-            if not its:
-                continue
-            sampling = (r.get("sampling") or {}).get(name) or {}
-            out.append(
-                RowRecord(
-                    file=path.name,
-                    device=str(data.get("device", "")),
-                    switches=tuple(full.items()),
-                    config=data.get("config"),
-                    image_size=int(data["image_size"]),
-                    batch=4,
-                    threads=None,
-                    quick=bool(data.get("quick", False)),
-                    row=str(r["row"]),
-                    params_m=None,
-                    it_per_s=float(its),
-                    single_ms=sampling.get("single_ms"),
-                    ams_ms=sampling.get("ams_ms"),
-                    ams_k=r.get("ams_k"),
-                    peak_mem_mb=None,  # measured at the saturating batch, not at batch 4
-                )
-            )
-    return out
-
-
-def load_records(results_dir: Path = RESULTS) -> list[RowRecord]:
-    """Every training-throughput row of ``benchmarks/results/*.json`` (``throughput-*`` and
-    ``gpu-*`` records; others are skipped)."""
-    records: list[RowRecord] = []
-    for path in sorted(Path(results_dir).glob("*.json")):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if not isinstance(data, dict) or "rows" not in data:
-            continue
-        try:
-            if path.stem.startswith("throughput"):
-                records += _throughput_rows(path, data)
-            elif path.stem.startswith("gpu-"):
-                records += _gpu_rows(path, data)
-        except (KeyError, TypeError, ValueError):
-            continue  # a record of another shape: not ours to read
-    return records
-
-
-def _on_device(record: RowRecord, device: Device) -> bool:
-    if device.kind == "cpu":
-        return record.device == "cpu"
-    return any(alias.lower() in record.device.lower() for alias in device.aliases)
-
-
 # --- the dataset ----------------------------------------------------------------------------
 
 
@@ -337,20 +111,6 @@ class DataPlan:
     build_s: float
     build_note: str
     test_subjects: int = 0  # what a contrast's subject-level test counts (power)
-
-
-def _data_records(results_dir: Path) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for path in sorted(Path(results_dir).glob("data-*.json")):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        for entry in data.get("presets", []):
-            if entry.get("slices_per_s"):
-                where = f"{data.get('device', '?')}, {data.get('cpu_threads', '?')} thread(s)"
-                out.setdefault(entry["preset"], {**entry, "file": path.name, "where": where})
-    return out
 
 
 def plan_data(exp: ExperimentConfig, results_dir: Path, workdir: Path | None) -> DataPlan:
@@ -381,7 +141,7 @@ def plan_data(exp: ExperimentConfig, results_dir: Path, workdir: Path | None) ->
             done = f"already built: {folder}"
             return DataPlan(source, cfg.image_size, slices, 0.0, done, cfg.split[2])
     total = cfg.subjects * cfg.slices
-    records = _data_records(results_dir)
+    records = data_records(results_dir)
 
     def work(c: Any) -> float:  # simulator cost per slice, relative
         return c.image_size**2 * c.angles * c.iterations
@@ -519,98 +279,6 @@ def memory_gb(trial: TrialConfig, prof: Profile) -> float:
     return state / 2**30 + prof.activations_gb
 
 
-# --- matching a trial to a measurement ----------------------------------------------------
-
-
-@functools.lru_cache(maxsize=32)
-def _record_config(name: str) -> ExperimentConfig | None:
-    path = SEARCH_SPACES / name
-    if not path.is_file():
-        return None
-    try:
-        return load_experiment(path)
-    except UserError:
-        return None
-
-
-_FAMILY = {
-    "sr3": ("sr3",),
-    "coarse_to_fine": ("coarse_to_fine",),
-    "deeppet": ("deeppet",),
-    "pmdm": ("pmdm", "deeppet"),
-    "palette": ("pmdm",),
-    "cgan": ("gan",),
-    "pix2pix": ("gan",),
-    "vqvae": ("vqvae",),
-}
-_NOT_SPEED = {"label", "lr", "weight_decay", "estimator_checkpoint"}
-
-
-def _settings(trial: TrialConfig) -> dict[str, Any]:
-    """What sets a training step's cost: the row's switches and its family's networks."""
-    model = trial.model.model_dump(mode="json")
-    return {
-        "row": trial.row.model_dump(mode="json", exclude=_NOT_SPEED),
-        "model": {k: model[k] for k in _FAMILY.get(trial.row.method, ())},
-        "negatives": trial.loss.negatives if getattr(trial.row, "contrastive", False) else None,
-    }
-
-
-def sample_steps(trial: TrialConfig) -> int:
-    """Denoiser calls per reconstruction (0 for a deterministic row)."""
-    row, diff = trial.row, trial.diffusion
-    if row.method == "sr3":
-        return diff.sr3.sample_steps
-    if row.method == "coarse_to_fine":
-        return diff.irm.sample_steps if getattr(row, "irm", False) else 0
-    if row.method in ("pmdm", "palette"):
-        return getattr(row, "sample_steps", None) or diff.pmdm.train_steps
-    return 0
-
-
-@dataclass(frozen=True)
-class Match:
-    record: RowRecord
-    by: str  # "settings" or "row name"
-    sampling: bool  # the record's sampler matches (same steps)
-
-
-def find_match(
-    trial: TrialConfig, image_size: int, device: Device, records: list[RowRecord]
-) -> Match | None:
-    """The measurement of this trial's training step on ``device``: a record row with the
-    same row switches and networks (read from the benchmark's own search-space file), image
-    size, batch, precision/compile switches (and, on a CPU, threads); full runs before
-    ``--quick`` ones. Without the benchmark's config file, the row name must match."""
-    want = variant(trial.train)
-    mine = _settings(trial)
-    found: list[Match] = []
-    for rec in records:
-        if not _on_device(rec, device) or rec.variant != want:
-            continue
-        if rec.image_size != image_size or rec.batch != trial.train.batch_size:
-            continue
-        if device.kind == "cpu" and rec.threads != trial.train.num_threads:
-            continue
-        exp = _record_config(rec.config) if rec.config else None
-        if exp is not None and rec.row in exp.rows:
-            theirs = trial_config(exp, {ROW: rec.row, SEED: exp.seeds[0]})
-            if _settings(theirs) != mine:
-                continue
-            by, same_sampler = "settings", sample_steps(theirs) == sample_steps(trial)
-        elif rec.row == trial.row_name:
-            by, same_sampler = "row name", True
-        else:
-            continue
-        if rec.params_m is not None:
-            ours = profile(trial, image_size).params_m
-            if abs(ours - rec.params_m) > 1e-4 * max(rec.params_m, 1e-9):
-                continue
-        found.append(Match(rec, by, same_sampler))
-    found.sort(key=lambda m: (m.record.quick, m.by != "settings"))
-    return found[0] if found else None
-
-
 # --- speeds -----------------------------------------------------------------------------
 
 
@@ -651,12 +319,12 @@ def _calibration(device_name: str, switches_key: tuple, results_dir: str) -> tup
     want = dict(switches_key)
     label = variant_label(want)
     rows = [r for r in load_records(Path(results_dir)) if r.variant == want and r.config]
-    same = [r for r in rows if _on_device(r, device)]
+    same = [r for r in rows if on_device(r, device)]
     kind = [
         r
         for r in rows
         if (r.device == "cpu") == (device.kind == "cpu")
-        and any(_on_device(r, d) for d in DEVICES.values())
+        and any(on_device(r, d) for d in DEVICES.values())
     ]
     for pool, where in ((same, device.name), (kind, None)):
         for quick in (False, True):
@@ -666,13 +334,13 @@ def _calibration(device_name: str, switches_key: tuple, results_dir: str) -> tup
             train_mfu, sample_mfu, batching = [], [], []
             devices = set()
             for rec in chosen:
-                exp = _record_config(rec.config) if rec.config else None
+                exp = record_config(rec.config) if rec.config else None
                 if exp is None or rec.row not in exp.rows:
                     continue
                 trial = trial_config(exp, {ROW: rec.row, SEED: exp.seeds[0]})
                 train = trial.train.model_copy(update={"batch_size": rec.batch})
                 prof = profile(trial.model_copy(update={"train": train}), rec.image_size)
-                on = next(d for d in DEVICES.values() if _on_device(rec, d))
+                on = next(d for d in DEVICES.values() if on_device(rec, d))
                 peak = on.peak_tflops[want["precision"]]
                 if on.kind == "cpu":
                     peak *= rec.threads or 1
@@ -726,7 +394,7 @@ def speed_of(
     where a record matches (``mfu`` given: never), else estimated at an assumed MFU."""
     prof = profile(trial, image_size)
     k = trial.diffusion.ams_samples
-    match = find_match(trial, image_size, device, records) if mfu is None else None
+    match = find_match(trial, image_size, device, records, prof.params_m) if mfu is None else None
     rec = match.record if match is not None else None
     measured_eval = match is not None and match.sampling and bool(match.record.single_ms)
     speed = Speed(0.0, "", 0.0, 0.0, None, "")
@@ -1054,6 +722,40 @@ def plan_launch(
     )
 
 
+def _points(exp: ExperimentConfig) -> list[dict[str, Any]]:
+    """Each grid trial's extra axes (besides row and seed), in :func:`expand`'s order."""
+    import itertools
+
+    axes = grid_axes(exp)
+    extra = [k for k in axes if k not in (ROW, SEED)]
+    return [
+        {k: v for k, v in zip(axes, values, strict=True) if k in extra}
+        for values in itertools.product(*axes.values())
+    ]
+
+
+def _asha(exp: ExperimentConfig, base: TrialConfig) -> dict[str, Any]:
+    """ASHA's rungs for a search and the expected fraction of each trial's training that
+    runs: a trial reaches validation m with probability reduction_factor^-(rungs below m)."""
+    assert exp.search is not None
+    s, train = exp.search, base.train
+    n_reports = train.validations
+    rungs, r = [], min(s.grace_period, n_reports)
+    while r < n_reports:
+        rungs.append(r)
+        r *= s.reduction_factor
+    reach = [s.reduction_factor ** -sum(1 for g in rungs if g < m) for m in range(1, n_reports + 1)]
+    return {
+        "samples": s.num_samples,
+        "validations": n_reports,
+        "rungs": rungs,
+        "expected_fraction": sum(reach) / n_reports,
+    }
+
+
+# --- designs ------------------------------------------------------------------------------
+
+
 def _design(exp: ExperimentConfig) -> designs.Design | None:
     """``exp``'s design, regenerated from its rows (None without one, or when ``--rows``
     left its full row out)."""
@@ -1123,228 +825,6 @@ def compare_designs(
         rows, trials = len(design.points), len(plan.trials)
         out.append(DesignCost(kind, rows, trials, plan.gpu_hours, unit, note))
     return out
-
-
-def _wide(console: Any) -> Any:
-    """``console``, or one 200 columns wide when it writes to a pipe (as the tables do)."""
-    from rich.console import Console
-
-    if console.is_terminal:
-        return console
-    return Console(width=max(console.width, 200), file=console.file)
-
-
-def print_design_costs(costs: list[DesignCost], console: Any) -> None:
-    """The designs side by side: rows, trials, hours."""
-    from rich import box
-    from rich.table import Table
-
-    console = _wide(console)
-    unit = next((c.unit for c in costs if c.unit), "GPU-hours")
-    table = Table(title="Designs compared (every row of the launch x seeds)", box=box.SIMPLE_HEAD)
-    for col in ("design", "rows", "trials", unit, "note"):
-        table.add_column(col, justify="left" if col in ("design", "note") else "right")
-    for c in costs:
-        hours = "–" if not math.isfinite(c.hours) else f"{c.hours:,.2f}"
-        rows = str(c.rows) if c.trials else "–"
-        table.add_row(c.kind.replace("_", "-"), rows, str(c.trials or "–"), hours, c.note)
-    console.print(table)
-
-
-def _points(exp: ExperimentConfig) -> list[dict[str, Any]]:
-    """Each grid trial's extra axes (besides row and seed), in :func:`expand`'s order."""
-    import itertools
-
-    axes = grid_axes(exp)
-    extra = [k for k in axes if k not in (ROW, SEED)]
-    return [
-        {k: v for k, v in zip(axes, values, strict=True) if k in extra}
-        for values in itertools.product(*axes.values())
-    ]
-
-
-def _asha(exp: ExperimentConfig, base: TrialConfig) -> dict[str, Any]:
-    """ASHA's rungs for a search and the expected fraction of each trial's training that
-    runs: a trial reaches validation m with probability reduction_factor^-(rungs below m)."""
-    assert exp.search is not None
-    s, train = exp.search, base.train
-    n_reports = train.validations
-    rungs, r = [], min(s.grace_period, n_reports)
-    while r < n_reports:
-        rungs.append(r)
-        r *= s.reduction_factor
-    reach = [s.reduction_factor ** -sum(1 for g in rungs if g < m) for m in range(1, n_reports + 1)]
-    return {
-        "samples": s.num_samples,
-        "validations": n_reports,
-        "rungs": rungs,
-        "expected_fraction": sum(reach) / n_reports,
-    }
-
-
-# --- printing -----------------------------------------------------------------------------
-
-
-def _hms(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 3 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
-
-
-def print_plan(plan: LaunchPlan, console: Any) -> None:
-    """The plan as a table (one line per trial; a search's samples, alike, as one line),
-    then the sources of its numbers, the totals and the assumptions."""
-    from rich import box
-    from rich.table import Table
-
-    on = plan.device if plan.device != "cpu" else "this CPU"
-    trials = plan.trials[:1] if plan.kind == "search" else plan.trials
-    steps = sorted({(t.steps, t.batch) for t in plan.trials})
-    if len(steps) == 1:
-        every = f", {steps[0][0]:,} steps at batch {steps[0][1]} each"
-    else:
-        every = ""
-    table = Table(
-        title=f"Plan: {plan.name} ({plan.kind}) on {on}{every}",
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        pad_edge=False,
-        collapse_padding=True,
-    )
-    measured_mem = any(t.measured_memory_gb is not None for t in plan.trials)
-    columns = ["trial", "MParam", "GMACs", "PFLOP", "GB"]
-    columns += ["meas"] if measured_mem else []
-    columns += ["it/s", "time", "src"]
-    for col in columns:
-        table.add_column(col, justify="left" if col == "trial" else "right", no_wrap=True)
-    sources: dict[str, int] = {}
-    for t in trials:
-        ref = sources.setdefault(t.train_source, len(sources) + 1)
-        mem = f"{t.memory_gb:.1f}" if t.memory_gb >= 0.1 else f"{t.memory_gb:.2f}"
-        cells = [
-            t.name if plan.kind == "grid" else f"{len(plan.trials)} x {t.row}-s{t.seed}",
-            f"{t.params_m:.2f}",
-            f"{t.gmacs:.1f}" if t.gmacs < 100 else f"{t.gmacs:.0f}",
-            f"{t.train_pflop + t.eval_pflop:.3g}",
-            mem if t.fits else f"[red]{mem}[/]",
-        ]
-        if measured_mem:
-            m = t.measured_memory_gb
-            cells.append("-" if m is None else f"{m:.1f}")
-        cells += [f"{t.it_per_s:.3g}", _hms(t.total_s), f"[{ref}]"]
-        table.add_row(*cells)
-    console.print(table)
-    for text, ref in sources.items():
-        console.print(f"  [{ref}] it/s {text}", highlight=False, soft_wrap=True)
-    evals = sorted({t.eval_source for t in plan.trials})
-    console.print(f"  evaluation: {'; '.join(evals)}", highlight=False, soft_wrap=True)
-    console.print(
-        "  GMACs: one reconstruction of one image; PFLOP: training (3 x 2 x forward MACs x "
-        "batch x steps) + evaluation; GB: estimated peak memory"
-        + ("; meas: measured by the same record" if measured_mem else ""),
-        highlight=False,
-        soft_wrap=True,
-    )
-    d = plan.data
-    console.print(
-        f"dataset: {d.source}, {d.image_size}x{d.image_size}, "
-        f"{sum(d.slices.values())} slices, build {_hms(d.build_s)} ({d.build_note})",
-        highlight=False,
-        soft_wrap=True,
-    )
-    unit = "GPU-hours" if plan.device != "cpu" else "CPU trial-hours"
-    total = f"[bold]{len(plan.trials)} trials, {plan.gpu_hours:,.1f} {unit}[/]"
-    if plan.search is not None:
-        s = plan.search
-        total += (
-            f" if no trial is pruned; with ASHA (rungs at validations {s['rungs']} of "
-            f"{s['validations']}) ~{100 * s['expected_fraction']:.0f}% of that: "
-            f"~{plan.gpu_hours * s['expected_fraction']:,.1f} {unit}"
-        )
-    console.print(total, soft_wrap=True)
-    console.print(
-        f"wall time: {_hms(plan.wall_s)} on {plan.devices} "
-        f"{'GPU(s)' if plan.device != 'cpu' else 'CPU core(s)'} "
-        f"({plan.slots} trial(s) at a time, dataset build included)",
-        highlight=False,
-        soft_wrap=True,
-    )
-    res = plan.resources
-    line = f"resources per trial: cpu={res['cpu']:g}, gpu={res['gpu']:g}"
-    if plan.suggested_gpu is not None and plan.suggested_gpu != res["gpu"]:
-        line += (
-            f"; suggested --resources cpu={res['cpu']:g},gpu={plan.suggested_gpu:g} "
-            f"({int(round(1 / plan.suggested_gpu))} trials per GPU fit in memory)"
-        )
-    console.print(line, highlight=False, soft_wrap=True)
-    for note in plan.assumptions:
-        console.print(f"  assuming {note}", highlight=False, soft_wrap=True)
-    for t in trials:
-        for note in t.notes:
-            console.print(f"  {t.name}: {note}", highlight=False, soft_wrap=True)
-    for line in plan.like_for_like:
-        style = "yellow" if line.startswith("warning:") else None
-        console.print(line, style=style, highlight=False, soft_wrap=True)
-    for line in plan.design:
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
-
-
-def dry_run_summary(
-    exp: ExperimentConfig,
-    plan: LaunchPlan,
-    kind: str,
-    name: str | None,
-    workdir: Path,
-    tracking_uri: str | None,
-) -> list[str]:
-    """What ``ablate run/search --dry-run`` adds to the plan: the Ray resources each trial
-    asks for and where MLflow would write; it creates nothing (not even ``workdir``)."""
-    ws = Workspace.at(workdir, tracking_uri)
-    res = exp.resources
-    concurrent = f", at most {res.max_concurrent} at a time" if res.max_concurrent else ""
-    trials = plan.search["samples"] if plan.search else len(plan.trials)
-    what = "Optuna + ASHA search samples" if kind == "search" else "grid trials"
-    return [
-        f"Ray: {trials} {what}, each asking tune.with_resources("
-        f"{{'cpu': {res.cpu:g}, 'gpu': {res.gpu:g}}}){concurrent}",
-        f"MLflow: experiment '{exp.name}' {_experiment_state(ws.tracking_uri, exp.name)}; "
-        f"parent run '{name or exp.name}-<time>', one child run per trial",
-        f"Ray results: {ws.launch_results(name or exp.name)}",
-        "dry run: nothing started, no dataset built, no MLflow run created",
-    ]
-
-
-def _experiment_state(tracking_uri: str, experiment: str) -> str:
-    """Whether the launch would add to an existing experiment of the store or create it (and
-    the store), read without creating either: a sqlite store that is not there is not opened."""
-    from ablate import tracking
-    from ablate.launch import preflight
-
-    db = sqlite_file(tracking_uri)
-    if db is not None and not db.is_file():
-        return f"would be created, in a new store {tracking_uri}"
-    try:
-        preflight.check_tracking(tracking_uri)  # a server that does not answer: seconds
-        mlf = tracking.client(tracking_uri)
-        found = mlf.get_experiment_by_name(experiment)
-    except Exception as err:  # noqa: BLE001 - a dry run reports, the launch's preflight refuses
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        return f"in {tracking_uri}: unknown, the store cannot be read ({reason})"
-    if found is None:
-        return f"would be created in {tracking_uri}"
-    if found.lifecycle_stage == "deleted":
-        return f"exists in {tracking_uri} but is deleted: restore it or pick another name"
-    launches = mlf.search_runs(
-        [found.experiment_id], filter_string=f"tags.`{tracking.TAG_KIND}` = 'launch'",
-        max_results=1000,
-    )  # fmt: skip
-    return f"exists in {tracking_uri} ({len(launches)} earlier launch(es); this one adds to it)"
 
 
 # --- power before launch ------------------------------------------------------------------
@@ -1420,65 +900,3 @@ def power_plan(
         metric, effect, source, needs, subjects, n, len(plan.trials) / n, plan.gpu_hours / n,
         "GPU-hours" if plan.device != "cpu" else "CPU trial-hours", alpha,
     )  # fmt: skip
-
-
-def print_power(pp: PowerPlan, console: Any) -> None:
-    """One line per contrast: seeds, test subjects, and the launch at those seeds."""
-    from rich import box
-    from rich.table import Table
-
-    console = _wide(console)
-    size = format_value(pp.metric, pp.effect)
-    over = {n.components.over for n in pp.needs}
-    console.print(
-        f"Power: seeds and test subjects to detect {size} of {pp.metric} at "
-        f"{power.POWER:.0%} power, level {pp.alpha:.3g} (0.05 / {len(pp.needs)} contrasts, "
-        f"Holm's strictest step); variance of the {pp.source}"
-        + (", trial means: its seed variance holds its test set's" if "trial means" in over
-           else ""),
-        highlight=False,
-        soft_wrap=True,
-    )  # fmt: skip
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    at = f"seeds at {pp.subjects} subj."
-    heads = ("contrast", "seeds", "test subjects", "trials", pp.unit, at, "variance")
-    for col in heads:
-        table.add_column(
-            col, justify="left" if col in ("contrast", "variance") else "right", no_wrap=True
-        )
-    for need in pp.needs:
-        seeds = need.seeds
-        cost = ["–", "–"] if seeds is None else [
-            f"{pp.trials_per_seed * seeds:,.0f}", f"{pp.hours_per_seed * seeds:,.2f}"
-        ]  # fmt: skip
-        count = "–" if seeds is None else str(seeds)
-        launch = "none" if need.at_launch is None else str(need.at_launch)
-        subjects = "–" if seeds is None else str(need.subjects)
-        table.add_row(need.name, count, subjects, *cost, launch, need.components.source)
-    console.print(table)
-    reachable = [n for n in pp.needs if n.seeds is not None]
-    if reachable:
-        most = max(n.seeds for n in reachable)
-        subjects = max(n.subjects for n in reachable)
-        console.print(
-            f"every reachable contrast: {most} seeds x {subjects} test subjects: "
-            f"{pp.trials_per_seed * most:,.0f} trials, {pp.hours_per_seed * most:,.2f} {pp.unit} "
-            f"(this launch: {pp.seeds} seeds x {pp.subjects} test subjects, "
-            f"{pp.trials_per_seed * pp.seeds:,.0f} trials, {pp.hours_per_seed * pp.seeds:,.2f} "
-            f"{pp.unit}); more test subjects cost evaluation, not training",
-            highlight=False,
-            soft_wrap=True,
-        )
-    if len(reachable) < len(pp.needs):
-        console.print(
-            f"'–': out of reach below {power.MOST_SUBJECTS:,} test subjects",
-            highlight=False,
-            soft_wrap=True,
-        )
-    console.print(
-        f"test subjects: the fewest (at least the launch's) at which the seeds needed are within "
-        f"{power.WITHIN:g}x the fewest any number of subjects allows; 'seeds at {pp.subjects} "
-        "subj.': on the launch's own test set ('none': no number of seeds there)",
-        highlight=False,
-        soft_wrap=True,
-    )
