@@ -143,6 +143,7 @@ def test_plan_cli_json_and_bad_gpu(tmp_path: Path) -> None:
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow  # the CLI in a subprocess, twice
 @pytest.mark.parametrize(
     "args",
     [
