@@ -39,7 +39,7 @@ from mlflow.artifacts import download_artifacts
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 from mlflow.exceptions import MlflowException
 
-from ablate import metric_names, tracking
+from ablate import metric_names, run_queries, tracking
 from ablate.config import TrialConfig
 from ablate.data.dataset import SliceDataset
 from ablate.errors import UserError
@@ -97,11 +97,8 @@ def study_dataset(study: Study, data: str | None) -> ExportDataset:
     tags = {tracking.TAG_KIND: "trial"}
     if study.parent_run_id:
         tags[tracking.TAG_PARENT] = study.parent_run_id
-    trials = tracking.client(study.tracking_uri).search_runs(
-        [_experiment_id(study)],
-        filter_string=tracking.run_filter(tags),
-        order_by=["start_time ASC"],
-        max_results=50000,
+    trials = run_queries.find_runs(
+        study.tracking_uri, _experiment_id(study), tags, order_by=["start_time ASC"]
     )
     found = [
         (r.data.tags.get(tracking.TAG_DATASET_SHA256, ""), r.data.tags.get(tracking.TAG_DATASET))
@@ -124,8 +121,8 @@ def default_model_name(name: str, dataset: ExportDataset) -> str:
     return f"{name}-best" if dataset.first else f"{name}-{dataset.label}-best"
 
 
-def _completed(study: Study, metric: str, row: str | None, dataset: ExportDataset) -> str:
-    """The filter of the study's completed trials with ``metric`` (of ``row``, on ``dataset``)."""
+def _completed(study: Study, row: str | None, dataset: ExportDataset) -> dict[str, str]:
+    """The tags of the study's completed trials (of ``row``, on ``dataset``)."""
     tags = {tracking.TAG_STATUS: "completed"}
     if study.parent_run_id:
         tags[tracking.TAG_PARENT] = study.parent_run_id
@@ -133,17 +130,17 @@ def _completed(study: Study, metric: str, row: str | None, dataset: ExportDatase
         tags[tracking.TAG_ROW] = row
     if dataset.sha256:
         tags[tracking.TAG_DATASET_SHA256] = dataset.sha256
-    return tracking.run_filter(tags, has_metric=metric)
+    return tags
 
 
 def _ranked_runs(
     study: Study, metric: str, mode: str, row: str | None, dataset: ExportDataset
 ) -> list[Any]:
-    mlf = tracking.client(study.tracking_uri)
-    experiment_id = _experiment_id(study)
-    runs = mlf.search_runs(
-        [experiment_id],
-        filter_string=_completed(study, metric, row, dataset),
+    runs = run_queries.find_runs(
+        study.tracking_uri,
+        _experiment_id(study),
+        _completed(study, row, dataset),
+        has_metric=metric,
         order_by=[f"metrics.`{metric}` {'DESC' if mode == 'max' else 'ASC'}"],
         max_results=len(ALIASES),
     )
@@ -163,9 +160,10 @@ def _search_objectives(tracking_uri: str, experiment: str) -> list[list[tuple[st
     exp = mlf.get_experiment_by_name(experiment)
     if exp is None:
         return []
-    parents = mlf.search_runs(
-        [exp.experiment_id],
-        filter_string=tracking.run_filter({tracking.TAG_KIND: "search"}),
+    parents = run_queries.find_runs(
+        tracking_uri,
+        exp.experiment_id,
+        {tracking.TAG_KIND: "search"},
         order_by=["start_time ASC"],
         max_results=1000,
     )
@@ -314,11 +312,12 @@ def cross_validated(
     never ranked one by one: a fold's score is of its own subjects, so picking the best
     fold's trial would pick on the test data. The exported seed is the row's first complete
     one (not the best scoring: that too would choose on the test folds)."""
-    runs = tracking.client(study.tracking_uri).search_runs(
-        [_experiment_id(study)],
-        filter_string=_completed(study, metric, row, dataset),
+    runs = run_queries.find_runs(
+        study.tracking_uri,
+        _experiment_id(study),
+        _completed(study, row, dataset),
+        has_metric=metric,
         order_by=["start_time ASC"],  # a rerun of a (row, seed, fold) supersedes
-        max_results=50000,
     )
     groups: dict[tuple[str, int], dict[int, Any]] = {}
     hashes, k = set(), 0

@@ -347,27 +347,3 @@ def finish_run(tracking_uri: str, run_id: str, status: str, error: str | None = 
     set_tags(tracking_uri, run_id, tags)
     mlflow_status = _MLFLOW_STATUS.get(status, "FAILED")
     _retry(lambda: client(tracking_uri).set_terminated(run_id, status=mlflow_status))
-
-
-def logged_steps(tracking_uri: str, run_id: str) -> dict[str, int]:
-    """The last step logged of each metric of a run: what a restarted trial must not log
-    again (it replays the steps after its last checkpoint)."""
-    mlf = client(tracking_uri)
-    run = _retry(lambda: mlf.get_run(run_id))
-    return {
-        key: max(m.step for m in _retry(lambda key=key: mlf.get_metric_history(run_id, key)))
-        for key in run.data.metrics
-    }
-
-
-def child_runs(tracking_uri: str, experiment_id: str, parent_run_id: str) -> list[Any]:
-    mlf = client(tracking_uri)
-    return list(
-        _retry(
-            lambda: mlf.search_runs(
-                [experiment_id],
-                filter_string=run_filter({TAG_PARENT: parent_run_id}),
-                max_results=5000,
-            )
-        )
-    )

@@ -19,7 +19,7 @@ import torch
 import yaml
 from ray import tune
 
-from ablate import mlflow_ui, tracking
+from ablate import mlflow_ui, run_queries, tracking
 from ablate import storage as storage_mod
 from ablate.config import TrialConfig, parse_experiment
 from ablate.errors import UserError
@@ -126,7 +126,7 @@ def train_trial(
             tracking.log_metrics(ctx.tracking_uri, run_id, {"est_wall_s": estimate})
     # a restarted trial replays the steps after its last checkpoint: log each (metric, step)
     # once, skipping what its run already holds
-    logged = {} if created else tracking.logged_steps(ctx.tracking_uri, run_id)
+    logged = {} if created else run_queries.logged_steps(ctx.tracking_uri, run_id)
     try:
         _run(trial, ctx, run_id, saved, started, logged)
     except Exception as exc:

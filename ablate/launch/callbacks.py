@@ -23,7 +23,7 @@ from ray.tune.experiment import Trial
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 
-from ablate import tracking
+from ablate import run_queries, tracking
 from ablate.launch.ray_internals import keep_checkpoints
 from ablate.training import progress as progress_board
 from ablate.trials import ANY_TRIAL, lookup_estimate
@@ -329,14 +329,9 @@ class MlflowTrialStates(Callback):
         self.parent_run_id = parent_run_id
 
     def _run_of(self, trial: Any) -> Any | None:
-        runs = tracking.client(self.tracking_uri).search_runs(
-            [self.experiment_id],
-            filter_string=tracking.run_filter(
-                {tracking.TAG_TRIAL_ID: trial.trial_id, tracking.TAG_PARENT: self.parent_run_id}
-            ),
-            max_results=1,
+        return run_queries.trial_run(
+            self.tracking_uri, self.experiment_id, self.parent_run_id, trial.trial_id
         )
-        return runs[0] if runs else None
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if (trial.last_result or {}).get("final") == 1:

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from ablate import mlflow_internals, mlflow_ui, tracking
+from ablate import mlflow_internals, mlflow_ui, run_queries, tracking
 from ablate import storage as storage_mod
 from ablate.config import ExperimentConfig, ResourcesConfig, parse_experiment
 from ablate.errors import UserError
@@ -438,7 +438,7 @@ def _end_launch(
 
     A signal makes them ``interrupted`` (MLflow KILLED) and names the resume command; a
     crash of the driver makes them ``failed`` with its reason."""
-    children = tracking.child_runs(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id)
+    children = run_queries.child_runs(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id)
     done = sum(r.data.tags.get(tracking.TAG_STATUS) in ("completed", "pruned") for r in children)
     if signum is not None:
         status = "interrupted"
@@ -712,7 +712,7 @@ def launch_status(ws: Workspace, name: str) -> list[dict[str, Any]]:
     ctx = LaunchContext(**record["context"])
     exp, total = _launch_trials(record)
     runs = sorted(
-        tracking.child_runs(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id),
+        run_queries.child_runs(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id),
         key=lambda r: r.info.run_name or "",
     )
     if record["kind"] == "search":

@@ -26,8 +26,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from ablate import run_queries, tracking
 from ablate import storage as storage_mod
-from ablate import tracking
 from ablate.analysis.replication import Decision, decide
 from ablate.config import ExperimentConfig, ReplicateConfig, parse_experiment
 from ablate.errors import UserError
@@ -242,7 +242,7 @@ def _trial_hours(ctx: LaunchContext) -> tuple[float, dict[str, float]]:
     """Trial-hours the launch's finished trials spent (their ``wall_s``), and each row's mean
     trial wall time in hours."""
     walls: dict[str, list[float]] = defaultdict(list)
-    for run in tracking.child_runs(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id):
+    for run in run_queries.child_runs(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id):
         wall = run.data.metrics.get("wall_s")
         if wall is not None and run.data.tags.get(tracking.TAG_STATUS) in FINISHED:
             walls[run.data.tags.get(tracking.TAG_ROW, "")].append(wall / 3600)
@@ -328,7 +328,7 @@ def _final(
     tracking.set_tags(ctx.tracking_uri, ctx.parent_run_id, {tracking.TAG_REPLICATION_STOP: reason})
     total = sum(len(w["rows"]) * len(w["seeds"]) for w in state["waves"])
     if result is None:  # resumed after the last decision: nothing ran
-        runs = tracking.child_runs(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id)
+        runs = run_queries.child_runs(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id)
         done = sum(r.data.tags.get(tracking.TAG_STATUS) == "completed" for r in runs)
         return LaunchResult(
             name=name, tracking_uri=ctx.tracking_uri, parent_run_id=ctx.parent_run_id,

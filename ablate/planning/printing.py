@@ -159,7 +159,7 @@ def dry_run_summary(
 def _experiment_state(tracking_uri: str, experiment: str) -> str:
     """Whether the launch would add to an existing experiment of the store or create it (and
     the store), read without creating either: a sqlite store that is not there is not opened."""
-    from ablate import tracking
+    from ablate import run_queries, tracking
 
     db = sqlite_file(tracking_uri)
     if db is not None and not db.is_file():
@@ -175,10 +175,9 @@ def _experiment_state(tracking_uri: str, experiment: str) -> str:
         return f"would be created in {tracking_uri}"
     if found.lifecycle_stage == "deleted":
         return f"exists in {tracking_uri} but is deleted: restore it or pick another name"
-    launches = mlf.search_runs(
-        [found.experiment_id], filter_string=f"tags.`{tracking.TAG_KIND}` = 'launch'",
-        max_results=1000,
-    )  # fmt: skip
+    launches = run_queries.find_runs(
+        tracking_uri, found.experiment_id, {tracking.TAG_KIND: "launch"}, max_results=1000
+    )
     return f"exists in {tracking_uri} ({len(launches)} earlier launch(es); this one adds to it)"
 
 
