@@ -48,11 +48,12 @@ DEVICES: dict[str, Device] = {
     ),
 }
 
-#: MFU assumed when no record of the device and precision exists, by switches. From the
-#: H100 facts of DESIGN.md section 8 (row f, batch 4): fp32 eager 8.5 it/s = 2% of the TF32
-#: peak; bf16 autocast alone no faster than fp32 (1% of the bf16 peak); bf16 +
-#: ``torch.compile`` with CUDA graphs (``reduce-overhead``) 36.8 it/s = 4.5%; compile
-#: without CUDA graphs gave no gain. A CPU reaches about 20% of its assumed peak.
+#: MFU assumed when no record of the device and precision exists, by switches, from H100
+#: measurements of row (f) at batch 4 (docs/architecture.md, "What the planner assumes"):
+#: fp32 eager 8.5 it/s = 2% of the TF32 peak; bf16 autocast alone no faster than fp32 (1% of
+#: the bf16 peak); bf16 + ``torch.compile`` with CUDA graphs (``reduce-overhead``) 36.8 it/s
+#: = 4.5%; compile without CUDA graphs gave no gain. A CPU reaches about 20% of its assumed
+#: peak.
 DEFAULT_MFU = {
     ("gpu", "fp32", False): 0.02,
     ("gpu", "fp32", True): 0.02,

@@ -21,7 +21,8 @@ them, or the samples of a search), at the launch's settings:
   says which file), else an *estimate* from FLOPs at an assumed MFU (model FLOPs
   utilisation) that it states. The assumed MFU is the median of what the measured records
   on that device and precision achieve, or, with no such record, a default taken from the
-  H100 measurements of DESIGN.md section 8 (:mod:`ablate.planning.devices`);
+  H100 measurements in docs/architecture.md, "What the planner assumes"
+  (:mod:`ablate.planning.devices`);
 - a suggested ``--resources gpu=`` fraction: how many such trials fit in the GPU's memory
   (at most :data:`MAX_PACK`);
 - launch totals: trials, GPU-hours (each trial alone on a whole device), the dataset's
@@ -93,7 +94,7 @@ CONTEXT_GB = 0.5
 #: Per-trial fixed costs, seconds: a worker starting (imports), the dataset opened, the
 #: method built, the MLflow child run created and closed (issue 18's measurement: 3.9-4.2 s of
 #: imports per fresh worker, 1.5 s of MLflow), and ``torch.compile``'s warm-up on a GPU
-#: (DESIGN.md section 8: ~200 s).
+#: (~200 s: docs/architecture.md, "What the planner assumes").
 STARTUP_S = 6.0
 COMPILE_WARMUP_S = 200.0
 #: The simulator's fixed cost (anatomy template, projector) for a preset with no record.
@@ -378,7 +379,7 @@ def assumed_mfu(
     if train is not None:
         return train, sample or train * SAMPLING_MFU_FACTOR, why
     default = DEFAULT_MFU[(device.kind, switches["precision"], _cuda_graphs(switches))]
-    why = f"no {label} record: the default for {label}, DESIGN.md section 8"
+    why = f"no {label} record: the default for {label}, docs/architecture.md (planning defaults)"
     return default, default * SAMPLING_MFU_FACTOR, why
 
 
