@@ -430,7 +430,11 @@ class SearchConfig(_Strict):
     metric: str | list[str] = Field(
         default="psnr", description="Validation metric(s) optimised (val_<metric>)."
     )
-    mode: Mode | list[Mode] = Field(default="max", description="One direction per metric.")
+    mode: Mode | list[Mode] | None = Field(
+        default=None,
+        description="One direction per metric (default: the metric's own, "
+        "ablate.metric_names.better: max for psnr/ssim, min for nmse and sd).",
+    )
     num_samples: int = Field(default=8, ge=1)
     params: dict[str, SearchParam]
     grace_period: int = Field(default=1, ge=1, description="ASHA: evaluations before pruning.")
@@ -439,10 +443,10 @@ class SearchConfig(_Strict):
     @model_validator(mode="after")
     def _check_objectives(self) -> SearchConfig:
         metrics = [self.metric] if isinstance(self.metric, str) else self.metric
-        modes = [self.mode] if isinstance(self.mode, str) else self.mode
         if not metrics:
             raise ValueError("search.metric is empty: name a metric, e.g. psnr")
-        if len(modes) != len(metrics):
+        modes = [self.mode] if isinstance(self.mode, str) else self.mode
+        if modes is not None and len(modes) != len(metrics):
             raise ValueError(
                 f"search.mode needs one direction per metric: {len(metrics)} metric(s) "
                 f"{metrics} but mode {self.mode}; e.g. metric: [psnr, sd], mode: [max, min]"
@@ -453,10 +457,13 @@ class SearchConfig(_Strict):
 
     @property
     def objectives(self) -> list[tuple[str, Mode]]:
-        """``[(metric, mode), ...]``: one pair per objective, in the declared order."""
+        """``[(metric, mode), ...]``: one pair per objective, in the declared order; a
+        direction not declared is the metric's own (the one owner of metric directions)."""
+        from ablate.metric_names import better
+
         metrics = [self.metric] if isinstance(self.metric, str) else self.metric
         modes = [self.mode] if isinstance(self.mode, str) else self.mode
-        return list(zip(metrics, modes, strict=True))
+        return list(zip(metrics, modes or [better(m) for m in metrics], strict=True))
 
     @property
     def multi_objective(self) -> bool:
@@ -608,7 +615,8 @@ class ExperimentConfig(_Strict):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     search: SearchConfig | None = None
     metric: str = "psnr"
-    mode: Literal["max", "min"] = "max"
+    #: The direction of ``metric`` when it is not the metric's own (default: its own).
+    mode: Literal["max", "min"] | None = None
     max_failures: int = Field(default=1, ge=0)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     claims: list[Claim] = Field(default_factory=list)
@@ -644,6 +652,14 @@ class ExperimentConfig(_Strict):
     def reference_row(self) -> str:
         """The row the table tests against: ``reference:``, else the YAML's first row."""
         return self.reference or self.row_order[0]
+
+    @property
+    def direction(self) -> Mode:
+        """Which way ``metric`` improves: ``mode`` where the YAML sets it, else the metric's
+        own (an ``nmse`` launch keeps its lowest checkpoints, not its highest)."""
+        from ablate.metric_names import better
+
+        return self.mode or better(self.metric)
 
 
 def _check_analysis(exp: ExperimentConfig) -> None:

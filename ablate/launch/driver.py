@@ -284,7 +284,7 @@ def run_config(exp: ExperimentConfig, ws: Workspace, name: str, ctx: LaunchConte
         checkpoint_config=tune.CheckpointConfig(
             num_to_keep=2,
             checkpoint_score_attribute=f"val_{exp.metric}",
-            checkpoint_score_order=exp.mode,
+            checkpoint_score_order=exp.direction,
         ),
         failure_config=tune.FailureConfig(max_failures=exp.max_failures),
         callbacks=[

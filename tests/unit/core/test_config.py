@@ -167,3 +167,21 @@ def test_rows_subset_keeps_order_and_rejects_unknown_rows() -> None:
     assert list(select_rows(exp, ["full", "cpm"]).rows) == ["full", "cpm"]
     with pytest.raises(ConfigError, match="no row 'fulll'.*its rows are sr3, cpm"):
         select_rows(exp, ["fulll"])
+
+
+def test_an_undeclared_direction_is_the_metrics_own() -> None:
+    """A search or a launch on a metric that improves downwards (NMSE, the sampling SD) goes
+    the right way without a ``mode:`` (one owner of directions: ``ablate.metric_names``)."""
+    choice = {"type": "choice", "values": [1e-4, 1e-3]}
+    search = {"row": "cpm", "params": {"loss.k": choice}}
+    one = parse_experiment({**MINIMAL, "search": {**search, "metric": "sd"}})
+    assert one.search.objectives == [("sd", "min")]
+    two = parse_experiment({**MINIMAL, "search": {**search, "metric": ["psnr", "nmse"]}})
+    assert two.search.objectives == [("psnr", "max"), ("nmse", "min")]
+    declared = {**search, "metric": ["psnr", "sd"], "mode": ["max", "max"]}
+    assert parse_experiment({**MINIMAL, "search": declared}).search.objectives[1] == ("sd", "max")
+    with pytest.raises(ConfigError, match="one direction per metric"):
+        parse_experiment({**MINIMAL, "search": {**search, "metric": ["psnr"], "mode": []}})
+    assert parse_experiment({**MINIMAL, "metric": "nmse"}).direction == "min"
+    assert parse_experiment({**MINIMAL, "metric": "nmse", "mode": "max"}).direction == "max"
+    assert parse_experiment(MINIMAL).direction == "max"
