@@ -33,7 +33,9 @@ def wheel_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     venv.create(env_dir, system_site_packages=True, with_pip=True)
     python = env_dir / "bin" / "python"
     subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
+        # --ignore-installed: an editable install of the project among the system's packages
+        # (a developer's clone) must not stand in for the wheel
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", str(wheel)],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
