@@ -260,7 +260,9 @@ def test_an_interrupted_launch_says_interrupted_and_its_dashboard_shows_its_loss
     (not "2 trials, 0 failed"), and the launch's dashboard draws the interrupted trial's
     loss, which MLflow holds."""
     raw = tiny_experiment("stopped", {"cpm": {"method": "coarse_to_fine"}})
-    raw["train"] = {**raw["train"], "steps": 40, "eval_every": 10, "log_every": 10}
+    # 400 steps: the signal lands while the first trial still trains (with 40, a loaded
+    # machine finished it first, and the trial left interrupted had logged no loss yet)
+    raw["train"] = {**raw["train"], "steps": 400, "eval_every": 10, "log_every": 10}
     raw["resources"] = {"cpu": 1, "max_concurrent": 1}
     space = tmp_path / "stopped.yaml"
     space.write_text(yaml.safe_dump(raw))
