@@ -131,6 +131,7 @@ def ablate(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ablate", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # the CLI in subprocesses
 def test_plan_cli_json_and_bad_gpu(tmp_path: Path) -> None:
     out = ablate("plan", str(DEMO), "train.steps=40", "--rows", "cpm,full", "--json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr

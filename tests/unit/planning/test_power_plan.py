@@ -119,6 +119,7 @@ def _two_factor_space(tmp_path: Path, **design: Any) -> Path:
     return path
 
 
+@pytest.mark.slow  # the CLI in subprocesses
 def test_plan_compares_the_designs(tmp_path: Path) -> None:
     out = _ablate("plan", str(_two_factor_space(tmp_path)), "--compare-designs", cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
