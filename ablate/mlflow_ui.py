@@ -25,12 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mlflow.entities import Dataset, DatasetInput, InputTag
+from mlflow.entities import Dataset
 
 from ablate import tracking
 from ablate.config import DataConfig
 from ablate.mlflow_internals import (
-    MLFLOW_DATASET_CONTEXT,
     SOURCE_TAGS,
 )
 from ablate.sqlite_urls import sqlite_file
@@ -103,11 +102,7 @@ def dataset_entity(data: DataConfig, root: Path) -> Dataset:
 
 def log_dataset(tracking_uri: str, run_id: str, data: DataConfig, root: Path) -> None:
     """Log the training dataset as an input of a run (context ``training``)."""
-    entity = DatasetInput(
-        dataset_entity(data, root), [InputTag(MLFLOW_DATASET_CONTEXT, "training")]
-    )
-    mlf = tracking.client(tracking_uri)
-    tracking.retry(lambda: mlf.log_inputs(run_id, datasets=[entity]))
+    tracking.log_dataset_input(tracking_uri, run_id, dataset_entity(data, root).to_dictionary())
 
 
 # --- images ----------------------------------------------------------------------------------
@@ -143,19 +138,6 @@ def sample_images(images: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if "sd_map" in images:
         out["test/sd"] = _montage(images["sd_map"], 0.0, float(images["sd_map"].max()))
     return out
-
-
-def log_sample_images(
-    tracking_uri: str, run_id: str, images: dict[str, np.ndarray], step: int
-) -> None:
-    """Log :func:`sample_images` with ``MlflowClient.log_image`` at ``step``."""
-    mlf = tracking.client(tracking_uri)
-    for key, image in sample_images(images).items():
-        tracking.retry(
-            lambda key=key, image=image: mlf.log_image(
-                run_id, image, key=key, step=step, synchronous=True
-            )
-        )
 
 
 # --- the runs page ---------------------------------------------------------------------------

@@ -22,10 +22,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import mlflow
-from mlflow.entities import Metric, Param, RunTag
+import numpy as np
+import requests
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ablate.errors import UserError
+from ablate.mlflow_internals import MLFLOW_DATASET_CONTEXT
 from ablate.sqlite_urls import sqlite_file
 
 T = TypeVar("T")
@@ -139,6 +143,56 @@ def _retry(call: Callable[[], T], attempts: int = 6) -> T:
 
 
 retry = _retry  #: for other modules' store calls
+
+
+class TrackingUnreachable(UserError):
+    """The MLflow server did not answer for longer than a write may wait."""
+
+
+#: MLflow's client settings while :func:`fail_fast` holds: no retries of its own, and a
+#: request that hangs (a partitioned server) given up after 30 s.
+_FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+@contextmanager
+def fail_fast() -> Iterator[None]:
+    """MLflow requests in this block fail at once when the server cannot be reached, instead
+    of after the client's ~4 minutes of retries: for callers that retry themselves
+    (:mod:`ablate.tracking_spool`). MLflow reads these variables at each request."""
+    saved = {name: os.environ.get(name) for name in _FAIL_FAST}
+    os.environ.update(_FAIL_FAST)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+#: MLflow error codes of a server that is up but cannot serve now (its database is away).
+_TRANSIENT_CODES = {
+    "INTERNAL_ERROR",
+    "TEMPORARILY_UNAVAILABLE",
+    "SERVICE_UNDER_MAINTENANCE",
+    "DEADLINE_EXCEEDED",
+    "REQUEST_LIMIT_EXCEEDED",
+}
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether a failed MLflow call means "the server is not answering now" (refused, reset or
+    timed-out connections, a 5xx from a server whose database is away), as opposed to a
+    request the server refused (a bad parameter, a missing run): worth sending again later."""
+    if isinstance(exc, (requests.exceptions.RequestException, ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, MlflowException):
+        text = str(exc)
+        if text.startswith("API request to") or "Max retries exceeded" in text:
+            return True
+        return exc.error_code in _TRANSIENT_CODES
+    return False
 
 
 def client(tracking_uri: str) -> MlflowClient:
@@ -310,16 +364,26 @@ def log_metrics(
         _retry(lambda: mlf.log_batch(run_id, metrics=items, synchronous=True))
 
 
-def log_metric_history(
-    tracking_uri: str, run_id: str, history: Iterable[tuple[int, Mapping[str, float]]]
-) -> None:
-    """Log buffered per-step metrics (``[(step, {name: value})]``) in batches of 1000."""
-    now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, step) for step, values in history for k, v in values.items()]
+def log_points(tracking_uri: str, run_id: str, points: Iterable[list[Any]]) -> None:
+    """Log ``[name, value, timestamp_ms, step]`` points, stamped when they were measured, in
+    batches of 1000."""
+    items = [Metric(key, float(value), int(stamp), int(step)) for key, value, stamp, step in points]
     mlf = client(tracking_uri)
     for i in range(0, len(items), 1000):
         chunk = items[i : i + 1000]
         _retry(lambda chunk=chunk: mlf.log_batch(run_id, metrics=chunk, synchronous=True))
+
+
+def log_dataset_input(tracking_uri: str, run_id: str, dataset: Mapping[str, Any]) -> None:
+    """Log a dataset (the fields of an MLflow ``Dataset``) as the run's training input."""
+    entity = DatasetInput(Dataset(**dataset), [InputTag(MLFLOW_DATASET_CONTEXT, "training")])
+    mlf = client(tracking_uri)
+    _retry(lambda: mlf.log_inputs(run_id, datasets=[entity]))
+
+
+def log_image(tracking_uri: str, run_id: str, image: np.ndarray, key: str, step: int) -> None:
+    mlf = client(tracking_uri)
+    _retry(lambda: mlf.log_image(run_id, image, key=key, step=step, synchronous=True))
 
 
 def set_tags(tracking_uri: str, run_id: str, tags: Mapping[str, str]) -> None:

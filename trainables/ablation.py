@@ -4,12 +4,17 @@ train -> (periodic validation + checkpoint, reported to Tune for ASHA) -> test e
 -> MLflow. A restarted trial (retry after a crash, ``ablate resume``) restores model,
 optimisers, step and RNG states from its last checkpoint and keeps logging into the same
 MLflow child run.
+
+Every MLflow write of a trial goes through its :class:`ablate.tracking_spool.Spool`: a
+tracking server that is down does not stop training, and what the trial could not send
+rides in its checkpoints until the server answers.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -19,12 +24,13 @@ import torch
 import yaml
 from ray import tune
 
-from ablate import mlflow_ui, run_queries, tracking
+from ablate import mlflow_ui, tracking
 from ablate import storage as storage_mod
 from ablate.config import TrialConfig, parse_experiment
 from ablate.errors import UserError
 from ablate.lesions import lesion_summary
 from ablate.metric_names import TEST_SUBJECTS
+from ablate.tracking_spool import DRAIN_WAIT_S, SPOOL_FILE, SPOOL_FOLDER, Spool, wait_for_server
 from ablate.training.context import LaunchContext
 from ablate.training.evaluation import evaluate_method, write_evaluation_artifacts
 from ablate.training.progress import ProgressPoster
@@ -42,9 +48,10 @@ PROGRESS_EVERY_S = 2.0
 HISTORY_EVERY_S = 30.0
 #: Seconds a trial waits for its object store (a checkpoint it cannot upload or restore)
 #: before it fails: a shorter outage pauses the trial instead of costing one of its
-#: ``max_failures`` retries (each of which would wait as long again); see
-#: :func:`ablate.storage.retrying`.
-STORAGE_WAIT_S = 300.0
+#: ``max_failures`` retries (each of which would wait as long again, and whose restart
+#: needs the store), see :func:`ablate.storage.retrying`. As long as a trial waits for its
+#: tracking server (:data:`ablate.tracking_spool.DRAIN_WAIT_S`): 15 minutes.
+STORAGE_WAIT_S = 900.0
 
 
 class TrialFailed(UserError):
@@ -58,15 +65,22 @@ def _run_name(trial: TrialConfig, trial_id: str, searched: bool) -> str:
     return f"{name}-{trial_id}" if searched else name
 
 
-def _load_checkpoint(storage: str) -> dict[str, Any] | None:
+def _load_checkpoint(storage: str, spool_copy: Path) -> dict[str, Any] | None:
     """The state of the trial's last checkpoint (None on a first start), downloaded from
-    ``storage``, waiting out an object store's outage (:data:`STORAGE_WAIT_S`)."""
+    ``storage``, waiting out an object store's outage (:data:`STORAGE_WAIT_S`); its tracking
+    spool, if any, is copied into ``spool_copy``."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
 
     def load() -> dict[str, Any]:
         with checkpoint.as_directory() as folder:
+            for name in (SPOOL_FILE, SPOOL_FOLDER):
+                source = Path(folder) / name
+                if source.is_dir():
+                    shutil.copytree(source, spool_copy / name, dirs_exist_ok=True)
+                elif source.is_file():
+                    shutil.copy2(source, spool_copy / name)
             path = Path(folder) / CHECKPOINT_FILE
             return torch.load(path, weights_only=True, map_location="cpu")
 
@@ -74,14 +88,19 @@ def _load_checkpoint(storage: str) -> dict[str, Any] | None:
 
 
 def _report(
-    metrics: dict[str, float], state: dict[str, Any], trial: TrialConfig, storage: str
+    metrics: dict[str, float],
+    state: dict[str, Any],
+    trial: TrialConfig,
+    storage: str,
+    spool: Spool,
 ) -> None:
-    """``tune.report`` with a checkpoint, uploaded to ``storage`` by Ray; a failed upload
-    to an object store is tried again until :data:`STORAGE_WAIT_S` has passed (an upload
-    cut midway leaves its partial ``checkpoint_*`` folder behind, unreferenced: the retry
-    writes the next one)."""
+    """``tune.report`` with a checkpoint (the state, and the tracking writes not sent yet),
+    uploaded to ``storage`` by Ray; a failed upload to an object store is tried again until
+    :data:`STORAGE_WAIT_S` has passed (an upload cut midway leaves its partial
+    ``checkpoint_*`` folder behind, unreferenced: the retry writes the next one)."""
     with tempfile.TemporaryDirectory() as folder:
         torch.save(state, Path(folder) / CHECKPOINT_FILE)
+        spool.save(Path(folder))
         (Path(folder) / "config.yaml").write_text(yaml.safe_dump(trial.model_dump(mode="json")))
         checkpoint = tune.Checkpoint.from_directory(folder)
         storage_mod.retrying(
@@ -101,40 +120,76 @@ def train_trial(
     started = time.perf_counter()
     ctx = LaunchContext(**context)
     trial = trial_config(parse_experiment(experiment, "launch record"), config)
-    saved = _load_checkpoint(ctx.storage)
-    trial_id = tune.get_context().get_trial_id()
-    run_id, created = tracking.find_or_start_child(
-        ctx.tracking_uri,
-        ctx.experiment_id,
-        ctx.parent_run_id,
-        trial_id,
-        run_name=_run_name(trial, trial_id, searched=ctx.kind == "search"),
-        tags={
-            tracking.TAG_ROW: trial.row_name,
-            tracking.TAG_SEED: str(trial.seed),
-            tracking.TAG_DATASET: ctx.dataset_name,
-            tracking.TAG_DATASET_SHA256: ctx.dataset_sha256,
-            **_fold_tags(trial, ctx),
-            **mlflow_ui.inherited_tags(ctx.tracking_uri, ctx.parent_run_id),
-        },
-    )
-    if created:
-        tracking.log_params(ctx.tracking_uri, run_id, trial_params(trial))
-        mlflow_ui.log_dataset(ctx.tracking_uri, run_id, trial.data, Path(ctx.dataset_root))
-        estimate = ctx.estimate(config)
-        if estimate is not None:
-            tracking.log_metrics(ctx.tracking_uri, run_id, {"est_wall_s": estimate})
-    # a restarted trial replays the steps after its last checkpoint: log each (metric, step)
-    # once, skipping what its run already holds
-    logged = {} if created else run_queries.logged_steps(ctx.tracking_uri, run_id)
+    with tempfile.TemporaryDirectory() as spool_copy:
+        saved = _load_checkpoint(ctx.storage, Path(spool_copy))
+        spool = _open_run(config, ctx, trial, saved, Path(spool_copy))
     try:
-        _run(trial, ctx, run_id, saved, started, logged)
+        if saved is not None and "final_result" in saved:  # only its tracking writes were left
+            _send_final(spool, saved, trial, ctx)
+        else:
+            _run(trial, ctx, spool, saved, started)
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if not isinstance(exc, UserError):
             reason = f"{type(exc).__name__}: {reason}"
-        tracking.finish_run(ctx.tracking_uri, run_id, "failed", reason)
+        # sent now if the server answers; else the driver records the failure
+        spool.finish("failed", reason)
         raise
+    finally:
+        spool.close()
+
+
+def _open_run(
+    config: dict[str, Any],
+    ctx: LaunchContext,
+    trial: TrialConfig,
+    saved: dict[str, Any] | None,
+    spool_copy: Path,
+) -> Spool:
+    """The spool of the trial's MLflow run. A restored trial knows its run from its
+    checkpoint: it reopens it and puts the checkpoint's unsent writes first, without waiting
+    for the server. A trial without a checkpoint finds or creates its run, waiting for the
+    server as long as a trial's end would (:data:`DRAIN_WAIT_S`)."""
+    if saved is not None and saved.get("mlflow_run_id"):
+        spool = Spool(ctx.tracking_uri, str(saved["mlflow_run_id"]), new_run=False)
+        spool.reopen()
+        spool.load(spool_copy)
+        return spool
+    trial_id = tune.get_context().get_trial_id()
+
+    def find_or_start() -> tuple[str, bool]:
+        return tracking.find_or_start_child(
+            ctx.tracking_uri,
+            ctx.experiment_id,
+            ctx.parent_run_id,
+            trial_id,
+            run_name=_run_name(trial, trial_id, searched=ctx.kind == "search"),
+            tags={
+                tracking.TAG_ROW: trial.row_name,
+                tracking.TAG_SEED: str(trial.seed),
+                tracking.TAG_DATASET: ctx.dataset_name,
+                tracking.TAG_DATASET_SHA256: ctx.dataset_sha256,
+                **_fold_tags(trial, ctx),
+                **mlflow_ui.inherited_tags(ctx.tracking_uri, ctx.parent_run_id),
+            },
+        )
+
+    try:
+        run_id, created = wait_for_server(
+            find_or_start, "start the trial's MLflow run", ctx.tracking_uri, DRAIN_WAIT_S
+        )
+    except tracking.TrackingUnreachable as err:
+        raise TrialFailed(str(err)) from None
+    spool = Spool(ctx.tracking_uri, run_id, new_run=created)
+    if created:
+        spool.log_params(trial_params(trial))
+        spool.log_dataset(
+            mlflow_ui.dataset_entity(trial.data, Path(ctx.dataset_root)).to_dictionary()
+        )
+        estimate = ctx.estimate(config)
+        if estimate is not None:
+            spool.log_metrics({"est_wall_s": estimate})
+    return spool
 
 
 def _fold_tags(trial: TrialConfig, ctx: LaunchContext) -> dict[str, str]:
@@ -166,18 +221,12 @@ class _Progress:
         self.step, self.train_s, self.sent_at = step, 0.0, now
 
 
-def _unlogged(metrics: dict[str, float], step: int, logged: dict[str, int]) -> dict[str, float]:
-    """``metrics`` at ``step`` less those the run already holds at or after ``step``."""
-    return {k: v for k, v in metrics.items() if step > logged.get(k, -1)}
-
-
 def _run(
     trial: TrialConfig,
     ctx: LaunchContext,
-    run_id: str,
+    spool: Spool,
     saved: dict | None,
     started: float,
-    logged: dict[str, int],
 ) -> None:
     seed_everything(trial.seed)
     torch.set_num_threads(trial.train.num_threads)
@@ -200,7 +249,7 @@ def _run(
         return {
             **run.state(),
             "rng": capture_rng(),
-            "mlflow_run_id": run_id,
+            "mlflow_run_id": spool.run_id,
             "train_s": train_s,
             "wall_s": wall,
         }
@@ -217,7 +266,7 @@ def _run(
             window_end = min(target, (run.step // train.log_every + 1) * train.log_every)
             t0, first = time.perf_counter(), run.step
             window = run.train_until(window_end)
-            history += [(step, _unlogged(values, step, logged)) for step, values in window]
+            history += window
             elapsed = time.perf_counter() - t0
             train_s, session_s, session_steps = (
                 train_s + elapsed,
@@ -228,17 +277,16 @@ def _run(
             if run.step < target:
                 progress.report(run.step, train.steps)
                 if time.monotonic() - flushed >= HISTORY_EVERY_S:
-                    tracking.log_metric_history(ctx.tracking_uri, run_id, history)
+                    spool.log_history(history)
                     history, flushed = [], time.monotonic()
-        tracking.log_metric_history(ctx.tracking_uri, run_id, history)
+        spool.log_history(history)
         if run.step < train.steps:
             val = evaluate_method(run.eval_method, run.data("val"), trial, ctx.val_samples)
             val_metrics = {f"val_{k}": v for k, v in val.summary.items()}
-            fresh = _unlogged(val_metrics, run.step, logged)
-            tracking.log_metrics(ctx.tracking_uri, run_id, fresh, step=run.step)
+            spool.log_metrics(val_metrics, step=run.step)
             rounds = {"val_round": evals.index(run.step) + 1, "steps": train.steps}
             metrics = {**val_metrics, **rounds, "step": run.step, "final": 0}
-            _report(metrics, checkpoint_state(), trial, ctx.storage)
+            _report(metrics, checkpoint_state(), trial, ctx.storage, spool)
 
     val = evaluate_method(run.eval_method, run.data("val"), trial, ctx.val_samples)
     test = evaluate_method(
@@ -256,7 +304,7 @@ def _run(
     if session_steps:
         final["train_it_per_s"] = session_steps / max(session_s, 1e-9)
     final = {k: v for k, v in final.items() if math.isfinite(v)}
-    tracking.log_metrics(ctx.tracking_uri, run_id, _unlogged(final, run.step, logged), run.step)
+    spool.log_metrics(final, run.step)
     with tempfile.TemporaryDirectory() as folder:
         write_evaluation_artifacts(test, Path(folder))
         # which subjects the trial trained, validated and tested on: with data.folds, the
@@ -266,15 +314,33 @@ def _run(
         if not lesion_table.empty:
             lesion_table.to_parquet(Path(folder) / "test_lesions.parquet", index=False)
         run.export_weights(Path(folder) / "checkpoint")
-        tracking.log_artifacts(ctx.tracking_uri, run_id, Path(folder))
+        spool.log_artifacts(Path(folder))
     wall = {"wall_s": wall_s + time.perf_counter() - started}
-    tracking.log_metrics(ctx.tracking_uri, run_id, wall, step=run.step)
-    mlflow_ui.log_sample_images(ctx.tracking_uri, run_id, test.images, step=run.step)
-    tracking.finish_run(ctx.tracking_uri, run_id, "completed")
+    spool.log_metrics(wall, step=run.step)
+    for key, image in mlflow_ui.sample_images(test.images).items():
+        spool.log_image(image, key, run.step)
+    spool.finish("completed")
     rounds = {"val_round": len(evals) + 1, "steps": train.steps}
-    _report(
-        {**final, **wall, **rounds, "step": run.step, "final": 1},
-        checkpoint_state(),
-        trial,
-        ctx.storage,
-    )
+    final_result = {**final, **wall, **rounds, "step": run.step, "final": 1}
+    _send_final(spool, {**checkpoint_state(), "final_result": final_result}, trial, ctx)
+
+
+def _send_final(
+    spool: Spool, state: dict[str, Any], trial: TrialConfig, ctx: LaunchContext
+) -> None:
+    """Wait for the trial's tracking writes to reach the server, then report its final
+    result. Past :data:`DRAIN_WAIT_S` the trial fails in one line, its unsent writes (and the
+    final result) in a checkpoint: a retry of the trial, or ``ablate resume``, restores only
+    that and waits again. The interim report keeps the last validation round, so a
+    scheduler does not take it for the trial's end."""
+    final_result = dict(state["final_result"])
+    if not spool.drain(DRAIN_WAIT_S):
+        waiting = {**final_result, "final": 0, "val_round": final_result["val_round"] - 1}
+        _report(waiting, state, trial, ctx.storage, spool)
+        raise TrialFailed(
+            f"the MLflow server at {ctx.tracking_uri} did not answer for "
+            f"{spool.unreachable_for()}: the trial's last {len(spool.pending)} tracking writes "
+            "wait in its checkpoint; a retry of the trial or `ablate resume` sends them"
+        )
+    done = {k: v for k, v in state.items() if k != "final_result"}
+    _report(final_result, done, trial, ctx.storage, spool)

@@ -4,7 +4,9 @@ that keeps a restored trial off a deleted checkpoint.
 
 The trainable ends its own MLflow run when it completes or raises. Two ends it never sees
 are handled here, on the driver: a trial stopped early by ASHA (its run is marked
-``pruned``) and a trial whose worker died for good (marked ``failed``).
+``pruned``) and a trial whose worker died for good (marked ``failed``). While the tracking
+server cannot be reached, those ends wait in the callback and are recorded when it answers
+(the launch's end waits for them, :data:`ablate.tracking_spool.DRAIN_WAIT_S` at most).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import math
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -25,6 +28,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 
 from ablate import run_queries, tracking
 from ablate.launch.ray_internals import keep_checkpoints
+from ablate.tracking_spool import DRAIN_WAIT_S, RETRY_EVERY_S, wait_for_server
 from ablate.training import progress as progress_board
 from ablate.trials import ANY_TRIAL, lookup_estimate
 
@@ -311,22 +315,68 @@ class PlanVsActual(Callback):
                     "plan.error": self._actual / self._planned - 1,
                 }
             )
-        try:  # one step per driver session: a resumed launch adds a point, never a repeat
+
+        def write() -> None:  # one step per driver session: a resumed launch adds a point
             history = tracking.client(self.tracking_uri).get_metric_history(
                 self.parent_run_id, "actual.wall_s"
             )
             tracking.log_metrics(self.tracking_uri, self.parent_run_id, metrics, step=len(history))
+
+        try:
+            wait_for_server(write, "log plan vs actual", self.tracking_uri, DRAIN_WAIT_S)
         except Exception as exc:  # noqa: BLE001 - bookkeeping must not fail a finished launch
             log.warning("could not log plan vs actual to the parent run: %s", exc)
 
 
 class MlflowTrialStates(Callback):
-    """Records ends the trainable cannot record itself: pruned trials and dead workers."""
+    """Records ends the trainable cannot record itself: pruned trials and dead workers.
+
+    An end the tracking server cannot take now waits, in order, and is tried again at most
+    every :data:`~ablate.tracking_spool.RETRY_EVERY_S` (Tune's loop goes on meanwhile); the
+    experiment's end waits for what is left, :data:`~ablate.tracking_spool.DRAIN_WAIT_S` at
+    most."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
+        self.pending: list[Callable[[], None]] = []
+        self._failed_at: float | None = None
+
+    def _record(self, write: Callable[[], None]) -> None:
+        self.pending.append(write)
+        self._send()
+
+    def _send(self) -> bool:
+        """Send the waiting ends in order until one cannot reach the server; True when none
+        is left."""
+        while self.pending:
+            try:
+                with tracking.fail_fast():
+                    self.pending[0]()
+            except Exception as exc:
+                if not tracking.is_unreachable(exc):
+                    raise
+                self._failed_at = time.monotonic()
+                return False
+            self.pending.pop(0)
+        return True
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if self.pending and time.monotonic() - (self._failed_at or 0.0) >= RETRY_EVERY_S:
+            self._send()
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        deadline = time.monotonic() + DRAIN_WAIT_S
+        while not self._send() and time.monotonic() < deadline:
+            time.sleep(RETRY_EVERY_S)
+        if self.pending:
+            log.warning(
+                "%d trial ends could not reach the MLflow server at %s: the launch's end "
+                "marks those runs failed",
+                len(self.pending),
+                self.tracking_uri,
+            )
 
     def _run_of(self, trial: Any) -> Any | None:
         return run_queries.trial_run(
@@ -336,20 +386,27 @@ class MlflowTrialStates(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if (trial.last_result or {}).get("final") == 1:
             return
-        run = self._run_of(trial)
-        if run is not None:
-            tracking.finish_run(self.tracking_uri, run.info.run_id, "pruned")
+
+        def pruned() -> None:
+            run = self._run_of(trial)
+            if run is not None:
+                tracking.finish_run(self.tracking_uri, run.info.run_id, "pruned")
+
+        self._record(pruned)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run = self._run_of(trial)
-        if run is None or run.data.tags.get(tracking.TAG_STATUS) == "failed":
-            return
-        tracking.finish_run(
-            self.tracking_uri,
-            run.info.run_id,
-            "failed",
-            f"the trial's worker died (node lost or killed); Ray logs: {trial.local_path}",
-        )
+        def failed() -> None:
+            run = self._run_of(trial)
+            if run is None or run.data.tags.get(tracking.TAG_STATUS) == "failed":
+                return
+            tracking.finish_run(
+                self.tracking_uri,
+                run.info.run_id,
+                "failed",
+                f"the trial's worker died (node lost or killed); Ray logs: {trial.local_path}",
+            )
+
+        self._record(failed)
 
 
 def _exists(checkpoint: Checkpoint) -> bool:

@@ -35,6 +35,7 @@ from ablate.launch.job import Job
 from ablate.launch.searcher import PruningAwareOptunaSearch, optuna_distribution
 from ablate.launches import LAUNCH_RECORD, read_launch_record
 from ablate.shipped import shipped_space
+from ablate.tracking_spool import DRAIN_WAIT_S, wait_for_server
 from ablate.training.context import LaunchContext
 from ablate.trials import (
     FOLD,
@@ -397,6 +398,7 @@ def fit(
             grid = tuner.fit()
         errors = sum(1 for r in grid if r.error is not None)
         n_trials = max(len(grid), total)
+        _await_tracking(ctx, hint)
         if stop.signum is None:
             job.attach_report(ctx.tracking_uri, experiment, ctx.parent_run_id, name)
     except BaseException as exc:
@@ -406,6 +408,8 @@ def fit(
         if signum is not None:
             _end_launch(ctx, total, signum=signum, hint=hint)
             raise Interrupted(signum, hint) from None
+        if isinstance(exc, tracking.TrackingUnreachable):  # nothing can record the end
+            raise
         reason = str(exc).splitlines()[0] if str(exc) else ""
         _end_launch(ctx, total, crash=f"{type(exc).__name__}: {reason}")
         raise
@@ -423,6 +427,21 @@ def fit(
         signum=stop.signum,
         resume_hint=hint if status != "completed" else "",
     )
+
+
+def _await_tracking(ctx: LaunchContext, hint: str) -> None:
+    """Wait for the tracking server (:data:`~ablate.tracking_spool.DRAIN_WAIT_S` at most)
+    before the launch's end is recorded there; past that, one line naming the resume command,
+    which records it (the trials' results are safe in their checkpoints)."""
+    try:
+        wait_for_server(
+            lambda: tracking.client(ctx.tracking_uri).get_run(ctx.parent_run_id),
+            "record the launch's end",
+            ctx.tracking_uri,
+            DRAIN_WAIT_S,
+        )
+    except tracking.TrackingUnreachable as err:
+        raise tracking.TrackingUnreachable(f"{err}; once it answers: {hint}") from None
 
 
 def _end_launch(

@@ -1,0 +1,209 @@
+"""A tracking server that is down for longer than MLflow's client retries (about 4 minutes).
+
+A real ``mlflow server`` (sqlite backend) is stopped and started again, around a spool's
+writes and around a whole ``ablate run`` launch (embedded Ray): the trial keeps training,
+and once the server is back, every (metric, step) it logged is on the server, once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from ablate import tracking
+from ablate.tracking_spool import Spool
+from tests.conftest import tiny_experiment
+
+pytestmark = pytest.mark.slow
+
+#: How long the launch's server stays down: longer than MLflow's own retries (~4 min).
+OUTAGE_S = 360
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _healthy(uri: str) -> bool:
+    with contextlib.suppress(OSError):
+        with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+            return response.status == 200
+    return False
+
+
+class Server:
+    """``mlflow server`` on a sqlite store, in its own process group, stoppable and restartable
+    on the same port."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.port = root, _free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        args = ["mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}"]
+        args += ["--artifacts-destination", str(self.root / "artifacts")]
+        args += ["--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        log = open(self.root / "server.log", "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True
+        )
+        deadline = time.time() + 120
+        while not _healthy(self.uri):
+            assert self.proc.poll() is None and time.time() < deadline, (
+                self.root / "server.log"
+            ).read_text()[-2000:]
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=30)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc = None
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    root = tmp_path / "server"
+    root.mkdir()
+    srv = Server(root)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def _history(uri: str, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in MlflowClient(uri).get_metric_history(run_id, key))
+
+
+def test_a_spool_keeps_writes_through_an_outage_and_a_restart_and_sends_each_once(
+    server: Server, tmp_path: Path
+) -> None:
+    experiment = tracking.ensure_experiment(server.uri, "spool", None)
+    run_id = tracking.start_parent(server.uri, experiment, "trial", "spooled", {})
+    spool = Spool(server.uri, run_id, new_run=True)
+    spool.log_history([(1, {"loss": 1.0}), (2, {"loss": 2.0})])
+    assert not spool.pending
+
+    server.stop()
+    started = time.monotonic()
+    spool.log_history([(3, {"loss": 3.0}), (4, {"loss": 4.0})])
+    note = tmp_path / "note.txt"
+    note.write_text("kept")
+    spool.log_artifacts(note)
+    spool.set_tags({"kept": "yes"})
+    # the writes returned at once (no 4 minutes of client retries) and wait in the spool
+    assert time.monotonic() - started < 60
+    assert [op["op"] for op in spool.pending] == ["metrics", "artifacts", "tags"]
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    spool.save(checkpoint)
+    spool.close()
+
+    # a restarted trial: the checkpoint's writes first, then it replays steps 3-4, goes on to 5
+    restarted = Spool(server.uri, run_id, new_run=False)
+    restarted.load(checkpoint)
+    restarted.log_history([(3, {"loss": 3.0}), (4, {"loss": 4.0}), (5, {"loss": 5.0})])
+    assert not restarted.drain(1), "the server is still down"
+    assert "did not" not in restarted.unreachable_for()
+    server.start()
+    assert restarted.drain(60)
+    restarted.close()
+
+    assert _history(server.uri, run_id, "loss") == [1, 2, 3, 4, 5]
+    run = MlflowClient(server.uri).get_run(run_id)
+    assert run.data.tags["kept"] == "yes"
+    names = [f.path for f in MlflowClient(server.uri).list_artifacts(run_id)]
+    assert names == ["note.txt"], names
+
+
+def test_points_a_lost_answer_already_stored_are_not_sent_again(server: Server) -> None:
+    """A request stored by the server whose answer never came back: the spool reads the run's
+    last steps before sending more, so the retry adds nothing twice."""
+    experiment = tracking.ensure_experiment(server.uri, "lost-answer", None)
+    run_id = tracking.start_parent(server.uri, experiment, "trial", "lost", {})
+    tracking.log_metrics(server.uri, run_id, {"loss": 1.0, "val_psnr": 20.0}, step=10)
+    spool = Spool(server.uri, run_id, new_run=False)  # it does not know what the run holds
+    spool.log_history([(10, {"loss": 1.0, "val_psnr": 20.0}), (20, {"loss": 0.5})])
+    assert spool.drain(30)
+    assert _history(server.uri, run_id, "loss") == [10, 20]
+    assert _history(server.uri, run_id, "val_psnr") == [10]
+
+
+def test_a_launch_survives_its_tracking_server_down_for_six_minutes(
+    server: Server, tmp_path: Path
+) -> None:
+    """``ablate run`` against the server; the server stops once the trial has made its run
+    and stays down for :data:`OUTAGE_S`. The trial trains on, its end waits for the
+    server, and every point it logged during the outage is on the server afterwards, once."""
+    raw = tiny_experiment("outage", {"cpm": {"method": "coarse_to_fine"}}, seeds=[0])
+    raw["train"].update({"steps": 1000, "eval_every": 250, "log_every": 10})
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(raw))
+    workdir = tmp_path / "work"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    log = tmp_path / "driver.log"
+    with open(log, "wb") as out:
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "ablate.cli", "run", str(space)]
+            + ["--tracking-uri", server.uri, "--workdir", str(workdir)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            env=env,
+            start_new_session=True,
+        )
+        try:
+            client = MlflowClient(server.uri)
+            deadline = time.time() + 300
+            while not _trial_runs(server.uri, "outage"):  # the trial has started
+                assert driver.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+                time.sleep(0.5)
+            server.stop()
+            down = time.time()
+            time.sleep(OUTAGE_S)
+            server.start()
+            up = time.time()
+            assert driver.wait(timeout=900) == 0, log.read_text()[-3000:]
+        finally:
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
+    (run,) = _trial_runs(server.uri, "outage")
+    assert run.info.status == "FINISHED", run.data.tags
+    assert "psnr" in run.data.metrics
+    stamped_in_outage = 0
+    for key in run.data.metrics:
+        points = client.get_metric_history(run.info.run_id, key)
+        steps = [m.step for m in points]
+        assert len(steps) == len(set(steps)), (key, sorted(steps))
+        stamped_in_outage += sum(down <= m.timestamp / 1000 <= up for m in points)
+    assert _history(server.uri, run.info.run_id, "loss") == list(range(10, 1001, 10))
+    assert _history(server.uri, run.info.run_id, "val_psnr") == [250, 500, 750, 1000]
+    # the trial trained on while the server was down: points measured then reached it later
+    assert stamped_in_outage > 0, (down, up)
+    print(f"tracking outage: {up - down:.0f} s; {stamped_in_outage} points measured during it")
+
+
+def _trial_runs(uri: str, experiment: str) -> list:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return client.search_runs([exp.experiment_id], "tags.`ablate.kind` = 'trial'")
