@@ -35,6 +35,11 @@ from ablate import designs
 from ablate.errors import UserError
 from ablate.shipped import shipped_space, shipped_space_names
 
+#: Seconds a trial waits out an unreachable tracking server or object store (and the driver
+#: its tracking server) before it fails: 15 minutes, longer than a server restart, a
+#: database failover or most network partitions. ``outage_wait_s`` in a launch's YAML.
+OUTAGE_WAIT_S = 900.0
+
 
 class ConfigError(UserError):
     """A configuration problem, phrased as one line that names the file/key and the fix."""
@@ -618,6 +623,13 @@ class ExperimentConfig(_Strict):
     #: The direction of ``metric`` when it is not the metric's own (default: its own).
     mode: Literal["max", "min"] | None = None
     max_failures: int = Field(default=1, ge=0)
+    outage_wait_s: float = Field(
+        default=OUTAGE_WAIT_S,
+        gt=0,
+        description="Seconds a trial waits for an unreachable tracking server or object store "
+        "(training goes on; its tracking writes wait in its checkpoint) before it fails in one "
+        "line; each Ray retry and `ablate resume` waits as long again.",
+    )
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     claims: list[Claim] = Field(default_factory=list)
     #: The rows as the YAML lists them, kept when ``--rows`` selects some (a copy keeps it).

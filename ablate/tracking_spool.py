@@ -17,7 +17,7 @@ failover or a partition lasts longer. A trial writes through a :class:`Spool` in
   That is also what keeps a restarted trial, which replays the steps after its checkpoint,
   from logging a (metric, step) twice;
 - the trial's end waits for the spool to drain (:meth:`Spool.drain`, bounded by
-  :data:`DRAIN_WAIT_S`); past the bound the trial fails in one line with the spool in its
+  the launch's ``outage_wait_s``); past the bound the trial fails in one line with the spool in its
   checkpoint, and a retry or ``ablate resume`` sends the rest.
 
 Sends use MLflow's client with its own retries off (:func:`ablate.tracking.fail_fast`): the
@@ -41,9 +41,6 @@ from ablate import run_queries, tracking
 #: Seconds between two attempts to reach an unreachable server: a write in between only
 #: appends (a partitioned server would cost a request timeout per attempt).
 RETRY_EVERY_S = 10.0
-#: Seconds a trial's end waits for its spool to drain before the trial fails with the spool
-#: in its checkpoint (then each of its Ray retries, and ``ablate resume``, waits as long again).
-DRAIN_WAIT_S = 900.0
 #: The spool's file in a checkpoint folder; the files its writes name lie beside it.
 SPOOL_FILE = "tracking_spool.json"
 SPOOL_FOLDER = "tracking_spool"
@@ -135,7 +132,7 @@ class Spool:
             self.last_failure = self.unreachable_since = None
         return True
 
-    def drain(self, wait_s: float = DRAIN_WAIT_S) -> bool:
+    def drain(self, wait_s: float) -> bool:
         """Flush until empty or ``wait_s`` has passed; True when empty."""
         deadline = time.monotonic() + wait_s
         while not self.flush():
@@ -148,8 +145,7 @@ class Spool:
     def unreachable_for(self) -> str:
         """How long the server has not answered, and its last error, for a one-line reason."""
         since = self.unreachable_since
-        minutes = 0.0 if since is None else (time.monotonic() - since) / 60
-        return f"{minutes:.0f} min ({self.last_error})"
+        return f"{duration(0.0 if since is None else time.monotonic() - since)} ({self.last_error})"
 
     def _failed(self, exc: Exception) -> None:
         now = time.monotonic()
@@ -210,7 +206,9 @@ class Spool:
                 _copy(self.folder / op["name"], files / op["name"])
 
     def load(self, folder: Path) -> None:
-        """Put a checkpoint's pending writes before any this spool holds (a restored trial)."""
+        """Add a checkpoint's pending writes after those this spool holds: a restored trial
+        reopens its run first, then sends what its predecessor could not (its run's end
+        included)."""
         path = folder / SPOOL_FILE
         if not path.is_file():
             return
@@ -220,10 +218,15 @@ class Spool:
         for op in saved["ops"]:
             if op.get("name"):
                 _copy(folder / SPOOL_FOLDER / op["name"], self.folder / op["name"])
-        self.pending[:0] = saved["ops"]
+        self.pending.extend(saved["ops"])
 
     def close(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def duration(seconds: float) -> str:
+    """``45 s`` or ``15 min``: how long a server was waited for, in a one-line reason."""
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def _copy(source: Path, target: Path) -> None:
@@ -249,6 +252,6 @@ def wait_for_server(call: Callable[[], Any], what: str, tracking_uri: str, wait_
                 first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
                 raise tracking.TrackingUnreachable(
                     f"could not {what}: the MLflow server at {tracking_uri} did not answer for "
-                    f"{wait_s / 60:.0f} min ({first})"
+                    f"{duration(wait_s)} ({first})"
                 ) from None
             time.sleep(min(RETRY_EVERY_S, max(deadline - time.monotonic(), 0.1)))

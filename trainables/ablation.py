@@ -30,7 +30,7 @@ from ablate.config import TrialConfig, parse_experiment
 from ablate.errors import UserError
 from ablate.lesions import lesion_summary
 from ablate.metric_names import TEST_SUBJECTS
-from ablate.tracking_spool import DRAIN_WAIT_S, SPOOL_FILE, SPOOL_FOLDER, Spool, wait_for_server
+from ablate.tracking_spool import SPOOL_FILE, SPOOL_FOLDER, Spool, wait_for_server
 from ablate.training.context import LaunchContext
 from ablate.training.evaluation import evaluate_method, write_evaluation_artifacts
 from ablate.training.progress import ProgressPoster
@@ -46,12 +46,6 @@ SPLITS_FILE = "splits.json"
 PROGRESS_EVERY_S = 2.0
 #: Seconds between flushes of the buffered loss history to MLflow between validations.
 HISTORY_EVERY_S = 30.0
-#: Seconds a trial waits for its object store (a checkpoint it cannot upload or restore)
-#: before it fails: a shorter outage pauses the trial instead of costing one of its
-#: ``max_failures`` retries (each of which would wait as long again, and whose restart
-#: needs the store), see :func:`ablate.storage.retrying`. As long as a trial waits for its
-#: tracking server (:data:`ablate.tracking_spool.DRAIN_WAIT_S`): 15 minutes.
-STORAGE_WAIT_S = 900.0
 
 
 class TrialFailed(UserError):
@@ -65,10 +59,11 @@ def _run_name(trial: TrialConfig, trial_id: str, searched: bool) -> str:
     return f"{name}-{trial_id}" if searched else name
 
 
-def _load_checkpoint(storage: str, spool_copy: Path) -> dict[str, Any] | None:
+def _load_checkpoint(ctx: LaunchContext, spool_copy: Path) -> dict[str, Any] | None:
     """The state of the trial's last checkpoint (None on a first start), downloaded from
-    ``storage``, waiting out an object store's outage (:data:`STORAGE_WAIT_S`); its tracking
-    spool, if any, is copied into ``spool_copy``."""
+    the launch's storage, waiting out an object store's outage (``outage_wait_s``: a shorter
+    outage pauses the trial instead of costing one of its ``max_failures`` retries, whose
+    restart needs the store too); its tracking spool, if any, is copied into ``spool_copy``."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
@@ -84,19 +79,21 @@ def _load_checkpoint(storage: str, spool_copy: Path) -> dict[str, Any] | None:
             path = Path(folder) / CHECKPOINT_FILE
             return torch.load(path, weights_only=True, map_location="cpu")
 
-    return storage_mod.retrying(load, storage, "restore the trial's checkpoint", STORAGE_WAIT_S)
+    return storage_mod.retrying(
+        load, ctx.storage, "restore the trial's checkpoint", ctx.outage_wait_s
+    )
 
 
 def _report(
     metrics: dict[str, float],
     state: dict[str, Any],
     trial: TrialConfig,
-    storage: str,
+    ctx: LaunchContext,
     spool: Spool,
 ) -> None:
     """``tune.report`` with a checkpoint (the state, and the tracking writes not sent yet),
-    uploaded to ``storage`` by Ray; a failed upload to an object store is tried again until
-    :data:`STORAGE_WAIT_S` has passed (an upload cut midway leaves its partial
+    uploaded to the launch's storage by Ray; a failed upload to an object store is tried
+    again until ``outage_wait_s`` has passed (an upload cut midway leaves its partial
     ``checkpoint_*`` folder behind, unreferenced: the retry writes the next one)."""
     with tempfile.TemporaryDirectory() as folder:
         torch.save(state, Path(folder) / CHECKPOINT_FILE)
@@ -105,9 +102,9 @@ def _report(
         checkpoint = tune.Checkpoint.from_directory(folder)
         storage_mod.retrying(
             lambda: tune.report(dict(metrics), checkpoint=checkpoint),
-            storage,
+            ctx.storage,
             "upload the trial's checkpoint",
-            STORAGE_WAIT_S,
+            ctx.outage_wait_s,
         )
 
 
@@ -121,7 +118,7 @@ def train_trial(
     ctx = LaunchContext(**context)
     trial = trial_config(parse_experiment(experiment, "launch record"), config)
     with tempfile.TemporaryDirectory() as spool_copy:
-        saved = _load_checkpoint(ctx.storage, Path(spool_copy))
+        saved = _load_checkpoint(ctx, Path(spool_copy))
         spool = _open_run(config, ctx, trial, saved, Path(spool_copy))
     try:
         if saved is not None and "final_result" in saved:  # only its tracking writes were left
@@ -149,7 +146,7 @@ def _open_run(
     """The spool of the trial's MLflow run. A restored trial knows its run from its
     checkpoint: it reopens it and puts the checkpoint's unsent writes first, without waiting
     for the server. A trial without a checkpoint finds or creates its run, waiting for the
-    server as long as a trial's end would (:data:`DRAIN_WAIT_S`)."""
+    server as long as a trial's end would (``outage_wait_s``)."""
     if saved is not None and saved.get("mlflow_run_id"):
         spool = Spool(ctx.tracking_uri, str(saved["mlflow_run_id"]), new_run=False)
         spool.reopen()
@@ -176,7 +173,7 @@ def _open_run(
 
     try:
         run_id, created = wait_for_server(
-            find_or_start, "start the trial's MLflow run", ctx.tracking_uri, DRAIN_WAIT_S
+            find_or_start, "start the trial's MLflow run", ctx.tracking_uri, ctx.outage_wait_s
         )
     except tracking.TrackingUnreachable as err:
         raise TrialFailed(str(err)) from None
@@ -286,7 +283,7 @@ def _run(
             spool.log_metrics(val_metrics, step=run.step)
             rounds = {"val_round": evals.index(run.step) + 1, "steps": train.steps}
             metrics = {**val_metrics, **rounds, "step": run.step, "final": 0}
-            _report(metrics, checkpoint_state(), trial, ctx.storage, spool)
+            _report(metrics, checkpoint_state(), trial, ctx, spool)
 
     val = evaluate_method(run.eval_method, run.data("val"), trial, ctx.val_samples)
     test = evaluate_method(
@@ -329,18 +326,18 @@ def _send_final(
     spool: Spool, state: dict[str, Any], trial: TrialConfig, ctx: LaunchContext
 ) -> None:
     """Wait for the trial's tracking writes to reach the server, then report its final
-    result. Past :data:`DRAIN_WAIT_S` the trial fails in one line, its unsent writes (and the
-    final result) in a checkpoint: a retry of the trial, or ``ablate resume``, restores only
-    that and waits again. The interim report keeps the last validation round, so a
-    scheduler does not take it for the trial's end."""
+    result. Past the launch's ``outage_wait_s`` the trial fails in one line, its unsent
+    writes (and the final result) in a checkpoint: a retry of the trial, or ``ablate
+    resume``, restores only that and waits again. The interim report keeps the last
+    validation round, so a scheduler does not take it for the trial's end."""
     final_result = dict(state["final_result"])
-    if not spool.drain(DRAIN_WAIT_S):
+    if not spool.drain(ctx.outage_wait_s):
         waiting = {**final_result, "final": 0, "val_round": final_result["val_round"] - 1}
-        _report(waiting, state, trial, ctx.storage, spool)
+        _report(waiting, state, trial, ctx, spool)
         raise TrialFailed(
             f"the MLflow server at {ctx.tracking_uri} did not answer for "
             f"{spool.unreachable_for()}: the trial's last {len(spool.pending)} tracking writes "
             "wait in its checkpoint; a retry of the trial or `ablate resume` sends them"
         )
     done = {k: v for k, v in state.items() if k != "final_result"}
-    _report(final_result, done, trial, ctx.storage, spool)
+    _report(final_result, done, trial, ctx, spool)

@@ -6,7 +6,7 @@ The trainable ends its own MLflow run when it completes or raises. Two ends it n
 are handled here, on the driver: a trial stopped early by ASHA (its run is marked
 ``pruned``) and a trial whose worker died for good (marked ``failed``). While the tracking
 server cannot be reached, those ends wait in the callback and are recorded when it answers
-(the launch's end waits for them, :data:`ablate.tracking_spool.DRAIN_WAIT_S` at most).
+(the launch's end waits for them, the launch's ``outage_wait_s`` at most).
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from rich.progress import BarColumn, Progress, TextColumn
 
 from ablate import run_queries, tracking
 from ablate.launch.ray_internals import keep_checkpoints
-from ablate.tracking_spool import DRAIN_WAIT_S, RETRY_EVERY_S, wait_for_server
+from ablate.tracking_spool import RETRY_EVERY_S, wait_for_server
 from ablate.training import progress as progress_board
+from ablate.training.context import LaunchContext
 from ablate.trials import ANY_TRIAL, lookup_estimate
 
 log = logging.getLogger(__name__)
@@ -282,10 +283,11 @@ class PlanVsActual(Callback):
     ``actual.trial_s`` (sum over finished trials, as the driver saw them), ``plan.done_s``
     (their estimates), ``plan.error`` (actual / estimated - 1) and ``actual.wall_s``."""
 
-    def __init__(self, tracking_uri: str, parent_run_id: str, estimates: dict[str, float]):
-        self.tracking_uri = tracking_uri
-        self.parent_run_id = parent_run_id
-        self.estimates = dict(estimates)
+    def __init__(self, ctx: LaunchContext) -> None:
+        self.tracking_uri = ctx.tracking_uri
+        self.parent_run_id = ctx.parent_run_id
+        self.estimates = dict(ctx.estimates)
+        self.wait_s = ctx.outage_wait_s
         self._start: dict[str, float] = {}
         self._actual = 0.0
         self._planned = 0.0
@@ -323,7 +325,7 @@ class PlanVsActual(Callback):
             tracking.log_metrics(self.tracking_uri, self.parent_run_id, metrics, step=len(history))
 
         try:
-            wait_for_server(write, "log plan vs actual", self.tracking_uri, DRAIN_WAIT_S)
+            wait_for_server(write, "log plan vs actual", self.tracking_uri, self.wait_s)
         except Exception as exc:  # noqa: BLE001 - bookkeeping must not fail a finished launch
             log.warning("could not log plan vs actual to the parent run: %s", exc)
 
@@ -333,13 +335,13 @@ class MlflowTrialStates(Callback):
 
     An end the tracking server cannot take now waits, in order, and is tried again at most
     every :data:`~ablate.tracking_spool.RETRY_EVERY_S` (Tune's loop goes on meanwhile); the
-    experiment's end waits for what is left, :data:`~ablate.tracking_spool.DRAIN_WAIT_S` at
-    most."""
+    experiment's end waits for what is left, the launch's ``outage_wait_s`` at most."""
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str) -> None:
-        self.tracking_uri = tracking_uri
-        self.experiment_id = experiment_id
-        self.parent_run_id = parent_run_id
+    def __init__(self, ctx: LaunchContext) -> None:
+        self.tracking_uri = ctx.tracking_uri
+        self.experiment_id = ctx.experiment_id
+        self.parent_run_id = ctx.parent_run_id
+        self.wait_s = ctx.outage_wait_s
         self.pending: list[Callable[[], None]] = []
         self._failed_at: float | None = None
 
@@ -367,7 +369,7 @@ class MlflowTrialStates(Callback):
             self._send()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        deadline = time.monotonic() + DRAIN_WAIT_S
+        deadline = time.monotonic() + self.wait_s
         while not self._send() and time.monotonic() < deadline:
             time.sleep(RETRY_EVERY_S)
         if self.pending:

@@ -35,7 +35,7 @@ from ablate.launch.job import Job
 from ablate.launch.searcher import PruningAwareOptunaSearch, optuna_distribution
 from ablate.launches import LAUNCH_RECORD, read_launch_record
 from ablate.shipped import shipped_space
-from ablate.tracking_spool import DRAIN_WAIT_S, wait_for_server
+from ablate.tracking_spool import wait_for_server
 from ablate.training.context import LaunchContext
 from ablate.trials import (
     FOLD,
@@ -224,6 +224,7 @@ def _prepare(
         dataset_staged=staged,
         dataset_name=dataset[tracking.TAG_DATASET],
         fold_hash=fold_hash,
+        outage_wait_s=exp.outage_wait_s,
     )
     try:
         mlflow_ui.log_dataset(ws.tracking_uri, parent, exp.data, dataset_root)
@@ -290,9 +291,9 @@ def run_config(exp: ExperimentConfig, ws: Workspace, name: str, ctx: LaunchConte
         failure_config=tune.FailureConfig(max_failures=exp.max_failures),
         callbacks=[
             TrialProgress(total, ctx.estimates, ctx.parent_run_id),
-            MlflowTrialStates(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id),
+            MlflowTrialStates(ctx),
             CheckpointGuard(),
-            PlanVsActual(ctx.tracking_uri, ctx.parent_run_id, ctx.estimates),
+            PlanVsActual(ctx),
         ],
         verbose=0,
     )
@@ -430,7 +431,7 @@ def fit(
 
 
 def _await_tracking(ctx: LaunchContext, hint: str) -> None:
-    """Wait for the tracking server (:data:`~ablate.tracking_spool.DRAIN_WAIT_S` at most)
+    """Wait for the tracking server (the launch's ``outage_wait_s`` at most)
     before the launch's end is recorded there; past that, one line naming the resume command,
     which records it (the trials' results are safe in their checkpoints)."""
     try:
@@ -438,7 +439,7 @@ def _await_tracking(ctx: LaunchContext, hint: str) -> None:
             lambda: tracking.client(ctx.tracking_uri).get_run(ctx.parent_run_id),
             "record the launch's end",
             ctx.tracking_uri,
-            DRAIN_WAIT_S,
+            ctx.outage_wait_s,
         )
     except tracking.TrackingUnreachable as err:
         raise tracking.TrackingUnreachable(f"{err}; once it answers: {hint}") from None

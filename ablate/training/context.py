@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ablate.config import OUTAGE_WAIT_S
 from ablate.trials import lookup_estimate
 
 
@@ -36,6 +37,9 @@ class LaunchContext:
     val_samples: int = 1  # K per validation slice: > 1 when a search optimises sd / ams_*
     #: The plan's estimated wall seconds per trial, by :func:`ablate.trials.trial_key`.
     estimates: dict[str, float] = field(default_factory=dict)
+    #: The launch's ``outage_wait_s``: how long its trials and driver wait for an
+    #: unreachable tracking server or object store.
+    outage_wait_s: float = OUTAGE_WAIT_S
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -207,3 +207,67 @@ def _trial_runs(uri: str, experiment: str) -> list:
     if exp is None:
         return []
     return client.search_runs([exp.experiment_id], "tags.`ablate.kind` = 'trial'")
+
+
+def test_a_trial_that_outwaits_its_bound_fails_in_one_line_and_resume_sends_the_rest(
+    server: Server, tmp_path: Path
+) -> None:
+    """``outage_wait_s: 20`` and the server down from the trial's start until after the launch
+    ends: the trial trains to its end, waits 20 s for the server, fails in one line with its
+    unsent writes in its checkpoint (so does its one retry); the driver waits 20 s for the
+    server, then names the resume command in one line. With the server back, ``ablate resume``
+    sends everything, once, without training again."""
+    raw = tiny_experiment("outwaited", {"cpm": {"method": "coarse_to_fine"}}, seeds=[0])
+    raw["train"].update({"steps": 300, "eval_every": 100, "log_every": 10})
+    raw.update({"outage_wait_s": 20, "max_failures": 1})
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(raw))
+    workdir = tmp_path / "work"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    log = tmp_path / "driver.log"
+    with open(log, "wb") as out:
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "ablate.cli", "run", str(space)]
+            + ["--tracking-uri", server.uri, "--workdir", str(workdir)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            env=env,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.time() + 300
+            while not _trial_runs(server.uri, "outwaited"):
+                assert driver.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+                time.sleep(0.5)
+            server.stop()
+            code = driver.wait(timeout=600)
+        finally:
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
+    output = log.read_text()
+    assert code != 0, output[-3000:]
+    last = [line for line in output.splitlines() if line.strip()][-1]
+    assert "did not answer" in last and "ablate resume outwaited" in last, output[-3000:]
+    server.start()
+    (run,) = _trial_runs(server.uri, "outwaited")
+    assert "psnr" not in run.data.metrics  # the trial's end never reached the server
+    resumed = subprocess.run(
+        [sys.executable, "-m", "ablate.cli", "resume", "outwaited", "--workdir", str(workdir)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    (run,) = _trial_runs(server.uri, "outwaited")
+    assert run.info.status == "FINISHED", resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "psnr" in run.data.metrics and "ablate.error" not in run.data.tags
+    client = MlflowClient(server.uri)
+    for key in run.data.metrics:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert len(steps) == len(set(steps)), (key, sorted(steps))
+    assert _history(server.uri, run.info.run_id, "loss") == list(range(10, 301, 10))
+    assert "checkpoint" in [f.path for f in client.list_artifacts(run.info.run_id)]
+    assert run.data.params.get("row") == "cpm"
