@@ -147,6 +147,42 @@ def test_points_a_lost_answer_already_stored_are_not_sent_again(server: Server) 
     assert _history(server.uri, run_id, "val_psnr") == [10]
 
 
+def _env() -> dict[str, str]:
+    """The launches' environment: no cluster address or tracking URI from the caller's."""
+    drop = ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
+@contextlib.contextmanager
+def _launch_until_trial_runs(
+    raw: dict, server: Server, tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """``ablate run`` of ``raw`` against the server in a process group of its own (killed on
+    the way out), once its trial has made its MLflow run: the driver and its log."""
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(raw))
+    log = tmp_path / "driver.log"
+    with open(log, "wb") as out:
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "ablate.cli", "run", str(space)]
+            + ["--tracking-uri", server.uri, "--workdir", str(tmp_path / "work")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            env=_env(),
+            start_new_session=True,
+        )
+        try:
+            deadline = time.time() + 300
+            while not _trial_runs(server.uri, raw["name"]):
+                assert driver.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+                time.sleep(0.5)
+            yield driver, log
+        finally:
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
+
+
 def test_a_launch_survives_its_tracking_server_down_for_six_minutes(
     server: Server, tmp_path: Path
 ) -> None:
@@ -155,36 +191,14 @@ def test_a_launch_survives_its_tracking_server_down_for_six_minutes(
     server, and every point it logged during the outage is on the server afterwards, once."""
     raw = tiny_experiment("outage", {"cpm": {"method": "coarse_to_fine"}}, seeds=[0])
     raw["train"].update({"steps": 1000, "eval_every": 250, "log_every": 10})
-    space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump(raw))
-    workdir = tmp_path / "work"
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    log = tmp_path / "driver.log"
-    with open(log, "wb") as out:
-        driver = subprocess.Popen(
-            [sys.executable, "-m", "ablate.cli", "run", str(space)]
-            + ["--tracking-uri", server.uri, "--workdir", str(workdir)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-            env=env,
-            start_new_session=True,
-        )
-        try:
-            client = MlflowClient(server.uri)
-            deadline = time.time() + 300
-            while not _trial_runs(server.uri, "outage"):  # the trial has started
-                assert driver.poll() is None and time.time() < deadline, log.read_text()[-3000:]
-                time.sleep(0.5)
-            server.stop()
-            down = time.time()
-            time.sleep(OUTAGE_S)
-            server.start()
-            up = time.time()
-            assert driver.wait(timeout=900) == 0, log.read_text()[-3000:]
-        finally:
-            if driver.poll() is None:
-                os.killpg(driver.pid, signal.SIGKILL)
+    with _launch_until_trial_runs(raw, server, tmp_path) as (driver, log):
+        server.stop()
+        down = time.time()
+        time.sleep(OUTAGE_S)
+        server.start()
+        up = time.time()
+        assert driver.wait(timeout=900) == 0, log.read_text()[-3000:]
+    client = MlflowClient(server.uri)
     (run,) = _trial_runs(server.uri, "outage")
     assert run.info.status == "FINISHED", run.data.tags
     assert "psnr" in run.data.metrics
@@ -220,31 +234,9 @@ def test_a_trial_that_outwaits_its_bound_fails_in_one_line_and_resume_sends_the_
     raw = tiny_experiment("outwaited", {"cpm": {"method": "coarse_to_fine"}}, seeds=[0])
     raw["train"].update({"steps": 300, "eval_every": 100, "log_every": 10})
     raw.update({"outage_wait_s": 20, "max_failures": 1})
-    space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump(raw))
-    workdir = tmp_path / "work"
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    log = tmp_path / "driver.log"
-    with open(log, "wb") as out:
-        driver = subprocess.Popen(
-            [sys.executable, "-m", "ablate.cli", "run", str(space)]
-            + ["--tracking-uri", server.uri, "--workdir", str(workdir)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-            env=env,
-            start_new_session=True,
-        )
-        try:
-            deadline = time.time() + 300
-            while not _trial_runs(server.uri, "outwaited"):
-                assert driver.poll() is None and time.time() < deadline, log.read_text()[-3000:]
-                time.sleep(0.5)
-            server.stop()
-            code = driver.wait(timeout=600)
-        finally:
-            if driver.poll() is None:
-                os.killpg(driver.pid, signal.SIGKILL)
+    with _launch_until_trial_runs(raw, server, tmp_path) as (driver, log):
+        server.stop()
+        code = driver.wait(timeout=600)
     output = log.read_text()
     assert code != 0, output[-3000:]
     last = [line for line in output.splitlines() if line.strip()][-1]
@@ -253,11 +245,12 @@ def test_a_trial_that_outwaits_its_bound_fails_in_one_line_and_resume_sends_the_
     (run,) = _trial_runs(server.uri, "outwaited")
     assert "psnr" not in run.data.metrics  # the trial's end never reached the server
     resumed = subprocess.run(
-        [sys.executable, "-m", "ablate.cli", "resume", "outwaited", "--workdir", str(workdir)],
+        [sys.executable, "-m", "ablate.cli", "resume", "outwaited"]
+        + ["--workdir", str(tmp_path / "work")],
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        env=env,
+        env=_env(),
         timeout=600,
     )
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
