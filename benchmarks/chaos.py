@@ -1,7 +1,7 @@
 """Chaos: does a grid launch on a cluster lose, duplicate or double-log anything when its
 parts fail on a seeded schedule?
 
-    python benchmarks/chaos.py --seed 1             # 20 trials x 200 steps, outages of minutes
+    python benchmarks/chaos.py --seed 1             # 20 trials x 300 steps, outages of minutes
     python benchmarks/chaos.py --seed 1 --short     # the CI form: 4 trials, ~7 min in all
     python benchmarks/chaos.py --seed 1 --scale 0.2 # the full grid, outages 5x shorter
 
@@ -65,6 +65,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,7 @@ class Form:
 
 FULL = Form(
     trials=20,
-    steps=200,
+    steps=300,
     extra=2,
     mlflow_down_s=(60, 480),
     s3_cut_s=(10, 360),
@@ -141,7 +142,7 @@ FULL = Form(
 )
 SHORT = Form(
     trials=4,
-    steps=150,
+    steps=300,
     extra=0,
     mlflow_down_s=(60, 90),
     s3_cut_s=(20, 40),
@@ -452,22 +453,27 @@ class Launch:
         self.cluster.dep.stop(name, signal.SIGKILL)
         fault.detail = f"{name} killed"
 
-    def _outage(self, fault: Fault, stop: Any, start: Any, what: str) -> None:
+    def _outage(
+        self, fault: Fault, stop: Callable[[], None], start: Callable[[], None], what: str
+    ) -> None:
+        """``stop()``, ``fault.duration_s`` (less when the launch ends first), ``start()``
+        (which returns once the service answers); the detail says how long it was gone."""
         with self._lock:
             self._outages.add(fault.index)
         stop()
+        gone = self.now()
         try:
             if self.done.wait(fault.duration_s):
                 fault.status = "cut short"
-                fault.detail = (
-                    f"{what} back after {self.now() - fault.started_s:.0f} s: the launch ended"
-                )
-            else:
-                fault.detail = f"{what} back after {self.now() - fault.started_s:.0f} s"
         finally:
             start()
             with self._lock:
                 self._outages.discard(fault.index)
+        fault.detail = (
+            f"{what} stopped in {gone - fault.started_s:.0f} s, answering again "
+            f"{self.now() - gone:.0f} s later"
+            + (": the launch ended meanwhile" if fault.status == "cut short" else "")
+        )
 
     def _mlflow_down(self, fault: Fault) -> None:
         c = self.cluster
@@ -599,19 +605,22 @@ def schedule_table(faults: list[Fault], title: str, executed: bool) -> Table:
 
 
 def drivers_table(drivers: list[dict[str, Any]], title: str) -> Table:
+    """One row per driver: its exit, Ray Tune's failures of trials, its last word on them."""
     table = Table(title=title)
-    for column in ("#", "command", "start s", "end s", "exit", "last line"):
-        table.add_column(column, justify="right" if column in ("#", "start s", "end s") else "left")
+    columns = ("#", "command", "start s", "end s", "exit", "trial failures", "last line")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("command", "last line") else "right")
     for number, d in enumerate(drivers, start=1):
-        exit_code = str(d["exit"]) + (" (killed)" if d["killed_by_harness"] else "")
-        last = d["tail"][-1][:90] if d["tail"] else ""
+        # ablate's summary (or progress board) line, else whatever came last
+        said = [line for line in d["tail"] if " trials, " in line or "done, " in line]
         table.add_row(
             str(number),
             d["command"],
             f"{d['started_s']:.0f}",
             f"{d['ended_s']:.0f}",
-            exit_code,
-            last,
+            str(d["exit"]) + (" (killed)" if d["killed_by_harness"] else ""),
+            ", ".join(f"{trial} x{n}" for trial, n in d["failures"].items()),
+            (said or d["tail"] or [""])[-1][:100],
         )
     return table
 
