@@ -2,7 +2,7 @@
 parts fail on a seeded schedule?
 
     python benchmarks/chaos.py --seed 1             # 20 trials x 300 steps, outages of minutes
-    python benchmarks/chaos.py --seed 1 --short     # the CI form: 4 trials, ~7 min in all
+    python benchmarks/chaos.py --seed 1 --short     # the CI form: 4 trials, ~5 min in all
     python benchmarks/chaos.py --seed 1 --scale 0.2 # the full grid, outages 5x shorter
 
 The deployment is ``benchmarks/cluster.py``'s (the README's cluster recipe on one machine): a
@@ -30,13 +30,15 @@ validating (and checkpointing) every 25 (the two schedules cross), ``max_failure
    the trials' checkpointed reports found in the bucket (each trial reports ``validations``
    times, each with a checkpoint), so a slow machine or a stalled launch moves every fault
    with it and the launch cannot end before a fault's share is reached; the shares are
-   spread evenly (one random share per equal slice of 10-80 % of the grid). One fault (of
+   spread evenly (one random share per equal slice of 10-80 % of the grid, 10-75 % in the
+   short form). ``--scale`` multiplies every outage's length. One fault (of
    another kind) is instead an overlap: it fires a random 20-70 % into an outage. A fault
    still pending when the launch ends is reported as skipped; an outage still running then
    is ended (``cut short``) so that the stores can be read.
 3. **Chaos launch** ``chaos``, run as a user would: when the driver exits nonzero the harness
-   waits for the outages it knows of to end and runs ``ablate resume NAME`` (at most
-   ``--max-resumes`` times); after ``kill_driver`` it resumes at once (not counted).
+   waits for the outages it knows of to end (and 10 s more) and runs ``ablate resume NAME``
+   (at most ``--max-resumes`` times); after ``kill_driver`` it resumes at once (not
+   counted). ``kill_driver`` when no driver runs waits for the next one.
 4. **Verdict**, read from MLflow (an ``MlflowClient`` on the tracking server) and from the
    bucket (moto directly, not through the proxy), after the deployment is stopped for the
    process check. Targets: every trial FINISHED, no duplicate trial runs (two runs of one
@@ -61,6 +63,7 @@ import json
 import random
 import re
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -102,6 +105,8 @@ TINY_CPM = {
 }
 #: Seconds between two looks at the grid's progress in the bucket.
 POLL_S = 2.0
+#: Seconds the harness, as a user reading why a driver failed, waits before resuming.
+RESUME_PAUSE_S = 10.0
 #: Lines of a driver's output kept in the record.
 TAIL_LINES = 12
 #: Ray Tune's line for a failure of a trial, retried or not (its run name and trial id).
@@ -289,7 +294,7 @@ class Launch:
         self.done = threading.Event()
         self.started = 0.0
         self._lock = threading.Lock()
-        self._driver: str | None = None
+        self._driver: tuple[str, subprocess.Popen] | None = None
         self._killed: set[str] = set()
         self._outages: set[int] = set()
         self._nodes = threading.Lock()  # one node operation at a time
@@ -323,6 +328,7 @@ class Launch:
                     self.outcome = f"given up after {self.max_resumes} resumes"
                     break
                 self._await_outages()
+                time.sleep(RESUME_PAUSE_S)
             command, extra = ["resume", self.name], []
         self.say(self.outcome)
         wall = self.now()
@@ -343,12 +349,12 @@ class Launch:
         env = {**c.env, "TUNE_GLOBAL_CHECKPOINT_S": "1", "COLUMNS": "160"}
         proc = c.dep.start(name, argv, env=env, cwd=c.driver_dir)
         with self._lock:
-            self._driver = name
+            self._driver = name, proc
         self.say(f"{name}: ablate {record['command']}")
         code: int | None
         try:
             code = proc.wait(timeout=max(1.0, self.timeout_s - self.now()))
-        except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired: give the launch up
+        except subprocess.TimeoutExpired:
             code = None
         with self._lock:
             self._driver = None
@@ -443,8 +449,8 @@ class Launch:
         outage to end before it resumes a failed launch)."""
         while True:
             with self._lock:
-                name = self._driver
-                if name is not None:
+                if self._driver is not None and self._driver[1].poll() is None:
+                    name = self._driver[0]
                     self._killed.add(name)
                     break
             if self.done.wait(0.5):
