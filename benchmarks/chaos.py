@@ -111,6 +111,9 @@ RESUME_PAUSE_S = 10.0
 TAIL_LINES = 12
 #: Ray Tune's line for a failure of a trial, retried or not (its run name and trial id).
 FAILED = re.compile(r"^Trial (\S+)-[0-9a-f]+_\d+ errored after ")
+#: The exception of a failed trial task in Ray Tune's traceback: ``ray.exceptions.X`` or,
+#: raised by the trainable, ``ray.exceptions.RayTaskError(X)``.
+CAUSE = re.compile(r"^ray\.exceptions\.(\w+)(?:\((\w+)\))?: ")
 
 
 @dataclass(frozen=True)
@@ -365,8 +368,9 @@ class Launch:
             ended_s=self.now(),
             exit=code if code is not None else "timed out",
             killed_by_harness=killed,
-            # Ray Tune's line for each failure of a trial (retried or given up)
+            # Ray Tune's line for each failure of a trial (retried or given up), and why
             failures=dict(Counter(m[1] for m in map(FAILED.match, log) if m)),
+            causes=dict(Counter(m[2] or m[1] for m in map(CAUSE.match, log) if m)),
             tail=[line for line in log if line.strip()][-TAIL_LINES:],
         )
         self.drivers.append(record)
@@ -632,10 +636,13 @@ def drivers_table(drivers: list[dict[str, Any]], title: str) -> Table:
 
 
 def targets(
-    chaos: dict[str, Any], last_exit: Any, leftovers: list[str]
+    chaos: dict[str, Any], drivers: list[dict[str, Any]], leftovers: list[str]
 ) -> list[tuple[str, str, str, bool | None]]:
     """(check, value, target, met; None: reported, no target) rows of the verdict."""
     n = chaos["trials"]
+    last_exit = drivers[-1]["exit"] if drivers else "no launch"
+    causes: Counter = sum((Counter(d["causes"]) for d in drivers), Counter())
+    failed = ", ".join(f"{cause} x{count}" for cause, count in causes.most_common())
     return [
         ("trials FINISHED", f"{chaos['finished']}/{n}", f"{n}/{n}", chaos["finished"] == n),
         ("duplicate trial runs", str(chaos["duplicate_runs"]), "0", chaos["duplicate_runs"] == 0),
@@ -644,6 +651,7 @@ def targets(
         ("per-session points missing", str(chaos["missing_per_session"]), "-", None),
         ("points not in the reference", str(chaos["unexpected"]), "-", None),
         ("partial checkpoint folders", str(len(chaos["partial_checkpoints"])), "-", None),
+        ("trial failures in the drivers", failed or "0", "-", None),
         ("launch's last exit", str(last_exit), "0", last_exit == 0),
         ("processes left running", str(len(leftovers)), "0", not leftovers),
     ]
@@ -719,8 +727,7 @@ def main() -> int:
     console.print(drivers_table(reference.drivers, f"Reference launch: {reference.outcome}"))
     console.print(drivers_table(chaos.drivers, f"Chaos launch: {chaos.outcome}"))
     console.print(schedule_table(faults, f"Faults as executed, seed {args.seed}", executed=True))
-    last_exit = chaos.drivers[-1]["exit"] if chaos.drivers else "no launch"
-    rows = targets(verdict, last_exit, leftovers) if verdict else []
+    rows = targets(verdict, chaos.drivers, leftovers) if verdict else []
     rows.insert(
         0,
         (
