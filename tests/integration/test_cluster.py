@@ -53,6 +53,9 @@ pytestmark = pytest.mark.slow
 
 #: Seconds the object store is unreachable in the storage-outage launch.
 OUTAGE_S = 15
+#: Seconds the object store is unreachable in the long-outage launch: longer than MLflow's
+#: and pyarrow's own retries, shorter than a launch's ``outage_wait_s`` (15 min).
+LONG_OUTAGE_S = 360
 ROWS = {"cpm": {"method": "coarse_to_fine"}}
 
 
@@ -364,6 +367,35 @@ def test_cluster_survives_a_storage_outage_and_a_tracking_server_restart(deploym
         f"faults test: tracking server down {up - down:.0f} s; "
         f"{time.perf_counter() - started:.0f} s in all"
     )
+
+
+def test_a_trial_waits_out_its_object_store_down_for_six_minutes(deployment) -> None:
+    """The object store cut for :data:`LONG_OUTAGE_S` once the trial has a checkpoint in it:
+    the trial pauses at its next checkpoint upload (it does not fail: no retry, no error
+    tag) and finishes once the store is back, every (metric, step) once; the driver, whose
+    experiment-state saves fail meanwhile, exits 0."""
+    d = deployment
+    _launch_wait(d, "long-outage", [0])
+    d.s3_proxy.pause()
+    down = time.time()
+    time.sleep(LONG_OUTAGE_S)
+    d.s3_proxy.resume()
+    up = time.time()
+    code, out = _driver_end(d, "long-outage", timeout_s=900)
+    assert code == 0, out[-3000:]
+    _assert_complete(d, "long-outage", [0])
+    (run,) = _children(d.tracking_uri, "long-outage")
+    assert "ablate.error" not in run.data.tags, run.data.tags
+    # no attempt of the trial failed: Ray writes a failed attempt's error.txt to its folder
+    keys = [
+        item["Key"]
+        for page in d.s3.get_paginator("list_objects_v2").paginate(
+            Bucket=BUCKET, Prefix="runs/long-outage/"
+        )
+        for item in page.get("Contents", [])
+    ]
+    assert keys and not [key for key in keys if key.endswith("error.txt")], keys
+    print(f"object store down {up - down:.0f} s: the trial waited and finished")
 
 
 def test_a_wrong_or_missing_token_is_one_line_in_seconds(deployment) -> None:
