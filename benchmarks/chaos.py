@@ -86,6 +86,7 @@ from benchmarks.cluster import (  # noqa: E402
     leftover_processes,
     missing_tools,
 )
+from tests.scale import TINY_MODEL  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KINDS = ("kill_worker", "kill_driver", "mlflow_down", "s3_cut")
@@ -93,16 +94,6 @@ OUTAGES = ("mlflow_down", "s3_cut")
 #: Metrics of a trial's last session only (see the module docstring).
 PER_SESSION = frozenset({"train_it_per_s"})
 ROW = "cpm"
-#: The test scale's networks (``tests/conftest.py``'s ``TINY_MODEL``), coarse-to-fine only.
-TINY_CPM = {
-    "cpm_width": 8,
-    "cpm_mults": [1, 2],
-    "irm_width": 8,
-    "irm_mults": [1, 2],
-    "res_blocks": 1,
-    "guide_channels": 8,
-    "guide_levels": 1,
-}
 #: Seconds between two looks at the grid's progress in the bucket.
 POLL_S = 2.0
 #: Seconds the harness, as a user reading why a driver failed, waits before resuming.
@@ -232,7 +223,7 @@ def experiment(name: str, form: Form, trials: int, steps: int) -> dict[str, Any]
         "rows": {ROW: {"method": "coarse_to_fine"}},
         "seeds": list(range(trials)),
         "data": {"preset": "tiny"},
-        "model": {"coarse_to_fine": TINY_CPM},
+        "model": {"coarse_to_fine": TINY_MODEL["coarse_to_fine"]},
         "diffusion": {"train_steps": 100, "irm": {"sample_steps": 3}, "ams_samples": 3},
         "train": {
             "steps": steps,

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from ablate.launch.local_ray import LOOPBACK, SINGLE_NODE_ENV
+from tests.scale import TINY_MODEL
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # Before anything imports Ray: the test clusters are single-machine ones, so Ray keeps their
@@ -66,20 +67,6 @@ def ray_cluster() -> Iterator[Any]:
     yield cluster
     ray.shutdown()
     cluster.shutdown()
-
-
-TINY_MODEL = {
-    "sr3": {"width": 8, "mults": [1, 2], "res_blocks": 1, "attn_res": [8]},
-    "coarse_to_fine": {
-        "cpm_width": 8,
-        "cpm_mults": [1, 2],
-        "irm_width": 8,
-        "irm_mults": [1, 2],
-        "res_blocks": 1,
-        "guide_channels": 8,
-        "guide_levels": 1,  # one downsampling: mults [1, 2]
-    },
-}
 
 
 def tiny_experiment(name: str, rows: dict[str, Any], **extra: Any) -> dict[str, Any]:
